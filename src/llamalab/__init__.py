@@ -1,0 +1,25 @@
+"""llamalab: the LLaMA paper (Touvron et al. 2023) end to end.
+
+    import llamalab
+    ckpt = llamalab.load("SmolLM2-135M-Instruct.Q4_1.gguf")   # GGUF, HF dir, Meta dir, or hub id
+    ckpt.model, ckpt.args, ckpt.tokenizer
+"""
+
+from .config import PRESETS, ModelArgs, get_preset
+from .errors import LlamalabError
+
+__version__ = "0.1.0"
+__all__ = ["ModelArgs", "PRESETS", "get_preset", "LlamalabError", "load", "Transformer", "load_tokenizer"]
+
+
+def __getattr__(name):  # torch-heavy names load lazily, so `llamalab --help` stays fast
+    if name == "load":
+        from .formats import load
+        return load
+    if name == "Transformer":
+        from .model import Transformer
+        return Transformer
+    if name == "load_tokenizer":
+        from .tokenizer import load_tokenizer
+        return load_tokenizer
+    raise AttributeError(name)

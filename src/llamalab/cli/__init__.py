@@ -1,0 +1,63 @@
+"""`llamalab <subcommand>`: each subcommand lives in `llamalab/cli/<name>.py` and is a thin call into
+one library function. A module defines `HELP`, `add_arguments(parser)` and `run(args) -> int | None`,
+and imports heavy dependencies (torch, ...) inside `run`, so `llamalab --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import LlamalabError
+
+# subcommand → module under llamalab.cli (order = order in --help)
+COMMANDS = {
+    "params": "params",
+    "info": "info",
+    "convert": "convert",
+    "assets": "assets",
+    "tokenize": "tokenize",
+    "tokenizer": "tokenizer",
+    "generate": "generate",
+    "chat": "chat",
+    "data": "data",
+    "train": "train",
+    "eval": "eval",
+    "demo": "demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llamalab", description="The LLaMA paper, end to end.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"{__name__}.{module_name}":
+                continue  # subcommand not built yet
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args._run(args)
+    except LlamalabError as e:
+        print(f"llamalab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"llamalab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `llamalab ... | head`
+        return 0
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The LLaMA transformer (Touvron et al. 2023, §2.2), and nothing else.
+
+Decoder-only transformer with three changes from the original: pre-normalization with RMSNorm,
+the SwiGLU feed-forward, and rotary position embeddings. Later LLaMA-family checkpoints add
+grouped-query attention (`n_kv_heads`), tied embeddings and other rope θ; all are config.
+
+Parameter names and the q/k layout are Meta's (`tok_embeddings`, `layers.N.attention.wq`, ...; rotary
+rotates *adjacent* pairs), so a Meta checkpoint loads as is; `formats/` maps the other layouts.
+
+The KV cache is an explicit object passed to `forward` — the modules hold no decoding state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) · g, computed in fp32 (Zhang & Sennrich 2019)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rope_frequencies(args: ModelArgs) -> torch.Tensor:
+    """θ_i = base^(-2i/d) for i < d/2, with Llama-3.1-style scaling when the config asks for it."""
+    d = args.head_dim
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    scaling = args.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+        old_len = scaling.get("original_max_position_embeddings", 8192)
+        wavelen = 2 * math.pi / freqs
+        smooth = (old_len / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old_len / low, freqs / factor, freqs)
+        medium = (wavelen <= old_len / low) & (wavelen >= old_len / high)
+        freqs = torch.where(medium, (1 - smooth) * freqs / factor + smooth * freqs, scaled)
+    elif kind not in (None, "default"):
+        raise ValueError(f"unsupported rope scaling {scaling!r}")
+    return freqs.float()
+
+
+def rope_cache(args: ModelArgs, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of m·θ_i for every position m < max_seq_len: two (max_seq_len, head_dim/2) tensors."""
+    freqs = rope_frequencies(args).to(device)
+    angles = torch.outer(torch.arange(args.max_seq_len, device=device, dtype=torch.float32), freqs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each adjacent pair (x_2i, x_2i+1) of every head by angle m·θ_i.
+
+    x: (B, T, H, head_dim); cos, sin: (B or 1, T, 1, head_dim/2).
+    """
+    pairs = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for `max_len` positions: k[i], v[i] are (B, n_kv_heads, max_len, head_dim)."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+    @classmethod
+    def allocate(cls, args: ModelArgs, batch_size: int, max_len: int | None = None,
+                 device=None, dtype=torch.float32) -> "KVCache":
+        shape = (batch_size, args.kv_heads, max_len or args.max_seq_len, args.head_dim)
+        return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)],
+                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)])
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
+
+
+class Attention(nn.Module):
+    """Causal multi-head attention with grouped-query heads, via `scaled_dot_product_attention`
+    (memory-efficient / flash kernels: the masked scores are never materialized)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x, cos, sin, kv=None, pos: int = 0, mask=None):
+        B, T, _ = x.shape
+        q = apply_rotary(self.wq(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rotary(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if kv is not None:  # write this chunk into the cache, attend over everything so far
+            k_cache, v_cache = kv
+            k_cache[:, :, pos:pos + T] = k
+            v_cache[:, :, pos:pos + T] = v
+            k, v = k_cache[:, :, :pos + T], v_cache[:, :, :pos + T]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU (Shazeer 2020): w2(silu(w1 x) ⊙ w3 x)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)  # gate
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)  # down
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-normalization: x + attn(norm(x)), then h + ffn(norm(h))."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
+
+    def forward(self, x, cos, sin, kv=None, pos: int = 0, mask=None):
+        h = x + self.attention(self.attention_norm(x), cos, sin, kv, pos, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.tie_weights()
+        cos, sin = rope_cache(args)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def tie_weights(self):
+        """Share the output projection with the token embedding when the config says so
+        (call again after `load_state_dict(assign=True)`, which replaces parameters)."""
+        if self.args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def init_buffers(self, device=None):
+        """Recompute the rotary tables (after building on the meta device and `to_empty`)."""
+        self.rope_cos, self.rope_sin = rope_cache(self.args, device or self.tok_embeddings.weight.device)
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None):
+        """Fresh weights for pretraining: N(0, std), residual projections scaled by 1/sqrt(2·n_layers)."""
+        self.init_buffers()
+        for name, p in self.named_parameters():
+            if p.ndim == 1:
+                nn.init.ones_(p)
+            else:
+                scale = 1 / math.sqrt(2 * self.args.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
+                nn.init.normal_(p, mean=0.0, std=std * scale, generator=generator)
+
+    def num_params(self) -> int:
+        """Parameters counted once each (a tied embedding is one matrix)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int = 0,
+                positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab) for tokens (B, T).
+
+        cache: keys/values are written at slots [pos, pos+T) and attention covers slots [0, pos+T).
+        positions: rotary positions (B, T); default pos..pos+T-1 for every row (left-padded batches
+          pass their own). mask: boolean (B, 1, T, S), True = may attend; default causal.
+        last_only: compute logits for the last position only (generation).
+        """
+        B, T = tokens.shape
+        if positions is None:
+            if pos + T > self.args.max_seq_len:
+                raise ValueError(f"sequence of {pos + T} positions exceeds max_seq_len {self.args.max_seq_len}")
+            cos, sin = self.rope_cos[pos:pos + T][None, :, None], self.rope_sin[pos:pos + T][None, :, None]
+        else:
+            cos, sin = self.rope_cos[positions][:, :, None], self.rope_sin[positions][:, :, None]
+        if mask is None and cache is not None and pos > 0 and T > 1:
+            # a chunk after a cached prefix: query i (slot pos+i) sees slots 0..pos+i
+            mask = torch.ones(T, pos + T, dtype=torch.bool, device=tokens.device).tril(diagonal=pos)
+        h = self.tok_embeddings(tokens)
+        for i, layer in enumerate(self.layers):
+            kv = (cache.k[i], cache.v[i]) if cache is not None else None
+            h = layer(h, cos, sin, kv, pos, mask)
+        if last_only:
+            h = h[:, -1:]
+        return self.output(self.norm(h))

@@ -1,0 +1,47 @@
+"""Shared fixtures: the real material from the asset cache (`llamalab assets fetch`, run by `make test`).
+
+Missing material fails the test instead of skipping it: these tests are the point.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from llamalab import assets
+from llamalab.errors import LlamalabError
+
+
+def _asset(name: str):
+    try:
+        return assets.path(name)
+    except LlamalabError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """SmolLM2-135M-Instruct, Q4_1 GGUF: a real LLaMA-architecture checkpoint."""
+    return _asset("smollm2")
+
+
+@pytest.fixture(scope="session")
+def llama_spm_gguf():
+    """llama.cpp's GGUF holding the real LLaMA 32K SentencePiece vocabulary (no tensors)."""
+    return _asset("llama-spm")
+
+
+@pytest.fixture(scope="session")
+def benchmarks_dir():
+    return _asset("benchmarks")
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_gguf):
+    """transformers' own loading of the same GGUF (dequantized to fp32): the independent reference."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
+                                                 torch_dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    return model, tok
