@@ -1,0 +1,1 @@
+"""Data: preparation (tokenize + pack shards), mixtures, the checkpointable loader, the demo corpus."""

@@ -1,0 +1,112 @@
+"""Packed token shards and the manifest that describes them.
+
+A prepared dataset is a directory:
+
+    manifest.json
+    <source>/shard-00000.bin, shard-00001.bin, ...   training tokens, documents packed back to back
+    <source>/val-00000.bin, ...                        held-out documents (optional)
+
+Each shard is a flat array of token ids (uint16 when the vocabulary fits, else uint32), readable with
+`np.memmap` without loading it. Every document ends with EOS (and starts with BOS when the tokenizer
+adds one), so documents can be packed without padding, as in the paper.
+
+manifest.json:
+    {"version": 1, "dtype": "uint16", "vocab_size": V, "eos_id": E, "tokenizer": {...},
+     "sources": {name: {"inputs": [...], "fingerprint": "...",
+                        "documents": n, "tokens": n, "shards": [{"file", "tokens", "sha256"}],
+                        "val_documents": n, "val_tokens": n, "val_shards": [...]}}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LlamalabError
+
+MANIFEST = "manifest.json"
+VERSION = 1
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned type that holds every id."""
+    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new one, never a mix."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard(path: Path, tokens: np.ndarray) -> dict:
+    """Write one shard atomically; returns its manifest entry (file name relative to the dataset root
+    is filled in by the caller)."""
+    write_atomic(path, np.ascontiguousarray(tokens).tobytes())
+    return {"tokens": int(tokens.size), "sha256": sha256_file(path)}
+
+
+def read_manifest(path: str | Path) -> tuple[dict, Path]:
+    """Read `<dir>/manifest.json` (or the manifest file itself); returns (manifest, dataset root)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST
+    if not path.is_file():
+        raise LlamalabError(f"no prepared dataset at {path}: run `llamalab data prepare --out DIR ...` first")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise LlamalabError(f"cannot read dataset manifest {path}: {e}") from None
+    if manifest.get("version") != VERSION or "sources" not in manifest:
+        raise LlamalabError(f"{path} is not a llamalab dataset manifest (version {VERSION})")
+    return manifest, path.parent
+
+
+def write_manifest(root: Path, manifest: dict) -> Path:
+    path = Path(root) / MANIFEST
+    write_atomic(path, (json.dumps(manifest, indent=1) + "\n").encode())
+    return path
+
+
+def write_token_dataset(root: str | Path, sources: dict[str, np.ndarray], *, vocab_size: int,
+                        eos_id: int | None = None, val: dict[str, np.ndarray] | None = None,
+                        shard_tokens: int = 1 << 27) -> Path:
+    """Write already-tokenized streams as a dataset (one or more shards per source) and its manifest.
+    For synthetic data and tests; `prepare.prepare` is the path from text."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(vocab_size)
+    manifest = {"version": VERSION, "dtype": dtype.name, "vocab_size": vocab_size, "eos_id": eos_id,
+                "tokenizer": None, "sources": {}}
+    for name, tokens in sources.items():
+        (root / name).mkdir(exist_ok=True)
+        entry = {"inputs": [], "fingerprint": None, "documents": None}
+        for split, arr in (("", tokens), ("val_", (val or {}).get(name))):
+            if arr is None:
+                entry.update({f"{split}tokens": 0, f"{split}shards": []})
+                continue
+            arr = np.asarray(arr).astype(dtype)
+            shards = []
+            for k, lo in enumerate(range(0, arr.size, shard_tokens)):
+                file = f"{name}/{'val' if split else 'shard'}-{k:05d}.bin"
+                shards.append({"file": file, **write_shard(root / file, arr[lo:lo + shard_tokens])})
+            entry.update({f"{split}tokens": int(arr.size), f"{split}shards": shards})
+        manifest["sources"][name] = entry
+    return write_manifest(root, manifest)
