@@ -1,0 +1,190 @@
+"""`TrainConfig`: every knob of a pretraining run, loaded from YAML or TOML, overridable key by key.
+
+Defaults are the paper's recipe (§2.2–2.4): AdamW β=(0.9, 0.95), weight decay 0.1, gradient clipping
+1.0, 2000 warmup steps, cosine decay to 10% of the peak learning rate. This module imports no torch, so
+the CLI can build its `--key value` options instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ModelArgs, get_preset
+from ..errors import LlamalabError
+
+
+@dataclass
+class TrainConfig:
+    # model: a preset name, or a mapping of ModelArgs fields (optionally with `preset` as the base)
+    model: Any = "tiny"
+    tokenizer: str | None = None  # tokenizer file/dir: checked against vocab_size, copied into the export
+    # data: a directory (or manifest) written by `llamalab data prepare`
+    data: str = ""
+    mixture: dict | None = None  # source → sampling weight; None = the data's own proportions
+    seq_len: int = 256
+    micro_batch_size: int = 8
+    batch_tokens: int | None = None  # global batch in tokens; None = micro_batch_size·seq_len·world_size
+    # optimizer and schedule
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 2000
+    warmup_fraction: float | None = None  # if set, warmup = round(fraction · max_steps) (tiny runs)
+    max_steps: int = 10000
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    init_std: float = 0.02
+    # systems
+    dtype: str = "auto"  # auto (bf16 autocast where supported, else fp32) | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    activation_checkpointing: bool = False
+    compile: bool = False
+    parallel: str = "none"  # none | ddp | fsdp (launch with torchrun for ddp/fsdp)
+    # bookkeeping
+    eval_every: int = 0  # held-out loss every N steps (0 = only at the end)
+    eval_batches: int = 8
+    ckpt_every: int = 0  # 0 = only at the end
+    keep_last: int = 3
+    log_every: int = 1
+    out_dir: str = "runs/train"
+    seed: int = 0
+    nan_policy: str = "stop"  # stop | skip
+    export: bool = True  # write the final model as a HF directory into <out_dir>/model
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self):
+        def bad(msg):
+            raise LlamalabError(f"config: {msg}")
+        for k in _FLOAT_KEYS:  # YAML reads 3e-4 (no dot) as a string
+            v = getattr(self, k)
+            if v is not None and not isinstance(v, bool):
+                try:
+                    setattr(self, k, float(v))
+                except (TypeError, ValueError):
+                    bad(f"{k} must be a number, got {v!r}")
+        for k in ("seq_len", "micro_batch_size", "max_steps", "eval_batches", "keep_last", "log_every"):
+            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
+                bad(f"{k} must be a positive integer, got {getattr(self, k)!r}")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            bad(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
+        if self.parallel not in ("none", "ddp", "fsdp"):
+            bad(f"parallel must be none, ddp or fsdp, got {self.parallel!r}")
+        if self.nan_policy not in ("stop", "skip"):
+            bad(f"nan_policy must be stop or skip, got {self.nan_policy!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            bad(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps_resolved >= self.max_steps:
+            bad(f"warmup ({self.warmup_steps_resolved} steps) must be shorter than max_steps ({self.max_steps}); "
+                f"lower warmup_steps or set warmup_fraction (e.g. 0.05) for short runs")
+        self.betas = tuple(float(b) for b in self.betas)
+        self.model_args()  # validate the model description early
+
+    @property
+    def warmup_steps_resolved(self) -> int:
+        if self.warmup_fraction is not None:
+            return max(1, round(self.warmup_fraction * self.max_steps))
+        return self.warmup_steps
+
+    def model_args(self) -> ModelArgs:
+        if isinstance(self.model, str):
+            return get_preset(self.model).replace(max_seq_len=max(get_preset(self.model).max_seq_len, self.seq_len))
+        if not isinstance(self.model, dict):
+            raise LlamalabError(f"config: model must be a preset name or a mapping of ModelArgs fields, got {self.model!r}")
+        fields = dict(self.model)
+        base = get_preset(fields.pop("preset")).to_dict() if "preset" in fields else {}
+        args = ModelArgs.from_dict({**base, **fields})
+        return args.replace(max_seq_len=max(args.max_seq_len, self.seq_len))
+
+    def accumulation_steps(self, world_size: int) -> int:
+        per_step = self.micro_batch_size * self.seq_len * world_size
+        if self.batch_tokens is None:
+            return 1
+        if self.batch_tokens % per_step:
+            raise LlamalabError(
+                f"config: batch_tokens {self.batch_tokens} is not a multiple of micro_batch_size·seq_len·world_size "
+                f"= {self.micro_batch_size}·{self.seq_len}·{world_size} = {per_step}; change batch_tokens or micro_batch_size")
+        return self.batch_tokens // per_step
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        unknown = sorted(set(d) - set(cls.keys()))
+        if unknown:
+            raise LlamalabError(f"unknown config key(s) {unknown}; valid keys: {', '.join(cls.keys())}")
+        return cls(**d)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The mapping in a YAML (.yaml/.yml) or TOML (.toml) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LlamalabError(f"config file {path} not found")
+    text = path.read_text()
+    try:
+        d = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise LlamalabError(f"cannot parse {path}: {e}".splitlines()[0]) from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise LlamalabError(f"{path} must hold a mapping of config keys, got {type(d).__name__}")
+    return d
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value, read as YAML: 3e-4 → float, true → bool, [0.9, 0.95] → list, else str."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(d: dict, overrides: list[tuple[str, str]]) -> dict:
+    """Set `key` (or `model.field`) to each parsed value; unknown keys are an error listing the valid ones."""
+    d = dict(d)
+    valid = TrainConfig.keys()
+    for key, text in overrides:
+        key = key.replace("-", "_")
+        top, _, sub = key.partition(".")
+        if top not in valid or (sub and top != "model" and top != "mixture"):
+            raise LlamalabError(f"unknown config key {key!r}; valid keys: {', '.join(valid)} (and model.<field>)")
+        value = parse_value(text)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and top in _STR_KEYS:
+            value = text  # e.g. `--out_dir 1` stays a path
+        if not sub:
+            d[top] = value
+            continue
+        current = d.get(top)
+        if top == "model" and not isinstance(current, dict):
+            current = {"preset": current or TrainConfig.model}
+        d[top] = {**(current or {}), sub: value}
+    return d
+
+
+_FLOAT_KEYS = ("lr", "min_lr_ratio", "warmup_fraction", "weight_decay", "eps", "grad_clip", "init_std")
+_STR_KEYS = {"tokenizer", "data", "out_dir", "dtype", "device", "parallel", "nan_policy"}
+
+
+def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]] = ()) -> TrainConfig:
+    d = read_config_file(path) if path else {}
+    return TrainConfig.from_dict(apply_overrides(d, list(overrides)))
+
+
+def dumps(cfg: TrainConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=2)

@@ -1,0 +1,44 @@
+"""AdamW and the learning-rate schedule of the paper (§2.3).
+
+"AdamW with β1 = 0.9, β2 = 0.95 ... a cosine learning rate schedule, such that the final learning rate
+is equal to 10% of the maximal learning rate. We use a weight decay of 0.1 and gradient clipping of 1.0.
+We use 2,000 warmup steps."
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def lr_at(step: int, *, peak: float, warmup: int, max_steps: int, min_ratio: float = 0.1) -> float:
+    """Learning rate for optimizer update `step` (0-based).
+
+    Linear warmup: peak·(step+1)/warmup for the first `warmup` updates; then cosine from peak at
+    `step = warmup` down to min_ratio·peak at `step = max_steps`.
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    floor = min_ratio * peak
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on every matrix (linear layers and the embeddings), none on the 1-D RMSNorm gains
+    (the model has no biases) — the nanoGPT/torchtitan rule, as the paper does not decay norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas, eps: float) -> torch.optim.AdamW:
+    # foreach: one fused multi-tensor update (also works on FSDP2's DTensor parameters)
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, foreach=True)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
