@@ -1,0 +1,242 @@
+"""GGUF (llama.cpp): one file holding metadata key/values and (possibly quantized) tensors.
+
+llama.cpp keeps Meta's interleaved q/k rotary layout, so tensors map 1:1 onto ours by name only;
+quantized blocks (Q8_0, Q4_0, Q4_1, ...) are dequantized with the `gguf` package.
+GGUF stores shapes innermost-first; the reader hands us numpy arrays already in (out, in) order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ModelArgs
+from ..errors import LlamalabError
+
+# GGUF tensor name → ours ({i} = layer index)
+NAMES = {
+    "token_embd.weight": "tok_embeddings.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "output.weight",
+    "blk.{i}.attn_norm.weight": "layers.{i}.attention_norm.weight",
+    "blk.{i}.attn_q.weight": "layers.{i}.attention.wq.weight",
+    "blk.{i}.attn_k.weight": "layers.{i}.attention.wk.weight",
+    "blk.{i}.attn_v.weight": "layers.{i}.attention.wv.weight",
+    "blk.{i}.attn_output.weight": "layers.{i}.attention.wo.weight",
+    "blk.{i}.ffn_norm.weight": "layers.{i}.ffn_norm.weight",
+    "blk.{i}.ffn_gate.weight": "layers.{i}.feed_forward.w1.weight",
+    "blk.{i}.ffn_down.weight": "layers.{i}.feed_forward.w2.weight",
+    "blk.{i}.ffn_up.weight": "layers.{i}.feed_forward.w3.weight",
+}
+
+
+def _name_map(table: dict[str, str]):
+    """Exact (regex-anchored) name translation; returns a function name → name or None."""
+    patterns = [(re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)") + "$"), dst)
+                for src, dst in table.items()]
+
+    def translate(name: str) -> str | None:
+        for pattern, dst in patterns:
+            m = pattern.match(name)
+            if m:
+                return dst.format(i=m.group(1)) if m.groups() else dst
+        return None
+    return translate
+
+
+to_ours = _name_map(NAMES)
+to_gguf = _name_map({v: k for k, v in NAMES.items()})
+
+
+def _reader(path: Path):
+    from gguf import GGUFReader
+
+    try:
+        return GGUFReader(path)
+    except Exception as e:  # the gguf package raises assorted errors on damaged files
+        raise LlamalabError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); "
+                            "is it truncated or still downloading?") from None
+
+
+def _field(reader, key, default=None):
+    f = reader.fields.get(key)
+    return default if f is None else f.contents()
+
+
+def read_metadata(path: Path, reader=None) -> dict:
+    """All key/values except the large tokenizer arrays (tokens, scores, merges, types).
+    float32 values come back as their shortest decimal (1e-05, not 9.999999747378752e-06)."""
+    from gguf import GGUFValueType
+
+    reader = reader or _reader(path)
+    big = {"tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.merges",
+           "tokenizer.ggml.token_type"}
+    meta = {}
+    for k, f in reader.fields.items():
+        if k in big or k.startswith("GGUF."):
+            continue
+        value = f.contents()
+        meta[k] = float(str(np.float32(value))) if f.types == [GGUFValueType.FLOAT32] else value
+    return meta
+
+
+def args_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelArgs:
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise LlamalabError(f"{path}: GGUF architecture is {arch!r}; only 'llama' is supported")
+
+    def need(key):
+        if f"llama.{key}" not in meta:
+            raise LlamalabError(f"{path}: GGUF metadata lacks 'llama.{key}'")
+        return meta[f"llama.{key}"]
+
+    dim, n_heads = int(need("embedding_length")), int(need("attention.head_count"))
+    rope_dims = meta.get("llama.rope.dimension_count", dim // n_heads)
+    if rope_dims != dim // n_heads:
+        raise LlamalabError(f"{path}: partial rotary (rope.dimension_count {rope_dims} "
+                            f"< head_dim {dim // n_heads}) is not supported")
+    scaling = None
+    if meta.get("llama.rope.scaling.type", "none") not in ("none",):
+        raise LlamalabError(f"{path}: rope scaling {meta['llama.rope.scaling.type']!r} is not supported")
+    return ModelArgs(
+        dim=dim,
+        n_layers=int(need("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(meta.get("llama.attention.head_count_kv", n_heads)),
+        vocab_size=int(meta.get("llama.vocab_size", vocab_size)),
+        ffn_dim=int(need("feed_forward_length")),
+        norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+        rope_scaling=scaling,
+        max_seq_len=int(meta.get("llama.context_length", 2048)),
+        tie_embeddings=False,  # set below from the tensors present
+    )
+
+
+def _to_torch(t) -> torch.Tensor:
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import dequantize
+
+    if t.tensor_type in (Q.F32, Q.F16):
+        array = np.array(t.data)  # copy out of the memory map
+    elif t.tensor_type == Q.BF16:  # bf16 → fp32 is exact; keep bf16
+        return torch.from_numpy(np.array(dequantize(t.data, t.tensor_type))).to(torch.bfloat16)
+    else:
+        try:
+            array = dequantize(t.data, t.tensor_type)
+        except NotImplementedError:
+            raise LlamalabError(f"tensor {t.name}: GGUF type {t.tensor_type.name} cannot be dequantized "
+                                "by the installed gguf package") from None
+    shape = tuple(int(s) for s in reversed(t.shape))  # GGUF shapes are innermost-first
+    return torch.from_numpy(np.ascontiguousarray(array)).reshape(shape)
+
+
+def load_state(path) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
+    """Read a llama GGUF into our state dict (dequantized; F32/F16/BF16 keep their dtype)."""
+    path = Path(path)
+    reader = _reader(path)
+    meta = read_metadata(path, reader)
+    state, unknown, qtypes = {}, [], {}
+    for t in reader.tensors:
+        name = to_ours(t.name)
+        if name is None:
+            unknown.append(t.name)
+            continue
+        try:
+            state[name] = _to_torch(t)
+        except (ValueError, IndexError) as e:
+            raise LlamalabError(f"{path}: tensor {t.name} is damaged ({e}); is the file truncated?") from None
+        qtypes[name] = t.tensor_type.name
+    if unknown:
+        raise LlamalabError(f"{path}: unsupported GGUF tensors {unknown[:5]} (llama architecture only)")
+    if "tok_embeddings.weight" not in state:
+        raise LlamalabError(f"{path}: GGUF file has no token_embd.weight; it holds no model weights")
+    args = args_from_metadata(meta, path, state["tok_embeddings.weight"].shape[0])
+    args = args.replace(tie_embeddings="output.weight" not in state)
+    return state, args, {"metadata": meta, "tensor_types": qtypes}
+
+
+# ---------------------------------------------------------------------------------------------- write
+
+WRITE_TYPES = ("f32", "f16", "q8_0")
+
+
+def _encode(name: str, w: torch.Tensor, gguf_type: str):
+    """numpy data + GGML type for one tensor. Norms (1-D) stay F32, as llama.cpp does."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quantize
+
+    array = w.detach().to(torch.float32).cpu().numpy()
+    if w.ndim == 1 or gguf_type == "f32":
+        return array, Q.F32
+    if gguf_type == "f16":
+        return array.astype(np.float16), Q.F16
+    if gguf_type == "q8_0":
+        if array.shape[-1] % 32:
+            return array.astype(np.float16), Q.F16  # Q8_0 needs rows in blocks of 32
+        return quantize(array, Q.Q8_0), Q.Q8_0
+    raise LlamalabError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(WRITE_TYPES)}")
+
+
+def _copy_tokenizer_fields(writer, src: Path):
+    """Copy every tokenizer.* key/value from another GGUF file (the vocabulary travels unchanged)."""
+    from gguf import GGUFValueType
+
+    reader = _reader(src)
+    for key, f in reader.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        vtype = f.types[0]
+        sub = f.types[-1] if vtype == GGUFValueType.ARRAY else None
+        writer.add_key_value(key, f.contents(), vtype, sub_type=sub)
+
+
+def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str = "f32",
+         tokenizer_src=None, name: str | None = None) -> Path:
+    """Write a llama GGUF that llama.cpp and `gguf.GGUFReader` read.
+
+    tokenizer_src: a GGUF file whose tokenizer.* metadata is copied (else the file has no vocabulary).
+    """
+    from gguf import GGUFWriter, LlamaFileType
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    writer = GGUFWriter(tmp, "llama")
+    writer.add_name(name or out.stem)
+    writer.add_context_length(args.max_seq_len)
+    writer.add_embedding_length(args.dim)
+    writer.add_block_count(args.n_layers)
+    writer.add_feed_forward_length(args.hidden_dim)
+    writer.add_head_count(args.n_heads)
+    writer.add_head_count_kv(args.kv_heads)
+    writer.add_rope_dimension_count(args.head_dim)
+    writer.add_rope_freq_base(args.rope_theta)
+    writer.add_layer_norm_rms_eps(args.norm_eps)
+    writer.add_vocab_size(args.vocab_size)
+    writer.add_file_type({"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
+                          "q8_0": LlamaFileType.MOSTLY_Q8_0}[gguf_type])
+    if args.rope_scaling:
+        raise LlamalabError("writing rope scaling to GGUF is not supported")
+    if tokenizer_src is not None and Path(tokenizer_src).suffix == ".gguf":
+        _copy_tokenizer_fields(writer, Path(tokenizer_src))
+    for key, w in state.items():
+        if key == "output.weight" and args.tie_embeddings:
+            continue  # llama.cpp reuses token_embd.weight when output.weight is absent
+        gname = to_gguf(key)
+        if gname is None:
+            raise LlamalabError(f"cannot write tensor {key!r} to GGUF: not a llama parameter")
+        data, qtype = _encode(key, w, gguf_type)
+        writer.add_tensor(gname, data, raw_dtype=qtype if data.dtype == np.uint8 else None)  # uint8 = quantized blocks
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
