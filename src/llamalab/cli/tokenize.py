@@ -1,0 +1,70 @@
+HELP = "Tokenize text: print the pieces, or the token ids (any tokenizer.model / tokenizer.json / GGUF / checkpoint dir)."
+
+EPILOG = """examples:
+  llamalab tokenize --tokenizer model.gguf "Hello world"          # pieces
+  llamalab tokenize --tokenizer tokenizer.model --ids --bos "Hello world"
+  echo "Hello world" | llamalab tokenize --tokenizer out/tok --ids -
+  llamalab tokenize --tokenizer model.gguf --jsonl texts.jsonl > ids.txt"""
+
+
+def add_arguments(p):
+    import argparse
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EPILOG
+    p.add_argument("text", nargs="?", help="the text; `-` reads it from stdin")
+    p.add_argument("--tokenizer", "-t", required=True, metavar="PATH",
+                   help="tokenizer.model, tokenizer.json, a .gguf file, or a directory holding one")
+    p.add_argument("--ids", action="store_true", help="print token ids space-separated on one line")
+    p.add_argument("--bos", action="store_true", help="prepend the BOS token")
+    p.add_argument("--eos", action="store_true", help="append the EOS token")
+    p.add_argument("--no-special", action="store_true",
+                   help="read special-token text such as <s> or <|im_start|> as plain text")
+    p.add_argument("--jsonl", metavar="FILE",
+                   help="tokenize many texts: each line a JSON string (or {\"text\": ...}); prints one line of ids per text")
+
+
+def run(args):
+    import json
+    import sys
+
+    from ..errors import LlamalabError
+    from ..tokenizer import load_tokenizer
+
+    if (args.text is None) == (args.jsonl is None):
+        raise LlamalabError("give exactly one of TEXT (`-` for stdin) or --jsonl FILE")
+    tok = load_tokenizer(args.tokenizer)
+    opts = dict(bos=args.bos, eos=args.eos, special=not args.no_special)
+
+    if args.jsonl:
+        texts = []
+        with (sys.stdin if args.jsonl == "-" else _open(args.jsonl)) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    raise LlamalabError(f"{args.jsonl}:{n}: not a JSON line") from None
+                text = obj.get("text") if isinstance(obj, dict) else obj
+                if not isinstance(text, str):
+                    raise LlamalabError(f"{args.jsonl}:{n}: expected a JSON string or an object with a \"text\" string")
+                texts.append(text)
+        for start in range(0, len(texts), 4096):
+            batch = tok.encode_batch(texts[start:start + 4096], **opts)
+            sys.stdout.write("".join(" ".join(map(str, ids)) + "\n" for ids in batch))
+        return 0
+
+    text = sys.stdin.read() if args.text == "-" else args.text
+    ids = tok.encode(text, **opts)
+    print(" ".join(map(str, ids)) if args.ids else " ".join(tok.id_to_piece(i) for i in ids))
+    return 0
+
+
+def _open(path):
+    from ..errors import LlamalabError
+
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as e:
+        raise LlamalabError(f"cannot read {path}: {e.strerror}") from None
