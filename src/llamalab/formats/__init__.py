@@ -120,23 +120,27 @@ def _tokenizer_source(fmt: str, path: Path) -> Path | None:
 
 
 def load_tokenizer_for(fmt: str, path: Path, vocab_size: int):
-    """The checkpoint's tokenizer, or None when it ships none (or the tokenizer module is absent)."""
-    src = _tokenizer_source(fmt, path)
-    if src is None:
-        return None
-    if fmt == "gguf":
-        from .gguf import _reader
-        if "tokenizer.ggml.tokens" not in _reader(path).fields:
-            return None
-    try:
-        from ..tokenizer import load_tokenizer
-    except ImportError:
-        return None
-    tok = load_tokenizer(src)
-    if tok.vocab_size > vocab_size:
+    """The checkpoint's tokenizer, or None when it ships none."""
+    tok = as_tokenizer(_tokenizer_source(fmt, path))
+    if tok is not None and tok.vocab_size > vocab_size:
         raise LlamalabError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model embeds only "
                             f"{vocab_size}; tokenizer and weights do not belong together")
     return tok
+
+
+def as_tokenizer(src):
+    """A Tokenizer from a Tokenizer, a path (.gguf file, tokenizer file or directory), or None."""
+    if src is None or hasattr(src, "encode"):
+        return src
+    src = Path(src)
+    if src.is_file() and src.suffix == ".gguf":
+        from .gguf import _reader
+        if "tokenizer.ggml.tokens" not in _reader(src).fields:
+            return None
+    elif src.is_dir() and _tokenizer_source("hf", src) is None:
+        return None
+    from ..tokenizer import load_tokenizer
+    return load_tokenizer(src)
 
 
 def load_state(path_or_id) -> tuple[dict[str, torch.Tensor], ModelArgs, dict, str, Path]:
@@ -159,7 +163,7 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
 def save(state: dict[str, torch.Tensor], args: ModelArgs, out, fmt: str, tokenizer_src=None, **options) -> Path:
     """Write our state dict as `fmt` ("hf" | "meta" | "gguf") to `out` (a directory; a file for gguf).
 
-    tokenizer_src: where the source checkpoint's tokenizer lives (a .gguf file or a directory with
+    tokenizer_src: the source checkpoint's tokenizer (a Tokenizer, a .gguf file or a directory with
     tokenizer files), so the export carries it.
     """
     if fmt not in FORMATS:

@@ -182,24 +182,36 @@ def _encode(name: str, w: torch.Tensor, gguf_type: str):
     raise LlamalabError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(WRITE_TYPES)}")
 
 
-def _copy_tokenizer_fields(writer, src: Path):
-    """Copy every tokenizer.* key/value from another GGUF file (the vocabulary travels unchanged)."""
-    from gguf import GGUFValueType
+def _add_tokenizer(writer, tokenizer_src):
+    """tokenizer.* metadata: copied verbatim from a source GGUF file, else described by the Tokenizer."""
+    from gguf import GGUFValueType as V
 
-    reader = _reader(src)
-    for key, f in reader.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vtype = f.types[0]
-        sub = f.types[-1] if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, f.contents(), vtype, sub_type=sub)
+    from . import as_tokenizer
+
+    if not hasattr(tokenizer_src, "encode") and Path(tokenizer_src).suffix == ".gguf":
+        for key, f in _reader(Path(tokenizer_src)).fields.items():
+            if key.startswith("tokenizer."):
+                writer.add_key_value(key, f.contents(), f.types[0], sub_type=f.types[-1] if f.types[0] == V.ARRAY else None)
+        return
+    tokenizer = as_tokenizer(tokenizer_src)
+    if tokenizer is None:
+        return
+    for key, value in tokenizer.gguf_metadata().items():
+        if isinstance(value, list):
+            sub = V.STRING if isinstance(value[0], str) else V.FLOAT32 if isinstance(value[0], float) else V.INT32
+            writer.add_key_value(key, value, V.ARRAY, sub_type=sub)
+        else:
+            vtype = (V.BOOL if isinstance(value, bool) else V.UINT32 if isinstance(value, int)
+                     else V.FLOAT32 if isinstance(value, float) else V.STRING)
+            writer.add_key_value(key, value, vtype)
 
 
 def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str = "f32",
          tokenizer_src=None, name: str | None = None) -> Path:
     """Write a llama GGUF that llama.cpp and `gguf.GGUFReader` read.
 
-    tokenizer_src: a GGUF file whose tokenizer.* metadata is copied (else the file has no vocabulary).
+    tokenizer_src: a GGUF file whose tokenizer.* metadata is copied, or a Tokenizer / tokenizer directory
+    (None: the file carries no vocabulary).
     """
     from gguf import GGUFWriter, LlamaFileType
 
@@ -221,8 +233,8 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
                           "q8_0": LlamaFileType.MOSTLY_Q8_0}[gguf_type])
     if args.rope_scaling:
         raise LlamalabError("writing rope scaling to GGUF is not supported")
-    if tokenizer_src is not None and Path(tokenizer_src).suffix == ".gguf":
-        _copy_tokenizer_fields(writer, Path(tokenizer_src))
+    if tokenizer_src is not None:
+        _add_tokenizer(writer, tokenizer_src)
     for key, w in state.items():
         if key == "output.weight" and args.tie_embeddings:
             continue  # llama.cpp reuses token_embd.weight when output.weight is absent

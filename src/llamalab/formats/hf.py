@@ -1,0 +1,241 @@
+"""Hugging Face transformers: `config.json` + `model.safetensors` (or shards + `model.safetensors.index.json`).
+
+Two differences from our (Meta's) layout: the names, and the rotary layout of wq/wk. HF's `rotate_half`
+rotates the two *halves* of each head, Meta's code rotates *adjacent pairs*; the conversion permutes the
+rows of wq/wk within each head so both compute the same attention (transformers'
+`convert_llama_weights_to_hf.permute` and its inverse).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..config import ModelArgs
+from ..errors import LlamalabError
+from .gguf import _name_map
+
+# HF name → ours
+NAMES = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+    "model.layers.{i}.input_layernorm.weight": "layers.{i}.attention_norm.weight",
+    "model.layers.{i}.self_attn.q_proj.weight": "layers.{i}.attention.wq.weight",
+    "model.layers.{i}.self_attn.k_proj.weight": "layers.{i}.attention.wk.weight",
+    "model.layers.{i}.self_attn.v_proj.weight": "layers.{i}.attention.wv.weight",
+    "model.layers.{i}.self_attn.o_proj.weight": "layers.{i}.attention.wo.weight",
+    "model.layers.{i}.post_attention_layernorm.weight": "layers.{i}.ffn_norm.weight",
+    "model.layers.{i}.mlp.gate_proj.weight": "layers.{i}.feed_forward.w1.weight",
+    "model.layers.{i}.mlp.down_proj.weight": "layers.{i}.feed_forward.w2.weight",
+    "model.layers.{i}.mlp.up_proj.weight": "layers.{i}.feed_forward.w3.weight",
+}
+to_ours = _name_map(NAMES)
+to_hf = _name_map({v: k for k, v in NAMES.items()})
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json")
+
+
+def meta_to_hf_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rows of each head from adjacent pairs (x0 y0 x1 y1 ...) to halves (x0 x1 ... y0 y1 ...)."""
+    out_dim, in_dim = w.shape
+    return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def hf_to_meta_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Inverse of `meta_to_hf_rotary`."""
+    out_dim, in_dim = w.shape
+    return w.view(n_heads, 2, out_dim // n_heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+# -------------------------------------------------------------------------------------------- config
+
+def args_from_config(cfg: dict, where) -> ModelArgs:
+    if cfg.get("model_type", "llama") not in ("llama", "mistral") or \
+            any("Llama" not in a and "Mistral" not in a for a in cfg.get("architectures", [])):
+        raise LlamalabError(f"{where}: model_type {cfg.get('model_type')!r} / architectures "
+                            f"{cfg.get('architectures')} is not a LLaMA model")
+    for flag in ("attention_bias", "mlp_bias"):
+        if cfg.get(flag):
+            raise LlamalabError(f"{where}: {flag}=true is not LLaMA (no biases); unsupported")
+    if cfg.get("sliding_window"):
+        raise LlamalabError(f"{where}: sliding-window attention is not supported")
+    try:
+        dim, n_heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        if cfg.get("head_dim") not in (None, dim // n_heads):
+            raise LlamalabError(f"{where}: head_dim {cfg['head_dim']} != hidden_size/num_attention_heads; unsupported")
+        rope = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+        theta = cfg.get("rope_theta", (rope or {}).get("rope_theta", 10000.0))
+        if rope is not None:
+            rope = {k: v for k, v in rope.items() if k != "rope_theta"}
+            if rope.get("rope_type", rope.get("type")) in (None, "default"):
+                rope = None
+        return ModelArgs(
+            dim=dim, n_layers=int(cfg["num_hidden_layers"]), n_heads=n_heads,
+            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+            vocab_size=int(cfg["vocab_size"]), ffn_dim=int(cfg["intermediate_size"]),
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(theta), rope_scaling=rope,
+            max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
+    except KeyError as e:
+        raise LlamalabError(f"{where}: config.json lacks {e.args[0]!r}") from None
+
+
+def config_from_args(args: ModelArgs, dtype: torch.dtype, tokenizer=None) -> dict:
+    cfg = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": args.dim, "intermediate_size": args.hidden_dim,
+        "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.kv_heads, "head_dim": args.head_dim, "vocab_size": args.vocab_size,
+        "rms_norm_eps": args.norm_eps, "rope_theta": args.rope_theta, "rope_scaling": args.rope_scaling,
+        "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": args.tie_embeddings,
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
+        "initializer_range": 0.02, "use_cache": True,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    if tokenizer is not None:
+        cfg.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------- read
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LlamalabError(f"{file}: not a readable safetensors file ({e}); is it truncated?") from None
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise LlamalabError(f"{file}: cannot read JSON ({e})") from None
+
+
+def load_state(path) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
+    path = Path(path)
+    cfg = _read_json(path / "config.json")
+    args = args_from_config(cfg, path / "config.json")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(_read_json(index)["weight_map"].values()))
+    else:
+        files = sorted(p.name for p in path.glob("*.safetensors"))
+    state = {}
+    for name in files:
+        if not (path / name).is_file():
+            raise LlamalabError(f"{path}: shard {name} named in {index.name} is missing")
+        for key, w in _read_safetensors(path / name).items():
+            ours = to_ours(key)
+            if ours is None:
+                if key.endswith("rotary_emb.inv_freq"):
+                    continue  # a buffer some old exports saved; recomputed from the config
+                raise LlamalabError(f"{path / name}: unexpected tensor {key!r} (not a LLaMA parameter)")
+            state[ours] = w
+    for key, heads in (("wq", args.n_heads), ("wk", args.kv_heads)):
+        for i in range(args.n_layers):
+            name = f"layers.{i}.attention.{key}.weight"
+            if name in state:
+                w = state[name]
+                if w.shape[0] != heads * args.head_dim:
+                    raise LlamalabError(f"{path}: tensor {name} has shape {tuple(w.shape)} but config.json "
+                                        f"implies ({heads * args.head_dim}, {args.dim}); config and weights disagree")
+                state[name] = hf_to_meta_rotary(w, heads)
+    if args.tie_embeddings and "output.weight" in state:
+        if torch.equal(state["output.weight"], state.get("tok_embeddings.weight", torch.empty(0))):
+            del state["output.weight"]
+        else:
+            raise LlamalabError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from embed_tokens")
+    return state, args, {"metadata": cfg}
+
+
+# --------------------------------------------------------------------------------------------- write
+
+def _hf_state(state: dict[str, torch.Tensor], args: ModelArgs, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, w in state.items():
+        if key == "output.weight" and args.tie_embeddings:
+            continue
+        name = to_hf(key)
+        if name is None:
+            raise LlamalabError(f"cannot write tensor {key!r} to HF format: not a LLaMA parameter")
+        if key.endswith("attention.wq.weight"):
+            w = meta_to_hf_rotary(w, args.n_heads)
+        elif key.endswith("attention.wk.weight"):
+            w = meta_to_hf_rotary(w, args.kv_heads)
+        out[name] = w.to(dtype).contiguous()
+    return out
+
+
+def _shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    shards, size = [{}], 0
+    for name, w in tensors.items():
+        nbytes = w.numel() * w.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = w
+        size += nbytes
+    return shards
+
+
+def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, tokenizer_src=None,
+         dtype: torch.dtype = torch.float32, max_shard_size: int = 5 * 10**9) -> Path:
+    """Write a directory `transformers.AutoModelForCausalLM.from_pretrained` loads.
+
+    Shards into model-0000K-of-0000N.safetensors + index when larger than `max_shard_size` bytes.
+    tokenizer_src: a Tokenizer, or a path (GGUF / tokenizer dir) to load one from; its files go along.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = _hf_state(state, args, dtype)
+    shards = _shards(tensors, max_shard_size)
+    if len(shards) == 1:
+        save_file(shards[0], out / "model.safetensors", metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for k, shard in enumerate(shards, 1):
+            name = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, out / name, metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, name))
+        total = sum(w.numel() * w.element_size() for w in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    tokenizer = _write_tokenizer(out, tokenizer_src)
+    (out / "config.json").write_text(json.dumps(config_from_args(args, dtype, tokenizer), indent=2) + "\n")
+    return out
+
+
+def _write_tokenizer(out: Path, tokenizer_src):
+    """Copy tokenizer files from a source directory as they are; else let the Tokenizer write its own.
+    Returns the Tokenizer (or None), for the special ids in config.json / generation_config.json."""
+    from . import as_tokenizer
+
+    tokenizer = as_tokenizer(tokenizer_src)
+    if tokenizer_src is not None and not hasattr(tokenizer_src, "encode") and Path(tokenizer_src).is_dir():
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_src) / name).is_file() and not (out / name).exists():
+                shutil.copy2(Path(tokenizer_src) / name, out / name)
+    elif tokenizer is not None:
+        tokenizer.save(out)
+    if tokenizer is not None and not (out / "generation_config.json").exists():
+        gen = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
+        if tokenizer.pad_id is not None:
+            gen["pad_token_id"] = tokenizer.pad_id
+        tmp = out / ".generation_config.json.tmp"
+        tmp.write_text(json.dumps(gen, indent=2) + "\n")
+        os.replace(tmp, out / "generation_config.json")
+    return tokenizer
