@@ -1,0 +1,123 @@
+"""Throughput and parity of `llamalab eval` against lm-evaluation-harness's HF backend, in one run.
+
+Same model (SmolLM2-135M-Instruct: our GGUF loader vs transformers' loading of the same file, fp32),
+same tasks, same items (the first --limit of each split), same batch size. Prints per task acc/acc_norm
+for both, the largest per-request log-likelihood difference, and items/s with the speed-up.
+Model loading is not timed for either side.
+
+    python bench/eval.py --tasks arc_easy,arc_challenge,hellaswag,piqa,boolq,winogrande,openbookqa --limit 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def hf_dir_from_gguf(gguf: Path, out: Path) -> Path:
+    """transformers' own loading of the GGUF (dequantized to fp32), saved as an HF directory for lm-eval."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", default="arc_easy,hellaswag,piqa,boolq")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--output", default=None, help="write the comparison JSON here")
+    p.add_argument("--skip-lm-eval", action="store_true", help="time ours only")
+    a = p.parse_args()
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import torch
+
+    from llamalab import assets
+    from llamalab.eval import LLM, evaluate_task, get_task
+    from llamalab.eval.lm_eval_tasks import write_task_yamls
+    from llamalab.formats import load
+
+    data_dir, gguf = assets.path("benchmarks"), assets.path("smollm2")
+    tasks = a.tasks.split(",")
+    print(f"torch threads {torch.get_num_threads()}, batch size {a.batch_size}, limit {a.limit}", file=sys.stderr)
+
+    ckpt = load(gguf)
+    llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=a.batch_size)
+    ours, ours_s, items = {}, {}, {}
+    for t in tasks:
+        start = time.perf_counter()
+        r = evaluate_task(llm, get_task(t), data_dir, limit=a.limit)
+        ours_s[t], ours[t], items[t] = time.perf_counter() - start, r, r.n
+    del ckpt, llm
+
+    theirs, theirs_s = {}, {}
+    if not a.skip_lm_eval:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+
+        with tempfile.TemporaryDirectory() as tmp:
+            names = write_task_yamls(data_dir, Path(tmp) / "tasks", tasks)
+            hf = HFLM(pretrained=str(hf_dir_from_gguf(gguf, Path(tmp) / "hf")), dtype="float32", device="cpu",
+                      batch_size=a.batch_size)
+            tm = TaskManager(include_path=str(Path(tmp) / "tasks"))
+            for t in tasks:
+                start = time.perf_counter()
+                out = lm_eval.simple_evaluate(model=hf, tasks=[names[t]], task_manager=tm, limit=a.limit,
+                                              log_samples=True, bootstrap_iters=0)
+                theirs_s[t] = time.perf_counter() - start
+                theirs[t] = (out["results"][names[t]], out["samples"][names[t]])
+
+    rows, report = [], {}
+    for t in tasks:
+        m = ours[t].metrics
+        line = {"items": items[t], "ours": {k: v for k, v in m.items() if not k.endswith("_stderr")},
+                "ours_items_per_s": items[t] / ours_s[t]}
+        if t in theirs:
+            res, samples = theirs[t]
+            line["lm_eval"] = {k.split(",")[0]: v for k, v in res.items()
+                               if k.split(",")[0] in ("acc", "acc_norm")}
+            line["lm_eval_items_per_s"] = items[t] / theirs_s[t]
+            ours_ll = {s["doc_id"]: s["loglikelihoods"] for s in ours[t].samples}
+            diffs = [abs(float(r[0]) - o) for s in samples
+                     for r, o in zip(s["filtered_resps"], ours_ll[s["doc_id"]])]
+            line["max_abs_ll_diff"] = max(diffs)
+            line["speedup"] = theirs_s[t] / ours_s[t]
+        report[t] = line
+    total_ours = sum(ours_s.values())
+    print(f"\n| task | items | acc ours | acc lm-eval | acc_norm ours | acc_norm lm-eval | max |Δll| "
+          f"| items/s ours | items/s lm-eval | speed-up |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t, r in report.items():
+        o, l = r["ours"], r.get("lm_eval", {})
+        f = lambda d, k: f"{100 * d[k]:.1f}" if k in d else "-"
+        print(f"| {t} | {r['items']} | {f(o, 'acc')} | {f(l, 'acc')} | {f(o, 'acc_norm')} | {f(l, 'acc_norm')} | "
+              f"{r.get('max_abs_ll_diff', float('nan')):.1e} | {r['ours_items_per_s']:.2f} | "
+              f"{r.get('lm_eval_items_per_s', float('nan')):.2f} | {r.get('speedup', float('nan')):.2f}× |")
+    n = sum(items.values())
+    summary = {"items": n, "ours_s": total_ours, "ours_items_per_s": n / total_ours}
+    if theirs_s:
+        total_theirs = sum(theirs_s.values())
+        summary.update(lm_eval_s=total_theirs, lm_eval_items_per_s=n / total_theirs, speedup=total_theirs / total_ours)
+        print(f"\nall tasks: {n} items, ours {n / total_ours:.2f} items/s ({total_ours:.0f} s), lm-eval HF "
+              f"{n / total_theirs:.2f} items/s ({total_theirs:.0f} s): {total_theirs / total_ours:.2f}× faster")
+    if a.output:
+        Path(a.output).write_text(json.dumps({"tasks": report, "summary": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
