@@ -410,7 +410,7 @@ def read_gguf_tokenizer_fields(path) -> dict:
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:
-        raise LlamalabError(f"{path}: not a readable GGUF file ({e})") from None
+        raise LlamalabError(f"{path}: not a readable GGUF file (truncated or corrupt: {type(e).__name__})") from None
     return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
 
 
