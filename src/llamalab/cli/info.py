@@ -1,0 +1,41 @@
+HELP = "Show a checkpoint's format, config, parameter count and tensors (GGUF file, HF or Meta directory)."
+
+
+def add_arguments(p):
+    p.add_argument("path", help="a .gguf file, an HF directory (config.json + *.safetensors) or a Meta "
+                                "directory (params.json + consolidated.*.pth)")
+    p.add_argument("--tensors", action="store_true", help="list every tensor (default: the first layer only)")
+
+
+def run(args):
+    from collections import Counter
+
+    from ..formats import expected_shapes, load_state, load_tokenizer_for
+
+    state, cfg, extra, fmt, path = load_state(args.path)
+    meta = extra.get("metadata", {})
+    types = extra.get("tensor_types") or {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()}
+    print(f"format      {fmt}")
+    print(f"path        {path}")
+    if meta.get("general.name"):
+        print(f"name        {meta['general.name']}")
+    if extra.get("shards", 1) > 1:
+        print(f"shards      {extra['shards']} model-parallel files (merged)")
+    print(f"params      {sum(v.numel() for v in state.values()):,}")
+    print(f"config      dim={cfg.dim} n_layers={cfg.n_layers} n_heads={cfg.n_heads} n_kv_heads={cfg.kv_heads} "
+          f"head_dim={cfg.head_dim} ffn_dim={cfg.hidden_dim}")
+    print(f"            vocab_size={cfg.vocab_size} norm_eps={cfg.norm_eps:g} rope_theta={cfg.rope_theta:g} "
+          f"rope_scaling={cfg.rope_scaling} max_seq_len={cfg.max_seq_len} tie_embeddings={cfg.tie_embeddings}")
+    print("dtypes      " + ", ".join(f"{t}: {n}" for t, n in Counter(types.values()).most_common()))
+    tok = load_tokenizer_for(fmt, path, cfg.vocab_size)
+    if tok is not None:
+        print(f"tokenizer   {type(tok).__name__}: {tok.vocab_size} tokens, bos={tok.bos_token!r} "
+              f"eos={tok.eos_token!r} add_bos={tok.add_bos} chat_template={'yes' if tok.chat_template else 'no'}")
+    else:
+        print("tokenizer   none found")
+    order = [k for k in expected_shapes(cfg) if k in state]  # the model's own order
+    names = order if args.tensors else [k for k in order if not k.startswith("layers.") or k.startswith("layers.0.")]
+    print(f"tensors     {len(state)}" + ("" if args.tensors else f" (showing {len(names)}; --tensors for all)"))
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"  {name:<{width}}  {str(tuple(state[name].shape)):<16} {types[name]}")
