@@ -1,0 +1,122 @@
+"""`llamalab info` / `llamalab convert` through the real CLI entry point, good input and bad.
+
+Bad input must give one clear line on stderr, a non-zero exit code, no traceback, and no output left
+behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llamalab import formats
+from llamalab.cli import main
+from llamalab.config import ModelArgs
+from llamalab.model import Transformer
+
+ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, multiple_of=32, max_seq_len=64)
+
+
+@pytest.fixture(scope="module")
+def state():
+    model = Transformer(ARGS)
+    model.init_weights(generator=torch.Generator().manual_seed(0))
+    return model.state_dict()
+
+
+def fails(capsys, argv, *expect):
+    """Run the CLI expecting a clean user error; return the message."""
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"llamalab {argv[0]}: error: ")
+    for word in expect:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def test_info_and_convert_round_trip(state, tmp_path, capsys):
+    formats.save(state, ARGS, tmp_path / "hf", "hf")
+    assert main(["convert", str(tmp_path / "hf"), "--to", "meta", "--out", str(tmp_path / "meta"),
+                 "--shards", "2"]) == 0
+    assert main(["convert", str(tmp_path / "meta"), "--to", "gguf", "--out", str(tmp_path / "m.gguf")]) == 0
+    assert main(["convert", str(tmp_path / "m.gguf"), "--to", "hf", "--out", str(tmp_path / "hf2")]) == 0
+    capsys.readouterr()
+    back, _, _, fmt, _ = formats.load_state(tmp_path / "hf2")
+    assert fmt == "hf" and all(torch.equal(state[k], back[k]) for k in state)
+    assert main(["info", str(tmp_path / "meta")]) == 0
+    out = capsys.readouterr().out
+    assert "format      meta" in out and "shards      2" in out and f"{sum(v.numel() for v in state.values()):,}" in out
+    assert main(["info", str(tmp_path / "m.gguf"), "--tensors"]) == 0
+    out = capsys.readouterr().out
+    assert "layers.1.feed_forward.w2.weight" in out and "F32" in out
+    # no temp directories left next to the outputs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "hf2", "m.gguf", "meta"]
+
+
+def test_convert_refuses_to_overwrite(state, tmp_path, capsys):
+    formats.save(state, ARGS, tmp_path / "hf", "hf")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    fails(capsys, ["convert", str(tmp_path / "hf"), "--to", "meta", "--out", str(tmp_path / "out")], "--force")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    assert main(["convert", str(tmp_path / "hf"), "--to", "meta", "--out", str(tmp_path / "out"), "--force"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["consolidated.00.pth", "params.json"]
+
+
+def test_truncated_safetensors(state, tmp_path, capsys):
+    formats.save(state, ARGS, tmp_path, "hf")
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    fails(capsys, ["info", str(tmp_path)], "model.safetensors", "truncated")
+    fails(capsys, ["convert", str(tmp_path), "--to", "gguf", "--out", str(tmp_path / "x.gguf")], "truncated")
+    assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
+
+
+def test_truncated_gguf(state, tmp_path, capsys):
+    f = formats.save(state, ARGS, tmp_path / "m.gguf", "gguf")
+    for size in (f.stat().st_size - 1000, 100, 3):  # in the tensors, in the metadata, in the magic
+        (tmp_path / "t.gguf").write_bytes(f.read_bytes()[:size])
+        fails(capsys, ["info", str(tmp_path / "t.gguf")], "t.gguf")
+
+
+def test_pth_with_pickled_code_is_refused(state, tmp_path, capsys):
+    witness = tmp_path / "pwned"
+
+    class Exploit:  # unpickling this would run a shell command
+        def __reduce__(self):
+            return os.system, (f"touch {witness}",)
+
+    torch.save({**state, "evil": Exploit()}, tmp_path / "consolidated.00.pth")
+    (tmp_path / "params.json").write_text(json.dumps(formats.meta.params_from_args(ARGS)))
+    fails(capsys, ["info", str(tmp_path)], "consolidated.00.pth", "refused")
+    assert not witness.exists()
+
+
+def test_config_that_does_not_match_the_tensors(state, tmp_path, capsys):
+    formats.save(state, ARGS, tmp_path, "hf")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["intermediate_size"] = 100
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    fails(capsys, ["info", str(tmp_path)], "feed_forward.w1.weight", "(192, 64)", "(100, 64)")
+    cfg["intermediate_size"], cfg["num_key_value_heads"] = 192, 4
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    fails(capsys, ["info", str(tmp_path)], "wk.weight", "disagree")
+
+
+def test_directory_without_checkpoint(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    fails(capsys, ["info", str(tmp_path)], "no checkpoint found", "notes.txt")
+    fails(capsys, ["convert", str(tmp_path / "missing"), "--to", "hf", "--out", str(tmp_path / "o")],
+          "no such file")
+
+
+def test_console_script_exit_code(tmp_path):
+    """The installed entry point, as a user runs it."""
+    r = subprocess.run([sys.executable, "-m", "llamalab", "info", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
