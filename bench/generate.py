@@ -1,0 +1,76 @@
+"""Decoding speed: llamalab `generate` vs transformers `generate`, same model, same settings, one run.
+
+    python bench/generate.py [--max-new-tokens 128] [--dtype float32] [--device cpu]
+
+Both load SmolLM2-135M-Instruct from the same GGUF (fp32 weights after dequantization), decode the same
+prompt greedily, batch 1, with end-of-sequence stopping off so both produce exactly N tokens. Each side
+gets a warm-up run first. Tokens/s counts new tokens over the whole call (prefill included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="GGUF file (default: the SmolLM2 asset)")
+    ap.add_argument("--prompt", default="The LLaMA paper shows that smaller models trained on more tokens")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+
+    import transformers
+
+    import llamalab
+    from llamalab import assets
+    from llamalab.generate import generate
+
+    path = args.model or assets.path("smollm2")
+    dtype, n = getattr(torch, args.dtype), args.max_new_tokens
+    ours = llamalab.load(path, device=args.device, dtype=dtype)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent if hasattr(path, "parent") else path), gguf_file=getattr(path, "name", None),
+        torch_dtype=dtype).to(args.device).eval()
+    config = hf.generation_config
+    config.update(do_sample=False, eos_token_id=None, pad_token_id=0, temperature=None, top_p=None, top_k=None)
+    prompt = ours.tokenizer.encode(args.prompt, bos=ours.tokenizer.add_bos)
+    ids = torch.tensor([prompt], device=args.device)
+
+    def sync():
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def run_ours(k):
+        return generate(ours.model, [prompt], max_new_tokens=k)[0]
+
+    def run_hf(k):
+        with torch.inference_mode():
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=k, min_new_tokens=k,
+                              generation_config=config)
+        return out[0, len(prompt):].tolist()
+
+    results = {}
+    for name, fn in (("llamalab", run_ours), ("transformers", run_hf)):
+        fn(8)  # warm-up
+        sync()
+        t = time.perf_counter()
+        tokens = fn(n)
+        sync()
+        results[name] = (tokens, len(tokens) / (time.perf_counter() - t))
+
+    (a, ours_tps), (b, hf_tps) = results["llamalab"], results["transformers"]
+    print(f"model {path.name if hasattr(path, 'name') else path}  device {args.device}  dtype {args.dtype}  "
+          f"threads {torch.get_num_threads()}  prompt {len(prompt)} tokens  greedy  batch 1  {n} new tokens")
+    print(f"llamalab      {ours_tps:8.1f} tokens/s")
+    print(f"transformers  {hf_tps:8.1f} tokens/s  (transformers {transformers.__version__})")
+    print(f"ratio         {ours_tps / hf_tps:8.2f}x  (llamalab / transformers)")
+    print(f"same tokens   {a == b}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+HELP = "Chat with a model in the terminal (streams answers; /reset clears the conversation, /exit quits)."
+
+
+def add_arguments(p):
+    from .generate import add_sampling_arguments
+
+    add_sampling_arguments(p, max_new_tokens=512)
+    p.add_argument("--context", type=int, metavar="N",
+                   help="conversation length in tokens kept in the KV cache (default: min(model's, 4096))")
+
+
+def _read(prompt: str, interactive: bool):
+    import sys
+
+    if interactive:
+        return input(prompt)  # line editing; raises EOFError on Ctrl-D
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\n")
+
+
+def run(args):
+    import sys
+
+    from llamalab.chat import render_for, resolve_template
+    from llamalab.errors import LlamalabError
+    from llamalab.generate import Session, stream_text
+
+    from .generate import load_checkpoint, sampling_kwargs
+
+    ckpt = load_checkpoint(args)
+    tok = ckpt.tokenizer
+    template = resolve_template(args.template, tok)  # fail now, not at the first message
+    session = Session(ckpt.model, max_len=args.context or min(ckpt.args.max_seq_len, 4096))
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(system)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("llamalab chat: /reset starts over, /exit or Ctrl-D quits", file=sys.stderr)
+    while True:
+        try:
+            line = _read("> ", interactive)
+        except EOFError:
+            break
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            messages = list(system)
+            session.reset()
+            continue
+        if not line.strip():
+            continue
+        turn = messages + [{"role": "user", "content": line}]
+        answer = []
+        try:
+            prompt = tok.encode(render_for(tok, turn, template), bos=False)
+            tokens = session.stream(prompt, **sampling_kwargs(args), stop_ids=tok.stop_ids)
+            for piece in stream_text(tokens, tok, stop_ids=tok.stop_ids):
+                answer.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except LlamalabError as e:
+            print(f"llamalab chat: error: {e}", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:  # stop this answer, keep the conversation
+            pass
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages = turn + [{"role": "assistant", "content": "".join(answer)}]
