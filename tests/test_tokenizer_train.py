@@ -119,8 +119,9 @@ def test_tokenizer_json_encodes_like_the_model(trained, corpus):
     assert (ours.bos_id, ours.eos_id, ours.add_bos) == (1, 2, True)
 
 
-def test_stream_decoder_on_trained_tokenizer(trained, corpus):
-    tok = load_tokenizer(trained / "tokenizer.model")
+@pytest.mark.parametrize("file", ["tokenizer.model", "tokenizer.json"])
+def test_stream_decoder_on_trained_tokenizer(trained, corpus, file):
+    tok = load_tokenizer(trained / file)
     for text in UNSEEN + corpus[1][:20]:
         ids = tok.encode(text, bos=True)
         dec = tok.stream_decoder()

@@ -150,13 +150,18 @@ class StreamDecoder:
         self.start = 0          # context window starts here ...
         self.done = 0           # ... and everything before `done` has been emitted
         self.prefix_text = ""   # decode(ids[start:done])
+        self.emitted = 0        # characters returned so far
 
     def push(self, token_id: int) -> str:
         self.ids.append(int(token_id))
         text = self.tok.decode(self.ids[self.start:])
-        if text.endswith("\ufffd") or not text.startswith(self.prefix_text):
+        if text.endswith("\ufffd"):
             return ""  # an incomplete character: wait for the rest of its bytes
+        if not text.startswith(self.prefix_text):  # not seen with the tokenizers here; resync on a full decode
+            self.start, self.prefix_text = 0, self.tok.decode(self.ids[:self.done])[:self.emitted]
+            text = self.tok.decode(self.ids)
         new = text[len(self.prefix_text):]
+        self.emitted += len(new)
         # Move the window up to the new tokens only if they show text: a window may not begin with
         # tokens that decode to nothing (BOS, a lone "▁"), or the next decode would drop a space.
         tail = self.tok.decode(self.ids[self.done:])
@@ -170,7 +175,10 @@ class StreamDecoder:
     def flush(self) -> str:
         """The text still held back (an incomplete character at the end decodes as U+FFFD)."""
         text = self.tok.decode(self.ids[self.start:])
-        new = text[len(self.prefix_text):] if text.startswith(self.prefix_text) else ""
+        if not text.startswith(self.prefix_text):
+            text, self.prefix_text = self.tok.decode(self.ids), self.tok.decode(self.ids)[:self.emitted]
+        new = text[len(self.prefix_text):]
+        self.emitted += len(new)
         self.start = self.done = len(self.ids)
         self.prefix_text = ""
         return new
