@@ -98,6 +98,16 @@ def test_pth_with_pickled_code_is_refused(state, tmp_path, capsys):
     assert not witness.exists()
 
 
+def test_truncated_and_garbage_pth(state, tmp_path, capsys):
+    formats.save(state, ARGS, tmp_path, "meta")
+    f = tmp_path / "consolidated.00.pth"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    fails(capsys, ["info", str(tmp_path)], "consolidated.00.pth", "truncated")
+    f.write_bytes(b"not a pickle at all")
+    fails(capsys, ["info", str(tmp_path)], "consolidated.00.pth")
+
+
 def test_config_that_does_not_match_the_tensors(state, tmp_path, capsys):
     formats.save(state, ARGS, tmp_path, "hf")
     cfg = json.loads((tmp_path / "config.json").read_text())

@@ -93,15 +93,20 @@ def test_reads_f16_bf16_q8_0_q4_0_q4_1(tmp_path):
         assert (got - state[name]).abs().max().item() <= tol[kind] * state[name].abs().max().item(), (name, kind)
 
 
-def test_tokenizer_travels_into_gguf(llama_spm_gguf, tmp_path):
-    """The tokenizer.* metadata of llama.cpp's LLaMA vocabulary GGUF is carried over verbatim."""
+@pytest.mark.parametrize("as_object", [False, True], ids=["from-gguf-file", "from-tokenizer-object"])
+def test_tokenizer_travels_into_gguf(as_object, llama_spm_gguf, tmp_path):
+    """llama.cpp's LLaMA vocabulary GGUF as the tokenizer source: its tokenizer.* metadata is copied
+    verbatim from the file, or rebuilt from our Tokenizer (`gguf_metadata`) with the same content."""
+    from llamalab.tokenizer import load_tokenizer
+
     args = ARGS.replace(vocab_size=32000, n_layers=1)
-    out = formats.save(random_state(args), args, tmp_path / "m.gguf", "gguf", tokenizer_src=llama_spm_gguf)
-    src = GGUFReader(llama_spm_gguf).fields
-    dst = GGUFReader(out).fields
+    src = load_tokenizer(llama_spm_gguf) if as_object else llama_spm_gguf
+    out = formats.save(random_state(args), args, tmp_path / "m.gguf", "gguf", tokenizer_src=src)
+    want = GGUFReader(llama_spm_gguf).fields
+    got = GGUFReader(out).fields
     for key in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
                 "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
-        assert dst[key].contents() == src[key].contents(), key
+        assert got[key].contents() == want[key].contents(), key
     tok = llamalab.load(out).tokenizer
-    assert tok is not None and tok.vocab_size == 32000
+    assert tok is not None and tok.vocab_size == 32000 and tok.add_bos
     assert tok.encode("Hello world") == [15043, 3186]  # llama.cpp's test vector (ggml-vocab-llama-spm.gguf.out)

@@ -24,7 +24,7 @@ def run(args):
     import torch
 
     from ..errors import LlamalabError
-    from ..formats import _tokenizer_source, load_state, save
+    from ..formats import _tokenizer_source, load_state, load_tokenizer_for, save
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -35,11 +35,14 @@ def run(args):
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else state["tok_embeddings.weight"].dtype
     options = {"hf": {"dtype": dtype}, "meta": {"dtype": dtype, "shards": args.shards},
                "gguf": {"gguf_type": args.gguf_type or ("f16" if dtype == torch.float16 else "f32")}}[args.to]
+    tokenizer_src = _tokenizer_source(fmt, path)  # a directory's files are copied, a GGUF vocab copied verbatim
+    if fmt == "gguf" and args.to != "gguf":  # already read with the tensors
+        tokenizer_src = load_tokenizer_for(fmt, path, cfg.vocab_size, extra)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # same filesystem: rename is atomic
     try:
         target = tmp / out.name if args.to == "gguf" else tmp / "out"
-        save(state, cfg, target, args.to, tokenizer_src=_tokenizer_source(fmt, path), **options)
+        save(state, cfg, target, args.to, tokenizer_src=tokenizer_src, **options)
         if out.exists():  # --force
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(target, out)

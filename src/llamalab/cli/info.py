@@ -27,7 +27,7 @@ def run(args):
     print(f"            vocab_size={cfg.vocab_size} norm_eps={cfg.norm_eps:g} rope_theta={cfg.rope_theta:g} "
           f"rope_scaling={cfg.rope_scaling} max_seq_len={cfg.max_seq_len} tie_embeddings={cfg.tie_embeddings}")
     print("dtypes      " + ", ".join(f"{t}: {n}" for t, n in Counter(types.values()).most_common()))
-    tok = load_tokenizer_for(fmt, path, cfg.vocab_size)
+    tok = load_tokenizer_for(fmt, path, cfg.vocab_size, extra)
     if tok is not None:
         print(f"tokenizer   {type(tok).__name__}: {tok.vocab_size} tokens, bos={tok.bos_token!r} "
               f"eos={tok.eos_token!r} add_bos={tok.add_bos} chat_template={'yes' if tok.chat_template else 'no'}")

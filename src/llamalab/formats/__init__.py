@@ -40,7 +40,7 @@ def detect_format(path: Path) -> tuple[str, Path]:
     """(format, the path its reader takes). A file inside an HF/Meta directory means that directory."""
     if path.is_file():
         with open(path, "rb") as f:
-            if f.read(4) == b"GGUF":
+            if f.read(4) == b"GGUF" or path.suffix == ".gguf":  # the GGUF reader explains a bad file
                 return "gguf", path
         if path.suffix in (".safetensors", ".json", ".pth", ".model"):
             path = path.parent
@@ -119,9 +119,15 @@ def _tokenizer_source(fmt: str, path: Path) -> Path | None:
     return None
 
 
-def load_tokenizer_for(fmt: str, path: Path, vocab_size: int):
-    """The checkpoint's tokenizer, or None when it ships none."""
-    tok = as_tokenizer(_tokenizer_source(fmt, path))
+def load_tokenizer_for(fmt: str, path: Path, vocab_size: int, extra: dict | None = None):
+    """The checkpoint's tokenizer, or None when it ships none. `extra` from `load_state` saves
+    re-reading a GGUF file (its tokenizer.* fields are already there)."""
+    fields = (extra or {}).get("tokenizer_fields")
+    if fields is not None:
+        from ..tokenizer import tokenizer_from_gguf_fields
+        tok = tokenizer_from_gguf_fields(fields, source=str(path)) if "tokenizer.ggml.tokens" in fields else None
+    else:
+        tok = as_tokenizer(_tokenizer_source(fmt, path))
     if tok is not None and tok.vocab_size > vocab_size:
         raise LlamalabError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model embeds only "
                             f"{vocab_size}; tokenizer and weights do not belong together")
@@ -155,7 +161,7 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
     """Load a .gguf file, an HF directory, a Meta directory, or a hub id into our Transformer."""
     state, args, extra, fmt, path = load_state(path_or_id)
     model = build_model(state, args, device=device, dtype=dtype)
-    tok = load_tokenizer_for(fmt, path, args.vocab_size) if tokenizer else None
+    tok = load_tokenizer_for(fmt, path, args.vocab_size, extra) if tokenizer else None
     return Checkpoint(model=model, args=args, tokenizer=tok, format=fmt,
                       metadata=extra.get("metadata", {}), path=path)
 

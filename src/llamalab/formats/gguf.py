@@ -157,7 +157,8 @@ def load_state(path) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
         raise LlamalabError(f"{path}: GGUF file has no token_embd.weight; it holds no model weights")
     args = args_from_metadata(meta, path, state["tok_embeddings.weight"].shape[0])
     args = args.replace(tie_embeddings="output.weight" not in state)
-    return state, args, {"metadata": meta, "tensor_types": qtypes}
+    tokenizer_fields = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+    return state, args, {"metadata": meta, "tensor_types": qtypes, "tokenizer_fields": tokenizer_fields}
 
 
 # ---------------------------------------------------------------------------------------------- write

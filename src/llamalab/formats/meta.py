@@ -71,12 +71,18 @@ def params_from_args(args: ModelArgs) -> dict:
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:
     """Tensors only: `weights_only=True` refuses pickled code (a .pth is a pickle, i.e. a program)."""
     try:
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) .pth
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
-        raise LlamalabError(f"{file}: refused to load: the pickle contains more than tensors "
-                            f"({detail.strip()[:160]}); only load checkpoints you trust with other tools") from None
+        globals_ = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line.upper()]
+        if globals_:
+            raise LlamalabError(f"{file}: refused to load: the pickle contains more than tensors "
+                                f"({globals_[0][:160]}); it could run code") from None
+        raise LlamalabError(f"{file}: not a readable PyTorch checkpoint (damaged pickle); is it truncated?") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise LlamalabError(f"{file}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:160]}); "
                             "is it truncated?") from None
