@@ -279,3 +279,14 @@ def test_bad_tokenizer_files(tmp_path, smollm2_gguf, smol):
         load_tokenizer(tmp_path / "empty")
     with pytest.raises(LlamalabError, match="outside this tokenizer's vocabulary"):
         smol.decode([49152])
+
+
+@pytest.mark.parametrize("which", ["spm", "smol"])
+def test_tokenizer_pickles(which, request):
+    """Data preparation hands the tokenizer to worker processes."""
+    import pickle
+
+    tok = request.getfixturevalue(which)
+    text = "Hello <s> <|im_start|> 2024 🦙"
+    back = pickle.loads(pickle.dumps(tok))
+    assert back.encode(text) == tok.encode(text) and back.stop_ids == tok.stop_ids
