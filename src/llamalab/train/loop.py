@@ -218,6 +218,6 @@ def export(model, args, out: Path, tokenizer, world) -> Path:
 
         state = {k.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", ""): v.float()
                  for k, v in state.items()}
-        save(state, args, out, "hf", tokenizer)
+        save(state, args, out, "hf", Path(tokenizer) if tokenizer else None)
     return out
 

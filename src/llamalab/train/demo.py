@@ -1,0 +1,77 @@
+"""Helpers of `llamalab demo`: a small corpus slice for --quick, turning minutes into a fixed step count,
+and the unigram baseline the held-out perplexity is compared with."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+
+
+def quick_corpus(sources: dict[str, Path], out: Path, docs: int) -> dict[str, Path]:
+    """The first `docs` documents of each source (written once)."""
+    out.mkdir(parents=True, exist_ok=True)
+    sliced = {}
+    for name, path in sources.items():
+        dest = out / path.name
+        if not dest.is_file():
+            with open(path) as f:
+                dest.write_text("".join(itertools.islice(f, docs)))
+        sliced[name] = dest
+    return sliced
+
+
+def calibrate_steps(cfg: TrainConfig, seconds: float, warmup_steps: int = 3) -> tuple[int, float]:
+    """Time a few full training steps of this model (random tokens, same shapes) and return
+    (steps that fit in `seconds`, seconds per step). Evaluation and checkpoints take the margin."""
+    from ..model import Transformer
+    from .optim import build_optimizer
+
+    args = cfg.model_args()
+    model = Transformer(args)
+    model.init_weights(cfg.init_std, torch.Generator().manual_seed(cfg.seed))
+    opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
+    x = torch.randint(0, args.vocab_size, (cfg.micro_batch_size, cfg.seq_len + 1))
+    times = []
+    for _ in range(warmup_steps):
+        t0 = time.perf_counter()
+        logits = model(x[:, :-1])
+        F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    step_s = min(times[1:])  # the first step pays one-time allocation
+    eval_share = cfg.eval_batches / 3 / max(1, cfg.eval_every)  # a forward pass ≈ 1/3 of a training step
+    return max(10, int(0.92 * seconds / (step_s * (1 + eval_share)))), step_s
+
+
+def unigram_baseline(cfg: TrainConfig) -> float:
+    """Cross-entropy (nats/token) on the held-out batches the trainer evaluates, of a unigram model whose
+    probabilities are the training tokens' frequencies in each source, mixed with the mixture's weights
+    (add-one smoothing). The model has to beat this to have learned anything beyond token counts."""
+    from ..data.loader import TokenLoader
+    from ..data.shards import read_manifest
+
+    manifest, root = read_manifest(cfg.data)
+    vocab = cfg.model_args().vocab_size
+    weights = cfg.mixture or {k: float(v["tokens"]) for k, v in manifest["sources"].items()}
+    total_w = sum(weights.values())
+    probs = np.zeros(vocab)
+    for name, w in weights.items():
+        counts = np.zeros(vocab)
+        for shard in manifest["sources"][name]["shards"]:
+            tokens = np.memmap(root / shard["file"], dtype=manifest["dtype"], mode="r")
+            counts += np.bincount(tokens, minlength=vocab)[:vocab]
+        probs += (w / total_w) * (counts + 1) / (counts.sum() + vocab)
+    val = TokenLoader(cfg.data, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, mixture=cfg.mixture,
+                      seed=cfg.seed, split="val")
+    nll = [-np.log(probs[next(val)[1].numpy()]).mean() for _ in range(cfg.eval_batches)]
+    return float(np.mean(nll))
