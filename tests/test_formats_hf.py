@@ -25,6 +25,10 @@ CONFIGS = {  # MHA / GQA × tied / untied
                             norm_eps=1e-5, rope_theta=50000.0, max_seq_len=64),
     "gqa-tied": ModelArgs(dim=96, n_layers=3, n_heads=6, n_kv_heads=3, vocab_size=80, ffn_dim=160,
                           max_seq_len=64, tie_embeddings=True),
+    "gqa-llama3-rope": ModelArgs(dim=96, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=80, ffn_dim=160,
+                                 rope_theta=500000.0, max_seq_len=64, tie_embeddings=True,
+                                 rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
 }
 
 
