@@ -1,0 +1,93 @@
+HELP = "Prepare pretraining data (tokenize + pack shards) and report mixtures (epochs per source, Table 1)."
+
+
+def add_arguments(p):
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    pp = sub.add_parser("prepare", help="tokenize text sources in parallel into packed shards + manifest.json",
+                        description="Tokenize text sources into packed uint16/uint32 shards plus manifest.json. "
+                                    "Re-running with unchanged inputs does nothing.")
+    pp.add_argument("--source", action="append", default=[], metavar="NAME=PATH[,PATH...]",
+                    help="a named source: files or directories of .txt, .jsonl, .parquet, .arrow "
+                         "(optionally .gz/.xz/.bz2); repeat for each source")
+    pp.add_argument("--demo", action="store_true",
+                    help="add the embedded demo corpus as sources prose, reference, qa, code")
+    pp.add_argument("--tokenizer", required=True, help="tokenizer.model, tokenizer.json, .gguf or a directory")
+    pp.add_argument("--out", required=True, help="output dataset directory")
+    pp.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    pp.add_argument("--text-field", default="text", help="field/column holding the text in jsonl/parquet/arrow")
+    pp.add_argument("--val-fraction", type=float, default=0.0,
+                    help="fraction of documents held out (by a hash of the text) into val shards")
+    pp.add_argument("--shard-tokens", type=int, default=1 << 27, help="tokens per shard file")
+    pp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    pm = sub.add_parser("mixture", help="share, tokens sampled and epochs per source for a training budget",
+                        description="Per source: share of the mixture, tokens sampled when training on --tokens "
+                                    "tokens, and the resulting epochs (the paper's Table 1).")
+    pm.add_argument("--data", help="prepared dataset directory (or manifest.json); without it, the paper's "
+                                   "Table 1 is printed")
+    pm.add_argument("--weights", default=None, help="name=weight,... or a preset (llama); default: the "
+                                                    "dataset's natural mixture (by size)")
+    pm.add_argument("--tokens", type=float, default=None, help="training tokens (e.g. 1.4e12)")
+
+
+def _parse_sources(specs):
+    from ..errors import LlamalabError
+
+    sources = {}
+    for spec in specs:
+        name, eq, paths = spec.partition("=")
+        if not eq or not name or not paths:
+            raise LlamalabError(f"bad --source {spec!r}: write NAME=PATH[,PATH...]")
+        if name in sources:
+            raise LlamalabError(f"source {name!r} given twice; list its paths comma-separated in one --source")
+        sources[name] = [p for p in paths.split(",") if p]
+    return sources
+
+
+def run(args):
+    if args.data_command == "prepare":
+        return _prepare(args)
+    return _mixture(args)
+
+
+def _prepare(args):
+    from ..data.prepare import prepare
+    from ..errors import LlamalabError
+
+    sources = _parse_sources(args.source)
+    if args.demo:
+        from ..data.corpus import demo_sources
+        for name, path in demo_sources().items():
+            sources.setdefault(name, [path])
+    if not sources:
+        raise LlamalabError("no sources: give --source NAME=PATH (or --demo)")
+    if args.workers is not None and args.workers < 1:
+        raise LlamalabError(f"--workers must be at least 1, got {args.workers}")
+    if args.shard_tokens < 1:
+        raise LlamalabError(f"--shard-tokens must be positive, got {args.shard_tokens}")
+    manifest = prepare(sources, args.tokenizer, args.out, workers=args.workers, text_field=args.text_field,
+                       val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,
+                       progress=not args.no_progress)
+    total = sum(s["tokens"] for s in manifest["sources"].values())
+    print(f"{args.out}: {len(manifest['sources'])} sources, {total:,} training tokens, dtype {manifest['dtype']}")
+
+
+def _mixture(args):
+    from ..data.mixture import TABLE1, TABLE1_TOKENS, format_report, parse_mixture, report, source_tokens
+    from ..errors import LlamalabError
+
+    if args.data is None:
+        # the paper's Table 1 as printed, for reference
+        print(f"LLaMA paper, Table 1 (epochs for {TABLE1_TOKENS:.1e} training tokens)")
+        print(f"{'source':16s} {'sampling':>9s} {'disk':>9s} {'epochs':>7s}")
+        for name, row in TABLE1.items():
+            disk = f"{row.disk_gb / 1000:.1f} TB" if row.disk_gb >= 1000 else f"{row.disk_gb:.0f} GB"
+            print(f"{name:16s} {row.weight:8.1f}% {disk:>9s} {row.epochs:7.2f}")
+        return
+    available = source_tokens(args.data)
+    mixture = parse_mixture(args.weights) if args.weights else {k: float(v) for k, v in available.items()}
+    if args.tokens is None:
+        raise LlamalabError("give the training budget with --tokens N (e.g. --tokens 5e6)")
+    if args.tokens <= 0:
+        raise LlamalabError(f"--tokens must be positive, got {args.tokens}")
+    print(format_report(report(mixture, available, args.tokens)))

@@ -1,0 +1,332 @@
+"""Data preparation: text sources → tokenized, packed shards + manifest (see `shards.py` for the layout).
+
+    prepare({"prose": [Path("books/")], "code": [Path("code.jsonl.gz")]}, "tokenizer.model", "data/")
+
+Inputs: plain text files (one document per file), `.jsonl` (one document per line, its `text_field`),
+`.parquet` and `.arrow` tables (a `text_field` column); any of them `.gz`/`.xz`/`.bz2` compressed;
+directories are walked recursively. Worker processes tokenize batches of documents (the tokenizer's
+own batch encoder); every document gets EOS appended (and BOS prepended when the tokenizer adds one).
+A document goes to the held-out split when a hash of its text falls below `val_fraction`, so the split
+is deterministic and independent of file order.
+
+Idempotent: a source whose inputs (paths, sizes, mtimes), tokenizer (sha256) and settings are unchanged
+is left alone; a changed one is rebuilt in a temporary directory and swapped in; the manifest is
+replaced atomically after each source.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import json
+import lzma
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LlamalabError
+from .shards import MANIFEST, VERSION, read_manifest, sha256_file, token_dtype, write_manifest, write_shard
+
+_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+_JSONL = {".jsonl", ".ndjson", ".json"}
+_TABLES = {".parquet", ".arrow"}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+# ---------------------------------------------------------------- reading documents
+def _kind(path: Path) -> tuple[str, str | None]:
+    """(format suffix, compression suffix) of a file name."""
+    suffixes = [s.lower() for s in path.suffixes]
+    comp = suffixes.pop() if suffixes and suffixes[-1] in _OPENERS else None
+    return (suffixes[-1] if suffixes else ""), comp
+
+
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """Files named, and every non-hidden file below directories named, in a stable order."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file()
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise LlamalabError(f"input not found: {p}")
+    return files
+
+
+def read_documents(path: Path, text_field: str = "text"):
+    """Yield the documents (str) in one input file."""
+    fmt, comp = _kind(path)
+    try:
+        if fmt in _TABLES:
+            yield from _read_table(path, fmt, comp, text_field)
+            return
+        opener = _OPENERS.get(comp, open)
+        with opener(path, "rt", encoding="utf-8") as f:
+            if fmt not in _JSONL:
+                yield f.read()
+                return
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    yield obj if isinstance(obj, str) else obj[text_field]
+                except (ValueError, KeyError, TypeError):
+                    raise LlamalabError(f"{path}:{lineno}: expected a JSON object with a string field "
+                                        f"{text_field!r} (choose the field with --text-field)") from None
+    except UnicodeDecodeError as e:
+        raise LlamalabError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it or leave it out") from None
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise LlamalabError(f"cannot read {path}: {e}") from None
+
+
+def _read_table(path: Path, fmt: str, comp: str | None, text_field: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def source():
+        return pa.BufferReader(_OPENERS[comp](path, "rb").read()) if comp else pa.memory_map(str(path))
+
+    try:
+        if fmt == ".parquet":
+            table = pq.ParquetFile(source())
+            names = table.schema_arrow.names
+            batches = table.iter_batches(columns=[text_field]) if text_field in names else iter(())
+        else:  # arrow IPC: file format, else stream format (what `datasets.save_to_disk` writes)
+            try:
+                reader = pa.ipc.open_file(source())
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            except pa.ArrowInvalid:
+                reader = pa.ipc.open_stream(source())
+                batches = iter(reader)
+            names = reader.schema.names
+        if text_field not in names:
+            raise LlamalabError(f"{path}: no column {text_field!r} (columns: {names}); choose one with --text-field")
+        for batch in batches:
+            yield from (t for t in batch.column(text_field).to_pylist() if t is not None)
+    except (pa.ArrowException, OSError) as e:
+        raise LlamalabError(f"cannot read table {path}: {e}") from None
+
+
+# ---------------------------------------------------------------- tokenizing (in worker processes)
+_worker: dict = {}
+
+
+def _init_worker(tokenizer_path: str, val_fraction: float) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the processes are the parallelism
+    from ..tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path)
+    _worker.update(tok=tok, val_fraction=val_fraction, dtype=token_dtype(tok.vocab_size))
+
+
+def is_heldout(text: str, val_fraction: float) -> bool:
+    """Deterministic per-document split: a 64-bit hash of the text, read as a number in [0, 1)."""
+    if val_fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    return h / 2**64 < val_fraction
+
+
+def _tokenize(docs: list[str]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(train tokens, val tokens, train docs, val docs) for a batch of documents."""
+    tok = _worker["tok"]
+    ids = tok.encode_batch(docs, bos=tok.add_bos, eos=True, special=False)
+    split = [is_heldout(d, _worker["val_fraction"]) for d in docs]
+    dtype = _worker["dtype"]
+    train = [np.asarray(x, dtype=dtype) for x, v in zip(ids, split) if not v]
+    val = [np.asarray(x, dtype=dtype) for x, v in zip(ids, split) if v]
+    cat = lambda xs: np.concatenate(xs) if xs else np.empty(0, dtype=dtype)  # noqa: E731
+    return cat(train), cat(val), len(train), len(val)
+
+
+# ---------------------------------------------------------------- the pipeline
+def tokenizer_identity(path: Path) -> dict:
+    """The tokenizer's file(s) and sha256: what the shards depend on."""
+    path = Path(path)
+    files = sorted(f for f in path.iterdir() if f.name in _TOKENIZER_FILES or f.suffix == ".gguf") \
+        if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+    return {"path": str(path.resolve()), "sha256": h.hexdigest() if path.is_dir() else sha256_file(path)}
+
+
+@dataclass
+class _ShardWriter:
+    root: Path           # final dataset root (manifest paths are relative to it)
+    tmp: Path            # where shards are written before the swap
+    name: str
+    prefix: str
+    shard_tokens: int
+    dtype: np.dtype
+
+    def __post_init__(self):
+        self.buf: list[np.ndarray] = []
+        self.buffered = 0
+        self.shards: list[dict] = []
+        self.tokens = 0
+
+    def add(self, tokens: np.ndarray) -> None:
+        self.buf.append(tokens)
+        self.buffered += tokens.size
+        self.tokens += tokens.size
+        while self.buffered >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def close(self) -> list[dict]:
+        if self.buffered:
+            self._flush(self.buffered)
+        return self.shards
+
+    def _flush(self, n: int) -> None:
+        data = np.concatenate(self.buf)
+        file = f"{self.prefix}-{len(self.shards):05d}.bin"
+        entry = write_shard(self.tmp / file, data[:n])
+        self.shards.append({"file": f"{self.name}/{file}", **entry})
+        rest = data[n:]
+        self.buf, self.buffered = ([rest] if rest.size else []), rest.size
+
+
+def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = None, text_field: str = "text",
+            val_fraction: float = 0.0, shard_tokens: int = 1 << 27, batch_docs: int = 64,
+            progress: bool = True, log=print) -> dict:
+    """Tokenize and pack each source into `<out>/<source>/`; returns the manifest. Sources whose
+    inputs, tokenizer and settings are unchanged since the last run are skipped ("up to date")."""
+    from ..tokenizer import load_tokenizer
+
+    if not sources:
+        raise LlamalabError("no sources given: pass --source NAME=PATH[,PATH...]")
+    for name in sources:
+        if not name or name.startswith(".") or any(c in name for c in "/\\="):
+            raise LlamalabError(f"bad source name {name!r}: use letters, digits, '-' or '_'")
+    if not 0 <= val_fraction < 1:
+        raise LlamalabError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    tokenizer = Path(tokenizer)
+    tok = load_tokenizer(tokenizer)
+    if tok.eos_id is None:
+        raise LlamalabError(f"tokenizer {tokenizer} has no EOS token; documents need one to be packed")
+    ident = {**tokenizer_identity(tokenizer), "kind": tok.kind, "vocab_size": tok.vocab_size,
+             "bos_id": tok.bos_id, "eos_id": tok.eos_id, "add_bos": bool(tok.add_bos)}
+    dtype = token_dtype(tok.vocab_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"version": VERSION, "dtype": dtype.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
+                "tokenizer": ident, "sources": {}}
+    changed = True
+    if (out / MANIFEST).is_file():
+        old, _ = read_manifest(out)
+        if (old.get("tokenizer") or {}).get("sha256") == ident["sha256"]:
+            manifest["sources"] = old["sources"]  # keep sources not named in this run
+            changed = False
+
+    settings = {"text_field": text_field, "val_fraction": val_fraction, "version": VERSION}
+    for name, paths in sources.items():
+        files = expand_inputs(paths)
+        if not files:
+            raise LlamalabError(f"source {name!r}: no input files in {', '.join(map(str, paths))}")
+        inputs = [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
+                  for f in files]
+        fingerprint = hashlib.sha256(json.dumps([inputs, ident["sha256"], settings]).encode()).hexdigest()
+        old = manifest["sources"].get(name)
+        if old and old.get("fingerprint") == fingerprint and _shards_present(out, old, dtype):
+            log(f"{name}: up to date ({old['documents']:,} documents, {old['tokens']:,} tokens)")
+            continue
+        entry = _build_source(name, files, tokenizer, out, dtype, workers=workers, text_field=text_field,
+                              val_fraction=val_fraction, shard_tokens=shard_tokens, batch_docs=batch_docs,
+                              progress=progress)
+        manifest["sources"][name] = {"inputs": inputs, "fingerprint": fingerprint, **entry}
+        write_manifest(out, manifest)
+        changed = True
+        log(f"{name}: {entry['documents']:,} documents, {entry['tokens']:,} tokens"
+            + (f" (+ held out: {entry['val_documents']:,} documents, {entry['val_tokens']:,} tokens)"
+               if val_fraction > 0 else ""))
+    if changed:
+        write_manifest(out, manifest)
+    return manifest
+
+
+def _shards_present(root: Path, entry: dict, dtype: np.dtype) -> bool:
+    return all((root / s["file"]).is_file() and (root / s["file"]).stat().st_size == s["tokens"] * dtype.itemsize
+               for s in entry.get("shards", []) + entry.get("val_shards", []))
+
+
+def _batches(files: list[Path], text_field: str, batch_docs: int, max_chars: int = 1 << 20):
+    batch, chars = [], 0
+    for f in files:
+        for doc in read_documents(f, text_field):
+            if not doc:
+                continue
+            batch.append(doc)
+            chars += len(doc)
+            if len(batch) >= batch_docs or chars >= max_chars:
+                yield batch
+                batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _build_source(name, files, tokenizer, out, dtype, *, workers, text_field, val_fraction, shard_tokens,
+                  batch_docs, progress) -> dict:
+    from tqdm import tqdm
+
+    tmp = out / f".{name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    train = _ShardWriter(out, tmp, name, "shard", shard_tokens, dtype)
+    val = _ShardWriter(out, tmp, name, "val", shard_tokens, dtype)
+    docs = [0, 0]
+    workers = max(1, workers or os.cpu_count() or 1)
+    bar = tqdm(desc=name, unit=" docs", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    start = time.perf_counter()
+
+    def consume(result):
+        t, v, nt, nv = result
+        train.add(t)
+        val.add(v)
+        docs[0] += nt
+        docs[1] += nv
+        bar.update(nt + nv)
+        bar.set_postfix_str(f"{(train.tokens + val.tokens) / (time.perf_counter() - start):,.0f} tok/s", refresh=False)
+
+    try:
+        if workers == 1:
+            _init_worker(str(tokenizer), val_fraction)
+            for batch in _batches(files, text_field, batch_docs):
+                consume(_tokenize(batch))
+        else:
+            # fork: workers need nothing from the parent but the tokenizer path, and spawn cannot start
+            # workers when the main program is not a file (python -c, stdin, notebooks)
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(workers, _init_worker, (str(tokenizer), val_fraction)) as pool:
+                pending = deque()  # bounded read-ahead, results consumed in order
+                for batch in _batches(files, text_field, batch_docs):
+                    pending.append(pool.apply_async(_tokenize, (batch,)))
+                    if len(pending) >= 4 * workers:
+                        consume(pending.popleft().get())
+                while pending:
+                    consume(pending.popleft().get())
+        if docs[0] + docs[1] == 0:
+            raise LlamalabError(f"source {name!r} is empty: no documents in {', '.join(map(str, files))}")
+        shards, val_shards = train.close(), val.close()
+        final = out / name
+        old = out / f".{name}.old{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"documents": docs[0], "tokens": train.tokens, "shards": shards,
+            "val_documents": docs[1], "val_tokens": val.tokens, "val_shards": val_shards}
