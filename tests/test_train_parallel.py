@@ -68,3 +68,19 @@ def test_two_ranks_match_single_process(data, single, tmp_path, parallel):
     b = llamalab.load(tmp_path / "model").model
     tokens = torch.arange(32)[None] % 512
     torch.testing.assert_close(b(tokens), a(tokens), rtol=1e-4, atol=1e-4)
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(data, single, tmp_path):
+    """Recomputing the blocks in backward gives the same losses; the checkpoint and export keep Meta's names."""
+    from llamalab.train import load_config, train
+
+    overrides = [(k, v) for k, v in (a.split("=", 1) for a in COMMON)]
+    cfg = load_config(None, overrides + [("micro_batch_size", "4"), ("data", str(data)), ("out_dir", str(tmp_path)),
+                                         ("activation_checkpointing", "true"), ("max_steps", "20")])
+    train(cfg)
+    got = [r["loss"] for r in records(tmp_path)]
+    np.testing.assert_allclose(got, [r["loss"] for r in records(single)], rtol=1e-5)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "model" / "model.safetensors"), "pt") as f:
+        assert "model.layers.0.self_attn.q_proj.weight" in f.keys()

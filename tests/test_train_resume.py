@@ -35,19 +35,19 @@ def data(tmp_path_factory):
     return root
 
 
-def command(nproc: int) -> list[str]:
+def command(nproc: int, parallel: str = "ddp") -> list[str]:
     if nproc == 1:
         return [sys.executable, "-m", "llamalab", "train"]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "llamalab", "train", "parallel=ddp"]
+            "-m", "llamalab", "train", f"parallel={parallel}"]
 
 
 def env(**extra):
     return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 
 
-def run(nproc, data, out, *extra, **hooks):
-    p = subprocess.run(command(nproc) + COMMON + [f"data={data}", f"out_dir={out}", *extra],
+def run(nproc, data, out, *extra, parallel="ddp", **hooks):
+    p = subprocess.run(command(nproc, parallel) + COMMON + [f"data={data}", f"out_dir={out}", *extra],
                        env=env(**hooks), capture_output=True, text=True, timeout=300)
     return p
 
@@ -57,9 +57,9 @@ def losses(out: Path) -> dict[int, tuple]:
     return {r["step"]: (r["loss"], r["grad_norm"], r.get("val_loss")) for r in recs}
 
 
-def kill_after_checkpoint(nproc, data, out, step):
+def kill_after_checkpoint(nproc, data, out, step, parallel="ddp"):
     """Start a run that hangs once checkpoint `step` is complete, and SIGKILL it (the whole process group)."""
-    p = subprocess.Popen(command(nproc) + COMMON + [f"data={data}", f"out_dir={out}"],
+    p = subprocess.Popen(command(nproc, parallel) + COMMON + [f"data={data}", f"out_dir={out}"],
                          env=env(LLAMALAB_TEST_HANG_AFTER_CHECKPOINT=str(step)), start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
@@ -72,16 +72,17 @@ def kill_after_checkpoint(nproc, data, out, step):
     assert p.returncode == -signal.SIGKILL
 
 
-@pytest.mark.parametrize("nproc", [1, 2], ids=["single", "ddp2"])
-def test_resume_after_sigkill_is_bit_exact(data, tmp_path, nproc):
-    straight = run(nproc, data, tmp_path / "straight")
+@pytest.mark.parametrize("nproc,parallel", [(1, "none"), (2, "ddp"), (2, "fsdp")], ids=["single", "ddp2", "fsdp2"])
+def test_resume_after_sigkill_is_bit_exact(data, tmp_path, nproc, parallel):
+    """For FSDP2 the checkpoint is sharded (each rank writes its shards through torch.distributed.checkpoint)."""
+    straight = run(nproc, data, tmp_path / "straight", parallel=parallel)
     assert straight.returncode == 0, straight.stderr
     expected = losses(tmp_path / "straight")
     assert sorted(expected) == list(range(1, 2 * N + 1))
 
     out = tmp_path / "killed"
-    kill_after_checkpoint(nproc, data, out, N)
-    resumed = run(nproc, data, out, "--resume")
+    kill_after_checkpoint(nproc, data, out, N, parallel)
+    resumed = run(nproc, data, out, "--resume", parallel=parallel)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {out / 'ckpt' / f'step-{N:06d}'}" in resumed.stdout
     assert losses(out) == expected  # every step, bit-exact: loss, grad norm, held-out loss
