@@ -148,3 +148,20 @@ def test_bad_inputs_fail_cleanly_and_keep_existing_output(tmp_path, sp_model, ca
     assert err.startswith("llamalab data: error:") and err.count("\n") == 1
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing overwritten
     assert not [p for p in out.iterdir() if p.name.startswith(".")]               # no temp leftovers
+
+
+def test_llama_vocabulary_matches_llama_cpp_test_vectors(tmp_path, llama_spm_gguf):
+    # The real LLaMA 32K vocabulary (from its GGUF) on llama.cpp's own tokenizer test texts: the shard
+    # must be [BOS] + ids + [EOS] per text, ids taken from llama.cpp's `.out` reference file.
+    texts = llama_spm_gguf.with_name(llama_spm_gguf.name + ".inp").read_text(encoding="utf-8")
+    texts = texts.split("\n__ggml_vocab_test__\n")[:-1]
+    ids = llama_spm_gguf.with_name(llama_spm_gguf.name + ".out").read_text().splitlines()
+    pairs = [(t, [int(i) for i in line.split()]) for t, line in zip(texts, ids, strict=True) if t]
+    with open(tmp_path / "docs.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t, _ in pairs)
+    manifest = prepare({"vectors": [tmp_path / "docs.jsonl"]}, llama_spm_gguf, tmp_path / "out", workers=1,
+                       progress=False, log=lambda *_: None)
+    assert manifest["vocab_size"] == 32000 and manifest["dtype"] == "uint16"
+    assert manifest["tokenizer"]["add_bos"] is True and manifest["sources"]["vectors"]["documents"] == len(pairs)
+    expected = np.concatenate([[1] + i + [2] for _, i in pairs])
+    np.testing.assert_array_equal(_tokens(tmp_path / "out", manifest["sources"]["vectors"]), expected)

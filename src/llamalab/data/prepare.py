@@ -122,11 +122,15 @@ def _read_table(path: Path, fmt: str, comp: str | None, text_field: str):
 _worker: dict = {}
 
 
-def _init_worker(tokenizer_path: str, val_fraction: float) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the processes are the parallelism
+def _init_worker(tokenizer, val_fraction: float, pooled: bool = True) -> None:
+    """Set up tokenizing in this process; `tokenizer` is a path (worker processes) or a Tokenizer."""
+    if pooled:  # the processes are the parallelism: one thread each
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from ..tokenizer import load_tokenizer
 
-    tok = load_tokenizer(tokenizer_path)
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+    if pooled and hasattr(tok, "num_threads"):
+        tok.num_threads = 1
     _worker.update(tok=tok, val_fraction=val_fraction, dtype=token_dtype(tok.vocab_size))
 
 
@@ -242,7 +246,7 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
         if old and old.get("fingerprint") == fingerprint and _shards_present(out, old, dtype):
             log(f"{name}: up to date ({old['documents']:,} documents, {old['tokens']:,} tokens)")
             continue
-        entry = _build_source(name, files, tokenizer, out, dtype, workers=workers, text_field=text_field,
+        entry = _build_source(name, files, tokenizer, tok, out, dtype, workers=workers, text_field=text_field,
                               val_fraction=val_fraction, shard_tokens=shard_tokens, batch_docs=batch_docs,
                               progress=progress)
         manifest["sources"][name] = {"inputs": inputs, "fingerprint": fingerprint, **entry}
@@ -276,7 +280,7 @@ def _batches(files: list[Path], text_field: str, batch_docs: int, max_chars: int
         yield batch
 
 
-def _build_source(name, files, tokenizer, out, dtype, *, workers, text_field, val_fraction, shard_tokens,
+def _build_source(name, files, tokenizer, tok, out, dtype, *, workers, text_field, val_fraction, shard_tokens,
                   batch_docs, progress) -> dict:
     from tqdm import tqdm
 
@@ -301,7 +305,7 @@ def _build_source(name, files, tokenizer, out, dtype, *, workers, text_field, va
 
     try:
         if workers == 1:
-            _init_worker(str(tokenizer), val_fraction)
+            _init_worker(tok, val_fraction, pooled=False)  # the backend's own threads
             for batch in _batches(files, text_field, batch_docs):
                 consume(_tokenize(batch))
         else:
