@@ -94,7 +94,7 @@ def run(args):
     print(f"\n  held-out perplexity  {math.exp(val_loss):10.1f}   (loss {val_loss:.3f} nats/token)")
     print(f"  unigram baseline     {math.exp(unigram):10.1f}   (training-token frequencies, same held-out tokens)")
     print(f"  trained {summary['step']} steps × {summary['tokens_per_step']:,} tokens of a "
-          f"{summary['params'] / 1e6:.1f}M-parameter LLaMA, ~{summary.get('tokens_per_s', 0):,.0f} tokens/s")
+          f"{summary['params'] / 1e6:.1f}M-parameter LLaMA, ~{summary.get('tokens_per_s') or 0:,.0f} tokens/s")
     print(f"\n  everything is in {out}/:\n    tokenizer   {tok_dir}\n    data        {data_dir}\n"
           f"    metrics     {cfg.out_dir}/metrics.jsonl\n    loss curve  {summary['loss_png']}\n"
           f"    checkpoints {cfg.out_dir}/ckpt\n    model (HF)  {summary['model_dir']}"

@@ -67,7 +67,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                                      activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
                                      bf16=bf16, std=cfg.init_std, seed=cfg.seed)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
-    n_params = model.num_params() if cfg.parallel != "fsdp" else sum(p.numel() for p in model.parameters())
+    n_params = model.num_params()  # FSDP2 shards are DTensors: numel() is the global size
     warmup = cfg.warmup_steps_resolved
     tokens_per_step = cfg.micro_batch_size * cfg.seq_len * world.world_size * accum
     peak, peak_desc = peak_flops(world.device)
@@ -199,9 +199,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         records = log.read()
         plot_loss(records, out / "loss.png", title=f"{n_params / 1e6:.1f}M-parameter LLaMA")
         summary["loss_png"] = str(out / "loss.png")
-        train_recs = [r for r in records if "tokens_per_s" in r]
-        if train_recs:
-            summary["tokens_per_s"] = sum(r["tokens_per_s"] for r in train_recs[1:] or train_recs) / max(1, len(train_recs[1:] or train_recs))
+        speeds = sorted(r["tokens_per_s"] for r in records if "tokens_per_s" in r)
+        summary["tokens_per_s"] = speeds[len(speeds) // 2] if speeds else None  # median
     if cfg.export:
         summary["model_dir"] = str(export(model, args, out / "model", cfg.tokenizer, world))
     world.barrier()
