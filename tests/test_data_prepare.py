@@ -117,8 +117,10 @@ def test_parallel_cli_matches_and_rerun_is_idempotent(tmp_path, sp_model, inputs
     ("no_field", "string field 'text'"),
     ("no_tokenizer", "tokenizer not found"),
     ("bad_spec", "NAME=PATH"),
+    ("other_tokenizer", "another tokenizer"),
 ])
-def test_bad_inputs_fail_cleanly_and_keep_existing_output(tmp_path, sp_model, capsys, case, message):
+def test_bad_inputs_fail_cleanly_and_keep_existing_output(tmp_path, sp_model, llama_spm_gguf, capsys, case,
+                                                          message):
     out = tmp_path / "out"
     good = tmp_path / "good.txt"
     good.write_text("Call me Ishmael.")
@@ -139,6 +141,9 @@ def test_bad_inputs_fail_cleanly_and_keep_existing_output(tmp_path, sp_model, ca
         bad.write_text('{"content": "hello"}\n')
     elif case == "no_tokenizer":
         tokenizer = tmp_path / "nope.model"
+    elif case == "other_tokenizer":
+        bad = good
+        tokenizer = llama_spm_gguf
     spec = "a" if case == "bad_spec" else f"a={bad}"
     capsys.readouterr()
     code = main(["data", "prepare", "--source", spec, "--tokenizer", str(tokenizer), "--out", str(out),

@@ -5,10 +5,13 @@ def add_arguments(p):
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     pp = sub.add_parser("prepare", help="tokenize text sources in parallel into packed shards + manifest.json",
                         description="Tokenize text sources into packed uint16/uint32 shards plus manifest.json. "
-                                    "Re-running with unchanged inputs does nothing.")
+                                    "Re-running with unchanged inputs does nothing.",
+                        epilog="example: llamalab data prepare --source web=crawl/ --source code=code.jsonl.gz "
+                               "--tokenizer tok/tokenizer.model --out data/ --val-fraction 0.01")
     pp.add_argument("--source", action="append", default=[], metavar="NAME=PATH[,PATH...]",
-                    help="a named source: files or directories of .txt, .jsonl, .parquet, .arrow "
-                         "(optionally .gz/.xz/.bz2); repeat for each source")
+                    help="a named source: files or directories (walked recursively) of .jsonl (a document "
+                         "per line), .parquet/.arrow (a document per row), or plain text (a document per "
+                         "file), optionally .gz/.xz/.bz2; repeat for each source")
     pp.add_argument("--demo", action="store_true",
                     help="add the embedded demo corpus as sources prose, reference, qa, code")
     pp.add_argument("--tokenizer", required=True, help="tokenizer.model, tokenizer.json, .gguf or a directory")

@@ -11,7 +11,8 @@ is deterministic and independent of file order.
 
 Idempotent: a source whose inputs (paths, sizes, mtimes), tokenizer (sha256) and settings are unchanged
 is left alone; a changed one is rebuilt in a temporary directory and swapped in; the manifest is
-replaced atomically after each source.
+replaced atomically after each source. Sources already in the manifest but not named in a run are kept.
+A dataset has one tokenizer: preparing into it with another one is refused.
 """
 
 from __future__ import annotations
@@ -168,7 +169,6 @@ def tokenizer_identity(path: Path) -> dict:
 
 @dataclass
 class _ShardWriter:
-    root: Path           # final dataset root (manifest paths are relative to it)
     tmp: Path            # where shards are written before the swap
     name: str
     prefix: str
@@ -230,9 +230,12 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
     changed = True
     if (out / MANIFEST).is_file():
         old, _ = read_manifest(out)
-        if (old.get("tokenizer") or {}).get("sha256") == ident["sha256"]:
-            manifest["sources"] = old["sources"]  # keep sources not named in this run
-            changed = False
+        if (old.get("tokenizer") or {}).get("sha256") != ident["sha256"]:
+            raise LlamalabError(f"{out} was prepared with another tokenizer "
+                                f"({(old.get('tokenizer') or {}).get('path')}); use a new --out directory "
+                                f"(or delete {out}) to tokenize with {tokenizer}")
+        manifest["sources"] = old["sources"]  # keep sources not named in this run
+        changed = False
 
     settings = {"text_field": text_field, "val_fraction": val_fraction, "version": VERSION}
     for name, paths in sources.items():
@@ -287,8 +290,8 @@ def _build_source(name, files, tokenizer, tok, out, dtype, *, workers, text_fiel
     tmp = out / f".{name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    train = _ShardWriter(out, tmp, name, "shard", shard_tokens, dtype)
-    val = _ShardWriter(out, tmp, name, "val", shard_tokens, dtype)
+    train = _ShardWriter(tmp, name, "shard", shard_tokens, dtype)
+    val = _ShardWriter(tmp, name, "val", shard_tokens, dtype)
     docs = [0, 0]
     workers = max(1, workers or os.cpu_count() or 1)
     bar = tqdm(desc=name, unit=" docs", disable=not progress, file=sys.stderr, dynamic_ncols=True)
