@@ -124,7 +124,8 @@ class TokenLoader:
             if len(self._perms) > 2 * len(self.streams):
                 self._perms.clear()
             gen = np.random.default_rng([self.seed, _source_key(self.streams[i].name), epoch])
-            self._perms[i, epoch] = gen.permutation(self.streams[i].windows)
+            n = self.streams[i].windows  # int32 when it fits: half the memory, the same permutation
+            self._perms[i, epoch] = gen.permutation(np.arange(n, dtype=np.int32 if n < 2**31 else np.int64))
         return self._perms[i, epoch]
 
     def __iter__(self):
