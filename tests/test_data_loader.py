@@ -110,3 +110,19 @@ def test_bad_inputs(tmp_path):
     state = TokenLoader(root, seq_len=8, batch_size=2, mixture={"a": 1}).state_dict()
     with pytest.raises(LlamalabError, match="seq_len"):
         TokenLoader(root, seq_len=4, batch_size=2, mixture={"a": 1}).load_state_dict(state)
+
+
+def test_state_from_two_ranks_resumes_in_one_process(tmp_path):
+    # the state is global (step + per-source counts), so a 2-process run can resume on 1 process
+    root, _ = _dataset(tmp_path, {"a": 3000, "b": 2000})
+    kw = dict(seq_len=16, mixture={"a": 0.5, "b": 0.5}, seed=9)
+    ranks = [TokenLoader(root, batch_size=3, rank=r, world_size=2, **kw) for r in range(2)]
+    for _ in range(5):
+        for r in ranks:
+            next(r)
+    assert ranks[0].state_dict() == ranks[1].state_dict()
+    single = TokenLoader(root, batch_size=6, **kw)
+    single.load_state_dict(ranks[0].state_dict())
+    for _ in range(5):
+        x, _ = next(single)
+        assert torch.equal(torch.cat([next(r)[0] for r in ranks]), x)
