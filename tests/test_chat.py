@@ -1,0 +1,114 @@
+"""Chat templates against their references, and the `llamalab chat` REPL driven through a pipe."""
+
+import subprocess
+import sys
+
+import pytest
+
+import llamalab
+from llamalab.chat import alpaca_prompt, render, render_for
+from llamalab.errors import LlamalabError
+from llamalab.generate import decode_text, generate
+from llamalab.tokenizer import load_tokenizer
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi!"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"}],
+    [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Blue."},
+     {"role": "user", "content": "Another, in français: ü, 日本, 🦙"}],
+    [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "  spaces  "},
+     {"role": "assistant", "content": "ok\n\nsure"}],
+]
+
+
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+@pytest.mark.parametrize("conversation", range(len(CONVERSATIONS)))
+def test_smollm2_template_equals_transformers(smollm2_gguf, hf_smollm2, conversation, add_generation_prompt):
+    # reference: transformers' apply_chat_template with the tokenizer it reads from the same GGUF
+    ours = load_tokenizer(smollm2_gguf)
+    chat = CONVERSATIONS[conversation]
+    expected = hf_smollm2[1].apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
+    assert render_for(ours, chat, add_generation_prompt=add_generation_prompt) == expected
+
+
+def test_chatml_equals_smollm2_template_when_a_system_prompt_is_given(smollm2_gguf):
+    tok = load_tokenizer(smollm2_gguf)  # SmolLM2's template is ChatML (plus a default system prompt)
+    for chat in (CONVERSATIONS[1], CONVERSATIONS[3]):
+        for agp in (True, False):
+            assert render(chat, "chatml", agp) == render(chat, tok.chat_template, agp)
+
+
+def test_jinja_helpers_behave_like_transformers():
+    # reference: transformers' own renderer on a template using every helper it provides
+    from transformers.utils.chat_template_utils import render_jinja_template
+    template = (
+        "{% for m in messages %}\n"
+        "  {{ m['role'] | upper }}: {{ m['content'] | tojson }}\n"
+        "{% if loop.index > 5 %}{% break %}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ bos_token }}ASSISTANT:{% endif %}{{ strftime_now('%Y') | length }}"
+    )
+    chat = CONVERSATIONS[2]
+    rendered = render_jinja_template([chat], chat_template=template, add_generation_prompt=True, bos_token="<s>")
+    expected = rendered[0][0] if isinstance(rendered, tuple) else rendered[0]
+    assert render(chat, template, True, bos_token="<s>") == expected
+    with pytest.raises(LlamalabError, match="only users"):
+        render(chat, "{{ raise_exception('only users') }}")
+    with pytest.raises(LlamalabError, match="syntax error"):
+        render(chat, "{% for %}")
+
+
+def test_alpaca_is_stanford_alpaca_text():
+    # the prompt strings of Stanford Alpaca's train.py (PROMPT_DICT), copied by hand
+    assert alpaca_prompt("Add the numbers.", "2, 3") == (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\nAdd the numbers.\n\n### Input:\n2, 3\n\n### Response:")
+    assert render([{"role": "user", "content": "Say hi."}], "alpaca") == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the "
+        "request.\n\n### Instruction:\nSay hi.\n\n### Response:")
+    with pytest.raises(LlamalabError, match="no system prompt"):
+        render(CONVERSATIONS[1], "alpaca")
+
+
+def test_llama2_is_meta_chat_format():
+    # Meta's llama/generation.py chat_completion: system folded into the first user turn, each exchange
+    # "<s>[INST] {user} [/INST] {answer} </s>", the open turn "<s>[INST] {user} [/INST]"; contents are
+    # .strip()ped after the system prompt is prepended, so " Hi" keeps its space after <</SYS>>
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi "},
+            {"role": "assistant", "content": " Hello! "}, {"role": "user", "content": "Bye"}]
+    assert render(chat, "llama-2", bos_token="<s>", eos_token="</s>") == (
+        "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n Hi [/INST] Hello! </s><s>[INST] Bye [/INST]")
+    with pytest.raises(LlamalabError, match="alternating"):
+        render([{"role": "assistant", "content": "x"}], "llama-2")
+
+
+def test_chat_repl_through_a_pipe(smollm2_gguf):
+    # two turns (the second re-uses the KV cache of the first), /reset, one fresh turn, /exit
+    n = "12"
+    proc = subprocess.run(
+        [sys.executable, "-m", "llamalab", "chat", "--model", str(smollm2_gguf), "--max-new-tokens", n],
+        input="Hi!\nName a color.\n/reset\nName a color.\n/exit\nnever read\n",
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    # reference: a fresh, cache-less greedy `generate` of each full conversation, in this process
+    ckpt = llamalab.load(smollm2_gguf)
+    tok = ckpt.tokenizer
+
+    def answer(chat):
+        ids = tok.encode(render_for(tok, chat))
+        return decode_text(generate(ckpt.model, [ids], max_new_tokens=int(n), stop_ids=tok.stop_ids)[0], tok,
+                           stop_ids=tok.stop_ids)
+
+    first = answer([{"role": "user", "content": "Hi!"}])
+    second = answer([{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": first},
+                     {"role": "user", "content": "Name a color."}])
+    fresh = answer([{"role": "user", "content": "Name a color."}])
+    assert proc.stdout == f"{first}\n{second}\n{fresh}\n"
+    assert second != fresh  # the history mattered
+
+
+def test_unknown_template_is_a_user_error(smollm2_gguf):
+    proc = subprocess.run([sys.executable, "-m", "llamalab", "chat", "--model", str(smollm2_gguf),
+                           "--template", "nope"], input="", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "unknown chat template 'nope'" in proc.stderr
+    assert "Traceback" not in proc.stderr
