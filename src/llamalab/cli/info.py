@@ -12,7 +12,7 @@ def run(args):
 
     from ..formats import expected_shapes, load_state, load_tokenizer_for
 
-    state, cfg, extra, fmt, path = load_state(args.path)
+    state, cfg, extra, fmt, path = load_state(args.path, lazy=True)  # shapes only: instant for any size
     meta = extra.get("metadata", {})
     types = extra.get("tensor_types") or {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()}
     print(f"format      {fmt}")

@@ -149,10 +149,11 @@ def as_tokenizer(src):
     return load_tokenizer(src)
 
 
-def load_state(path_or_id) -> tuple[dict[str, torch.Tensor], ModelArgs, dict, str, Path]:
-    """Tensors in our names + config, without building a model: (state, args, extra, format, path)."""
+def load_state(path_or_id, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict, str, Path]:
+    """Tensors in our names + config, without building a model: (state, args, extra, format, path).
+    lazy: tensors on the meta device (shapes and dtypes only), for inspecting a checkpoint cheaply."""
     fmt, path = detect_format(resolve(path_or_id))
-    state, args, extra = _format_module(fmt).load_state(path)
+    state, args, extra = _format_module(fmt).load_state(path, lazy=lazy)
     check_state(state, args, path)
     return state, args, extra, fmt, path
 

@@ -135,8 +135,17 @@ def _to_torch(t) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).reshape(shape)
 
 
-def load_state(path) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
-    """Read a llama GGUF into our state dict (dequantized; F32/F16/BF16 keep their dtype)."""
+def _meta_tensor(t) -> torch.Tensor:
+    """Shape and (dequantized) dtype only, on the meta device."""
+    from gguf import GGMLQuantizationType as Q
+
+    dtype = {Q.F16: torch.float16, Q.BF16: torch.bfloat16}.get(t.tensor_type, torch.float32)
+    return torch.empty(tuple(int(s) for s in reversed(t.shape)), dtype=dtype, device="meta")
+
+
+def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
+    """Read a llama GGUF into our state dict (dequantized; F32/F16/BF16 keep their dtype).
+    lazy: tensors on the meta device (shapes and dtypes only, nothing read or dequantized)."""
     path = Path(path)
     reader = _reader(path)
     meta = read_metadata(path, reader)
@@ -147,7 +156,7 @@ def load_state(path) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
             unknown.append(t.name)
             continue
         try:
-            state[name] = _to_torch(t)
+            state[name] = _meta_tensor(t) if lazy else _to_torch(t)
         except (ValueError, IndexError) as e:
             raise LlamalabError(f"{path}: tensor {t.name} is damaged ({e}); is the file truncated?") from None
         qtypes[name] = t.tensor_type.name

@@ -106,14 +106,22 @@ def config_from_args(args: ModelArgs, dtype: torch.dtype, tokenizer=None) -> dic
 
 # ---------------------------------------------------------------------------------------------- read
 
-def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
+def _read_safetensors(file: Path, lazy: bool = False) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(file)
+        if not lazy:
+            return load_file(file)
+        with safe_open(file, "pt") as f:  # header only: meta-device tensors of the right shape and dtype
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            return {k: torch.empty(s.get_shape(), dtype=_DTYPES.get(s.get_dtype(), torch.float32), device="meta")
+                    for k, s in slices.items()}
     except (SafetensorError, OSError, ValueError) as e:
         raise LlamalabError(f"{file}: not a readable safetensors file ({e}); is it truncated?") from None
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def _read_json(file: Path) -> dict:
@@ -123,7 +131,8 @@ def _read_json(file: Path) -> dict:
         raise LlamalabError(f"{file}: cannot read JSON ({e})") from None
 
 
-def load_state(path) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
+def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
+    """Read an HF directory into our names and rotary layout. lazy: meta-device tensors (headers only)."""
     path = Path(path)
     cfg = _read_json(path / "config.json")
     args = args_from_config(cfg, path / "config.json")
@@ -136,7 +145,7 @@ def load_state(path) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
     for name in files:
         if not (path / name).is_file():
             raise LlamalabError(f"{path}: shard {name} named in {index.name} is missing")
-        for key, w in _read_safetensors(path / name).items():
+        for key, w in _read_safetensors(path / name, lazy).items():
             ours = to_ours(key)
             if ours is None:
                 if key.endswith("rotary_emb.inv_freq"):
@@ -153,7 +162,7 @@ def load_state(path) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
                                         f"implies ({heads * args.head_dim}, {args.dim}); config and weights disagree")
                 state[name] = hf_to_meta_rotary(w, heads)
     if args.tie_embeddings and "output.weight" in state:
-        if torch.equal(state["output.weight"], state.get("tok_embeddings.weight", torch.empty(0))):
+        if lazy or torch.equal(state["output.weight"], state.get("tok_embeddings.weight", torch.empty(0))):
             del state["output.weight"]
         else:
             raise LlamalabError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from embed_tokens")

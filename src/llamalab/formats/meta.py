@@ -101,7 +101,9 @@ def merge_shards(shards: list[dict[str, torch.Tensor]], dim: int) -> dict[str, t
     return state
 
 
-def load_state(path) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
+def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
+    """Read (and merge) a Meta directory. lazy: meta-device tensors; the files are memory-mapped and only
+    the embedding / output matrices are read (to tell a tied checkpoint)."""
     path = Path(path)
     try:
         params = json.loads((path / "params.json").read_text())
@@ -114,7 +116,9 @@ def load_state(path) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
             raise LlamalabError(f"{f}: expected a dict of tensors")
         if set(s) != set(shards[0]):
             raise LlamalabError(f"{f}: holds different tensor names than {files[0].name}")
-    shards = [{k: v for k, v in s.items() if k != "rope.freqs"} for s in shards]  # LLaMA-1 saved a buffer
+    keep = ("tok_embeddings.weight", "output.weight")
+    shards = [{k: v.to("meta") if lazy and k not in keep else v for k, v in s.items() if k != "rope.freqs"}
+              for s in shards]  # LLaMA-1 also saved a rope.freqs buffer
     if "tok_embeddings.weight" not in shards[0]:
         raise LlamalabError(f"{files[0]}: no tok_embeddings.weight; not a LLaMA checkpoint")
     state = merge_shards(shards, params.get("dim", 0))
@@ -124,6 +128,8 @@ def load_state(path) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
     if out is None or torch.equal(out, state["tok_embeddings.weight"]):
         state.pop("output.weight", None)
         args = args.replace(tie_embeddings=True)
+    if lazy:
+        state = {k: v.to("meta") for k, v in state.items()}
     return state, args, {"metadata": params, "shards": len(files)}
 
 
