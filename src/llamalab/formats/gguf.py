@@ -172,9 +172,6 @@ def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], Mo
 
 # ---------------------------------------------------------------------------------------------- write
 
-WRITE_TYPES = ("f32", "f16", "q8_0")
-
-
 def _encode(name: str, w: torch.Tensor, gguf_type: str):
     """numpy data + GGML type for one tensor. Norms (1-D) stay F32, as llama.cpp does."""
     from gguf import GGMLQuantizationType as Q
@@ -189,7 +186,7 @@ def _encode(name: str, w: torch.Tensor, gguf_type: str):
         if array.shape[-1] % 32:
             return array.astype(np.float16), Q.F16  # Q8_0 needs rows in blocks of 32
         return quantize(array, Q.Q8_0), Q.Q8_0
-    raise LlamalabError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(WRITE_TYPES)}")
+    raise ValueError(gguf_type)
 
 
 def _add_tokenizer(writer, tokenizer_src):
@@ -223,8 +220,13 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
     tokenizer_src: a GGUF file whose tokenizer.* metadata is copied, or a Tokenizer / tokenizer directory
     (None: the file carries no vocabulary).
     """
-    from gguf import GGUFWriter, LlamaFileType
+    from gguf import GGML_QUANT_VERSION, GGUFWriter, LlamaFileType
 
+    file_types = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "q8_0": LlamaFileType.MOSTLY_Q8_0}
+    if gguf_type not in file_types:
+        raise LlamalabError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(file_types)}")
+    if args.rope_scaling:
+        raise LlamalabError("writing rope scaling to GGUF is not supported (llama.cpp wants a rope_freqs tensor)")
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     writer = GGUFWriter(tmp, "llama")
@@ -239,10 +241,8 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
     writer.add_rope_freq_base(args.rope_theta)
     writer.add_layer_norm_rms_eps(args.norm_eps)
     writer.add_vocab_size(args.vocab_size)
-    writer.add_file_type({"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
-                          "q8_0": LlamaFileType.MOSTLY_Q8_0}[gguf_type])
-    if args.rope_scaling:
-        raise LlamalabError("writing rope scaling to GGUF is not supported")
+    writer.add_file_type(file_types[gguf_type])
+    writer.add_quantization_version(GGML_QUANT_VERSION)
     if tokenizer_src is not None:
         _add_tokenizer(writer, tokenizer_src)
     for key, w in state.items():

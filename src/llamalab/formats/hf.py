@@ -73,8 +73,11 @@ def args_from_config(cfg: dict, where) -> ModelArgs:
         theta = cfg.get("rope_theta", (rope or {}).get("rope_theta", 10000.0))
         if rope is not None:
             rope = {k: v for k, v in rope.items() if k != "rope_theta"}
-            if rope.get("rope_type", rope.get("type")) in (None, "default"):
+            kind = rope.get("rope_type", rope.get("type"))
+            if kind in (None, "default"):
                 rope = None
+            elif kind != "llama3":
+                raise LlamalabError(f"{where}: rope scaling type {kind!r} is not supported (only 'llama3')")
         return ModelArgs(
             dim=dim, n_layers=int(cfg["num_hidden_layers"]), n_heads=n_heads,
             n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
@@ -85,6 +88,8 @@ def args_from_config(cfg: dict, where) -> ModelArgs:
         )
     except KeyError as e:
         raise LlamalabError(f"{where}: config.json lacks {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise LlamalabError(f"{where}: invalid value in config.json ({e})") from None
 
 
 def config_from_args(args: ModelArgs, dtype: torch.dtype, tokenizer=None) -> dict:
@@ -106,6 +111,9 @@ def config_from_args(args: ModelArgs, dtype: torch.dtype, tokenizer=None) -> dic
 
 # ---------------------------------------------------------------------------------------------- read
 
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
 def _read_safetensors(file: Path, lazy: bool = False) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
@@ -119,9 +127,6 @@ def _read_safetensors(file: Path, lazy: bool = False) -> dict[str, torch.Tensor]
                     for k, s in slices.items()}
     except (SafetensorError, OSError, ValueError) as e:
         raise LlamalabError(f"{file}: not a readable safetensors file ({e}); is it truncated?") from None
-
-
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def _read_json(file: Path) -> dict:

@@ -36,6 +36,9 @@ def split_dim(name: str) -> int | None:
 def args_from_params(params: dict, where, vocab_size: int) -> ModelArgs:
     known = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
              "norm_eps", "rope_theta", "max_seq_len", "use_scaled_rope"}
+    missing = [k for k in ("dim", "n_layers", "n_heads") if k not in params]
+    if missing:
+        raise LlamalabError(f"{where}: params.json lacks {missing}")
     try:
         scaling = None
         if params.get("use_scaled_rope"):  # LLaMA-3.1: the constants of Meta's apply_scaling
@@ -45,7 +48,7 @@ def args_from_params(params: dict, where, vocab_size: int) -> ModelArgs:
         if args.get("vocab_size", -1) <= 0:  # LLaMA-1 writes -1: the tokenizer decides, read it off the tensor
             args["vocab_size"] = vocab_size
         return ModelArgs(**args, rope_scaling=scaling)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise LlamalabError(f"{where}: invalid params.json ({e})") from None
 
 
