@@ -75,3 +75,9 @@ def test_greedy_continuations_identical(ours, hf_smollm2, prompt_ids):
         ref = hf.generate(torch.tensor([ids]), max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
                           pad_token_id=2)[0, len(ids):].tolist()
         assert mine == ref
+
+
+def test_tokenizer_attached_and_encodes_like_transformers(ours, prompt_ids):
+    """load() wires in the GGUF's own vocabulary; reference ids from transformers' GGUF tokenizer."""
+    assert ours.tokenizer is not None and ours.tokenizer.vocab_size == 49152 and not ours.tokenizer.add_bos
+    assert [ours.tokenizer.encode(p) for p in PROMPTS] == prompt_ids

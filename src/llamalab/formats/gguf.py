@@ -62,11 +62,6 @@ def _reader(path: Path):
                             "is it truncated or still downloading?") from None
 
 
-def _field(reader, key, default=None):
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
-
-
 def read_metadata(path: Path, reader=None) -> dict:
     """All key/values except the large tokenizer arrays (tokens, scores, merges, types).
     float32 values come back as their shortest decimal (1e-05, not 9.999999747378752e-06)."""
@@ -99,8 +94,7 @@ def args_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelArgs:
     if rope_dims != dim // n_heads:
         raise LlamalabError(f"{path}: partial rotary (rope.dimension_count {rope_dims} "
                             f"< head_dim {dim // n_heads}) is not supported")
-    scaling = None
-    if meta.get("llama.rope.scaling.type", "none") not in ("none",):
+    if meta.get("llama.rope.scaling.type", "none") != "none":
         raise LlamalabError(f"{path}: rope scaling {meta['llama.rope.scaling.type']!r} is not supported")
     return ModelArgs(
         dim=dim,
@@ -111,7 +105,6 @@ def args_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelArgs:
         ffn_dim=int(need("feed_forward_length")),
         norm_eps=float(need("attention.layer_norm_rms_epsilon")),
         rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
-        rope_scaling=scaling,
         max_seq_len=int(meta.get("llama.context_length", 2048)),
         tie_embeddings=False,  # set below from the tensors present
     )
@@ -123,16 +116,15 @@ def _to_torch(t) -> torch.Tensor:
 
     if t.tensor_type in (Q.F32, Q.F16):
         array = np.array(t.data)  # copy out of the memory map
-    elif t.tensor_type == Q.BF16:  # bf16 → fp32 is exact; keep bf16
-        return torch.from_numpy(np.array(dequantize(t.data, t.tensor_type))).to(torch.bfloat16)
     else:
         try:
-            array = dequantize(t.data, t.tensor_type)
+            array = dequantize(t.data, t.tensor_type)  # float32; exact for BF16
         except NotImplementedError:
             raise LlamalabError(f"tensor {t.name}: GGUF type {t.tensor_type.name} cannot be dequantized "
                                 "by the installed gguf package") from None
     shape = tuple(int(s) for s in reversed(t.shape))  # GGUF shapes are innermost-first
-    return torch.from_numpy(np.ascontiguousarray(array)).reshape(shape)
+    w = torch.from_numpy(np.ascontiguousarray(array)).reshape(shape)
+    return w.to(torch.bfloat16) if t.tensor_type == Q.BF16 else w
 
 
 def _meta_tensor(t) -> torch.Tensor:
@@ -172,7 +164,7 @@ def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], Mo
 
 # ---------------------------------------------------------------------------------------------- write
 
-def _encode(name: str, w: torch.Tensor, gguf_type: str):
+def _encode(w: torch.Tensor, gguf_type: str):
     """numpy data + GGML type for one tensor. Norms (1-D) stay F32, as llama.cpp does."""
     from gguf import GGMLQuantizationType as Q
     from gguf.quants import quantize
@@ -198,7 +190,8 @@ def _add_tokenizer(writer, tokenizer_src):
     if not hasattr(tokenizer_src, "encode") and Path(tokenizer_src).suffix == ".gguf":
         for key, f in _reader(Path(tokenizer_src)).fields.items():
             if key.startswith("tokenizer."):
-                writer.add_key_value(key, f.contents(), f.types[0], sub_type=f.types[-1] if f.types[0] == V.ARRAY else None)
+                sub = f.types[-1] if f.types[0] == V.ARRAY else None
+                writer.add_key_value(key, f.contents(), f.types[0], sub_type=sub)
         return
     tokenizer = as_tokenizer(tokenizer_src)
     if tokenizer is None:
@@ -251,7 +244,7 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
         gname = to_gguf(key)
         if gname is None:
             raise LlamalabError(f"cannot write tensor {key!r} to GGUF: not a llama parameter")
-        data, qtype = _encode(key, w, gguf_type)
+        data, qtype = _encode(w, gguf_type)
         writer.add_tensor(gname, data, raw_dtype=qtype if data.dtype == np.uint8 else None)  # uint8 = quantized blocks
     try:
         writer.write_header_to_file()
