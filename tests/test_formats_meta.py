@@ -73,3 +73,11 @@ def test_llama1_rope_freqs_buffer_is_ignored(tmp_path):
                                                       "multiple_of": 32, "norm_eps": 1e-6, "vocab_size": 96}))
     sd = llamalab.load(tmp_path).model.state_dict()
     assert all(torch.equal(state[k], sd[k]) for k in state)
+
+
+def test_load_casts_to_requested_dtype(tmp_path):
+    formats.save(random_state(ARGS), ARGS, tmp_path, "meta")
+    ckpt = llamalab.load(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in ckpt.model.parameters()} == {torch.bfloat16}
+    assert not ckpt.model.training and ckpt.tokenizer is None
+    assert ckpt.model(torch.tensor([[1, 2, 3]])).shape == (1, 3, ARGS.vocab_size)
