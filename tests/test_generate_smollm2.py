@@ -99,7 +99,8 @@ def test_streamed_text_equals_decoded_text_with_multibyte_chars(ours):
     text = decode_text(tokens, tok, stop_ids=tok.stop_ids)
     assert any(ord(c) > 0x2E80 for c in text)  # the answer has CJK characters (3-byte UTF-8)
     assert "".join(pieces) == text and len(pieces) > 5
-    assert not any("\ufffd" in p for p in pieces)  # never half a character
+    # never half a character (only the final flush may hold the bytes of one cut off by max_new_tokens)
+    assert not any("\ufffd" in p for p in pieces[:-1])
     # a stop string cuts the text at the same place in both modes
     stop = [text[len(text) // 2: len(text) // 2 + 3]]
     streamed = "".join(stream_text(iter(tokens), tok, stop_ids=tok.stop_ids, stop=stop))
