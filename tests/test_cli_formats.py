@@ -59,6 +59,18 @@ def test_info_and_convert_round_trip(state, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "hf2", "m.gguf", "meta"]
 
 
+def test_convert_shards_hf_output(state, tmp_path, capsys):
+    formats.save(state, ARGS, tmp_path / "meta", "meta")
+    assert main(["convert", str(tmp_path / "meta"), "--to", "hf", "--out", str(tmp_path / "hf"),
+                 "--max-shard-size", "100KB"]) == 0
+    index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    back, _, _, _, _ = formats.load_state(tmp_path / "hf")
+    assert all(torch.equal(state[k], back[k]) for k in state)
+    fails(capsys, ["convert", str(tmp_path / "meta"), "--to", "hf", "--out", str(tmp_path / "x"),
+                   "--max-shard-size", "lots"], "--max-shard-size")
+
+
 def test_convert_refuses_to_overwrite(state, tmp_path, capsys):
     formats.save(state, ARGS, tmp_path / "hf", "hf")
     (tmp_path / "out").mkdir()

@@ -12,7 +12,22 @@ def add_arguments(p):
     p.add_argument("--shards", type=int, default=1, help="--to meta: number of model-parallel files (default 1)")
     p.add_argument("--gguf-type", choices=["f32", "f16", "q8_0"], help="--to gguf: tensor type (default f32, "
                    "or f16 with --dtype f16)")
+    p.add_argument("--max-shard-size", default="5GB", help="--to hf: split safetensors files larger than "
+                   "this (e.g. 5GB, 500MB; default 5GB)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+def parse_size(text: str) -> int:
+    """'5GB' → 5·10⁹ bytes (decimal units, as transformers' max_shard_size)."""
+    import re
+
+    from ..errors import LlamalabError
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
+    if not m:
+        raise LlamalabError(f"--max-shard-size {text!r}: expected a size such as 5GB, 500MB or 1000000")
+    unit = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9}[m[2]]
+    return int(float(m[1]) * unit)
 
 
 def run(args):
@@ -33,7 +48,7 @@ def run(args):
         raise LlamalabError("--shards N (N >= 1) applies to --to meta only")
     state, cfg, extra, fmt, path = load_state(args.src)
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else state["tok_embeddings.weight"].dtype
-    options = {"hf": {"dtype": dtype}, "meta": {"dtype": dtype, "shards": args.shards},
+    options = {"hf": {"dtype": dtype, "max_shard_size": parse_size(args.max_shard_size)}, "meta": {"dtype": dtype, "shards": args.shards},
                "gguf": {"gguf_type": args.gguf_type or ("f16" if dtype == torch.float16 else "f32")}}[args.to]
     tokenizer_src = _tokenizer_source(fmt, path)  # a directory's files are copied, a GGUF vocab copied verbatim
     if fmt == "gguf" and args.to != "gguf":  # already read with the tensors
