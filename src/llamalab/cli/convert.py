@@ -39,7 +39,7 @@ def run(args):
     import torch
 
     from ..errors import LlamalabError
-    from ..formats import _tokenizer_source, load_state, load_tokenizer_for, save
+    from ..formats import load_state, load_tokenizer_for, save, tokenizer_source
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -50,7 +50,7 @@ def run(args):
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else state["tok_embeddings.weight"].dtype
     options = {"hf": {"dtype": dtype, "max_shard_size": parse_size(args.max_shard_size)}, "meta": {"dtype": dtype, "shards": args.shards},
                "gguf": {"gguf_type": args.gguf_type or ("f16" if dtype == torch.float16 else "f32")}}[args.to]
-    tokenizer_src = _tokenizer_source(fmt, path)  # a directory's files are copied, a GGUF vocab copied verbatim
+    tokenizer_src = tokenizer_source(fmt, path)  # a directory's files are copied, a GGUF vocab copied verbatim
     if fmt == "gguf" and args.to != "gguf":  # already read with the tensors
         tokenizer_src = load_tokenizer_for(fmt, path, cfg.vocab_size, extra)
     out.parent.mkdir(parents=True, exist_ok=True)

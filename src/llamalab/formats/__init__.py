@@ -110,7 +110,8 @@ def build_model(state: dict[str, torch.Tensor], args: ModelArgs, *, device="cpu"
     return model.eval()
 
 
-def _tokenizer_source(fmt: str, path: Path) -> Path | None:
+def tokenizer_source(fmt: str, path: Path) -> Path | None:
+    """Where a checkpoint's tokenizer lives: the GGUF file itself, or its directory if it has tokenizer files."""
     if fmt == "gguf":
         return path
     for name in ("tokenizer.json", "tokenizer.model"):
@@ -127,7 +128,7 @@ def load_tokenizer_for(fmt: str, path: Path, vocab_size: int, extra: dict | None
         from ..tokenizer import tokenizer_from_gguf_fields
         tok = tokenizer_from_gguf_fields(fields, source=str(path)) if "tokenizer.ggml.tokens" in fields else None
     else:
-        tok = as_tokenizer(_tokenizer_source(fmt, path))
+        tok = as_tokenizer(tokenizer_source(fmt, path))
     if tok is not None and tok.vocab_size > vocab_size:
         raise LlamalabError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model embeds only "
                             f"{vocab_size}; tokenizer and weights do not belong together")
@@ -143,7 +144,7 @@ def as_tokenizer(src):
         from .gguf import _reader
         if "tokenizer.ggml.tokens" not in _reader(src).fields:
             return None
-    elif src.is_dir() and _tokenizer_source("hf", src) is None:
+    elif src.is_dir() and tokenizer_source("hf", src) is None:
         return None
     from ..tokenizer import load_tokenizer
     return load_tokenizer(src)
