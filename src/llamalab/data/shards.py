@@ -19,13 +19,12 @@ manifest.json:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import sha256_file, write_bytes
 from ..errors import LlamalabError
 
 MANIFEST = "manifest.json"
@@ -37,29 +36,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new one, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_shard(path: Path, tokens: np.ndarray) -> dict:
     """Write one shard atomically; returns its manifest entry (file name relative to the dataset root
     is filled in by the caller)."""
-    write_atomic(path, np.ascontiguousarray(tokens).tobytes())
+    write_bytes(path, np.ascontiguousarray(tokens).tobytes())
     return {"tokens": int(tokens.size), "sha256": sha256_file(path)}
 
 
@@ -81,7 +61,7 @@ def read_manifest(path: str | Path) -> tuple[dict, Path]:
 
 def write_manifest(root: Path, manifest: dict) -> Path:
     path = Path(root) / MANIFEST
-    write_atomic(path, (json.dumps(manifest, indent=1) + "\n").encode())
+    write_bytes(path, (json.dumps(manifest, indent=1) + "\n").encode())
     return path
 
 
