@@ -10,9 +10,15 @@ gets a warm-up run first. Tokens/s counts new tokens over the whole call (prefil
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
+from pathlib import Path
 
-import torch
+if sys.path and sys.path[0].endswith("bench"):  # sibling bench scripts must not shadow stdlib modules
+    sys.path.pop(0)
+
+import torch  # noqa: E402
 
 
 def main():
@@ -20,6 +26,7 @@ def main():
     ap.add_argument("--model", help="GGUF file (default: the SmolLM2 asset)")
     ap.add_argument("--prompt", default="The LLaMA paper shows that smaller models trained on more tokens")
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
@@ -30,14 +37,13 @@ def main():
     from llamalab import assets
     from llamalab.generate import generate
 
-    path = args.model or assets.path("smollm2")
+    path = Path(args.model) if args.model else assets.path("smollm2")
     dtype, n = getattr(torch, args.dtype), args.max_new_tokens
     ours = llamalab.load(path, device=args.device, dtype=dtype)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent if hasattr(path, "parent") else path), gguf_file=getattr(path, "name", None),
-        torch_dtype=dtype).to(args.device).eval()
-    config = hf.generation_config
-    config.update(do_sample=False, eos_token_id=None, pad_token_id=0, temperature=None, top_p=None, top_k=None)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    hf = hf.to(args.device).eval()
+    hf.generation_config.update(do_sample=False, eos_token_id=None, pad_token_id=0,  # greedy, never stop early
+                                temperature=None, top_p=None, top_k=None)
     prompt = ours.tokenizer.encode(args.prompt, bos=ours.tokenizer.add_bos)
     ids = torch.tensor([prompt], device=args.device)
 
@@ -50,22 +56,26 @@ def main():
 
     def run_hf(k):
         with torch.inference_mode():
-            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=k, min_new_tokens=k,
-                              generation_config=config)
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=k)
         return out[0, len(prompt):].tolist()
 
-    results = {}
-    for name, fn in (("llamalab", run_ours), ("transformers", run_hf)):
+    runs = {"llamalab": run_ours, "transformers": run_hf}
+    speeds = {name: [] for name in runs}
+    tokens = {}
+    for fn in runs.values():
         fn(8)  # warm-up
-        sync()
-        t = time.perf_counter()
-        tokens = fn(n)
-        sync()
-        results[name] = (tokens, len(tokens) / (time.perf_counter() - t))
-
-    (a, ours_tps), (b, hf_tps) = results["llamalab"], results["transformers"]
-    print(f"model {path.name if hasattr(path, 'name') else path}  device {args.device}  dtype {args.dtype}  "
-          f"threads {torch.get_num_threads()}  prompt {len(prompt)} tokens  greedy  batch 1  {n} new tokens")
+    for _ in range(args.rounds):
+        for name, fn in runs.items():
+            sync()
+            t = time.perf_counter()
+            tokens[name] = fn(n)
+            sync()
+            speeds[name].append(len(tokens[name]) / (time.perf_counter() - t))
+    ours_tps, hf_tps = (statistics.median(speeds[name]) for name in runs)
+    a, b = tokens["llamalab"], tokens["transformers"]
+    print(f"model {path.name}  device {args.device}  dtype {args.dtype}  "
+          f"threads {torch.get_num_threads()}  prompt {len(prompt)} tokens  greedy  batch 1  {n} new tokens  "
+          f"median of {args.rounds} alternating rounds")
     print(f"llamalab      {ours_tps:8.1f} tokens/s")
     print(f"transformers  {hf_tps:8.1f} tokens/s  (transformers {transformers.__version__})")
     print(f"ratio         {ours_tps / hf_tps:8.2f}x  (llamalab / transformers)")

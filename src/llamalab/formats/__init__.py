@@ -137,8 +137,8 @@ def load_tokenizer_for(fmt: str, path: Path, vocab_size: int, extra: dict | None
 
 def as_tokenizer(src):
     """A Tokenizer from a Tokenizer, a path (.gguf file, tokenizer file or directory), or None."""
-    if src is None or hasattr(src, "encode"):
-        return src
+    if src is None or not isinstance(src, (str, Path)):
+        return src  # already a Tokenizer
     src = Path(src)
     if src.is_file() and src.suffix == ".gguf":
         from .gguf import _reader

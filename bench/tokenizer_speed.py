@@ -1,7 +1,7 @@
 """Tokenizer throughput: llamalab's Tokenizer.encode_batch vs the library underneath called directly.
 
-    python bench/tokenize.py                      # LLaMA SentencePiece vocab + SmolLM2 BPE vocab, 10 MB each
-    python bench/tokenize.py --tokenizer DIR_OR_FILE --mb 10 --repeats 3
+    python bench/tokenizer_speed.py                      # LLaMA SentencePiece vocab + SmolLM2 BPE vocab, 10 MB each
+    python bench/tokenizer_speed.py --tokenizer DIR_OR_FILE --mb 10 --repeats 3
 
 Text: real documents (HellaSwag, PIQA, HumanEval from the benchmark assets, plus Python standard-library
 sources), cycled up to --mb megabytes. Each side gets the same documents in the same batch call;
