@@ -18,6 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# this folder holds scripts named like stdlib modules (tokenize.py): keep it off the import path
+sys.path[:] = [q for q in sys.path if Path(q or ".").resolve() != Path(__file__).resolve().parent]
+
 
 def hf_dir_from_gguf(gguf: Path, out: Path) -> Path:
     """transformers' own loading of the GGUF (dequantized to fp32), saved as an HF directory for lm-eval."""
@@ -58,30 +61,28 @@ def main():
 
     ckpt = load(gguf)
     llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=a.batch_size)
-    ours, ours_s, items = {}, {}, {}
-    for t in tasks:
-        start = time.perf_counter()
-        r = evaluate_task(llm, get_task(t), data_dir, limit=a.limit)
-        ours_s[t], ours[t], items[t] = time.perf_counter() - start, r, r.n
-    del ckpt, llm
+    ours, ours_s, items, theirs, theirs_s = {}, {}, {}, {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if not a.skip_lm_eval:
+            import lm_eval
+            from lm_eval.models.huggingface import HFLM
+            from lm_eval.tasks import TaskManager
 
-    theirs, theirs_s = {}, {}
-    if not a.skip_lm_eval:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-
-        with tempfile.TemporaryDirectory() as tmp:
             names = write_task_yamls(data_dir, Path(tmp) / "tasks", tasks)
             hf = HFLM(pretrained=str(hf_dir_from_gguf(gguf, Path(tmp) / "hf")), dtype="float32", device="cpu",
                       batch_size=a.batch_size)
             tm = TaskManager(include_path=str(Path(tmp) / "tasks"))
-            for t in tasks:
+        for t in tasks:  # interleaved per task, so both sides see the same machine load
+            start = time.perf_counter()
+            r = evaluate_task(llm, get_task(t), data_dir, limit=a.limit)
+            ours_s[t], ours[t], items[t] = time.perf_counter() - start, r, r.n
+            if not a.skip_lm_eval:
                 start = time.perf_counter()
                 out = lm_eval.simple_evaluate(model=hf, tasks=[names[t]], task_manager=tm, limit=a.limit,
                                               log_samples=True, bootstrap_iters=0)
                 theirs_s[t] = time.perf_counter() - start
                 theirs[t] = (out["results"][names[t]], out["samples"][names[t]])
+            print(f"{t}: ours {ours_s[t]:.0f}s, lm-eval {theirs_s.get(t, float('nan')):.0f}s", file=sys.stderr)
 
     rows, report = [], {}
     for t in tasks:

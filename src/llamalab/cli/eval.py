@@ -47,6 +47,8 @@ def run(args):
     data_dir = Path(args.data_dir) if args.data_dir else assets.path("benchmarks")
     if not data_dir.is_dir():
         raise LlamalabError(f"benchmark data directory {data_dir} does not exist: run `llamalab assets fetch`")
+    for task in tasks:  # missing data files fail now, before the model loads
+        task.docs(data_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = load(args.model, device=device, dtype=getattr(torch, args.dtype))
     if ckpt.tokenizer is None:

@@ -6,10 +6,10 @@ whitespace of the context moves to the continuation; whole = enc(context + conti
 ctx = enc(context), continuation = whole[len(ctx):]; a BOS only when the tokenizer adds one by default
 (`add_bos`); an empty context becomes the BOS (else EOS) token.
 
-Speed: requests are deduplicated; those sharing a context (the choices of one question) run the context
-once into a KV cache and then all continuations as one batch off that cached prefix; the rest are
-batched longest first (right-padded: a causal model's real positions never see the padding), and only
-the continuation positions go through log-softmax.
+Speed: requests are deduplicated; those sharing a long context (the choices of one BoolQ/HellaSwag/MMLU
+question) run the context once into a KV cache and then all continuations as one batch off that cached
+prefix; the rest are batched longest first (right-padded: a causal model's real positions never see the
+padding); and only the continuation positions go through the output head and the log-softmax.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from ..model import KVCache, Transformer
 
 class LLM:
     def __init__(self, model: Transformer, tokenizer, *, batch_size: int = 16, max_length: int | None = None,
-                 progress: bool = True):
+                 progress: bool = True, min_shared_context: int = 128):
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
         self.max_length = max_length or model.args.max_seq_len
         self.device = model.tok_embeddings.weight.device
         self.dtype = model.tok_embeddings.weight.dtype
         self.progress = progress
+        self.min_shared_context = min_shared_context  # shorter shared contexts: cheaper to just batch
         self.add_bos = bool(getattr(tokenizer, "add_bos", False))
         bos = tokenizer.bos_id
         self.prefix_id = bos if bos is not None else tokenizer.eos_id
@@ -63,7 +64,7 @@ class LLM:
         shared, single = [], []
         for ctx, conts in by_context.items():
             fits = len(ctx) + max(map(len, conts)) - 1 <= self.max_length
-            if len(conts) > 1 and fits and len(ctx) > 0:
+            if len(conts) > 1 and fits and len(ctx) >= max(self.min_shared_context, 1):
                 shared.append((ctx, conts))
             else:
                 single.extend((ctx, x) for x in conts)
@@ -87,17 +88,25 @@ class LLM:
         t = torch.tensor(targets, device=logp.device)
         return logp.gather(-1, t[:, None]).sum().item(), bool((logp.argmax(-1) == t).all())
 
+    def _hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final normalized hidden states (B, T, dim): the model's forward without the output head."""
+        return self.model.hidden_states(tokens)
+
     def _batch(self, chunk) -> dict:
-        """Independent requests, right-padded into one forward (left-truncated to the window)."""
+        """Independent requests, right-padded into one forward (left-truncated to the window); the output
+        head runs only on the continuation positions."""
         rows = [(list(ctx) + list(cont))[-(self.max_length + 1):][:-1] for ctx, cont in chunk]
         width = max(map(len, rows))
         tokens = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):
             tokens[i, :len(r)] = torch.tensor(r)
-        logits = self.model(tokens.to(self.device))
-        out = {}
-        for i, ((ctx, cont), r) in enumerate(zip(chunk, rows)):
-            out[(ctx, cont)] = self._score(logits[i, len(r) - len(cont):len(r)], list(cont))
+        h = self._hidden(tokens.to(self.device))
+        spans = [(i, len(r) - len(cont), len(r)) for i, ((_, cont), r) in enumerate(zip(chunk, rows))]
+        logits = self.model.output(torch.cat([h[i, a:b] for i, a, b in spans]))
+        out, at = {}, 0
+        for (ctx, cont), (i, a, b) in zip(chunk, spans):
+            out[(ctx, cont)] = self._score(logits[at:at + b - a], list(cont))
+            at += b - a
         return out
 
     def _shared_context(self, ctx: tuple, conts: list[tuple]) -> dict:

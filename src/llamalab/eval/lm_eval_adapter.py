@@ -21,14 +21,16 @@ from .llm import LLM
 
 @register_model("llamalab")
 class LlamalabLM(LM):
-    def __init__(self, pretrained: str, device: str | None = None, dtype: str = "float32", batch_size=16,
-                 max_length: int | None = None, max_gen_toks: int = 256, **_):
+    def __init__(self, pretrained: str | None = None, device: str | None = None, dtype: str = "float32",
+                 batch_size=16, max_length: int | None = None, max_gen_toks: int = 256, llm: LLM | None = None, **_):
         super().__init__()
-        from ..formats import load
+        if llm is None:
+            from ..formats import load
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        ckpt = load(pretrained, device=device, dtype=getattr(torch, dtype))
-        self.llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=int(batch_size), max_length=max_length)
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            ckpt = load(pretrained, device=device, dtype=getattr(torch, dtype))
+            llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=int(batch_size), max_length=max_length)
+        self.llm = llm
         self.max_gen_toks = int(max_gen_toks)
 
     @classmethod
