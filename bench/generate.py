@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
-if sys.path and sys.path[0].endswith("bench"):  # sibling bench scripts must not shadow stdlib modules
-    sys.path.pop(0)
-
-import torch  # noqa: E402
+import torch
 
 
 def main():
