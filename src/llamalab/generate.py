@@ -60,12 +60,13 @@ def _decode(model: Transformer, prompts: list[list[int]], sampler: Sampler, *, m
     for row, p in enumerate(prompts):
         tokens[row, T - len(p):] = torch.tensor(p)
     tokens = tokens.to(device)
+    pad = torch.tensor([T - n for n in lengths], device=device)[:, None]  # left padding of each row
     if cache is None:
         cache = KVCache.allocate(model.args, B, end, device, weight.dtype)
 
     positions = mask = step_mask = step_positions = None
     if min(lengths) < T:  # left padding: hide the pad slots, count positions from each row's first token
-        valid = torch.arange(end, device=device)[None] >= torch.tensor([T - n for n in lengths], device=device)[:, None]
+        valid = torch.arange(end, device=device)[None] >= pad
         positions = (valid[:, :T].cumsum(-1) - 1).clamp(min=0)
         causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
         # a pad query sees itself, so no softmax row is empty (an empty one would give NaN)
@@ -76,8 +77,8 @@ def _decode(model: Transformer, prompts: list[list[int]], sampler: Sampler, *, m
     seen = None
     if sampler.uses_history:  # which tokens each row has seen, for the repetition penalty
         counts = torch.zeros(B, logits.shape[-1], dtype=torch.long, device=device)
-        pad = torch.arange(T, device=device)[None] < torch.tensor([T - n for n in lengths], device=device)[:, None]
-        seen = counts.scatter_add_(1, tokens, (~pad).long()) > 0
+        in_prompt = torch.arange(T, device=device)[None] >= pad
+        seen = counts.scatter_add_(1, tokens, in_prompt.long()) > 0
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for i in range(max_new_tokens):
