@@ -88,6 +88,10 @@ def test_session_reuses_the_cache_of_the_shared_prefix(model):
     it.close()
     assert s.tokens == turn2 + naive_greedy(model, turn2, 1)
     assert list(s.stream(turn2 + [5], max_new_tokens=4)) == naive_greedy(model, turn2 + [5], 4)
+    # the repetition penalty also counts the tokens of the cached prefix
+    turn3 = turn2 + [5, 6]
+    kw = dict(max_new_tokens=8, repetition_penalty=3.0)
+    assert list(s.stream(turn3, **kw)) == generate(model, [turn3], **kw)[0] != generate(model, [[6]], **kw)[0]
 
 
 def test_context_overflow_is_an_error_unless_truncating(model):

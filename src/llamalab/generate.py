@@ -46,15 +46,16 @@ def _check_prompts(model: Transformer, prompts: list[list[int]], max_new_tokens:
 @torch.inference_mode()
 def _decode(model: Transformer, prompts: list[list[int]], sampler: Sampler, *, max_new_tokens: int,
             stop_ids: Iterable[int] = (), generator: torch.Generator | None = None,
-            cache: KVCache | None = None, start: int = 0) -> Iterator[torch.Tensor]:
+            cache: KVCache | None = None, prefix: list[int] = ()) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,) int64, once per step; rows already stopped yield -1.
 
-    `cache`/`start`: slots [0, start) of `cache` already hold a prefix of a single prompt (chat).
-    The token yielded last is never fed to the model.
+    `cache`/`prefix`: slots [0, len(prefix)) of `cache` already hold the keys/values of `prefix`, which
+    comes before the (single) prompt (chat). The token yielded last is never fed to the model.
     """
     weight = model.tok_embeddings.weight
     device, B = weight.device, len(prompts)
     lengths = [len(p) for p in prompts]
+    start = len(prefix)
     T, end = max(lengths), start + max(lengths) + max_new_tokens
     tokens = torch.zeros(B, T, dtype=torch.long)
     for row, p in enumerate(prompts):
@@ -78,7 +79,9 @@ def _decode(model: Transformer, prompts: list[list[int]], sampler: Sampler, *, m
     if sampler.uses_history:  # which tokens each row has seen, for the repetition penalty
         counts = torch.zeros(B, logits.shape[-1], dtype=torch.long, device=device)
         in_prompt = torch.arange(T, device=device)[None] >= pad
-        seen = counts.scatter_add_(1, tokens, in_prompt.long()) > 0
+        counts.scatter_add_(1, tokens, in_prompt.long())
+        counts[:, list(prefix)] += 1
+        seen = counts > 0
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for i in range(max_new_tokens):
@@ -171,7 +174,7 @@ class Session:
         generated: list[int] = []
         try:
             for nxt in _decode(self.model, [suffix], sampler, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                               generator=generator, cache=self.cache, start=reuse):
+                               generator=generator, cache=self.cache, prefix=prompt[:reuse]):
                 generated.append(int(nxt[0]))
                 yield generated[-1]
         finally:  # the last token yielded was never fed to the model
