@@ -23,7 +23,7 @@ from ..model import KVCache, Transformer
 
 class LLM:
     def __init__(self, model: Transformer, tokenizer, *, batch_size: int = 16, max_length: int | None = None,
-                 progress: bool = True, min_shared_context: int = 128):
+                 progress: bool = True, min_shared_context: int = 1):
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
         self.max_length = max_length or model.args.max_seq_len
         self.device = model.tok_embeddings.weight.device
@@ -71,9 +71,16 @@ class LLM:
         results: dict = {}
         bar = tqdm(total=len(shared) + len(single), desc=desc, disable=not self.progress, unit="req",
                    dynamic_ncols=True)
-        for ctx, conts in sorted(shared, key=lambda g: -(len(g[0]) + max(map(len, g[1])))):
-            results.update(self._shared_context(ctx, conts))
-            bar.update(1)
+        shared.sort(key=lambda g: -(len(g[0]) + max(map(len, g[1]))))
+        i = 0
+        while i < len(shared):  # groups of questions whose choices together fill about one batch
+            j, rows = i, 0
+            while j < len(shared) and (j == i or rows + len(shared[j][1]) <= self.batch_size):
+                rows += len(shared[j][1])
+                j += 1
+            results.update(self._shared_contexts(shared[i:j]))
+            bar.update(j - i)
+            i = j
         single.sort(key=lambda r: -(len(r[0]) + len(r[1])))
         for i in range(0, len(single), self.batch_size):
             chunk = single[i:i + self.batch_size]
@@ -88,9 +95,9 @@ class LLM:
         t = torch.tensor(targets, device=logp.device)
         return logp.gather(-1, t[:, None]).sum().item(), bool((logp.argmax(-1) == t).all())
 
-    def _hidden(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Final normalized hidden states (B, T, dim): the model's forward without the output head."""
-        return self.model.hidden_states(tokens)
+    def _hidden(self, tokens, cache=None, positions=None, mask=None, pos: int = 0) -> torch.Tensor:
+        """Final normalized hidden states (B, T, dim): the output head is applied only where needed."""
+        return self.model.hidden_states(tokens, cache=cache, pos=pos, positions=positions, mask=mask)
 
     def _batch(self, chunk) -> dict:
         """Independent requests, right-padded into one forward (left-truncated to the window); the output
@@ -109,27 +116,46 @@ class LLM:
             at += b - a
         return out
 
-    def _shared_context(self, ctx: tuple, conts: list[tuple]) -> dict:
-        """One forward of the context into a KV cache; continuations batched off the cached prefix."""
-        args, n_ctx = self.model.args, len(ctx)
-        prefix = KVCache.allocate(args, 1, n_ctx, self.device, self.dtype)
-        last = self.model(torch.tensor([ctx], device=self.device), cache=prefix, last_only=True)[0, -1]
+    def _shared_contexts(self, groups: list[tuple[tuple, list[tuple]]]) -> dict:
+        """Each context once (right-padded batch into a KV cache), then every continuation of every group
+        as one batch attending to its own group's cached prefix."""
+        dev, args = self.device, self.model.args
+        G, lens = len(groups), [len(ctx) for ctx, _ in groups]
+        P = max(lens)
+        tokens = torch.zeros(G, P, dtype=torch.long)
+        for g, (ctx, _) in enumerate(groups):
+            tokens[g, :len(ctx)] = torch.tensor(ctx)
+        prefix = KVCache.allocate(args, G, P, dev, self.dtype)
+        h = self._hidden(tokens.to(dev), cache=prefix)
+        last = self.model.output(h[torch.arange(G), torch.tensor(lens) - 1])      # (G, V): first continuation token
+        rows = [(g, c) for g, (_, conts) in enumerate(groups) for c in conts]
+        W = max(len(c) for _, c in rows) - 1
         out = {}
-        for i in range(0, len(conts), self.batch_size):
-            chunk = conts[i:i + self.batch_size]
-            width = max(map(len, chunk)) - 1
-            logits = None
-            if width > 0:
-                cache = KVCache.allocate(args, len(chunk), n_ctx + width, self.device, self.dtype)
-                for dst, src in zip(cache.k + cache.v, prefix.k + prefix.v):
-                    dst[:, :, :n_ctx] = src
-                tokens = torch.zeros(len(chunk), width, dtype=torch.long)
-                for j, c in enumerate(chunk):
-                    tokens[j, :len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
-                logits = self.model(tokens.to(self.device), cache=cache, pos=n_ctx)
-            for j, c in enumerate(chunk):
-                rows = last[None] if len(c) == 1 else torch.cat([last[None], logits[j, :len(c) - 1]])
-                out[(ctx, c)] = self._score(rows, list(c))
+        logits = None
+        if W > 0:
+            R = len(rows)
+            owner = torch.tensor([g for g, _ in rows], device=dev)
+            cache = KVCache.allocate(args, R, P + W, dev, self.dtype)
+            for dst, src in zip(cache.k + cache.v, prefix.k + prefix.v):
+                dst[:, :, :P] = src.index_select(0, owner)
+            x = torch.zeros(R, W, dtype=torch.long)
+            for r, (_, c) in enumerate(rows):
+                x[r, :len(c) - 1] = torch.tensor(c[:-1])
+            n_ctx = torch.tensor(lens, device=dev).index_select(0, owner)              # (R,)
+            positions = n_ctx[:, None] + torch.arange(W, device=dev)[None]
+            prefix_ok = torch.arange(P, device=dev)[None, None, :] < n_ctx[:, None, None]   # (R, 1, P)
+            causal = torch.ones(W, W, dtype=torch.bool, device=dev).tril()[None]
+            mask = torch.cat([prefix_ok.expand(R, W, P), causal.expand(R, W, W)], dim=-1)[:, None]
+            hc = self._hidden(x.to(dev), cache=cache, positions=positions, mask=mask, pos=P)
+            need = [(r, len(c) - 1) for r, (_, c) in enumerate(rows)]
+            flat = self.model.output(torch.cat([hc[r, :n] for r, n in need]))
+            logits, at = [], 0
+            for _, n in need:
+                logits.append(flat[at:at + n])
+                at += n
+        for r, (g, c) in enumerate(rows):
+            steps = last[g][None] if len(c) == 1 else torch.cat([last[g][None], logits[r]])
+            out[(groups[g][0], c)] = self._score(steps, list(c))
         return out
 
     # ------------------------------------------------------------------ generation
