@@ -56,22 +56,21 @@ def rope_frequencies(args: ModelArgs) -> torch.Tensor:
     return freqs.float()
 
 
-def rope_cache(args: ModelArgs, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of m·θ_i for every position m < max_seq_len: two (max_seq_len, head_dim/2) tensors."""
+def rope_cache(args: ModelArgs, device=None) -> torch.Tensor:
+    """e^(i·m·θ_j) for every position m < max_seq_len: a complex (max_seq_len, head_dim/2) tensor."""
     freqs = rope_frequencies(args).to(device)
     angles = torch.outer(torch.arange(args.max_seq_len, device=device, dtype=torch.float32), freqs)
-    return angles.cos(), angles.sin()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each adjacent pair (x_2i, x_2i+1) of every head by angle m·θ_i.
+def apply_rotary(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Rotate each adjacent pair (x_2j, x_2j+1) of every head, read as the complex number x_2j + i·x_2j+1,
+    by the angle m·θ_j: one complex multiply (Su et al. 2021; Meta's reference formulation).
 
-    x: (B, T, H, head_dim); cos, sin: (B or 1, T, 1, head_dim/2).
+    x: (B, T, H, head_dim); freqs_cis: complex (B or 1, T, 1, head_dim/2).
     """
-    pairs = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * freqs_cis).flatten(-2).type_as(x)
 
 
 @dataclass
@@ -105,10 +104,10 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x, cos, sin, kv=None, pos: int = 0, mask=None):
+    def forward(self, x, freqs_cis, kv=None, pos: int = 0, mask=None):
         B, T, _ = x.shape
-        q = apply_rotary(self.wq(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rotary(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
+        q = apply_rotary(self.wq(x).view(B, T, self.n_heads, self.head_dim), freqs_cis)
+        k = apply_rotary(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), freqs_cis)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv is not None:  # write this chunk into the cache, attend over everything so far
@@ -146,8 +145,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args.dim, args.hidden_dim)
 
-    def forward(self, x, cos, sin, kv=None, pos: int = 0, mask=None):
-        h = x + self.attention(self.attention_norm(x), cos, sin, kv, pos, mask)
+    def forward(self, x, freqs_cis, kv=None, pos: int = 0, mask=None):
+        h = x + self.attention(self.attention_norm(x), freqs_cis, kv, pos, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -160,9 +159,9 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.tie_weights()
-        cos, sin = rope_cache(args)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        # A plain attribute, not a buffer (as in Meta's reference): `model.to(torch.bfloat16)` would cast a
+        # complex buffer to real and silently drop the sines. It follows the input's device in forward.
+        self.freqs_cis = rope_cache(args)
 
     def tie_weights(self):
         """Share the output projection with the token embedding when the config says so
@@ -171,8 +170,8 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
 
     def init_buffers(self, device=None):
-        """Recompute the rotary tables (after building on the meta device and `to_empty`)."""
-        self.rope_cos, self.rope_sin = rope_cache(self.args, device or self.tok_embeddings.weight.device)
+        """Recompute the rotary table on `device` (after building on the meta device and `to_empty`)."""
+        self.freqs_cis = rope_cache(self.args, device or self.tok_embeddings.weight.device)
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None):
@@ -192,27 +191,32 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int = 0,
                 positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 last_only: bool = False) -> torch.Tensor:
-        """Logits (B, T, vocab) for tokens (B, T).
+        """Logits (B, T, vocab) for tokens (B, T); `last_only`: for the last position only (generation)."""
+        h = self.hidden_states(tokens, cache=cache, pos=pos, positions=positions, mask=mask)
+        return self.output(h[:, -1:] if last_only else h)
+
+    def hidden_states(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int = 0,
+                      positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final normalized hidden states (B, T, dim): everything but the output projection.
 
         cache: keys/values are written at slots [pos, pos+T) and attention covers slots [0, pos+T).
         positions: rotary positions (B, T); default pos..pos+T-1 for every row (left-padded batches
           pass their own). mask: boolean (B, 1, T, S), True = may attend; default causal.
-        last_only: compute logits for the last position only (generation).
         """
         B, T = tokens.shape
+        if self.freqs_cis.device != tokens.device:
+            self.freqs_cis = rope_cache(self.args, tokens.device)
         if positions is None:
             if pos + T > self.args.max_seq_len:
                 raise ValueError(f"sequence of {pos + T} positions exceeds max_seq_len {self.args.max_seq_len}")
-            cos, sin = self.rope_cos[pos:pos + T][None, :, None], self.rope_sin[pos:pos + T][None, :, None]
+            freqs_cis = self.freqs_cis[pos:pos + T][None, :, None]
         else:
-            cos, sin = self.rope_cos[positions][:, :, None], self.rope_sin[positions][:, :, None]
+            freqs_cis = self.freqs_cis[positions][:, :, None]
         if mask is None and cache is not None and pos > 0 and T > 1:
             # a chunk after a cached prefix: query i (slot pos+i) sees slots 0..pos+i
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=tokens.device).tril(diagonal=pos)
         h = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
-            h = layer(h, cos, sin, kv, pos, mask)
-        if last_only:
-            h = h[:, -1:]
-        return self.output(self.norm(h))
+            h = layer(h, freqs_cis, kv, pos, mask)
+        return self.norm(h)
