@@ -29,6 +29,8 @@ def run(args):
 
     from .generate import load_checkpoint, sampling_kwargs
 
+    if args.template:
+        resolve_template(args.template)  # a bad name fails before the (slow) load
     ckpt = load_checkpoint(args)
     tok = ckpt.tokenizer
     template = resolve_template(args.template, tok)  # fail now, not at the first message
