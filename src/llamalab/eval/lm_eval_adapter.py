@@ -27,21 +27,25 @@ class LlamalabLM(LM):
         if llm is None:
             from ..formats import load
 
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+                device = "cuda" if torch.cuda.is_available() else "cpu"  # lm-eval's CLI passes cuda by default
             ckpt = load(pretrained, device=device, dtype=getattr(torch, dtype))
             llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=int(batch_size), max_length=max_length)
         self.llm = llm
         self.max_gen_toks = int(max_gen_toks)
 
     @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """model_args win over lm-eval's global --device/--batch_size (whose defaults are always passed)."""
+        extra = {k: v for k, v in (additional_config or {}).items()
+                 if k in ("device", "batch_size") and v is not None and v != "auto"}
+        return cls(**{**extra, **arg_dict})
+
+    @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
         from lm_eval.utils import simple_parse_args_string
 
-        args = simple_parse_args_string(arg_string)
-        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k in ("device", "batch_size")}
-        if extra.get("batch_size") == "auto":
-            extra.pop("batch_size")
-        return cls(**{**args, **extra})
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     @classmethod
     def from_pretrained(cls, pretrained: str, **kw) -> "LlamalabLM":
