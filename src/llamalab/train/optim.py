@@ -35,8 +35,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas, eps: float) -> torch.optim.AdamW:
-    # foreach: one fused multi-tensor update (also works on FSDP2's DTensor parameters)
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, foreach=True)
+    """AdamW with the fused kernel (CPU and CUDA; ~5x faster than foreach on CPU), or the multi-tensor
+    foreach update for FSDP2's sharded DTensor parameters."""
+    from torch.distributed.tensor import DTensor
+
+    groups = param_groups(model, weight_decay)
+    sharded = any(isinstance(p, DTensor) for g in groups for p in g["params"])
+    impl = {"foreach": True} if sharded else {"fused": True}
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **impl)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
