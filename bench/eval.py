@@ -84,7 +84,7 @@ def main():
                 theirs[t] = (out["results"][names[t]], out["samples"][names[t]])
             print(f"{t}: ours {ours_s[t]:.0f}s, lm-eval {theirs_s.get(t, float('nan')):.0f}s", file=sys.stderr)
 
-    rows, report = [], {}
+    report = {}
     for t in tasks:
         m = ours[t].metrics
         line = {"items": items[t], "ours": {k: v for k, v in m.items() if not k.endswith("_stderr")},
@@ -101,8 +101,8 @@ def main():
             line["speedup"] = theirs_s[t] / ours_s[t]
         report[t] = line
     total_ours = sum(ours_s.values())
-    print(f"\n| task | items | acc ours | acc lm-eval | acc_norm ours | acc_norm lm-eval | max |Δll| "
-          f"| items/s ours | items/s lm-eval | speed-up |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| task | items | acc ours | acc lm-eval | acc_norm ours | acc_norm lm-eval | max |Δll| "
+          "| items/s ours | items/s lm-eval | speed-up |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t, r in report.items():
         o, l = r["ours"], r.get("lm_eval", {})
         f = lambda d, k: f"{100 * d[k]:.1f}" if k in d else "-"

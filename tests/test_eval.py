@@ -1,7 +1,6 @@
 """`llamalab eval`: prompts identical to lm-evaluation-harness's, scoring against independent formulas,
 generation against transformers, GSM8K/HumanEval end to end, and the CLI."""
 
-import gzip
 import json
 import math
 import os

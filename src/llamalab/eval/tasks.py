@@ -16,7 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -92,7 +92,6 @@ class Task:
     until: tuple[str, ...] = ()
     max_new_tokens: int = 256
     metrics: tuple[str, ...] = ("acc", "acc_norm")
-    extra: dict = field(default_factory=dict)
 
 
 def fewshot_prefix(examples: list[tuple[str, str]], description: str = "", target_delimiter: str = " ",
