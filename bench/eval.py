@@ -18,9 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# this folder holds scripts named like stdlib modules (tokenize.py): keep it off the import path
-sys.path[:] = [q for q in sys.path if Path(q or ".").resolve() != Path(__file__).resolve().parent]
-
 
 def hf_dir_from_gguf(gguf: Path, out: Path) -> Path:
     """transformers' own loading of the GGUF (dequantized to fp32), saved as an HF directory for lm-eval."""
