@@ -72,8 +72,10 @@ def main():
     print(f"model {path.name}  device {args.device}  dtype {args.dtype}  "
           f"threads {torch.get_num_threads()}  prompt {len(prompt)} tokens  greedy  batch 1  {n} new tokens  "
           f"median of {args.rounds} alternating rounds")
-    print(f"llamalab      {ours_tps:8.1f} tokens/s")
-    print(f"transformers  {hf_tps:8.1f} tokens/s  (transformers {transformers.__version__})")
+    rounds = {name: " ".join(f"{v:.1f}" for v in speeds[name]) for name in runs}
+    print(f"llamalab      {ours_tps:8.1f} tokens/s  (rounds: {rounds['llamalab']})")
+    print(f"transformers  {hf_tps:8.1f} tokens/s  (rounds: {rounds['transformers']}; "
+          f"transformers {transformers.__version__})")
     print(f"ratio         {ours_tps / hf_tps:8.2f}x  (llamalab / transformers)")
     print(f"same tokens   {a == b}")
 
