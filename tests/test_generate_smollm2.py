@@ -5,7 +5,6 @@ Reference: transformers 5.24 `LlamaForCausalLM.generate(do_sample=False)` on the
 both sides so every comparison covers all 64 tokens.
 """
 
-
 import pytest
 import torch
 
