@@ -6,7 +6,6 @@ The reference is the `sentencepiece` library itself: every shard must hold exact
 
 import gzip
 import json
-import os
 
 import numpy as np
 import pyarrow as pa

@@ -14,19 +14,10 @@ from gguf.quants import quantize
 import llamalab
 from llamalab import formats
 from llamalab.config import ModelArgs
-from llamalab.model import Transformer
+from tiny import random_state
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, multiple_of=32, max_seq_len=64,
                  norm_eps=1e-5, rope_theta=500000.0)
-
-
-def random_state(args: ModelArgs, seed=0) -> dict[str, torch.Tensor]:
-    model = Transformer(args)
-    model.init_weights(generator=torch.Generator().manual_seed(seed))
-    state = model.state_dict()
-    if args.tie_embeddings:
-        del state["output.weight"]
-    return state
 
 
 @pytest.mark.parametrize("tied", [False, True])

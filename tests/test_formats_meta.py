@@ -15,18 +15,9 @@ import torch
 import llamalab
 from llamalab import formats
 from llamalab.config import ModelArgs
-from llamalab.model import Transformer
+from tiny import random_state
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, multiple_of=32, max_seq_len=64)
-
-
-def random_state(args: ModelArgs, seed=0) -> dict[str, torch.Tensor]:
-    model = Transformer(args)
-    model.init_weights(generator=torch.Generator().manual_seed(seed))
-    state = model.state_dict()
-    if args.tie_embeddings:
-        del state["output.weight"]
-    return state
 
 
 @pytest.mark.parametrize("args", [ARGS, ARGS.replace(tie_embeddings=True), ARGS.replace(ffn_dim=200)],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from llamalab.errors import LlamalabError
 from llamalab.train.config import TrainConfig, load_config

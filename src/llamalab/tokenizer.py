@@ -72,6 +72,15 @@ class Tokenizer:
     def gguf_metadata(self) -> dict:
         raise NotImplementedError
 
+    def _gguf_special(self, meta: dict) -> dict:
+        """Add the special-token ids and the chat template to a backend's tokenizer.ggml.* fields."""
+        for key, i in (("bos", self.bos_id), ("eos", self.eos_id), ("unknown", self.unk_id), ("padding", self.pad_id)):
+            if i is not None:
+                meta[f"tokenizer.ggml.{key}_token_id"] = int(i)
+        if self.chat_template:
+            meta["tokenizer.chat_template"] = self.chat_template
+        return meta
+
     # -- shared ---------------------------------------------------------------------------------------
     @property
     def bos_token(self) -> str | None:
@@ -283,12 +292,7 @@ class SentencePieceTokenizer(Tokenizer):
             "tokenizer.ggml.add_eos_token": False,
             "tokenizer.ggml.add_space_prefix": bool(m.normalizer_spec.add_dummy_prefix),
         }
-        for key, i in (("bos", self.bos_id), ("eos", self.eos_id), ("unknown", self.unk_id), ("padding", self.pad_id)):
-            if i is not None:
-                meta[f"tokenizer.ggml.{key}_token_id"] = int(i)
-        if self.chat_template:
-            meta["tokenizer.chat_template"] = self.chat_template
-        return meta
+        return self._gguf_special(meta)
 
 
 def sentencepiece_to_hf(m, *, add_bos: bool = True):
@@ -401,12 +405,7 @@ class HFTokenizer(Tokenizer):
             meta["tokenizer.ggml.model"] = "gpt2"
             meta["tokenizer.ggml.pre"] = self.gguf_pre or "default"
             meta["tokenizer.ggml.merges"] = merges
-        for key, i in (("bos", self.bos_id), ("eos", self.eos_id), ("unknown", self.unk_id), ("padding", self.pad_id)):
-            if i is not None:
-                meta[f"tokenizer.ggml.{key}_token_id"] = int(i)
-        if self.chat_template:
-            meta["tokenizer.chat_template"] = self.chat_template
-        return meta
+        return self._gguf_special(meta)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -717,6 +716,18 @@ def _open_input(path: Path):
     return ctx()
 
 
+def json_text(line: str, where: str) -> str:
+    """The text of one JSONL line: a JSON string, or an object with a "text" string."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise LlamalabError(f"{where}: not a JSON line") from None
+    text = obj.get("text") if isinstance(obj, dict) else obj
+    if not isinstance(text, str):
+        raise LlamalabError(f"{where}: expected a JSON string or an object with a \"text\" string")
+    return text
+
+
 def _lines(f, path: Path):
     jsonl = ".jsonl" in path.suffixes
     for n, line in enumerate(f, 1):
@@ -724,14 +735,7 @@ def _lines(f, path: Path):
             line = line.strip()
             if not line:
                 continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                raise LlamalabError(f"{path}:{n}: not a JSON line") from None
-            text = obj.get("text") if isinstance(obj, dict) else obj
-            if not isinstance(text, str):
-                raise LlamalabError(f"{path}:{n}: expected a JSON string or an object with a \"text\" string")
-            yield from text.splitlines()
+            yield from json_text(line, f"{path}:{n}").splitlines()
         else:
             yield line.rstrip("\n")
 

@@ -25,11 +25,10 @@ def add_arguments(p):
 
 
 def run(args):
-    import json
     import sys
 
     from ..errors import LlamalabError
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import json_text, load_tokenizer
 
     if (args.text is None) == (args.jsonl is None):
         raise LlamalabError("give exactly one of TEXT (`-` for stdin) or --jsonl FILE")
@@ -42,14 +41,7 @@ def run(args):
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    raise LlamalabError(f"{args.jsonl}:{n}: not a JSON line") from None
-                text = obj.get("text") if isinstance(obj, dict) else obj
-                if not isinstance(text, str):
-                    raise LlamalabError(f"{args.jsonl}:{n}: expected a JSON string or an object with a \"text\" string")
-                texts.append(text)
+                texts.append(json_text(line, f"{args.jsonl}:{n}"))
         for start in range(0, len(texts), 4096):
             batch = tok.encode_batch(texts[start:start + 4096], **opts)
             sys.stdout.write("".join(" ".join(map(str, ids)) + "\n" for ids in batch))
