@@ -57,6 +57,7 @@ def test_logits_match_transformers(ours, hf_smollm2, prompt_ids):
 
 
 @torch.no_grad()
+@torch.inference_mode()
 def test_greedy_continuations_identical(ours, hf_smollm2, prompt_ids):
     """64 greedy tokens: ours (plain argmax loop over our KV cache) vs transformers' generate()."""
     from llamalab.model import KVCache
