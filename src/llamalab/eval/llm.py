@@ -6,10 +6,11 @@ whitespace of the context moves to the continuation; whole = enc(context + conti
 ctx = enc(context), continuation = whole[len(ctx):]; a BOS only when the tokenizer adds one by default
 (`add_bos`); an empty context becomes the BOS (else EOS) token.
 
-Speed: requests are deduplicated; those sharing a long context (the choices of one BoolQ/HellaSwag/MMLU
-question) run the context once into a KV cache and then all continuations as one batch off that cached
-prefix; the rest are batched longest first (right-padded: a causal model's real positions never see the
-padding); and only the continuation positions go through the output head and the log-softmax.
+Speed: requests are deduplicated, and those sharing a context (the choices of one question) are packed
+into one row: the context once, then every continuation, each attending to the context and to itself only,
+at the positions it would have alone. Rows are batched longest first (right-padded: real positions never
+see the padding), only the positions that predict continuation tokens go through the output head and the
+log-softmax, and each batch's scores are gathered and summed with a few tensor ops.
 """
 
 from __future__ import annotations
@@ -23,13 +24,12 @@ from ..model import KVCache, Transformer
 
 class LLM:
     def __init__(self, model: Transformer, tokenizer, *, batch_size: int = 16, max_length: int | None = None,
-                 progress: bool = True, min_shared_context: int = 1):
+                 progress: bool = True):
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
         self.max_length = max_length or model.args.max_seq_len
         self.device = model.tok_embeddings.weight.device
         self.dtype = model.tok_embeddings.weight.dtype
         self.progress = progress
-        self.min_shared_context = min_shared_context  # shorter shared contexts: cheaper to just batch
         self.add_bos = bool(getattr(tokenizer, "add_bos", False))
         bos = tokenizer.bos_id
         self.prefix_id = bos if bos is not None else tokenizer.eos_id
@@ -59,104 +59,74 @@ class LLM:
 
         keys = [(tuple(c), tuple(x)) for c, x in requests]
         by_context = defaultdict(list)
-        for key in dict.fromkeys(keys):       # dedupe, keep order
-            by_context[key[0]].append(key[1])
-        shared, single = [], []
-        for ctx, conts in by_context.items():
-            fits = len(ctx) + max(map(len, conts)) - 1 <= self.max_length
-            if len(conts) > 1 and fits and len(ctx) >= max(self.min_shared_context, 1):
-                shared.append((ctx, conts))
-            else:
-                single.extend((ctx, x) for x in conts)
+        for ctx, cont in dict.fromkeys(keys):  # dedupe, keep order
+            by_context[ctx].append(cont)
+        rows = [row for ctx, conts in by_context.items() for row in self._pack(ctx, conts)]
+        rows.sort(key=lambda r: -self._width(r))
         results: dict = {}
-        bar = tqdm(total=len(shared) + len(single), desc=desc, disable=not self.progress, unit="req",
-                   dynamic_ncols=True)
-        shared.sort(key=lambda g: -(len(g[0]) + max(map(len, g[1]))))
-        i = 0
-        while i < len(shared):  # groups of questions whose choices together fill about one batch
-            j, rows = i, 0
-            while j < len(shared) and (j == i or rows + len(shared[j][1]) <= self.batch_size):
-                rows += len(shared[j][1])
-                j += 1
-            results.update(self._shared_contexts(shared[i:j]))
-            bar.update(j - i)
-            i = j
-        single.sort(key=lambda r: -(len(r[0]) + len(r[1])))
-        for i in range(0, len(single), self.batch_size):
-            chunk = single[i:i + self.batch_size]
-            results.update(self._batch(chunk))
-            bar.update(len(chunk))
-        bar.close()
+        with tqdm(total=len(keys), desc=desc, disable=not self.progress, unit="req", dynamic_ncols=True) as bar:
+            for i in range(0, len(rows), self.batch_size):
+                out = self._rows(rows[i:i + self.batch_size])
+                results.update(out)
+                bar.update(len(out))
         return [results[k] for k in keys]
 
-    def _score(self, logits: torch.Tensor, targets: list[int]) -> tuple[float, bool]:
-        """logits (n, V) predicting `targets` (n,): summed log-probability, greedy or not."""
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        t = torch.tensor(targets, device=logp.device)
-        return logp.gather(-1, t[:, None]).sum().item(), bool((logp.argmax(-1) == t).all())
+    @staticmethod
+    def _width(row) -> int:
+        window, conts = row[1], row[2]
+        return len(window) + sum(len(c) - 1 for c in conts)
 
-    def _hidden(self, tokens, cache=None, positions=None, mask=None, pos: int = 0) -> torch.Tensor:
-        """Final normalized hidden states (B, T, dim): the output head is applied only where needed."""
-        return self.model.hidden_states(tokens, cache=cache, pos=pos, positions=positions, mask=mask)
+    def _pack(self, ctx: tuple, conts: list[tuple]) -> list[tuple[tuple, tuple, list[tuple]]]:
+        """Rows (context, window, continuations): the window (the context, left-truncated so that every
+        continuation fits in max_length positions) followed by each continuation but its last token.
+        Continuations join one row while it stays within max_length tokens."""
+        rows, cur, width = [], [], 0
+        for cont in conts:
+            window = ctx[max(0, len(ctx) + len(cont) - 1 - self.max_length):]
+            if cur and (window != cur_window or width + len(cont) - 1 > self.max_length):
+                rows.append((ctx, cur_window, cur))
+                cur = []
+            if not cur:
+                cur, cur_window, width = [], window, len(window)
+            cur.append(cont)
+            width += len(cont) - 1
+        rows.append((ctx, cur_window, cur))
+        return rows
 
-    def _batch(self, chunk) -> dict:
-        """Independent requests, right-padded into one forward (left-truncated to the window); the output
-        head runs only on the continuation positions."""
-        rows = [(list(ctx) + list(cont))[-(self.max_length + 1):][:-1] for ctx, cont in chunk]
-        width = max(map(len, rows))
-        tokens = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            tokens[i, :len(r)] = torch.tensor(r)
-        h = self._hidden(tokens.to(self.device))
-        spans = [(i, len(r) - len(cont), len(r)) for i, ((_, cont), r) in enumerate(zip(chunk, rows))]
-        logits = self.model.output(torch.cat([h[i, a:b] for i, a, b in spans]))
-        out, at = {}, 0
-        for (ctx, cont), (i, a, b) in zip(chunk, spans):
-            out[(ctx, cont)] = self._score(logits[at:at + b - a], list(cont))
-            at += b - a
-        return out
-
-    def _shared_contexts(self, groups: list[tuple[tuple, list[tuple]]]) -> dict:
-        """Each context once (right-padded batch into a KV cache), then every continuation of every group
-        as one batch attending to its own group's cached prefix."""
-        dev, args = self.device, self.model.args
-        G, lens = len(groups), [len(ctx) for ctx, _ in groups]
-        P = max(lens)
-        tokens = torch.zeros(G, P, dtype=torch.long)
-        for g, (ctx, _) in enumerate(groups):
-            tokens[g, :len(ctx)] = torch.tensor(ctx)
-        prefix = KVCache.allocate(args, G, P, dev, self.dtype)
-        h = self._hidden(tokens.to(dev), cache=prefix)
-        last = self.model.output(h[torch.arange(G), torch.tensor(lens) - 1])      # (G, V): first continuation token
-        rows = [(g, c) for g, (_, conts) in enumerate(groups) for c in conts]
-        W = max(len(c) for _, c in rows) - 1
-        out = {}
-        logits = None
-        if W > 0:
-            R = len(rows)
-            owner = torch.tensor([g for g, _ in rows], device=dev)
-            cache = KVCache.allocate(args, R, P + W, dev, self.dtype)
-            for dst, src in zip(cache.k + cache.v, prefix.k + prefix.v):
-                dst[:, :, :P] = src.index_select(0, owner)
-            x = torch.zeros(R, W, dtype=torch.long)
-            for r, (_, c) in enumerate(rows):
-                x[r, :len(c) - 1] = torch.tensor(c[:-1])
-            n_ctx = torch.tensor(lens, device=dev).index_select(0, owner)              # (R,)
-            positions = n_ctx[:, None] + torch.arange(W, device=dev)[None]
-            prefix_ok = torch.arange(P, device=dev)[None, None, :] < n_ctx[:, None, None]   # (R, 1, P)
-            causal = torch.ones(W, W, dtype=torch.bool, device=dev).tril()[None]
-            mask = torch.cat([prefix_ok.expand(R, W, P), causal.expand(R, W, W)], dim=-1)[:, None]
-            hc = self._hidden(x.to(dev), cache=cache, positions=positions, mask=mask, pos=P)
-            need = [(r, len(c) - 1) for r, (_, c) in enumerate(rows)]
-            flat = self.model.output(torch.cat([hc[r, :n] for r, n in need]))
-            logits, at = [], 0
-            for _, n in need:
-                logits.append(flat[at:at + n])
-                at += n
-        for r, (g, c) in enumerate(rows):
-            steps = last[g][None] if len(c) == 1 else torch.cat([last[g][None], logits[r]])
-            out[(groups[g][0], c)] = self._score(steps, list(c))
-        return out
+    def _rows(self, rows) -> dict:
+        """One forward for a batch of packed rows, right-padded. Each continuation attends to its row's
+        window and to itself (the same positions it would have alone), never to its neighbours; the
+        output head and log-softmax run only on the positions that predict continuation tokens."""
+        B, T = len(rows), max(map(self._width, rows))
+        tokens = torch.zeros(B, T, dtype=torch.long)
+        positions = torch.zeros(B, T, dtype=torch.long)
+        segment = torch.full((B, T), -1, dtype=torch.long)  # 0: window, k: k-th continuation, -1: padding
+        index, targets, owner, keys = [], [], [], []         # per scored token: flat (row, slot), target, request
+        for b, (ctx, window, conts) in enumerate(rows):
+            n = len(window)
+            tokens[b, :n], positions[b, :n], segment[b, :n] = torch.tensor(window), torch.arange(n), 0
+            at = n
+            for k, cont in enumerate(conts, 1):
+                m = len(cont) - 1
+                tokens[b, at:at + m] = torch.tensor(cont[:-1])
+                positions[b, at:at + m] = torch.arange(n, n + m)
+                segment[b, at:at + m] = k
+                index += [b * T + n - 1] + list(range(b * T + at, b * T + at + m))
+                targets += cont
+                owner += [len(keys)] * len(cont)
+                keys.append((ctx, cont))
+                at += m
+        seg_q, seg_k = segment[:, :, None], segment[:, None, :]
+        mask = torch.ones(T, T, dtype=torch.bool).tril() & ((seg_k == 0) | (seg_k == seg_q))
+        dev = self.device
+        h = self.model.hidden_states(tokens.to(dev), positions=positions.to(dev), mask=mask[:, None].to(dev))
+        logp = torch.log_softmax(self.model.output(h.flatten(0, 1)[torch.tensor(index, device=dev)]).float(), -1)
+        targets, owner = torch.tensor(targets, device=dev), torch.tensor(owner, device=dev)
+        ll = torch.zeros(len(keys), device=dev).index_add_(
+            0, owner, logp.gather(-1, targets[:, None])[:, 0])
+        miss = torch.zeros(len(keys), dtype=torch.long, device=dev).index_add_(
+            0, owner, (logp.argmax(-1) != targets).long())
+        return {k: (s, m == 0) for k, s, m in zip(keys, ll.tolist(), miss.tolist())}
 
     # ------------------------------------------------------------------ generation
     @torch.inference_mode()
