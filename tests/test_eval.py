@@ -7,15 +7,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
+from llamalab.config import ModelArgs
 from llamalab.eval import LLM, evaluate_task, get_task
 from llamalab.eval import scoring
 from llamalab.eval.lm_eval_tasks import write_task_yamls
 from llamalab.eval.tasks import build_items
+from llamalab.model import Transformer
+from tiny import random_state
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -191,3 +195,30 @@ def test_cli_writes_results_samples_and_table(smollm2_gguf, tmp_path):
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert len(lines) == 6 and lines[0]["task"] == "piqa" and len(lines[0]["loglikelihoods"]) == 2
     assert "| Model | BoolQ | PIQA |" in r.stdout
+
+
+def test_packed_loglikelihoods_equal_one_request_at_a_time():
+    """Shared contexts packed into rows, truncation to max_length and batching change nothing: each request
+    scores as lm-eval does it alone (one forward of the last max_length tokens of context + continuation)."""
+    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, max_seq_len=64)
+    model = Transformer(args)
+    model.load_state_dict(random_state(args), strict=False)
+    model.tie_weights()
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(0, 50, (n,), generator=g).tolist()
+    shared = ids(9)
+    requests = [(shared, ids(n)) for n in (1, 3, 2, 5)] + [(ids(n), ids(m)) for n, m in [(3, 1), (12, 4), (30, 6)]]
+    requests += [(shared, [int(model(torch.tensor([shared]))[0, -1].argmax())])]  # a greedy one
+    max_length = 20  # the (30, 6) request is left-truncated
+    with torch.inference_mode():
+        expected = []
+        for ctx, cont in requests:
+            window = (ctx + cont)[-(max_length + 1):][:-1]
+            logp = torch.log_softmax(model(torch.tensor([window]))[0, -len(cont):], -1)
+            t = torch.tensor(cont)
+            expected.append((logp.gather(-1, t[:, None]).sum().item(), bool((logp.argmax(-1) == t).all())))
+    tokenizer = SimpleNamespace(bos_id=None, eos_id=0)
+    llm = LLM(model, tokenizer, batch_size=3, max_length=max_length, progress=False)
+    got = llm.loglikelihood_tokens(requests)
+    assert [g for _, g in got] == [g for _, g in expected] and expected[-1][1]
+    assert [s for s, _ in got] == pytest.approx([s for s, _ in expected], abs=1e-4)

@@ -80,17 +80,13 @@ class LLM:
         """Rows (context, window, continuations): the window (the context, left-truncated so that every
         continuation fits in max_length positions) followed by each continuation but its last token.
         Continuations join one row while it stays within max_length tokens."""
-        rows, cur, width = [], [], 0
+        rows = []
         for cont in conts:
             window = ctx[max(0, len(ctx) + len(cont) - 1 - self.max_length):]
-            if cur and (window != cur_window or width + len(cont) - 1 > self.max_length):
-                rows.append((ctx, cur_window, cur))
-                cur = []
-            if not cur:
-                cur, cur_window, width = [], window, len(window)
-            cur.append(cont)
-            width += len(cont) - 1
-        rows.append((ctx, cur_window, cur))
+            if rows and rows[-1][1] == window and self._width(rows[-1]) + len(cont) - 1 <= self.max_length:
+                rows[-1][2].append(cont)
+            else:
+                rows.append((ctx, window, [cont]))
         return rows
 
     def _rows(self, rows) -> dict:
