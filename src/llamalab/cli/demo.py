@@ -88,7 +88,7 @@ def run(args):
         new = generate(ckpt.model, [ids], max_new_tokens=40, temperature=0.8, top_k=40, seed=0,
                        stop_ids=ckpt.tokenizer.stop_ids)[0]
         text = decode_text(new, ckpt.tokenizer, stop_ids=ckpt.tokenizer.stop_ids)
-        print(f"  » {prompt}{text!r}"[:200].replace("\\n", "⏎"))
+        print(f"  » {prompt}{text}".replace("\n", "⏎")[:200])
     val_loss = summary.get("val_loss")
     unigram = unigram_baseline(cfg)
     print(f"\n  held-out perplexity  {math.exp(val_loss):10.1f}   (loss {val_loss:.3f} nats/token)")
