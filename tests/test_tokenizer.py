@@ -50,7 +50,7 @@ def test_llama_vocab_matches_llama_cpp_reference(spm):
 
 
 def test_llama_vocab_attributes(spm):
-    # values from the GGUF metadata (shared/assets.md) and LLaMA's tokenizer: BOS 1, EOS 2, no pad
+    # values read from the GGUF metadata by the gguf package and LLaMA's tokenizer: BOS 1, EOS 2, no pad
     assert (spm.vocab_size, spm.bos_id, spm.eos_id, spm.pad_id, spm.unk_id) == (32000, 1, 2, None, 0)
     assert spm.add_bos is True and spm.stop_ids == {2}
     assert (spm.bos_token, spm.eos_token, spm.id_to_piece(29871), spm.id_to_piece(3)) == ("<s>", "</s>", "▁", "<0x00>")
