@@ -21,6 +21,8 @@ import torch
 
 from ..model import KVCache, Transformer
 
+PACK_TOKENS = 512  # widest packed row (a question with its choices is far shorter; CPU is fastest at a few hundred)
+
 
 class LLM:
     def __init__(self, model: Transformer, tokenizer, *, batch_size: int = 16, max_length: int | None = None,
@@ -79,11 +81,14 @@ class LLM:
     def _pack(self, ctx: tuple, conts: list[tuple]) -> list[tuple[tuple, tuple, list[tuple]]]:
         """Rows (context, window, continuations): the window (the context, left-truncated so that every
         continuation fits in max_length positions) followed by each continuation but its last token.
-        Continuations join one row while it stays within max_length tokens."""
+        Continuations join one row while it stays within PACK_TOKENS (a context shared by thousands of
+        requests, like the "Answer:" of the unconditional scores, would otherwise make rows of max_length
+        tokens whose attention is quadratic); a single longer request still gets a row of its own."""
+        limit = min(self.max_length, PACK_TOKENS)
         rows = []
         for cont in conts:
             window = ctx[max(0, len(ctx) + len(cont) - 1 - self.max_length):]
-            if rows and rows[-1][1] == window and self._width(rows[-1]) + len(cont) - 1 <= self.max_length:
+            if rows and rows[-1][1] == window and self._width(rows[-1]) + len(cont) - 1 <= limit:
                 rows[-1][2].append(cont)
             else:
                 rows.append((ctx, window, [cont]))
