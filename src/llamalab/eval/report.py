@@ -1,12 +1,9 @@
 """Results out: the JSON document, a markdown table laid out like the paper's Tables 3-4, per-sample JSONL.
-Every file is written to a temporary name and renamed, so a crash never leaves half a file."""
+The CLI writes each with `llamalab.atomic` (temporary name, then rename), so a crash never leaves half a file."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
 # Paper order: common-sense reasoning (Table 3), closed-book QA (Tables 4-5), MMLU, math, code.
 TABLE_ORDER = ["boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa",
@@ -19,19 +16,6 @@ HEADERS = {"boolq": "BoolQ", "piqa": "PIQA", "siqa": "SIQA", "hellaswag": "Hella
 HEADLINE = {"hellaswag": "acc_norm", "arc_easy": "acc_norm", "arc_challenge": "acc_norm", "piqa": "acc_norm",
             "openbookqa": "acc_uncond", "boolq": "acc_uncond", "nq_open": "exact_match",
             "triviaqa": "exact_match", "gsm8k": "exact_match_strict", "humaneval": "pass@1", "mbpp": "pass@1"}
-
-
-def atomic_write(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def to_json(results: dict[str, dict[str, float]], config: dict) -> str:

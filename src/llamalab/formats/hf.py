@@ -9,13 +9,13 @@ rows of wq/wk within each head so both compute the same attention (transformers'
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from ..config import ModelArgs
+from ..atomic import write_text
 from ..errors import LlamalabError
 from .gguf import _name_map
 
@@ -249,7 +249,5 @@ def _write_tokenizer(out: Path, tokenizer_src):
         gen = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
         if tokenizer.pad_id is not None:
             gen["pad_token_id"] = tokenizer.pad_id
-        tmp = out / ".generation_config.json.tmp"
-        tmp.write_text(json.dumps(gen, indent=2) + "\n")
-        os.replace(tmp, out / "generation_config.json")
+        write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
     return tokenizer

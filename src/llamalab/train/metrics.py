@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_text
+
 # Dense peak FLOP/s per device (bf16 tensor cores on GPUs). Unknown GPUs get no MFU.
 _GPU_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
              "V100": 125e12, "4090": 165e12, "3090": 71e12}
@@ -43,9 +45,7 @@ class MetricsLog:
             return
         keep = [line for line in self.path.read_text().splitlines()
                 if line.strip() and _complete(line) and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(line + "\n" for line in keep))
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
