@@ -84,3 +84,17 @@ def test_activation_checkpointing_changes_nothing_but_memory(data, single, tmp_p
 
     with safe_open(str(tmp_path / "model" / "model.safetensors"), "pt") as f:
         assert "model.layers.0.self_attn.q_proj.weight" in f.keys()
+
+
+def test_compiled_run_matches_eager(data, single, tmp_path):
+    """compile=true (each block and the loss through torch.compile) trains the same model: the losses and
+    held-out losses follow the eager run up to float reassociation."""
+    p = subprocess.run([sys.executable, "-m", "llamalab", "train", *COMMON, "compile=true", "micro_batch_size=4",
+                        f"data={data}", f"out_dir={tmp_path}"], env={**os.environ, "OMP_NUM_THREADS": "2"},
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    ref, got = records(single), records(tmp_path)
+    assert [r["step"] for r in got] == list(range(1, 21))
+    np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in ref], rtol=1e-3, atol=0)
+    np.testing.assert_allclose([r["val_loss"] for r in got if "val_loss" in r],
+                               [r["val_loss"] for r in ref if "val_loss" in r], rtol=1e-3, atol=0)

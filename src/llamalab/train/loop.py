@@ -26,6 +26,11 @@ from .optim import build_optimizer, lr_at, set_lr
 from .parallel import all_reduce_mean, build_model, init_distributed
 
 
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the next-token predictions, in fp32 (bf16 logits are upcast first)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     """Run (or resume) a pretraining run; returns a summary dict (final losses, paths, throughput)."""
     world = init_distributed(cfg.device)
@@ -71,6 +76,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     warmup = cfg.warmup_steps_resolved
     tokens_per_step = cfg.micro_batch_size * cfg.seq_len * world.world_size * accum
     peak, peak_desc = peak_flops(world.device)
+    # compile: the blocks are compiled in build_model; the loss is compiled here, so the upcast, log-softmax
+    # and its backward over the (tokens × vocab) logits run as fused loops instead of separate passes
+    loss_fn = torch.compile(next_token_loss, fullgraph=True) if cfg.compile else next_token_loss
     autocast = (torch.autocast(world.device.type, dtype=torch.bfloat16) if bf16 and cfg.parallel != "fsdp"
                 else contextlib.nullcontext())  # FSDP2 casts through its MixedPrecisionPolicy instead
 
@@ -113,7 +121,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 x, y = (t.to(world.device) for t in next(val))
                 with autocast:
                     logits = train_model(x)
-                total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                total += loss_fn(logits, y)
         model.train()
         return all_reduce_mean(total / cfg.eval_batches).item()
 
@@ -146,7 +154,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 try:
                     with autocast:
                         logits = train_model(x)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / accum
+                    loss = loss_fn(logits, y) / accum
                     loss.backward()
                 except torch.OutOfMemoryError:
                     raise LlamalabError(f"out of memory at step {step + 1} with micro_batch_size {cfg.micro_batch_size}"
