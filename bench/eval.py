@@ -3,7 +3,10 @@
 Same model (SmolLM2-135M-Instruct: our GGUF loader vs transformers' loading of the same file, fp32),
 same tasks, same items (the first --limit of each split), same batch size. Prints per task acc/acc_norm
 for both, the largest per-request log-likelihood difference, and items/s with the speed-up.
-Model loading is not timed for either side.
+Model loading is not timed for either side. Both sides compute acc and acc_norm only (`--uncond` adds
+our paper-style "Answer:"-normalized scores, extra work lm-eval does not do). The last column is the
+FLOP ratio (see `flop_ratio`): where both sides run matmuls at the same speed, the speed-up that doing
+less work can buy; measured speed-ups above it come from lm-eval's log-softmax over the full vocabulary.
 
     python bench/eval.py --tasks arc_easy,arc_challenge,hellaswag,piqa,boolq,winogrande,openbookqa --limit 500
 """
@@ -11,6 +14,7 @@ Model loading is not timed for either side.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -34,11 +38,29 @@ def hf_dir_from_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
+def flop_ratio(llm, requests) -> float:
+    """lm-eval's model FLOPs over ours for these (context, continuation) requests, counting the matmuls of
+    the blocks and of the output head (attention and padding left out): the speed-up that doing less work
+    alone buys when both sides run the matmuls equally fast. lm-eval runs one row per request (requests
+    whose one-token continuations share a context share a row) with the head on every position; we run
+    the packed prefix-tree rows with the head on the predicting positions only."""
+    per_token = 2 * sum(p.numel() for p in llm.model.layers.parameters())
+    head = 2 * llm.model.output.weight.numel()
+    keys = list(dict.fromkeys((tuple(c), tuple(x)) for c, x in (llm.encode_pair(c, x) for c, x in requests)))
+    theirs = {(c, x[:-1]) if len(x) == 1 else (c, x): len(llm._sequence(c, x)) for c, x in keys}
+    rows = llm._pack(keys)
+    ours = sum(len(r.tokens) for r in rows) * per_token + sum(len(x) for _, x in keys) * head
+    return sum(theirs.values()) * (per_token + head) / ours
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default="arc_easy,hellaswag,piqa,boolq")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="both sides")
+    p.add_argument("--uncond", action="store_true",
+                   help="also compute the paper's 'Answer:'-normalized scores (lm-eval computes no such thing)")
     p.add_argument("--output", default=None, help="write the comparison JSON here")
     p.add_argument("--skip-lm-eval", action="store_true", help="time ours only")
     a = p.parse_args()
@@ -54,9 +76,10 @@ def main():
 
     data_dir, gguf = assets.path("benchmarks"), assets.path("smollm2")
     tasks = a.tasks.split(",")
-    print(f"torch threads {torch.get_num_threads()}, batch size {a.batch_size}, limit {a.limit}", file=sys.stderr)
+    print(f"torch threads {torch.get_num_threads()}, batch size {a.batch_size}, limit {a.limit}, {a.dtype}",
+          file=sys.stderr)
 
-    ckpt = load(gguf)
+    ckpt = load(gguf, dtype=getattr(torch, a.dtype))
     llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=a.batch_size)
     ours, ours_s, items, theirs, theirs_s = {}, {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,12 +89,13 @@ def main():
             from lm_eval.tasks import TaskManager
 
             names = write_task_yamls(data_dir, Path(tmp) / "tasks", tasks)
-            hf = HFLM(pretrained=str(hf_dir_from_gguf(gguf, Path(tmp) / "hf")), dtype="float32", device="cpu",
+            hf = HFLM(pretrained=str(hf_dir_from_gguf(gguf, Path(tmp) / "hf")), dtype=a.dtype, device="cpu",
                       batch_size=a.batch_size)
             tm = TaskManager(include_path=str(Path(tmp) / "tasks"))
         for t in tasks:  # interleaved per task, so both sides see the same machine load
             start = time.perf_counter()
-            r = evaluate_task(llm, get_task(t), data_dir, limit=a.limit)
+            task = get_task(t) if a.uncond else dataclasses.replace(get_task(t), uncond=False)
+            r = evaluate_task(llm, task, data_dir, limit=a.limit)
             ours_s[t], ours[t], items[t] = time.perf_counter() - start, r, r.n
             if not a.skip_lm_eval:
                 start = time.perf_counter()
@@ -84,7 +108,8 @@ def main():
     report = {}
     for t in tasks:
         m = ours[t].metrics
-        line = {"items": items[t], "ours": {k: v for k, v in m.items() if not k.endswith("_stderr")},
+        requests = [(c, x) for s in ours[t].samples for c, x in zip(s["contexts"], s["continuations"])]
+        line = {"items": items[t], "flop_ratio": flop_ratio(llm, requests), "ours": {k: v for k, v in m.items() if not k.endswith("_stderr")},
                 "ours_items_per_s": items[t] / ours_s[t]}
         if t in theirs:
             res, samples = theirs[t]
@@ -99,13 +124,14 @@ def main():
         report[t] = line
     total_ours = sum(ours_s.values())
     print("\n| task | items | acc ours | acc lm-eval | acc_norm ours | acc_norm lm-eval | max |Δll| "
-          "| items/s ours | items/s lm-eval | speed-up |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| items/s ours | items/s lm-eval | speed-up | FLOP ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t, r in report.items():
         o, l = r["ours"], r.get("lm_eval", {})
         f = lambda d, k: f"{100 * d[k]:.1f}" if k in d else "-"
         print(f"| {t} | {r['items']} | {f(o, 'acc')} | {f(l, 'acc')} | {f(o, 'acc_norm')} | {f(l, 'acc_norm')} | "
               f"{r.get('max_abs_ll_diff', float('nan')):.1e} | {r['ours_items_per_s']:.2f} | "
-              f"{r.get('lm_eval_items_per_s', float('nan')):.2f} | {r.get('speedup', float('nan')):.2f}× |")
+              f"{r.get('lm_eval_items_per_s', float('nan')):.2f} | {r.get('speedup', float('nan')):.2f}× | "
+              f"{r['flop_ratio']:.2f}× |")
     n = sum(items.values())
     summary = {"items": n, "ours_s": total_ours, "ours_items_per_s": n / total_ours}
     if theirs_s:

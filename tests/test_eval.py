@@ -198,8 +198,10 @@ def test_cli_writes_results_samples_and_table(smollm2_gguf, tmp_path):
 
 
 def test_packed_loglikelihoods_equal_one_request_at_a_time():
-    """Shared contexts packed into rows, truncation to max_length and batching change nothing: each request
-    scores as lm-eval does it alone (one forward of the last max_length tokens of context + continuation)."""
+    """Prefix trees packed into rows (shared contexts; contexts that differ after a shared prefix, as in
+    WinoGrande; continuations that share their first tokens, as in PIQA), truncation to max_length and batching
+    change nothing: each request scores as lm-eval does it alone (one forward of the last max_length tokens of
+    context + continuation)."""
     args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, max_seq_len=64)
     model = Transformer(args)
     model.load_state_dict(random_state(args), strict=False)
@@ -209,6 +211,10 @@ def test_packed_loglikelihoods_equal_one_request_at_a_time():
     shared = ids(9)
     requests = [(shared, ids(n)) for n in (1, 3, 2, 5)] + [(ids(n), ids(m)) for n, m in [(3, 1), (12, 4), (30, 6)]]
     requests += [(shared, [int(model(torch.tensor([shared]))[0, -1].argmax())])]  # a greedy one
+    blank, rest = ids(6), ids(4)
+    requests += [(blank + ids(2), rest), (blank + ids(1), rest), (blank + ids(3), rest)]  # WinoGrande-like
+    start = ids(3)
+    requests += [(shared, start + ids(4)), (shared, start + ids(2))]                  # PIQA-like
     max_length = 20  # the (30, 6) request is left-truncated
     with torch.inference_mode():
         expected = []
@@ -219,6 +225,9 @@ def test_packed_loglikelihoods_equal_one_request_at_a_time():
             expected.append((logp.gather(-1, t[:, None]).sum().item(), bool((logp.argmax(-1) == t).all())))
     tokenizer = SimpleNamespace(bos_id=None, eos_id=0)
     llm = LLM(model, tokenizer, batch_size=3, max_length=max_length, progress=False)
+    keys = list(dict.fromkeys((tuple(c), tuple(x)) for c, x in requests))
+    rows = llm._pack(keys)
+    assert sum(len(r.tokens) for r in rows) < sum(len(llm._sequence(*k)) for k in keys) - 40  # it shares
     got = llm.loglikelihood_tokens(requests)
-    assert [g for _, g in got] == [g for _, g in expected] and expected[-1][1]
+    assert [g for _, g in got] == [g for _, g in expected] and expected[7][1]
     assert [s for s, _ in got] == pytest.approx([s for s, _ in expected], abs=1e-4)

@@ -8,6 +8,7 @@ The reference is the uninterrupted run of the same command; the comparison is ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -57,8 +58,19 @@ def losses(out: Path) -> dict[int, tuple]:
     return {r["step"]: (r["loss"], r["grad_norm"], r.get("val_loss")) for r in recs}
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts its workers in sessions of their own, so killing the
+    launcher's process group would leave them running)."""
+    try:
+        kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [d for k in kids for d in (k, *descendants(k))]
+
+
 def kill_after_checkpoint(nproc, data, out, step, parallel="ddp"):
-    """Start a run that hangs once checkpoint `step` is complete, and SIGKILL it (the whole process group)."""
+    """Start a run that hangs once checkpoint `step` is complete, and SIGKILL it: the launcher and every
+    worker, as a crashed node would lose them."""
     p = subprocess.Popen(command(nproc, parallel) + COMMON + [f"data={data}", f"out_dir={out}"],
                          env=env(LLAMALAB_TEST_HANG_AFTER_CHECKPOINT=str(step)), start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -67,9 +79,16 @@ def kill_after_checkpoint(nproc, data, out, step, parallel="ddp"):
         assert p.poll() is None, f"run ended early: {p.stderr.read()}"
         assert time.time() < deadline, "checkpoint never appeared"
         time.sleep(0.1)
+    workers = descendants(p.pid)  # none for a single process: it is its own worker
     os.killpg(p.pid, signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     p.wait()
-    assert p.returncode == -signal.SIGKILL
+    assert p.returncode == -signal.SIGKILL and len(workers) >= (nproc if nproc > 1 else 0)
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+              for pid in workers):
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("nproc,parallel", [(1, "none"), (2, "ddp"), (2, "fsdp")], ids=["single", "ddp2", "fsdp2"])

@@ -6,22 +6,34 @@ whitespace of the context moves to the continuation; whole = enc(context + conti
 ctx = enc(context), continuation = whole[len(ctx):]; a BOS only when the tokenizer adds one by default
 (`add_bos`); an empty context becomes the BOS (else EOS) token.
 
-Speed: requests are deduplicated, and those sharing a context (the choices of one question) are packed
-into one row: the context once, then every continuation, each attending to the context and to itself only,
-at the positions it would have alone. Rows are batched longest first (right-padded: real positions never
-see the padding), only the positions that predict continuation tokens go through the output head and the
-log-softmax, and each batch's scores are gathered and summed with a few tensor ops.
+Speed: requests are deduplicated, and requests sharing a token prefix (the choices of one question share
+their context, WinoGrande's two sentences the words before the blank, few-shot prompts their shots) are
+packed into one row as a prefix tree: the shared prefix once, then each branch, every token attending to
+its own sequence only, at the positions it would have alone. Rows are batched longest first (right-padded:
+real positions never see the padding), only the positions that predict continuation tokens go through the
+output head and the log-softmax, and each batch's scores are gathered and summed with a few tensor ops.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from dataclasses import dataclass, field
 
 import torch
 
 from ..model import KVCache, Transformer
 
+HEAD_CHUNK = 256  # scored positions per output-head slice
 PACK_TOKENS = 512  # widest packed row (a question with its choices is far shorter; CPU is fastest at a few hundred)
+
+
+@dataclass
+class _Row:
+    """One packed row: a prefix tree of request sequences laid out branch after branch."""
+    first: int                                         # length of the row's first sequence
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # rotary position = depth in the tree
+    branches: list[tuple[list[int], int, int]] = field(default_factory=list)  # (shared slots, new lo, hi)
+    scored: list[tuple[tuple, list[int]]] = field(default_factory=list)        # (request, slots predicting it)
 
 
 class LLM:
@@ -60,11 +72,8 @@ class LLM:
         from tqdm.auto import tqdm
 
         keys = [(tuple(c), tuple(x)) for c, x in requests]
-        by_context = defaultdict(list)
-        for ctx, cont in dict.fromkeys(keys):  # dedupe, keep order
-            by_context[ctx].append(cont)
-        rows = [row for ctx, conts in by_context.items() for row in self._pack(ctx, conts)]
-        rows.sort(key=lambda r: -self._width(r))
+        rows = self._pack(list(dict.fromkeys(keys)))  # deduplicated, first-seen order
+        rows.sort(key=lambda r: -len(r.tokens))
         results: dict = {}
         with tqdm(total=len(keys), desc=desc, disable=not self.progress, unit="req", dynamic_ncols=True) as bar:
             for i in range(0, len(rows), self.batch_size):
@@ -73,60 +82,77 @@ class LLM:
                 bar.update(len(out))
         return [results[k] for k in keys]
 
-    @staticmethod
-    def _width(row) -> int:
-        window, conts = row[1], row[2]
-        return len(window) + sum(len(c) - 1 for c in conts)
+    def _sequence(self, ctx: tuple, cont: tuple) -> tuple:
+        """The tokens the model reads for one request (lm-eval's window): the last max_length tokens of
+        context + continuation but its last token; the last len(cont) positions predict the continuation."""
+        return (ctx + cont)[:-1][-self.max_length:]
 
-    def _pack(self, ctx: tuple, conts: list[tuple]) -> list[tuple[tuple, tuple, list[tuple]]]:
-        """Rows (context, window, continuations): the window (the context, left-truncated so that every
-        continuation fits in max_length positions) followed by each continuation but its last token.
-        Continuations join one row while it stays within PACK_TOKENS (a context shared by thousands of
-        requests, like the "Answer:" of the unconditional scores, would otherwise make rows of max_length
-        tokens whose attention is quadratic); a single longer request still gets a row of its own."""
-        limit = min(self.max_length, PACK_TOKENS)
-        rows = []
-        for cont in conts:
-            window = ctx[max(0, len(ctx) + len(cont) - 1 - self.max_length):]
-            if rows and rows[-1][1] == window and self._width(rows[-1]) + len(cont) - 1 <= limit:
-                rows[-1][2].append(cont)
-            else:
-                rows.append((ctx, window, [cont]))
+    def _pack(self, requests: list[tuple[tuple, tuple]]) -> list[_Row]:
+        """Requests as prefix trees: in lexicographic order each sequence shares its longest common prefix
+        with the one before it, so a row holds that prefix once (the choices of a question share their
+        context; WinoGrande's two sentences share the words before the blank; few-shot prompts share the
+        shots) and the rest of each sequence branches off it. A sequence joins the current row when the
+        body compute it saves outweighs the attention it adds to the row, and while the row stays within
+        PACK_TOKENS (a single longer sequence gets a row of its own)."""
+        args = self.model.args
+        per_token = 2 * sum(p.numel() for p in self.model.layers.parameters())  # FLOPs of one token's blocks
+        per_pair = 4 * args.n_heads * args.head_dim * args.n_layers              # FLOPs of one (query, key)
+        rows: list[_Row] = []
+        row, prev, path = None, (), []
+        for key, seq in sorted(((k, self._sequence(*k)) for k in requests), key=lambda ks: ks[1]):
+            shared = 0
+            if row is not None:
+                while shared < min(len(seq), len(prev)) and seq[shared] == prev[shared]:
+                    shared += 1
+            new = len(seq) - shared
+            if (row is None or shared == 0 or len(row.tokens) + new > max(PACK_TOKENS, row.first)
+                    or shared * per_token < 2 * len(row.tokens) * new * per_pair):
+                row, shared, new, path = _Row(first=len(seq)), 0, len(seq), []
+                rows.append(row)
+            path = path[:shared]
+            row.branches.append((list(path), len(row.tokens), len(row.tokens) + new))
+            for t in seq[shared:]:
+                path.append(len(row.tokens))
+                row.tokens.append(t)
+                row.positions.append(len(path) - 1)
+            row.scored.append((key, path[len(seq) - len(key[1]):]))
+            prev = seq
         return rows
 
-    def _rows(self, rows) -> dict:
-        """One forward for a batch of packed rows, right-padded. Each continuation attends to its row's
-        window and to itself (the same positions it would have alone), never to its neighbours; the
-        output head and log-softmax run only on the positions that predict continuation tokens."""
-        B, T = len(rows), max(map(self._width, rows))
+    def _rows(self, rows: list[_Row]) -> dict:
+        """One forward for a batch of packed rows, right-padded. Each token attends to the tokens of its own
+        sequence before it (its ancestors in the row's tree), at the positions it would have alone; the output
+        head and log-softmax run only on the positions that predict continuation tokens."""
+        B, T = len(rows), max(len(r.tokens) for r in rows)
         tokens = torch.zeros(B, T, dtype=torch.long)
         positions = torch.zeros(B, T, dtype=torch.long)
-        segment = torch.full((B, T), -1, dtype=torch.long)  # 0: window, k: k-th continuation, -1: padding
-        index, targets, owner, keys = [], [], [], []         # per scored token: flat (row, slot), target, request
-        for b, (ctx, window, conts) in enumerate(rows):
-            n = len(window)
-            tokens[b, :n], positions[b, :n], segment[b, :n] = torch.tensor(window), torch.arange(n), 0
-            at = n
-            for k, cont in enumerate(conts, 1):
-                m = len(cont) - 1
-                tokens[b, at:at + m] = torch.tensor(cont[:-1])
-                positions[b, at:at + m] = torch.arange(n, n + m)
-                segment[b, at:at + m] = k
-                index += [b * T + n - 1] + list(range(b * T + at, b * T + at + m))
-                targets += cont
-                owner += [len(keys)] * len(cont)
-                keys.append((ctx, cont))
-                at += m
-        seg_q, seg_k = segment[:, :, None], segment[:, None, :]
-        mask = torch.ones(T, T, dtype=torch.bool).tril() & ((seg_k == 0) | (seg_k == seg_q))
+        mask = torch.eye(T, dtype=torch.bool).repeat(B, 1, 1)  # padding attends to itself only
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        index, targets, owner, keys = [], [], [], []  # per scored token: flat (row, slot), target, request
+        for b, row in enumerate(rows):
+            n = len(row.tokens)
+            tokens[b, :n], positions[b, :n] = torch.tensor(row.tokens), torch.tensor(row.positions)
+            for shared, lo, hi in row.branches:  # new nodes see the shared prefix and their own branch
+                mask[b, lo:hi, shared] = True
+                mask[b, lo:hi, lo:hi] = causal[:hi - lo, :hi - lo]
+            for key, nodes in row.scored:
+                index += [b * T + i for i in nodes]
+                targets += key[1]
+                owner += [len(keys)] * len(nodes)
+                keys.append(key)
         dev = self.device
         h = self.model.hidden_states(tokens.to(dev), positions=positions.to(dev), mask=mask[:, None].to(dev))
-        logp = torch.log_softmax(self.model.output(h.flatten(0, 1)[torch.tensor(index, device=dev)]).float(), -1)
+        h = h.flatten(0, 1)[torch.tensor(index, device=dev)]
         targets, owner = torch.tensor(targets, device=dev), torch.tensor(owner, device=dev)
-        ll = torch.zeros(len(keys), device=dev).index_add_(
-            0, owner, logp.gather(-1, targets[:, None])[:, 0])
+        token_ll, greedy = torch.empty(len(index), device=dev), torch.empty(len(index), dtype=torch.long, device=dev)
+        for i in range(0, len(index), HEAD_CHUNK):  # the (positions × vocab) logits a slice at a time
+            logits = self.model.output(h[i:i + HEAD_CHUNK]).float()
+            t = targets[i:i + HEAD_CHUNK, None]
+            token_ll[i:i + HEAD_CHUNK] = torch.log_softmax(logits, -1).gather(-1, t)[:, 0]
+            greedy[i:i + HEAD_CHUNK] = logits.max(-1).indices
+        ll = torch.zeros(len(keys), device=dev).index_add_(0, owner, token_ll)
         miss = torch.zeros(len(keys), dtype=torch.long, device=dev).index_add_(
-            0, owner, (logp.argmax(-1) != targets).long())
+            0, owner, (greedy != targets).long())
         return {k: (s, m == 0) for k, s, m in zip(keys, ll.tolist(), miss.tolist())}
 
     # ------------------------------------------------------------------ generation
