@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -86,6 +87,10 @@ def test_activation_checkpointing_changes_nothing_but_memory(data, single, tmp_p
         assert "model.layers.0.self_attn.q_proj.weight" in f.keys()
 
 
+HAS_CXX = any(map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++")))
+
+
+@pytest.mark.skipif(not HAS_CXX, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_run_matches_eager(data, single, tmp_path):
     """compile=true (each block and the loss through torch.compile) trains the same model: the losses and
     held-out losses follow the eager run up to float reassociation."""
@@ -98,3 +103,12 @@ def test_compiled_run_matches_eager(data, single, tmp_path):
     np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in ref], rtol=1e-3, atol=0)
     np.testing.assert_allclose([r["val_loss"] for r in got if "val_loss" in r],
                                [r["val_loss"] for r in ref if "val_loss" in r], rtol=1e-3, atol=0)
+
+
+def test_compile_without_a_cxx_compiler_is_one_clear_error(data, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "llamalab", "train", *COMMON, "compile=true", f"data={data}",
+                        f"out_dir={tmp_path / 'run'}"], env={**os.environ, "CXX": "no-such-cxx", "PATH": "/nonexistent"},
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "error: compile=true on CPU needs a C++ compiler" in p.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import ModelArgs
+from ..errors import LlamalabError
 from ..model import Transformer
 
 
@@ -118,6 +120,9 @@ def build_model(args: ModelArgs, *, world: World, parallel: str, activation_chec
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile:
+        if world.device.type == "cpu" and not any(map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++"))):
+            raise LlamalabError("compile=true on CPU needs a C++ compiler (torch.compile generates C++): install "
+                                "g++ or set CXX, or set compile=false")
         apply_compile(model)
     if parallel == "fsdp":
         apply_fsdp(model, mixed_precision=bf16)
