@@ -44,7 +44,7 @@ def flop_ratio(llm, requests) -> float:
     alone buys when both sides run the matmuls equally fast. lm-eval runs one row per request (requests
     whose one-token continuations share a context share a row) with the head on every position; we run
     the packed prefix-tree rows with the head on the predicting positions only."""
-    per_token = 2 * sum(p.numel() for p in llm.model.layers.parameters())
+    per_token = llm.block_flops
     head = 2 * llm.model.output.weight.numel()
     keys = list(dict.fromkeys((tuple(c), tuple(x)) for c, x in (llm.encode_pair(c, x) for c, x in requests)))
     theirs = {(c, x[:-1]) if len(x) == 1 else (c, x): len(llm._sequence(c, x)) for c, x in keys}
@@ -109,7 +109,8 @@ def main():
     for t in tasks:
         m = ours[t].metrics
         requests = [(c, x) for s in ours[t].samples for c, x in zip(s["contexts"], s["continuations"])]
-        line = {"items": items[t], "flop_ratio": flop_ratio(llm, requests), "ours": {k: v for k, v in m.items() if not k.endswith("_stderr")},
+        line = {"items": items[t], "flop_ratio": flop_ratio(llm, requests),
+                "ours": {k: v for k, v in m.items() if not k.endswith("_stderr")},
                 "ours_items_per_s": items[t] / ours_s[t]}
         if t in theirs:
             res, samples = theirs[t]

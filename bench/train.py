@@ -6,7 +6,7 @@ same optimizer, same precision, in one run.
     python bench/train.py --compile-reference              # transformers compiled as well
 
 "Ours" is what `llamalab train` runs for the same config: each block compiled (`compile: true`) and the
-loss compiled (`next_token_loss`), under bf16 autocast (`dtype: bf16`). "Reference" is LlamaForCausalLM
+loss compiled (`loss_function`), under bf16 autocast (`dtype: bf16`). "Reference" is LlamaForCausalLM
 as transformers' Trainer runs it with `bf16=True`: eager under the same autocast (`--compile-reference`:
 the whole model compiled too). Both take logits → fp32 cross-entropy → backward → clip → fused AdamW
 (the Trainer's default since torch 2.8). Steps are interleaved (ours, theirs, ours, ...) so background
@@ -22,7 +22,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 
 def hf_model(args):
@@ -68,17 +67,16 @@ def main():
     from llamalab.config import get_preset
     from llamalab.model import Transformer
     from llamalab.plan import count_params
-    from llamalab.train.loop import next_token_loss
+    from llamalab.train.loop import loss_function, next_token_loss
     from llamalab.train.parallel import apply_compile
 
     args = get_preset(opts.preset)
     torch.manual_seed(0)
     ours = Transformer(args)
     ours.init_weights(0.02, torch.Generator().manual_seed(0))
-    our_loss = next_token_loss
     if opts.compile:  # exactly what `llamalab train` does with compile: true
         apply_compile(ours)
-        our_loss = torch.compile(next_token_loss, fullgraph=True)
+    our_loss = loss_function(opts.compile)
     theirs = hf_model(args)
     if opts.compile_reference:
         theirs.compile()
@@ -95,7 +93,10 @@ def main():
         batch = torch.randint(0, args.vocab_size, (opts.batch, opts.seq_len + 1), generator=g)
         for name, step in steps.items():
             dt, _ = step(batch[:, :-1], batch[:, 1:])
-            (times[name].append(dt) if i >= opts.warmup else warm.__setitem__(name, warm[name] + dt))
+            if i >= opts.warmup:
+                times[name].append(dt)
+            else:
+                warm[name] += dt
     tokens = opts.batch * opts.seq_len
     print(f"{opts.preset}: {count_params(args) / 1e6:.2f}M params, batch {opts.batch}×{opts.seq_len}, "
           f"{'bf16 autocast' if opts.dtype == 'bf16' else 'fp32'}, fused AdamW, {torch.get_num_threads()} CPU "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 from llamalab.data.shards import write_token_dataset
+from llamalab.train.parallel import has_cxx_compiler
 
 COMMON = ["model=tiny", "seq_len=32", "max_steps=20", "warmup_fraction=0.1", "lr=3e-3", "eval_every=10",
           "eval_batches=2", "progress=false"]
@@ -87,10 +87,7 @@ def test_activation_checkpointing_changes_nothing_but_memory(data, single, tmp_p
         assert "model.layers.0.self_attn.q_proj.weight" in f.keys()
 
 
-HAS_CXX = any(map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++")))
-
-
-@pytest.mark.skipif(not HAS_CXX, reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_run_matches_eager(data, single, tmp_path):
     """compile=true (each block and the loss through torch.compile) trains the same model: the losses and
     held-out losses follow the eager run up to float reassociation."""

@@ -29,11 +29,15 @@ PACK_TOKENS = 512  # widest packed row (a question with its choices is far short
 @dataclass
 class _Row:
     """One packed row: a prefix tree of request sequences laid out branch after branch."""
-    first: int                                         # length of the row's first sequence
     tokens: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # rotary position = depth in the tree
     branches: list[tuple[list[int], int, int]] = field(default_factory=list)  # (shared slots, new lo, hi)
     scored: list[tuple[tuple, list[int]]] = field(default_factory=list)        # (request, slots predicting it)
+
+    @property
+    def first(self) -> int:
+        """Length of the row's first sequence (its first branch shares nothing)."""
+        return self.branches[0][2]
 
 
 class LLM:
@@ -47,6 +51,7 @@ class LLM:
         self.add_bos = bool(getattr(tokenizer, "add_bos", False))
         bos = tokenizer.bos_id
         self.prefix_id = bos if bos is not None else tokenizer.eos_id
+        self.block_flops = 2 * sum(p.numel() for p in model.layers.parameters())  # matmul FLOPs of one token
 
     # ------------------------------------------------------------------ tokenization (lm-eval's HF rules)
     def encode(self, text: str) -> list[int]:
@@ -95,8 +100,7 @@ class LLM:
         body compute it saves outweighs the attention it adds to the row, and while the row stays within
         PACK_TOKENS (a single longer sequence gets a row of its own)."""
         args = self.model.args
-        per_token = 2 * sum(p.numel() for p in self.model.layers.parameters())  # FLOPs of one token's blocks
-        per_pair = 4 * args.n_heads * args.head_dim * args.n_layers              # FLOPs of one (query, key)
+        per_pair = 4 * args.n_heads * args.head_dim * args.n_layers  # attention FLOPs of one (query, key)
         rows: list[_Row] = []
         row, prev, path = None, (), []
         for key, seq in sorted(((k, self._sequence(*k)) for k in requests), key=lambda ks: ks[1]):
@@ -106,8 +110,8 @@ class LLM:
                     shared += 1
             new = len(seq) - shared
             if (row is None or shared == 0 or len(row.tokens) + new > max(PACK_TOKENS, row.first)
-                    or shared * per_token < 2 * len(row.tokens) * new * per_pair):
-                row, shared, new, path = _Row(first=len(seq)), 0, len(seq), []
+                    or shared * self.block_flops < 2 * len(row.tokens) * new * per_pair):
+                row, shared, new, path = _Row(), 0, len(seq), []
                 rows.append(row)
             path = path[:shared]
             row.branches.append((list(path), len(row.tokens), len(row.tokens) + new))

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import TrainConfig
 
@@ -31,6 +30,7 @@ def calibrate_steps(cfg: TrainConfig, seconds: float, warmup_steps: int = 4) -> 
     """Time a few full training steps of this model (random tokens, same shapes) and return
     (steps that fit in `seconds`, seconds per step). Evaluation and checkpoints take the margin."""
     from ..model import Transformer
+    from .loop import next_token_loss
     from .optim import build_optimizer
 
     args = cfg.model_args()
@@ -42,7 +42,7 @@ def calibrate_steps(cfg: TrainConfig, seconds: float, warmup_steps: int = 4) -> 
     for _ in range(warmup_steps):
         t0 = time.perf_counter()
         logits = model(x[:, :-1])
-        F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).backward()
+        next_token_loss(logits, x[:, 1:]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -31,6 +31,12 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
+def loss_function(compile: bool):
+    """`next_token_loss`, compiled with `compile: true` (the blocks are compiled in build_model), so the upcast,
+    log-softmax and its backward over the (tokens × vocab) logits run as fused loops, not separate passes."""
+    return torch.compile(next_token_loss, fullgraph=True) if compile else next_token_loss
+
+
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     """Run (or resume) a pretraining run; returns a summary dict (final losses, paths, throughput)."""
     world = init_distributed(cfg.device)
@@ -76,9 +82,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     warmup = cfg.warmup_steps_resolved
     tokens_per_step = cfg.micro_batch_size * cfg.seq_len * world.world_size * accum
     peak, peak_desc = peak_flops(world.device)
-    # compile: the blocks are compiled in build_model; the loss is compiled here, so the upcast, log-softmax
-    # and its backward over the (tokens × vocab) logits run as fused loops instead of separate passes
-    loss_fn = torch.compile(next_token_loss, fullgraph=True) if cfg.compile else next_token_loss
+    loss_fn = loss_function(cfg.compile)
     autocast = (torch.autocast(world.device.type, dtype=torch.bfloat16) if bf16 and cfg.parallel != "fsdp"
                 else contextlib.nullcontext())  # FSDP2 casts through its MixedPrecisionPolicy instead
 

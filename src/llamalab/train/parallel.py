@@ -78,6 +78,11 @@ def apply_compile(model: Transformer) -> None:
         block.compile(fullgraph=True)
 
 
+def has_cxx_compiler() -> bool:
+    """torch.compile on CPU generates C++: is there a compiler for it (CXX, else g++, c++, clang++)?"""
+    return any(map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++")))
+
+
 def apply_fsdp(model: Transformer, mixed_precision: bool) -> None:
     """FSDP2: shard every block's parameters across ranks, then the root (embeddings, norm, output)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -120,7 +125,7 @@ def build_model(args: ModelArgs, *, world: World, parallel: str, activation_chec
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile:
-        if world.device.type == "cpu" and not any(map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++"))):
+        if world.device.type == "cpu" and not has_cxx_compiler():
             raise LlamalabError("compile=true on CPU needs a C++ compiler (torch.compile generates C++): install "
                                 "g++ or set CXX, or set compile=false")
         apply_compile(model)
