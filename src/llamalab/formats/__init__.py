@@ -123,15 +123,17 @@ def tokenizer_source(fmt: str, path: Path) -> Path | None:
 def load_tokenizer_for(fmt: str, path: Path, vocab_size: int, extra: dict | None = None):
     """The checkpoint's tokenizer, or None when it ships none. `extra` from `load_state` saves
     re-reading a GGUF file (its tokenizer.* fields are already there)."""
+    from ..tokenizer import check_vocab
+
     fields = (extra or {}).get("tokenizer_fields")
     if fields is not None:
         from ..tokenizer import tokenizer_from_gguf_fields
         tok = tokenizer_from_gguf_fields(fields, source=str(path)) if "tokenizer.ggml.tokens" in fields else None
     else:
         tok = as_tokenizer(tokenizer_source(fmt, path))
-    if tok is not None and tok.vocab_size > vocab_size:
-        raise LlamalabError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model embeds only "
-                            f"{vocab_size}; tokenizer and weights do not belong together")
+    if tok is not None:
+        check_vocab(tok.vocab_size, vocab_size, what=f"{path}: the tokenizer",
+                    fix="tokenizer and weights do not belong together")
     return tok
 
 
