@@ -2,9 +2,9 @@
 
     prepare({"prose": [Path("books/")], "code": [Path("code.jsonl.gz")]}, "tokenizer.model", "data/")
 
-Inputs: plain text files (one document per file), `.jsonl` (one document per line, its `text_field`),
-`.parquet` and `.arrow` tables (a `text_field` column); any of them `.gz`/`.xz`/`.bz2` compressed;
-directories are walked recursively. Worker processes tokenize batches of documents (the tokenizer's
+Inputs (read by `text.iter_texts`): plain text files (one document per file), `.jsonl` (one document per
+line, its `text_field`), `.parquet` and `.arrow` tables (a `text_field` column); any of them
+`.gz`/`.xz`/`.bz2` compressed; directories are walked recursively. Worker processes tokenize batches of documents (the tokenizer's
 own batch encoder); every document gets EOS appended (and BOS prepended when the tokenizer adds one).
 A document goes to the held-out split when a hash of its text falls below `val_fraction`, so the split
 is deterministic and independent of file order.
@@ -17,11 +17,8 @@ A dataset has one tokenizer: preparing into it with another one is refused.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
 import json
-import lzma
 import multiprocessing as mp
 import os
 import shutil
@@ -36,88 +33,9 @@ import numpy as np
 from ..errors import LlamalabError
 from ..atomic import sha256_file
 from .shards import MANIFEST, VERSION, read_manifest, token_dtype, write_manifest, write_shard
+from .text import expand_inputs, iter_texts
 
-_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
-_JSONL = {".jsonl", ".ndjson", ".json"}
-_TABLES = {".parquet", ".arrow"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-
-
-# ---------------------------------------------------------------- reading documents
-def _kind(path: Path) -> tuple[str, str | None]:
-    """(format suffix, compression suffix) of a file name."""
-    suffixes = [s.lower() for s in path.suffixes]
-    comp = suffixes.pop() if suffixes and suffixes[-1] in _OPENERS else None
-    return (suffixes[-1] if suffixes else ""), comp
-
-
-def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files named, and every non-hidden file below directories named, in a stable order."""
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file()
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise LlamalabError(f"input not found: {p}")
-    return files
-
-
-def read_documents(path: Path, text_field: str = "text"):
-    """Yield the documents (str) in one input file."""
-    fmt, comp = _kind(path)
-    try:
-        if fmt in _TABLES:
-            yield from _read_table(path, fmt, comp, text_field)
-            return
-        opener = _OPENERS.get(comp, open)
-        with opener(path, "rt", encoding="utf-8") as f:
-            if fmt not in _JSONL:
-                yield f.read()
-                return
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    yield obj if isinstance(obj, str) else obj[text_field]
-                except (ValueError, KeyError, TypeError):
-                    raise LlamalabError(f"{path}:{lineno}: expected a JSON object with a string field "
-                                        f"{text_field!r} (choose the field with --text-field)") from None
-    except UnicodeDecodeError as e:
-        raise LlamalabError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it or leave it out") from None
-    except (OSError, EOFError, lzma.LZMAError) as e:
-        raise LlamalabError(f"cannot read {path}: {e}") from None
-
-
-def _read_table(path: Path, fmt: str, comp: str | None, text_field: str):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def source():
-        return pa.BufferReader(_OPENERS[comp](path, "rb").read()) if comp else pa.memory_map(str(path))
-
-    try:
-        if fmt == ".parquet":
-            table = pq.ParquetFile(source())
-            names = table.schema_arrow.names
-            batches = table.iter_batches(columns=[text_field]) if text_field in names else iter(())
-        else:  # arrow IPC: file format, else stream format (what `datasets.save_to_disk` writes)
-            try:
-                reader = pa.ipc.open_file(source())
-                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-            except pa.ArrowInvalid:
-                reader = pa.ipc.open_stream(source())
-                batches = iter(reader)
-            names = reader.schema.names
-        if text_field not in names:
-            raise LlamalabError(f"{path}: no column {text_field!r} (columns: {names}); choose one with --text-field")
-        for batch in batches:
-            yield from (t for t in batch.column(text_field).to_pylist() if t is not None)
-    except (pa.ArrowException, OSError) as e:
-        raise LlamalabError(f"cannot read table {path}: {e}") from None
 
 
 # ---------------------------------------------------------------- tokenizing (in worker processes)
@@ -272,7 +190,7 @@ def _shards_present(root: Path, entry: dict, dtype: np.dtype) -> bool:
 def _batches(files: list[Path], text_field: str, batch_docs: int, max_chars: int = 1 << 20):
     batch, chars = [], 0
     for f in files:
-        for doc in read_documents(f, text_field):
+        for doc in iter_texts(f, text_field):
             if not doc:
                 continue
             batch.append(doc)

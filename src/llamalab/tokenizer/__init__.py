@@ -25,11 +25,11 @@ from .base import (BYTE, CONTROL, END_OF_TURN, NORMAL, UNKNOWN, UNUSED, USER_DEF
 from .gguf import read_gguf_tokenizer_fields, tokenizer_from_gguf_fields
 from .hf import HFTokenizer
 from .spm import SentencePieceTokenizer, sentencepiece_to_hf
-from .train import LLAMA_TRAINER_SPEC, json_text, train_tokenizer
+from .train import LLAMA_TRAINER_SPEC, train_tokenizer
 
 __all__ = ["Tokenizer", "StreamDecoder", "SentencePieceTokenizer", "HFTokenizer", "load_tokenizer",
            "train_tokenizer", "tokenizer_from_gguf_fields", "read_gguf_tokenizer_fields", "sentencepiece_to_hf",
-           "check_vocab", "json_text", "LLAMA_TRAINER_SPEC", "END_OF_TURN",
+           "check_vocab", "LLAMA_TRAINER_SPEC", "END_OF_TURN",
            "NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE"]
 
 

@@ -1,13 +1,23 @@
-"""Training LLaMA's tokenizer (the paper, §2 "Tokenizer")."""
+"""Training LLaMA's tokenizer (the paper, §2 "Tokenizer"): SentencePiece BPE with LLaMA's settings.
+
+    tok = train_tokenizer(["corpus.txt", "code.jsonl.gz"], 32000, "out/tok")   # writes tokenizer.model + .json
+"""
 
 from __future__ import annotations
 
-import json
+import io
 import os
+import random
 import re
-import tempfile
+import sys
+import threading
+import time
 from pathlib import Path
 
+import sentencepiece as spm
+from tqdm import tqdm
+
+from ..data.text import iter_texts
 from ..errors import LlamalabError
 from .spm import SentencePieceTokenizer
 
@@ -27,18 +37,11 @@ def train_tokenizer(inputs, vocab_size: int, out_dir, *, input_sentence_size: in
                     chat_template: str | None = None, progress: bool = True, **spec) -> SentencePieceTokenizer:
     """Train LLaMA's tokenizer on text files and write `tokenizer.model` + `tokenizer.json` into `out_dir`.
 
-    Input files are plain text (`.gz`/`.xz`/`.bz2` read transparently; `.jsonl` lines are JSON strings or
-    objects with a "text" field). They are streamed once: lines longer than `max_line_chars` are cut at a
+    Inputs are read line by line by `llamalab.data.text.iter_texts` (plain text, JSON Lines with a "text"
+    field, tables; compressed or not) and streamed once: lines longer than `max_line_chars` are cut at a
     space, and a uniform sample of at most `input_sentence_size` lines (reservoir sampling, `seed`) goes
     to SentencePiece. `spec` overrides entries of LLAMA_TRAINER_SPEC.
     """
-    import random
-    import sys
-    import time
-
-    import sentencepiece as spm
-    from tqdm import tqdm
-
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise LlamalabError("no input files given")
@@ -48,97 +51,46 @@ def train_tokenizer(inputs, vocab_size: int, out_dir, *, input_sentence_size: in
     if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB:
         raise LlamalabError(f"vocab size {vocab_size} is too small: byte fallback alone needs 256 byte pieces "
                             f"plus <unk> <s> </s>; use at least {MIN_VOCAB} (LLaMA uses 32000)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    sample: list[str] = []
-    seen = 0
-    total = sum(p.stat().st_size for p in inputs)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="reading input", disable=not progress,
-              file=sys.stderr, leave=False) as bar:
-        for p in inputs:
-            with _open_input(p) as (f, raw):
-                last = 0
-                for line in _lines(f, p):
-                    for chunk in _chunks(line, max_line_chars):
-                        seen += 1
-                        if len(sample) < input_sentence_size:
-                            sample.append(chunk)
-                        elif (j := rng.randrange(seen)) < input_sentence_size:
-                            sample[j] = chunk
-                    if seen % 4096 == 0:
-                        pos = raw.tell()
-                        bar.update(pos - last)
-                        last = pos
-                bar.update(raw.tell() - last)
+    sample, seen = sample_lines(inputs, input_sentence_size, max_line_chars, seed=seed, progress=progress)
     if not sample:
         raise LlamalabError(f"the input ({', '.join(map(str, inputs))}) holds no text to train on")
-
-    with tempfile.TemporaryDirectory(dir=out, prefix=".train-") as tmp:
-        corpus = Path(tmp) / "sample.txt"
-        corpus.write_text("\n".join(sample) + "\n", encoding="utf-8")
-        chars = sum(map(len, sample))
-        del sample
-        kwargs = {**LLAMA_TRAINER_SPEC, **spec, "input": str(corpus), "model_prefix": str(Path(tmp) / "sp"),
-                  "vocab_size": vocab_size, "input_sentence_size": input_sentence_size,
-                  "max_sentence_length": 4 * max_line_chars + 16, "num_threads": num_threads or os.cpu_count() or 1}
-        log = Path(tmp) / "sentencepiece.log"
-        t0 = time.time()
+    chars = sum(map(len, sample))
+    options = {**LLAMA_TRAINER_SPEC, **spec, "vocab_size": vocab_size, "input_sentence_size": input_sentence_size,
+               "max_sentence_length": 4 * max_line_chars + 16, "num_threads": num_threads or os.cpu_count() or 1}
+    model = io.BytesIO()
+    t0 = time.time()
+    with MergeProgress(vocab_size, f"training BPE on {seen:,} lines / {chars:,} chars", progress) as log:
         try:
-            with _Spinner(f"training BPE, vocab {vocab_size}, {seen:,} lines / {chars:,} chars", enabled=progress), \
-                    _stderr_to(log):
-                spm.SentencePieceTrainer.train(**kwargs)
+            spm.SentencePieceTrainer.train(sentence_iterator=iter(sample), model_writer=model, **log, **options)
         except RuntimeError as e:
             msg = str(e).strip().splitlines()[-1]
             msg = re.sub(r"^.*?\) \[[^\]]*\] ", "", msg)  # drop sentencepiece's "Internal: file.cc(123) [cond]"
             raise LlamalabError(f"SentencePiece training failed: {msg}") from None
-        if progress:
-            print(f"trained a {vocab_size}-piece BPE tokenizer in {time.time() - t0:.1f}s", file=sys.stderr)
-        tok = SentencePieceTokenizer((Path(tmp) / "sp.model").read_bytes(), add_bos=True, chat_template=chat_template)
-    tok.save(out)
+    if progress:
+        print(f"trained a {vocab_size}-piece BPE tokenizer in {time.time() - t0:.1f}s", file=sys.stderr)
+    tok = SentencePieceTokenizer(model.getvalue(), add_bos=True, chat_template=chat_template)
+    tok.save(out_dir)
     return tok
 
 
-def _open_input(path: Path):
-    """(text stream, underlying binary file for progress) for a possibly compressed input file."""
-    import bz2
-    import contextlib
-    import gzip
-    import io
-    import lzma
-
-    opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(path.suffix)
-
-    @contextlib.contextmanager
-    def ctx():
-        with open(path, "rb") as raw:
-            stream = opener(raw) if opener else raw
-            yield io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=None), raw
-    return ctx()
-
-
-def json_text(line: str, where: str) -> str:
-    """The text of one JSONL line: a JSON string, or an object with a "text" string."""
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        raise LlamalabError(f"{where}: not a JSON line") from None
-    text = obj.get("text") if isinstance(obj, dict) else obj
-    if not isinstance(text, str):
-        raise LlamalabError(f"{where}: expected a JSON string or an object with a \"text\" string")
-    return text
-
-
-def _lines(f, path: Path):
-    jsonl = ".jsonl" in path.suffixes
-    for n, line in enumerate(f, 1):
-        if jsonl:
-            line = line.strip()
-            if not line:
-                continue
-            yield from json_text(line, f"{path}:{n}").splitlines()
-        else:
-            yield line.rstrip("\n")
+def sample_lines(inputs: list[Path], k: int, max_chars: int, *, seed: int = 0,
+                 progress: bool = True) -> tuple[list[str], int]:
+    """(a uniform sample of at most `k` of the inputs' non-blank lines, lines seen), by reservoir sampling;
+    lines longer than `max_chars` count as pieces cut at a space."""
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = 0
+    with tqdm(total=sum(p.stat().st_size for p in inputs), unit="B", unit_scale=True, desc="reading input",
+              disable=not progress, leave=False) as bar:
+        for path in inputs:
+            for line in iter_texts(path, lines=True, on_read=bar.update):
+                for chunk in _chunks(line, max_chars):
+                    seen += 1
+                    if len(sample) < k:
+                        sample.append(chunk)
+                    elif (j := rng.randrange(seen)) < k:
+                        sample[j] = chunk
+    return sample, seen
 
 
 def _chunks(line: str, n: int):
@@ -152,54 +104,44 @@ def _chunks(line: str, n: int):
         yield line
 
 
-class _stderr_to:
-    """Send file descriptor 2 (where SentencePiece's C++ logging goes) to a file for the duration."""
+class MergeProgress:
+    """A tqdm bar over the BPE merges while SentencePiece trains, driven by the trainer's own log.
 
-    def __init__(self, path: Path):
-        self.path = path
+    The trainer logs to standard error; its `logstream` option sends that into a pipe read here:
+    "Alphabet size=N" fixes the number of merges (vocab size − meta pieces − N), "Merged: ... merges=M"
+    reports progress. Entering gives the trainer's keyword arguments: the pipe, or, with progress off (or
+    a standard error that is no file, as under pytest's capsys), `minloglevel` to silence the log.
+    """
 
-    def __enter__(self):
-        import sys
-        sys.stderr.flush()
-        self.saved = os.dup(2)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(self.fd, 2)
-        return self
+    def __init__(self, vocab_size: int, desc: str, enabled: bool = True):
+        self.vocab_size, self.desc = vocab_size, desc
+        try:
+            self.enabled = enabled and sys.stderr.fileno() >= 0
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+            self.enabled = False
 
-    def __exit__(self, *exc):
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
-        os.close(self.fd)
+    def __enter__(self) -> dict:
+        if not self.enabled:
+            return {"minloglevel": 1}
+        read_fd, write_fd = os.pipe()
+        self.log = os.fdopen(write_fd, "w")
+        # the bar writes to its own copy of standard error: fd 2 itself goes into the pipe while training
+        self.bar = tqdm(desc=self.desc, unit=" merges", file=os.fdopen(os.dup(sys.stderr.fileno()), "w"), leave=False)
+        self.reader = threading.Thread(target=self._follow, args=(os.fdopen(read_fd, errors="replace"),), daemon=True)
+        self.reader.start()
+        return {"logstream": self.log}
 
-
-class _Spinner:
-    """An elapsed-time status line on the terminal's stderr while a long call runs (no-op if not a tty)."""
-
-    def __init__(self, label: str, enabled: bool = True):
-        import sys
-        self.label = label
-        self.enabled = enabled and sys.stderr.isatty()
-
-    def __enter__(self):
-        import threading
-        if self.enabled:
-            self.out = os.fdopen(os.dup(2), "w")  # the real terminal, not the redirected fd 2
-            self.stop = threading.Event()
-            self.thread = threading.Thread(target=self._run, daemon=True)
-            self.thread.start()
-        return self
-
-    def _run(self):
-        import time
-        t0, frames, k = time.time(), "|/-\\", 0
-        while not self.stop.wait(0.2):
-            self.out.write(f"\r{frames[k % 4]} {self.label}  {time.time() - t0:.0f}s ")
-            self.out.flush()
-            k += 1
+    def _follow(self, log):
+        with log:
+            for line in log:
+                if m := re.search(r"Alphabet size=(\d+)", line):
+                    self.bar.reset(total=max(1, self.vocab_size - (MIN_VOCAB - 1) - int(m[1])))
+                elif m := re.search(r"Merged: .*merges=(\d+)", line):
+                    self.bar.update(int(m[1]) - self.bar.n)
 
     def __exit__(self, *exc):
         if self.enabled:
-            self.stop.set()
-            self.thread.join()
-            self.out.write("\r\033[K")
-            self.out.close()
+            self.log.close()  # the trainer has put fd 2 back: this was the pipe's last writer
+            self.reader.join()
+            self.bar.close()
+            self.bar.fp.close()
