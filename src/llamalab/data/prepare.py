@@ -21,7 +21,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import time
 from collections import deque
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LlamalabError
-from ..atomic import sha256_file
+from ..atomic import sha256_file, staged_dir
 from .shards import MANIFEST, VERSION, read_manifest, token_dtype, write_manifest, write_shard
 from .text import expand_inputs, iter_texts
 
@@ -204,55 +203,49 @@ def _batches(files: list[Path], text_field: str, batch_docs: int, max_chars: int
 
 def _build_source(name, files, tokenizer, tok, out, dtype, *, workers, text_field, val_fraction, shard_tokens,
                   batch_docs, progress) -> dict:
+    """Tokenize one source's files into `<out>/<name>/`, which an earlier build leaves as it was until this
+    one is complete. Returns the source's manifest entry (without inputs and fingerprint)."""
     from tqdm import tqdm
 
-    tmp = out / f".{name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    train = _ShardWriter(tmp, name, "shard", shard_tokens, dtype)
-    val = _ShardWriter(tmp, name, "val", shard_tokens, dtype)
     docs = [0, 0]
     workers = max(1, workers or os.cpu_count() or 1)
     bar = tqdm(desc=name, unit=" docs", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     start = time.perf_counter()
+    with staged_dir(out / name) as tmp:
+        train = _ShardWriter(tmp, name, "shard", shard_tokens, dtype)
+        val = _ShardWriter(tmp, name, "val", shard_tokens, dtype)
 
-    def consume(result):
-        t, v, nt, nv = result
-        train.add(t)
-        val.add(v)
-        docs[0] += nt
-        docs[1] += nv
-        bar.update(nt + nv)
-        bar.set_postfix_str(f"{(train.tokens + val.tokens) / (time.perf_counter() - start):,.0f} tok/s", refresh=False)
+        def consume(result):
+            t, v, nt, nv = result
+            train.add(t)
+            val.add(v)
+            docs[0] += nt
+            docs[1] += nv
+            bar.update(nt + nv)
+            bar.set_postfix_str(f"{(train.tokens + val.tokens) / (time.perf_counter() - start):,.0f} tok/s",
+                                refresh=False)
 
-    try:
-        if workers == 1:
-            _init_worker(tok, val_fraction, pooled=False)  # the backend's own threads
-            for batch in _batches(files, text_field, batch_docs):
-                consume(_tokenize(batch))
-        else:
-            # fork: workers need nothing from the parent but the tokenizer path, and spawn cannot start
-            # workers when the main program is not a file (python -c, stdin, notebooks)
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(workers, _init_worker, (str(tokenizer), val_fraction)) as pool:
-                pending = deque()  # bounded read-ahead, results consumed in order
+        try:
+            if workers == 1:
+                _init_worker(tok, val_fraction, pooled=False)  # the backend's own threads
                 for batch in _batches(files, text_field, batch_docs):
-                    pending.append(pool.apply_async(_tokenize, (batch,)))
-                    if len(pending) >= 4 * workers:
+                    consume(_tokenize(batch))
+            else:
+                # fork: workers need nothing from the parent but the tokenizer path, and spawn cannot start
+                # workers when the main program is not a file (python -c, stdin, notebooks)
+                ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+                with ctx.Pool(workers, _init_worker, (str(tokenizer), val_fraction)) as pool:
+                    pending = deque()  # bounded read-ahead, results consumed in order
+                    for batch in _batches(files, text_field, batch_docs):
+                        pending.append(pool.apply_async(_tokenize, (batch,)))
+                        if len(pending) >= 4 * workers:
+                            consume(pending.popleft().get())
+                    while pending:
                         consume(pending.popleft().get())
-                while pending:
-                    consume(pending.popleft().get())
+        finally:
+            bar.close()
         if docs[0] + docs[1] == 0:
             raise LlamalabError(f"source {name!r} is empty: no documents in {', '.join(map(str, files))}")
         shards, val_shards = train.close(), val.close()
-        final = out / name
-        old = out / f".{name}.old{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"documents": docs[0], "tokens": train.tokens, "shards": shards,
             "val_documents": docs[1], "val_tokens": val.tokens, "val_shards": val_shards}

@@ -17,21 +17,26 @@ fallback) and writes it in both formats.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from ..errors import LlamalabError
 from .base import (BYTE, CONTROL, END_OF_TURN, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, StreamDecoder, Tokenizer,
                    check_vocab)
-from .gguf import read_gguf_tokenizer_fields, tokenizer_from_gguf_fields
+from .gguf import open_gguf, read_gguf_tokenizer_fields, tokenizer_from_gguf_fields
 from .hf import HFTokenizer
 from .spm import SentencePieceTokenizer, sentencepiece_to_hf
 from .train import LLAMA_TRAINER_SPEC, train_tokenizer
 
 __all__ = ["Tokenizer", "StreamDecoder", "SentencePieceTokenizer", "HFTokenizer", "load_tokenizer",
-           "train_tokenizer", "tokenizer_from_gguf_fields", "read_gguf_tokenizer_fields", "sentencepiece_to_hf",
+           "find_tokenizer", "save_tokenizer", "TOKENIZER_FILES", "open_gguf", "train_tokenizer", "tokenizer_from_gguf_fields", "read_gguf_tokenizer_fields", "sentencepiece_to_hf",
            "check_vocab", "LLAMA_TRAINER_SPEC", "END_OF_TURN",
            "NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE"]
 
+# The files a checkpoint directory keeps its tokenizer in: the vocabulary, and the side files that set its
+# special tokens, chat template and generation stop tokens (all read by `load_tokenizer`).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json")
 
 def load_tokenizer(path) -> Tokenizer:
     """The tokenizer in `path`: a `tokenizer.model`, a `tokenizer.json`, a `.gguf` file, or a directory
@@ -116,3 +121,32 @@ def _load_hf(path: Path) -> HFTokenizer:
             bos_id, add_bos = probe[0], True
     return HFTokenizer(tok, bos_id=bos_id, eos_id=eos_id, pad_id=tid("pad_token"), unk_id=tid("unk_token"),
                        add_bos=add_bos, chat_template=template, extra_stop_ids=[s for s in stops if s is not None])
+
+
+def find_tokenizer(src) -> Tokenizer | None:
+    """The tokenizer of `src`: a Tokenizer as is, or one loaded from a path (.gguf file, tokenizer file or
+    checkpoint directory); None when `src` is None or carries no tokenizer (a GGUF file without a
+    vocabulary, a directory without tokenizer.json / tokenizer.model)."""
+    if src is None or isinstance(src, Tokenizer):
+        return src
+    src = Path(src)
+    if src.is_file() and src.suffix == ".gguf":
+        fields = read_gguf_tokenizer_fields(src)
+        return tokenizer_from_gguf_fields(fields, source=str(src)) if "tokenizer.ggml.tokens" in fields else None
+    if src.is_dir() and not any((src / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        return None
+    return load_tokenizer(src)
+
+
+def save_tokenizer(src, out) -> Tokenizer | None:
+    """Put the tokenizer of `src` (see `find_tokenizer`) into the directory `out` and return it. A
+    directory's tokenizer files are copied as they are (nothing lost in translation); any other source is
+    written by the Tokenizer itself."""
+    tokenizer = find_tokenizer(src)
+    if tokenizer is not None and not isinstance(src, Tokenizer) and Path(src).is_dir():
+        for name in TOKENIZER_FILES:
+            if (Path(src) / name).is_file():
+                shutil.copy2(Path(src) / name, Path(out) / name)
+    elif tokenizer is not None:
+        tokenizer.save(out)
+    return tokenizer

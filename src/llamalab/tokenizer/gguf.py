@@ -8,15 +8,20 @@ from .hf import HFTokenizer
 from .spm import SentencePieceTokenizer
 
 
-def read_gguf_tokenizer_fields(path) -> dict:
-    """The `tokenizer.*` metadata of a GGUF file as plain Python values."""
-    import gguf
+def open_gguf(path):
+    """A `gguf.GGUFReader` on `path` (memory-mapped), or one clear error for a damaged or partial file."""
+    from gguf import GGUFReader
 
     try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:
-        raise LlamalabError(f"{path}: not a readable GGUF file (truncated or corrupt: {type(e).__name__})") from None
-    return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+        return GGUFReader(path)
+    except Exception as e:  # the gguf package raises assorted errors on damaged files
+        raise LlamalabError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); "
+                            "is it truncated or still downloading?") from None
+
+
+def read_gguf_tokenizer_fields(path) -> dict:
+    """The `tokenizer.*` metadata of a GGUF file as plain Python values."""
+    return {k: f.contents() for k, f in open_gguf(path).fields.items() if k.startswith("tokenizer.")}
 
 
 def tokenizer_from_gguf_fields(meta: dict, source="GGUF file") -> Tokenizer:
