@@ -23,7 +23,7 @@ from . import checkpoint
 from .config import TrainConfig
 from .metrics import MetricsLog, mfu, peak_flops, plot_loss
 from .optim import build_optimizer, lr_at, set_lr
-from .parallel import all_reduce_mean, build_model, init_distributed
+from .parallel import all_reduce_mean, build_parallel_model, init_distributed
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -32,8 +32,8 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 
 def loss_function(compile: bool):
-    """`next_token_loss`, compiled with `compile: true` (the blocks are compiled in build_model), so the upcast,
-    log-softmax and its backward over the (tokens × vocab) logits run as fused loops, not separate passes."""
+    """`next_token_loss`, compiled with `compile: true` (the blocks are compiled in build_parallel_model), so
+    the upcast, log-softmax and its backward over the (tokens × vocab) logits run as fused loops."""
     return torch.compile(next_token_loss, fullgraph=True) if compile else next_token_loss
 
 
@@ -74,9 +74,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
 
     # --- model and optimizer ---
     torch.manual_seed(cfg.seed)
-    model, train_model = build_model(args, world=world, parallel=cfg.parallel,
-                                     activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
-                                     bf16=bf16, std=cfg.init_std, seed=cfg.seed)
+    model, train_model = build_parallel_model(args, world=world, parallel=cfg.parallel,
+                                              activation_checkpointing=cfg.activation_checkpointing,
+                                              compile=cfg.compile, bf16=bf16, std=cfg.init_std, seed=cfg.seed)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
     n_params = model.num_params()  # FSDP2 shards are DTensors: numel() is the global size
     warmup = cfg.warmup_steps_resolved
