@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llamalab.cli import main
-from llamalab.data.shards import write_token_dataset
+from token_data import write_token_dataset
 
 BASE = ["train", "model=tiny", "seq_len=32", "micro_batch_size=2", "max_steps=2", "warmup_steps=1",
         "progress=false", "export=false"]

@@ -1,3 +1,5 @@
+from ..errors import LlamalabError
+
 HELP = "Prepare pretraining data (tokenize + pack shards) and report mixtures (epochs per source, Table 1)."
 
 
@@ -34,8 +36,6 @@ def add_arguments(p):
 
 
 def _parse_sources(specs):
-    from ..errors import LlamalabError
-
     sources = {}
     for spec in specs:
         name, eq, paths = spec.partition("=")
@@ -49,48 +49,26 @@ def _parse_sources(specs):
 
 def run(args):
     if args.data_command == "prepare":
-        return _prepare(args)
-    return _mixture(args)
-
-
-def _prepare(args):
-    from ..data.prepare import prepare
-    from ..errors import LlamalabError
-
-    sources = _parse_sources(args.source)
-    if args.demo:
         from ..data.corpus import demo_sources
-        for name, path in demo_sources().items():
+        from ..data.prepare import prepare
+
+        sources = _parse_sources(args.source)
+        for name, path in (demo_sources() if args.demo else {}).items():
             sources.setdefault(name, [path])
-    if not sources:
-        raise LlamalabError("no sources: give --source NAME=PATH (or --demo)")
-    if args.workers is not None and args.workers < 1:
-        raise LlamalabError(f"--workers must be at least 1, got {args.workers}")
-    if args.shard_tokens < 1:
-        raise LlamalabError(f"--shard-tokens must be positive, got {args.shard_tokens}")
-    manifest = prepare(sources, args.tokenizer, args.out, workers=args.workers, text_field=args.text_field,
-                       val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,
-                       progress=not args.no_progress)
-    total = sum(s["tokens"] for s in manifest["sources"].values())
-    print(f"{args.out}: {len(manifest['sources'])} sources, {total:,} training tokens, dtype {manifest['dtype']}")
+        manifest = prepare(sources, args.tokenizer, args.out, workers=args.workers, text_field=args.text_field,
+                           val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,
+                           progress=not args.no_progress)
+        total = sum(s["tokens"] for s in manifest["sources"].values())
+        print(f"{args.out}: {len(manifest['sources'])} sources, {total:,} training tokens, dtype {manifest['dtype']}")
+    elif args.data is None:
+        from ..data.mixture import format_table1
 
+        print(format_table1())
+    else:
+        from ..data.mixture import format_report, parse_mixture, report, source_tokens
 
-def _mixture(args):
-    from ..data.mixture import TABLE1, TABLE1_TOKENS, format_report, parse_mixture, report, source_tokens
-    from ..errors import LlamalabError
-
-    if args.data is None:
-        # the paper's Table 1 as printed, for reference
-        print(f"LLaMA paper, Table 1 (epochs for {TABLE1_TOKENS:.1e} training tokens)")
-        print(f"{'source':16s} {'sampling':>9s} {'disk':>9s} {'epochs':>7s}")
-        for name, row in TABLE1.items():
-            disk = f"{row.disk_gb / 1000:.1f} TB" if row.disk_gb >= 1000 else f"{row.disk_gb:.0f} GB"
-            print(f"{name:16s} {row.weight:8.1f}% {disk:>9s} {row.epochs:7.2f}")
-        return
-    available = source_tokens(args.data)
-    mixture = parse_mixture(args.weights) if args.weights else {k: float(v) for k, v in available.items()}
-    if args.tokens is None:
-        raise LlamalabError("give the training budget with --tokens N (e.g. --tokens 5e6)")
-    if args.tokens <= 0:
-        raise LlamalabError(f"--tokens must be positive, got {args.tokens}")
-    print(format_report(report(mixture, available, args.tokens)))
+        available = source_tokens(args.data)
+        mixture = parse_mixture(args.weights) if args.weights else {k: float(v) for k, v in available.items()}
+        if args.tokens is None:
+            raise LlamalabError("give the training budget with --tokens N (e.g. --tokens 5e6)")
+        print(format_report(report(mixture, available, args.tokens)))

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from ..errors import LlamalabError
 from ..atomic import sha256_file, staged_dir
+from ..errors import LlamalabError
+from ..tokenizer import load_tokenizer
 from .shards import MANIFEST, VERSION, read_manifest, token_dtype, write_manifest, write_shard
 from .text import expand_inputs, iter_texts
 
@@ -45,7 +47,6 @@ def _init_worker(tokenizer, val_fraction: float, pooled: bool = True) -> None:
     """Set up tokenizing in this process; `tokenizer` is a path (worker processes) or a Tokenizer."""
     if pooled:  # the processes are the parallelism: one thread each
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from ..tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
     if pooled and hasattr(tok, "num_threads"):
@@ -125,7 +126,6 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
             progress: bool = True, log=print) -> dict:
     """Tokenize and pack each source into `<out>/<source>/`; returns the manifest. Sources whose
     inputs, tokenizer and settings are unchanged since the last run are skipped ("up to date")."""
-    from ..tokenizer import load_tokenizer
 
     if not sources:
         raise LlamalabError("no sources given: pass --source NAME=PATH[,PATH...]")
@@ -134,6 +134,10 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
             raise LlamalabError(f"bad source name {name!r}: use letters, digits, '-' or '_'")
     if not 0 <= val_fraction < 1:
         raise LlamalabError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if workers is not None and workers < 1:
+        raise LlamalabError(f"--workers must be at least 1, got {workers}")
+    if shard_tokens < 1:
+        raise LlamalabError(f"--shard-tokens must be positive, got {shard_tokens}")
     tokenizer = Path(tokenizer)
     tok = load_tokenizer(tokenizer)
     if tok.eos_id is None:
@@ -205,7 +209,6 @@ def _build_source(name, files, tokenizer, tok, out, dtype, *, workers, text_fiel
                   batch_docs, progress) -> dict:
     """Tokenize one source's files into `<out>/<name>/`, which an earlier build leaves as it was until this
     one is complete. Returns the source's manifest entry (without inputs and fingerprint)."""
-    from tqdm import tqdm
 
     docs = [0, 0]
     workers = max(1, workers or os.cpu_count() or 1)
