@@ -1,3 +1,8 @@
+import argparse
+
+from ..errors import LlamalabError
+from ..train import TrainConfig
+
 HELP = "Pretrain a LLaMA model with the paper's recipe (works unchanged under torchrun)."
 
 EPILOG = """examples:
@@ -7,10 +12,6 @@ EPILOG = """examples:
 
 
 def add_arguments(p):
-    import argparse
-
-    from ..train.config import TrainConfig
-
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     p.add_argument("--config", help="YAML or TOML file of TrainConfig keys (a bundled name such as `demo` also works)")
@@ -22,8 +23,6 @@ def add_arguments(p):
 
 
 def parse_overrides(args) -> list[tuple[str, str]]:
-    from ..errors import LlamalabError
-
     pairs = [(k[4:], v) for k, v in vars(args).items() if k.startswith("set_") and v is not None]
     for item in args.overrides:
         key, sep, value = item.partition("=")

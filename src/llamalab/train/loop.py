@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import LlamalabError
 from . import checkpoint
-from .config import TrainConfig
+from .run_config import TrainConfig
 from .metrics import MetricsLog, mfu, peak_flops, plot_loss
 from .optim import build_optimizer, lr_at, set_lr
 from .parallel import all_reduce_mean, build_parallel_model, init_distributed
