@@ -1,3 +1,7 @@
+import re
+
+from ..errors import LlamalabError
+
 HELP = "Convert a checkpoint between formats: GGUF, HF safetensors, Meta .pth (any to any)."
 
 DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
@@ -20,9 +24,6 @@ def add_arguments(p):
 
 def parse_size(text: str) -> int:
     """'5GB' → 5·10⁹ bytes (decimal units, as transformers' max_shard_size)."""
-    import re
-
-    from ..errors import LlamalabError
 
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
     if not m:

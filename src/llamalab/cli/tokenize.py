@@ -1,3 +1,8 @@
+import argparse
+import sys
+
+from ..errors import LlamalabError
+
 HELP = "Tokenize text: print the pieces, or the token ids (any tokenizer.model / tokenizer.json / GGUF / checkpoint dir)."
 
 EPILOG = """examples:
@@ -8,8 +13,6 @@ EPILOG = """examples:
 
 
 def add_arguments(p):
-    import argparse
-
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     p.add_argument("text", nargs="?", help="the text; `-` reads it from stdin")
@@ -25,10 +28,7 @@ def add_arguments(p):
 
 
 def run(args):
-    import sys
-
     from ..data.text import iter_texts
-    from ..errors import LlamalabError
     from ..tokenizer import load_tokenizer
 
     if (args.text is None) == (args.jsonl is None):

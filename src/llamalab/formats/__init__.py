@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
 
 from ..config import ModelArgs
 from ..errors import LlamalabError
@@ -67,7 +68,6 @@ def resolve(path_or_id) -> Path:
         return path
     if isinstance(path_or_id, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", path_or_id):
         try:
-            from huggingface_hub import snapshot_download
             return Path(snapshot_download(path_or_id, allow_patterns=[
                 "*.json", "*.safetensors", "tokenizer.model", "*.gguf"]))
         except Exception as e:

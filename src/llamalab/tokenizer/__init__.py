@@ -20,17 +20,19 @@ import json
 import shutil
 from pathlib import Path
 
+from tokenizers import Tokenizer as HFBackend
+
 from ..errors import LlamalabError
-from .base import (BYTE, CONTROL, END_OF_TURN, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, StreamDecoder, Tokenizer,
-                   check_vocab)
+from .base import BYTE, CONTROL, END_OF_TURN, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, StreamDecoder, Tokenizer
+from .base import check_vocab
 from .gguf import open_gguf, read_gguf_tokenizer_fields, tokenizer_from_gguf_fields
 from .hf import HFTokenizer
 from .spm import SentencePieceTokenizer, sentencepiece_to_hf
 from .train import LLAMA_TRAINER_SPEC, train_tokenizer
 
-__all__ = ["Tokenizer", "StreamDecoder", "SentencePieceTokenizer", "HFTokenizer", "load_tokenizer",
-           "find_tokenizer", "save_tokenizer", "TOKENIZER_FILES", "open_gguf", "train_tokenizer", "tokenizer_from_gguf_fields", "read_gguf_tokenizer_fields", "sentencepiece_to_hf",
-           "check_vocab", "LLAMA_TRAINER_SPEC", "END_OF_TURN",
+__all__ = ["Tokenizer", "StreamDecoder", "SentencePieceTokenizer", "HFTokenizer", "load_tokenizer", "find_tokenizer",
+           "save_tokenizer", "train_tokenizer", "TOKENIZER_FILES", "open_gguf", "read_gguf_tokenizer_fields",
+           "tokenizer_from_gguf_fields", "sentencepiece_to_hf", "check_vocab", "LLAMA_TRAINER_SPEC", "END_OF_TURN",
            "NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE"]
 
 # The files a checkpoint directory keeps its tokenizer in: the vocabulary, and the side files that set its
@@ -99,8 +101,6 @@ def _load_sentencepiece(path: Path) -> SentencePieceTokenizer:
 
 
 def _load_hf(path: Path) -> HFTokenizer:
-    from tokenizers import Tokenizer as HFBackend
-
     try:
         tok = HFBackend.from_file(str(path))
     except Exception as e:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+
 from ..errors import LlamalabError
 from .base import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, Tokenizer
 from .hf import HFTokenizer
@@ -91,8 +94,6 @@ _PRE_DIGITS = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaon
 
 def byte_level_bpe(tokens, merges, types, pre: str = "default"):
     """A GPT-2 style byte-level BPE `tokenizers.Tokenizer` from a GGUF vocabulary."""
-    import tokenizers
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
     vocab = {t: i for i, t in enumerate(tokens)}
     tok = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import sentencepiece as spm
+import tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, processors
 
 from ..atomic import write_bytes, write_text
 from ..errors import LlamalabError
@@ -118,8 +120,6 @@ def sentencepiece_to_hf(m, *, add_bos: bool = True):
     special token gets one too, like SentencePiece run on each stretch of text), byte fallback decodes
     `<0xNN>` pieces.
     """
-    import tokenizers
-    from tokenizers import AddedToken, Regex, decoders, models, normalizers, processors
 
     if m.trainer_spec.model_type != 2:  # BPE
         raise LlamalabError("only SentencePiece BPE models can be exported to tokenizer.json")
