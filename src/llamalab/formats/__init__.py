@@ -19,9 +19,11 @@ from ..config import ModelArgs
 from ..errors import LlamalabError
 from ..model import Transformer
 from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_gguf_fields
+from . import gguf, hf, meta
 from .output import check_output
 
-FORMATS = ("gguf", "hf", "meta")
+MODULES = {"gguf": gguf, "hf": hf, "meta": meta}
+FORMATS = tuple(MODULES)
 
 
 @dataclass
@@ -32,11 +34,6 @@ class Checkpoint:
     format: str  # "gguf" | "hf" | "meta"
     metadata: dict = field(default_factory=dict)
     path: Path | None = None
-
-
-def _format_module(fmt: str):
-    from . import gguf, hf, meta
-    return {"gguf": gguf, "hf": hf, "meta": meta}[fmt]
 
 
 def detect_format(path: Path) -> tuple[str, Path]:
@@ -130,7 +127,7 @@ def load_state(path_or_id, *, lazy: bool = False) -> tuple[dict[str, torch.Tenso
     """Tensors in our names + config, without building a model: (state, args, extra, format, path).
     lazy: tensors on the meta device (shapes and dtypes only), for inspecting a checkpoint cheaply."""
     fmt, path = detect_format(resolve(path_or_id))
-    state, args, extra = _format_module(fmt).load_state(path, lazy=lazy)
+    state, args, extra = MODULES[fmt].load_state(path, lazy=lazy)
     check_state(state, args, path)
     return state, args, extra, fmt, path
 
@@ -154,7 +151,7 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, fmt: str, tokeniz
     """
     if fmt not in FORMATS:
         raise LlamalabError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return _format_module(fmt).save(state, args, out, tokenizer_src=tokenizer_src, force=force, **options)
+    return MODULES[fmt].save(state, args, out, tokenizer_src=tokenizer_src, force=force, **options)
 
 
 def convert(src, out, to: str, *, dtype: torch.dtype | None = None, shards: int = 1, gguf_type: str | None = None,
