@@ -53,52 +53,6 @@ def flop_ratio(llm, requests) -> float:
     return sum(theirs.values()) * (per_token + head) / ours
 
 
-def compare(llm, ours: dict, ours_s: dict, theirs: dict, theirs_s: dict) -> dict:
-    """Per task: both sides' metrics and items/s, the largest per-request log-likelihood difference, the
-    speed-up and the FLOP ratio."""
-    report = {}
-    for t, r in ours.items():
-        m, items = r.metrics, r.n
-        requests = [(c, x) for s in r.samples for c, x in zip(s["contexts"], s["continuations"])]
-        line = {"items": items, "flop_ratio": flop_ratio(llm, requests),
-                "ours": {k: v for k, v in m.items() if not k.endswith("_stderr")},
-                "ours_items_per_s": items / ours_s[t]}
-        if t in theirs:
-            res, samples = theirs[t]
-            line["lm_eval"] = {k.split(",")[0]: v for k, v in res.items()
-                               if k.split(",")[0] in ("acc", "acc_norm")}
-            line["lm_eval_items_per_s"] = items / theirs_s[t]
-            ours_ll = {s["doc_id"]: s["loglikelihoods"] for s in r.samples}
-            diffs = [abs(float(x[0]) - o) for s in samples
-                     for x, o in zip(s["filtered_resps"], ours_ll[s["doc_id"]])]
-            line["max_abs_ll_diff"] = max(diffs)
-            line["speedup"] = theirs_s[t] / ours_s[t]
-        report[t] = line
-    return report
-
-
-def print_report(report: dict, ours_s: dict, theirs_s: dict) -> dict:
-    """The comparison as a markdown table and a one-line total; returns the totals."""
-    total_ours = sum(ours_s.values())
-    print("\n| task | items | acc ours | acc lm-eval | acc_norm ours | acc_norm lm-eval | max |Δll| "
-          "| items/s ours | items/s lm-eval | speed-up | FLOP ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for t, r in report.items():
-        o, l = r["ours"], r.get("lm_eval", {})
-        f = lambda d, k: f"{100 * d[k]:.1f}" if k in d else "-"
-        print(f"| {t} | {r['items']} | {f(o, 'acc')} | {f(l, 'acc')} | {f(o, 'acc_norm')} | {f(l, 'acc_norm')} | "
-              f"{r.get('max_abs_ll_diff', float('nan')):.1e} | {r['ours_items_per_s']:.2f} | "
-              f"{r.get('lm_eval_items_per_s', float('nan')):.2f} | {r.get('speedup', float('nan')):.2f}× | "
-              f"{r['flop_ratio']:.2f}× |")
-    n = sum(r["items"] for r in report.values())
-    summary = {"items": n, "ours_s": total_ours, "ours_items_per_s": n / total_ours}
-    if theirs_s:
-        total_theirs = sum(theirs_s.values())
-        summary.update(lm_eval_s=total_theirs, lm_eval_items_per_s=n / total_theirs, speedup=total_theirs / total_ours)
-        print(f"\nall tasks: {n} items, ours {n / total_ours:.2f} items/s ({total_ours:.0f} s), lm-eval HF "
-              f"{n / total_theirs:.2f} items/s ({total_theirs:.0f} s): {total_theirs / total_ours:.2f}× faster")
-    return summary
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default="arc_easy,hellaswag,piqa,boolq")
@@ -157,6 +111,52 @@ def main():
     summary = print_report(report, ours_s, theirs_s)
     if a.output:
         Path(a.output).write_text(json.dumps({"tasks": report, "summary": summary}, indent=2))
+
+
+def compare(llm, ours: dict, ours_s: dict, theirs: dict, theirs_s: dict) -> dict:
+    """Per task: both sides' metrics and items/s, the largest per-request log-likelihood difference, the
+    speed-up and the FLOP ratio."""
+    report = {}
+    for t, r in ours.items():
+        m, items = r.metrics, r.n
+        requests = [(c, x) for s in r.samples for c, x in zip(s["contexts"], s["continuations"])]
+        line = {"items": items, "flop_ratio": flop_ratio(llm, requests),
+                "ours": {k: v for k, v in m.items() if not k.endswith("_stderr")},
+                "ours_items_per_s": items / ours_s[t]}
+        if t in theirs:
+            res, samples = theirs[t]
+            line["lm_eval"] = {k.split(",")[0]: v for k, v in res.items()
+                               if k.split(",")[0] in ("acc", "acc_norm")}
+            line["lm_eval_items_per_s"] = items / theirs_s[t]
+            ours_ll = {s["doc_id"]: s["loglikelihoods"] for s in r.samples}
+            diffs = [abs(float(x[0]) - o) for s in samples
+                     for x, o in zip(s["filtered_resps"], ours_ll[s["doc_id"]])]
+            line["max_abs_ll_diff"] = max(diffs)
+            line["speedup"] = theirs_s[t] / ours_s[t]
+        report[t] = line
+    return report
+
+
+def print_report(report: dict, ours_s: dict, theirs_s: dict) -> dict:
+    """The comparison as a markdown table and a one-line total; returns the totals."""
+    total_ours = sum(ours_s.values())
+    print("\n| task | items | acc ours | acc lm-eval | acc_norm ours | acc_norm lm-eval | max |Δll| "
+          "| items/s ours | items/s lm-eval | speed-up | FLOP ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t, r in report.items():
+        o, l = r["ours"], r.get("lm_eval", {})
+        f = lambda d, k: f"{100 * d[k]:.1f}" if k in d else "-"
+        print(f"| {t} | {r['items']} | {f(o, 'acc')} | {f(l, 'acc')} | {f(o, 'acc_norm')} | {f(l, 'acc_norm')} | "
+              f"{r.get('max_abs_ll_diff', float('nan')):.1e} | {r['ours_items_per_s']:.2f} | "
+              f"{r.get('lm_eval_items_per_s', float('nan')):.2f} | {r.get('speedup', float('nan')):.2f}× | "
+              f"{r['flop_ratio']:.2f}× |")
+    n = sum(r["items"] for r in report.values())
+    summary = {"items": n, "ours_s": total_ours, "ours_items_per_s": n / total_ours}
+    if theirs_s:
+        total_theirs = sum(theirs_s.values())
+        summary.update(lm_eval_s=total_theirs, lm_eval_items_per_s=n / total_theirs, speedup=total_theirs / total_ours)
+        print(f"\nall tasks: {n} items, ours {n / total_ours:.2f} items/s ({total_ours:.0f} s), lm-eval HF "
+              f"{n / total_theirs:.2f} items/s ({total_theirs:.0f} s): {total_theirs / total_ours:.2f}× faster")
+    return summary
 
 
 if __name__ == "__main__":

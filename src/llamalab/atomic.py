@@ -29,14 +29,6 @@ def _umask() -> int:
     return mask
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def staged_file(path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; on success it is synced, given normal permissions and
@@ -48,7 +40,8 @@ def staged_file(path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        _fsync(tmp)
+        with open(tmp, "rb") as f:  # the writer closed it; its data must be on disk before the rename
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:

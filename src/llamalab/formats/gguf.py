@@ -20,28 +20,10 @@ from ..atomic import staged_file
 from ..config import ModelArgs
 from ..errors import LlamalabError
 from ..tokenizer import find_tokenizer, open_gguf
-from .names import name_map
+from .names import name_maps
 from .output import check_output
 
-# GGUF tensor name → ours ({i} = layer index)
-NAMES = {
-    "token_embd.weight": "tok_embeddings.weight",
-    "output_norm.weight": "norm.weight",
-    "output.weight": "output.weight",
-    "blk.{i}.attn_norm.weight": "layers.{i}.attention_norm.weight",
-    "blk.{i}.attn_q.weight": "layers.{i}.attention.wq.weight",
-    "blk.{i}.attn_k.weight": "layers.{i}.attention.wk.weight",
-    "blk.{i}.attn_v.weight": "layers.{i}.attention.wv.weight",
-    "blk.{i}.attn_output.weight": "layers.{i}.attention.wo.weight",
-    "blk.{i}.ffn_norm.weight": "layers.{i}.ffn_norm.weight",
-    "blk.{i}.ffn_gate.weight": "layers.{i}.feed_forward.w1.weight",
-    "blk.{i}.ffn_down.weight": "layers.{i}.feed_forward.w2.weight",
-    "blk.{i}.ffn_up.weight": "layers.{i}.feed_forward.w3.weight",
-}
-
-
-to_ours = name_map(NAMES)
-to_gguf = name_map({v: k for k, v in NAMES.items()})
+to_ours, to_gguf = name_maps("gguf")
 
 
 def read_metadata(path: Path, reader=None) -> dict:

@@ -20,26 +20,11 @@ from ..atomic import staged_dir, write_text
 from ..config import ModelArgs
 from ..errors import LlamalabError
 from ..tokenizer import save_tokenizer
-from .names import name_map
+from .names import name_maps
 from .output import check_output
 
-# HF name → ours
-NAMES = {
-    "model.embed_tokens.weight": "tok_embeddings.weight",
-    "model.norm.weight": "norm.weight",
-    "lm_head.weight": "output.weight",
-    "model.layers.{i}.input_layernorm.weight": "layers.{i}.attention_norm.weight",
-    "model.layers.{i}.self_attn.q_proj.weight": "layers.{i}.attention.wq.weight",
-    "model.layers.{i}.self_attn.k_proj.weight": "layers.{i}.attention.wk.weight",
-    "model.layers.{i}.self_attn.v_proj.weight": "layers.{i}.attention.wv.weight",
-    "model.layers.{i}.self_attn.o_proj.weight": "layers.{i}.attention.wo.weight",
-    "model.layers.{i}.post_attention_layernorm.weight": "layers.{i}.ffn_norm.weight",
-    "model.layers.{i}.mlp.gate_proj.weight": "layers.{i}.feed_forward.w1.weight",
-    "model.layers.{i}.mlp.down_proj.weight": "layers.{i}.feed_forward.w2.weight",
-    "model.layers.{i}.mlp.up_proj.weight": "layers.{i}.feed_forward.w3.weight",
-}
-to_ours = name_map(NAMES)
-to_hf = name_map({v: k for k, v in NAMES.items()})
+to_ours, to_hf = name_maps("hf")
+
 
 def meta_to_hf_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Rows of each head from adjacent pairs (x0 y0 x1 y1 ...) to halves (x0 x1 ... y0 y1 ...)."""
