@@ -56,7 +56,7 @@ def test_tokenizer_and_data_vocab_must_match_model(tmp_path, capsys, data, llama
           "has 32000 tokens but the model has vocab_size 512; set model.vocab_size=32000")
     write_token_dataset(tmp_path / "big", {"a": np.arange(5_000)}, vocab_size=8192)
     fails(capsys, BASE + [f"data={tmp_path / 'big'}", f"out_dir={tmp_path / 'out'}"],
-          "8192-token vocabulary but the model has vocab_size 512")
+          "tokenized with has 8192 tokens but the model embeds only 512; set model.vocab_size=8192")
     assert not (tmp_path / "out").exists()
 
 

@@ -36,7 +36,10 @@ from ..tokenizer import load_tokenizer
 from .shards import MANIFEST, VERSION, read_manifest, token_dtype, write_manifest, write_shard
 from .text import expand_inputs, iter_texts
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+# What the shards of a dataset depend on: the vocabulary files and tokenizer_config.json (add_bos). The other
+# tokenizer files (tokenizer.TOKENIZER_FILES: special-tokens map, chat template, generation config) are left
+# out, so datasets prepared before stay valid.
+_ENCODING_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
 # ---------------------------------------------------------------- tokenizing (in worker processes)
@@ -78,7 +81,7 @@ def _tokenize(docs: list[str]) -> tuple[np.ndarray, np.ndarray, int, int]:
 def tokenizer_identity(path: Path) -> dict:
     """The tokenizer's file(s) and sha256: what the shards depend on."""
     path = Path(path)
-    files = sorted(f for f in path.iterdir() if f.name in _TOKENIZER_FILES or f.suffix == ".gguf") \
+    files = sorted(f for f in path.iterdir() if f.name in _ENCODING_FILES or f.suffix == ".gguf") \
         if path.is_dir() else [path]
     h = hashlib.sha256()
     for f in files:

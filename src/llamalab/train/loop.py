@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LlamalabError
+from ..tokenizer import check_vocab, load_tokenizer
 from . import checkpoint
-from .run_config import TrainConfig
 from .metrics import MetricsLog, mfu, peak_flops, plot_loss
 from .optim import build_optimizer, lr_at, set_lr
 from .parallel import all_reduce_mean, build_parallel_model, init_distributed
+from .run_config import TrainConfig
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -55,12 +56,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         raise LlamalabError("config: no `data` given; point it at a directory written by `llamalab data prepare`")
     loader = TokenLoader(cfg.data, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, mixture=cfg.mixture,
                          seed=cfg.seed, rank=world.rank, world_size=world.world_size)
-    if loader.vocab_size is not None and loader.vocab_size > args.vocab_size:
-        raise LlamalabError(f"the data in {cfg.data} was tokenized with a {loader.vocab_size}-token vocabulary but "
-                            f"the model has vocab_size {args.vocab_size}; set model.vocab_size={loader.vocab_size}")
+    if loader.vocab_size is not None:
+        check_vocab(loader.vocab_size, args.vocab_size, fix=f"set model.vocab_size={loader.vocab_size}",
+                    what=f"the vocabulary the data in {cfg.data} was tokenized with")
     if cfg.tokenizer:
-        from ..tokenizer import load_tokenizer
-
         tok_size = load_tokenizer(cfg.tokenizer).vocab_size
         if tok_size != args.vocab_size:
             raise LlamalabError(f"tokenizer {cfg.tokenizer} has {tok_size} tokens but the model has vocab_size "
