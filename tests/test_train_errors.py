@@ -77,3 +77,13 @@ def test_nan_loss_stops_naming_the_step(tmp_path, capsys, data):
           "at step 1; lower lr, raise warmup, or set nan_policy=skip")
     assert main(BASE + [f"data={data}", f"out_dir={tmp_path / 'skip'}", "init_std=1e30", "nan_policy=skip"]) == 0
     assert "update skipped (nan_policy=skip)" in capsys.readouterr().out
+
+
+def test_resuming_a_finished_run_exports_again(tmp_path, data):
+    """The export directory a run wrote is its own earlier output: a resumed run replaces it."""
+    argv = [a for a in BASE if a != "export=false"] + [f"data={data}", f"out_dir={tmp_path / 'out'}"]
+    assert main(argv) == 0
+    first = (tmp_path / "out" / "model" / "model.safetensors").stat().st_ino
+    assert main(argv + ["--resume"]) == 0
+    assert (tmp_path / "out" / "model" / "model.safetensors").stat().st_ino != first
+    assert sorted(p.name for p in (tmp_path / "out" / "model").iterdir()) == ["config.json", "model.safetensors"]

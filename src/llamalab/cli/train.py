@@ -38,7 +38,8 @@ def run(args):
     cfg = load_config(resolve_config_path(args.config) if args.config else None, parse_overrides(args))
     summary = train(cfg, resume=args.resume)
     if summary.get("loss_png"):
-        print(f"done: step {summary['step']}, loss {summary['loss']:.4f}"
-              + (f", held-out loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else ""))
+        losses = [f"{name} {summary[key]:.4f}" for key, name in (("loss", "loss"), ("val_loss", "held-out loss"))
+                  if summary.get(key) is not None]  # none when a finished run is resumed
+        print(f"done: step {summary['step']}" + "".join(f", {x}" for x in losses))
         print(f"  metrics   {summary['out_dir']}/metrics.jsonl\n  loss plot {summary['loss_png']}\n"
               f"  checkpoints {summary['out_dir']}/ckpt/" + (f"\n  model     {summary['model_dir']}" if summary.get("model_dir") else ""))

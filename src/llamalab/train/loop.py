@@ -228,6 +228,6 @@ def export(model, args, out: Path, tokenizer, world) -> Path:
 
         state = {k.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", ""): v.float()
                  for k, v in state.items()}
-        save(state, args, out, "hf", Path(tokenizer) if tokenizer else None)
+        save(state, args, out, "hf", Path(tokenizer) if tokenizer else None, force=True)  # a resumed run re-exports
     return out
 
