@@ -79,6 +79,7 @@ class LlamalabLM(LM):
                 out[i] = t
         return out
 
+
 if __name__ == "__main__":
     from lm_eval.__main__ import cli_evaluate
 

@@ -40,6 +40,7 @@ __all__ = ["Tokenizer", "StreamDecoder", "SentencePieceTokenizer", "HFTokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "generation_config.json")
 
+
 def load_tokenizer(path) -> Tokenizer:
     """The tokenizer in `path`: a `tokenizer.model`, a `tokenizer.json`, a `.gguf` file, or a directory
     holding one of them (a HF or Meta checkpoint directory)."""

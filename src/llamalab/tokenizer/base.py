@@ -178,7 +178,6 @@ class StreamDecoder:
         return new
 
 
-
 def check_vocab(vocab_size: int, model_vocab_size: int, *, what: str, fix: str) -> None:
     """Every token id needs a row in the model's embedding (a padded, larger embedding is fine)."""
     if vocab_size > model_vocab_size:
