@@ -73,9 +73,11 @@ def plan_units(inputs: list[str], split_bytes: int = SPLIT_BYTES) -> list[Unit]:
 
 def _open_binary(path: str, comp: str | None):
     if comp == ".zst":
+        import io
+
         import zstandard
 
-        return zstandard.open(path, "rb")
+        return io.BufferedReader(zstandard.open(path, "rb"))
     return {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(comp, open)(path, "rb")
 
 
