@@ -116,7 +116,7 @@ def compile_passes(units: list[Unit], stages: list, work: str, tasks: int, opts:
             steps.append(work_writer(folder))
         passes.append(Pass(_pass_name(steps[1:]) + f"{name} signature", steps + [stage.signature], tasks))
         passes += stage.find
-        steps = [reader() if only_reader else ShardReader(folder), Measured(name, stage.filter)]
+        steps = [reader() if only_reader else ShardReader(folder), Measured(name, stage.filter, "duplicate")]
         k += 1
     steps.append(OutputWriter(f"{work}/final", opts.text_key, opts.compression))
     passes.append(Pass(_pass_name(steps[1:-1]) + "write", steps, tasks))

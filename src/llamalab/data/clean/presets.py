@@ -10,10 +10,12 @@ from . import dedup, heuristics, language, lines
 from .stage import CorpusStage, DocFilter
 
 PRESETS: dict[str, list[str]] = {
-    # CCNet: line dedup, fastText language ID (English), an n-gram LM and a linear quality classifier;
-    # here Gopher's rules stand in for the n-gram LM, and documents are deduplicated exactly and by MinHash
-    "commoncrawl": ["normalize", "line_dedup", "language", "gopher", "repetition", "quality", "decontaminate",
-                    "exact_dedup", "near_dedup"],
+    # CCNet: line dedup, fastText language ID (English), an n-gram LM and a linear quality classifier.
+    # Here exact document dedup runs first, so that CCNet's line dedup (which removes *every* copy of a
+    # repeated line) does not erase both copies of a duplicated page; Gopher's rules stand in for the
+    # n-gram LM; MinHash catches the near-duplicates that are left.
+    "commoncrawl": ["normalize", "exact_dedup", "line_dedup", "language", "gopher", "repetition", "quality",
+                    "decontaminate", "near_dedup"],
     "c4": ["normalize", "language", "c4", "decontaminate", "exact_dedup"],
     "github": ["github", "normalize_code", "decontaminate", "exact_dedup"],
     "wikipedia": ["wikipedia", "normalize", "language", "decontaminate", "exact_dedup"],

@@ -31,10 +31,11 @@ class Measured(PipelineStep):
 
     type = "🧮 - STAGE"
 
-    def __init__(self, stage: str, step: PipelineStep):
+    def __init__(self, stage: str, step: PipelineStep, reason: str = "filtered"):
         self.name = stage
         super().__init__()
         self.step = step
+        self.reason = reason  # for drops the step does not explain (datatrove's dedup filters)
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         def counted():
@@ -47,9 +48,12 @@ class Measured(PipelineStep):
             self.stat_update("docs_out")
             self.stat_update("bytes_out", value=nbytes(doc.text))
             yield doc
-        for key, metric in self.step.stats.stats.items():
+        counters = {k: getattr(m, "total", m) for k, m in self.step.stats.stats.items()}
+        for key, value in counters.items():
             if key not in _NOT_REASONS:
-                self.stat_update(key, value=getattr(metric, "total", metric))
+                self.stat_update(key, value=value)
+        if counters.get("dropped") and not any(k.startswith("dropped_") for k in counters):
+            self.stat_update(f"dropped_{self.reason}", value=counters["dropped"])
 
 
 class DocFilter(BaseFilter):
