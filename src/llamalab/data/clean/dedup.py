@@ -1,7 +1,8 @@
 """Document deduplication on datatrove's stages: exact (a hash of the whole text) and near-duplicate
-(MinHash + LSH, Broder 1997), the first document of a duplicate cluster kept.
+(MinHash + LSH, Broder 1997), one document of each duplicate cluster kept.
 
-For MinHash, datatrove's bucket / cluster / filter stages run unchanged; the signature stage is ours:
+For MinHash, datatrove's bucket and filter stages run unchanged; clustering keeps each cluster's first
+document (datatrove keeps an arbitrary one); the signature stage is ours:
 word 5-grams of CCNet-normalized text, hashed once per distinct word and combined vectorized, and
 `num_perm` multiply-shift hash functions applied in blocks — an order of magnitude faster than one
 Python hash call per shingle. The LSH bands × rows are chosen for the threshold the way datasketch's
@@ -10,11 +11,14 @@ MinHashLSH chooses them (minimum of equally weighted false-positive and false-ne
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 from datatrove.pipeline.dedup.exact_dedup import (ExactDedupConfig, ExactDedupFilter, ExactDedupSignature,
                                                   ExactFindDedups)
 from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
                                               MinhashDedupFilter, MinhashDedupSignature)
+from datatrove.utils.binaryio import read_tuples_from_file
 from datatrove.utils.hashing import HashConfig
 
 from .hashing import hash_strings, ngram_hashes, words
@@ -90,6 +94,36 @@ def signature(shingles: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (sig >> np.uint64(32)).astype(np.uint32)
 
 
+class FirstKeptCluster(MinhashDedupCluster):
+    """datatrove's clustering of the LSH matches (union-find over documents), keeping the *first*
+    document of each cluster — lowest task, then position — as query-then-insert LSH does, instead of
+    an arbitrary root."""
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        parent: dict[tuple[int, int], tuple[int, int]] = {}
+
+        def find(x):
+            root = x
+            while parent.get(root, root) != root:
+                root = parent[root]
+            while x != root:  # path compression
+                parent[x], x = root, parent[x]
+            return root
+
+        with self.track_time():
+            for dup_file in self.input_folder.list_files(glob_pattern="*.dups"):
+                with self.input_folder.open(dup_file, "rb") as f:
+                    for f1, d1, f2, d2 in read_tuples_from_file(f, "4I", lines_to_buffer=self.lines_to_buffer):
+                        a, b = find((f1, d1)), find((f2, d2))
+                        if a != b:
+                            parent[max(a, b)] = min(a, b)  # the root is always the cluster's first document
+            with self.output_folder.get_output_file_manager(mode="wb") as out:
+                for node in sorted(parent):
+                    if find(node) != node:
+                        out.write(f"{node[0]:06d}.remove", struct.pack("<I", node[1]))
+                        self.stat_update("to_remove")
+
+
 def near_dedup(work: str, threshold: float = 0.8, num_perm: int = NUM_PERM) -> CorpusStage:
     bands, rows = lsh_params(threshold, num_perm)
     config = MinhashConfig(n_grams=SHINGLE, num_buckets=bands, hashes_per_bucket=rows,
@@ -97,5 +131,5 @@ def near_dedup(work: str, threshold: float = 0.8, num_perm: int = NUM_PERM) -> C
     sig, buckets, clusters = (f"{work}/minhash/{d}" for d in ("sig", "buckets", "clusters"))
     return CorpusStage("near dedup", FastMinhashSignature(sig, config),
                        find=[Pass("near dedup: buckets", [MinhashDedupBuckets(sig, buckets, config=config)], bands),
-                             Pass("near dedup: cluster", [MinhashDedupCluster(buckets, clusters, config=config)], 1)],
+                             Pass("near dedup: cluster", [FirstKeptCluster(buckets, clusters, config=config)], 1)],
                        filter=MinhashDedupFilter(clusters))

@@ -31,7 +31,7 @@ from ...errors import LlamalabError  # noqa: E402
 from . import presets  # noqa: E402
 from .read import InputReader, OutputWriter, ShardReader, Unit, plan_units, work_writer  # noqa: E402
 from .report import collect, format_table  # noqa: E402
-from .stage import CorpusStage, Measured, Pass  # noqa: E402
+from .stage import CorpusStage, Measured, Pass, Timed  # noqa: E402
 
 VERSION = 1
 MAX_TASKS = 64
@@ -114,8 +114,9 @@ def compile_passes(units: list[Unit], stages: list, work: str, tasks: int, opts:
         only_reader = len(steps) == 1  # nothing changed the input yet: the next pass reads it again
         if not only_reader:
             steps.append(work_writer(folder))
-        passes.append(Pass(_pass_name(steps[1:]) + f"{name} signature", steps + [stage.signature], tasks))
-        passes += stage.find
+        passes.append(Pass(_pass_name(steps[1:]) + f"{name} signature", steps + [Timed(name, stage.signature)],
+                           tasks))
+        passes += [Pass(p.name, p.steps, p.tasks, stage=name) for p in stage.find]
         steps = [reader() if only_reader else ShardReader(folder), Measured(name, stage.filter, "duplicate")]
         k += 1
     steps.append(OutputWriter(f"{work}/final", opts.text_key, opts.compression))
@@ -141,7 +142,19 @@ def _settings(work: Path, opts: Options, names: list[str]) -> presets.Settings:
         load(opts.quality_model)  # a bad model file is one clear error now, not a failure in every task
     if "decontaminate" in names:
         s.decontaminate_index = str(decontamination_index(opts.benchmarks, opts.decontaminate_tasks))
+    _preload(names)
     return s
+
+
+def _preload(names: list[str]):
+    """Load what every task needs once, here: forked workers share it instead of each loading it."""
+    from .hashing import simplify
+
+    simplify("")
+    if "language" in names:
+        from .language import identifier
+
+        identifier()
 
 
 def decontamination_index(benchmarks: str | None, tasks: list[str] | None) -> Path:
@@ -219,8 +232,11 @@ def _run(passes: list[Pass], opts: Options, logs: list[str]):
         with _Progress(passes, logs, opts.progress) as progress:
             for i, p in enumerate(passes):
                 progress.at(i)
+                start = time.perf_counter()
                 _executor(opts, p, logs[i]).run()
                 _check_complete(p, logs[i])
+                if p.stage:  # a find pass: its wall time counts for its stage
+                    write_text(Path(logs[i]) / "seconds", str(time.perf_counter() - start))
     finally:
         if started_ray:
             import ray

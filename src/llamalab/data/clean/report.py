@@ -28,17 +28,25 @@ def collect(passes, work: str, names: list[str]) -> dict:
         for task in _task_stats(f"{work}/logs/{i:02d}", p.tasks):
             for step_name, counters in task:
                 kind, _, name = step_name.partition(": ")
-                target = read if (name == "read" and i == 0) else stages[name] if "STAGE" in kind else None
+                staged = "STAGE" in kind or "SIGNATURE" in kind
+                target = read if (name == "read" and i == 0) else stages[name] if staged else None
                 if target is not None:
                     for key, value in counters.items():
                         target[key] += value
+        seconds = Path(work, "logs", f"{i:02d}", "seconds")
+        if p.stage and seconds.exists():
+            stages[p.stage]["seconds"] += float(seconds.read_text())
     bad = []
     for f in sorted(Path(work, "bad").glob("*.json")):
         bad += json.loads(f.read_text())
     rows = []
     for name in names:
-        rows.append({"stage": name, **{k: int(v) for k, v in stages.get(name, {}).items()}})
-    return {"read": {k: int(v) for k, v in read.items()}, "stages": rows, "bad_records": bad}
+        rows.append({"stage": name, **{k: _number(v) for k, v in stages.get(name, {}).items()}})
+    return {"read": {k: _number(v) for k, v in read.items()}, "stages": rows, "bad_records": bad}
+
+
+def _number(v: float):
+    return int(v) if float(v).is_integer() else round(v, 3)
 
 
 def _pct(removed: float, total: float) -> str:
@@ -48,7 +56,8 @@ def _pct(removed: float, total: float) -> str:
 def _reasons(row: dict) -> str:
     parts = []
     for key, value in row.items():
-        if key in ("stage", "docs_in", "docs_out", "bytes_in", "bytes_out") or key.startswith(DETAIL_PREFIXES):
+        if key in ("stage", "docs_in", "docs_out", "bytes_in", "bytes_out", "seconds") \
+                or key.startswith(DETAIL_PREFIXES):
             continue
         parts.append(f"{key.removeprefix('dropped_')} {value:,}")
     return ", ".join(parts)

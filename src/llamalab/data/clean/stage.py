@@ -11,6 +11,9 @@ next pass. `pipeline.compile_passes` turns a list of stages into those passes.
 from __future__ import annotations
 
 import re
+import time
+from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from datatrove.pipeline.base import PipelineStep
@@ -38,8 +41,10 @@ class Measured(PipelineStep):
         self.reason = reason  # for drops the step does not explain (datatrove's dedup filters)
 
     def run(self, data, rank: int = 0, world_size: int = 1):
+        clock = _Clock()
+
         def counted():
-            for doc in data:
+            for doc in clock.upstream(data):
                 self.stat_update("docs_in")
                 self.stat_update("bytes_in", value=nbytes(doc.text))
                 yield doc
@@ -47,13 +52,61 @@ class Measured(PipelineStep):
         for doc in self.step.run(counted(), rank, world_size):
             self.stat_update("docs_out")
             self.stat_update("bytes_out", value=nbytes(doc.text))
-            yield doc
+            with clock.away():
+                yield doc
+        self.stat_update("seconds", value=clock.own())
         counters = {k: getattr(m, "total", m) for k, m in self.step.stats.stats.items()}
         for key, value in counters.items():
             if key not in _NOT_REASONS:
                 self.stat_update(key, value=value)
         if counters.get("dropped") and not any(k.startswith("dropped_") for k in counters):
             self.stat_update(f"dropped_{self.reason}", value=counters["dropped"])
+
+
+class Timed(PipelineStep):
+    """Wraps a corpus stage's signature step: the seconds it takes, under the stage's name."""
+
+    type = "⏱ - SIGNATURE"
+
+    def __init__(self, stage: str, step: PipelineStep):
+        self.name = stage
+        super().__init__()
+        self.step = step
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        clock = _Clock()
+        rest = self.step.run(clock.upstream(data), rank, world_size)
+        if rest is not None:
+            deque(rest, maxlen=0)
+        self.stat_update("seconds", value=clock.own())
+
+
+class _Clock:
+    """Seconds a step spends itself: wall time minus the time spent upstream (producing its input) and
+    downstream (consuming its output)."""
+
+    def __init__(self):
+        self.start, self.elsewhere = time.perf_counter(), 0.0
+
+    def upstream(self, data):
+        it = iter(data or ())
+        while True:
+            with self.away():
+                doc = next(it, None)
+            if doc is None:
+                return
+            yield doc
+
+    @contextmanager
+    def away(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.elsewhere += time.perf_counter() - t
+
+    def own(self) -> float:
+        return time.perf_counter() - self.start - self.elsewhere
 
 
 class DocFilter(BaseFilter):
@@ -103,6 +156,7 @@ class Pass:
     name: str
     steps: list
     tasks: int
+    stage: str | None = None  # the corpus stage a find pass belongs to
 
 
 @dataclass
