@@ -39,9 +39,11 @@ def write_jsonl(path: Path, rows):
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def source_files(root: Path, limit_bytes: int):
+def source_files(root: Path, limit_bytes: int, skip=()):
     out, size = [], 0
     for p in sorted(root.rglob("*.py")):
+        if any(part in skip for part in p.relative_to(root).parts):
+            continue
         try:
             text = p.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
@@ -71,7 +73,8 @@ def build_corpus(work: Path, mb: float) -> Path:
         demo[name] = [json.loads(line) for line in open(path, encoding="utf-8")]
         write_jsonl(corpus / f"demo-{name}.jsonl", demo[name])
         total += path.stat().st_size
-    stdlib, size = source_files(Path(sysconfig.get_paths()["stdlib"]), 1 << 40)
+    stdlib, size = source_files(Path(sysconfig.get_paths()["stdlib"]), 12_000_000,
+                                skip=("site-packages", "dist-packages", "test", "tests", "idlelib"))
     write_jsonl(corpus / "stdlib.jsonl", stdlib)
     total += size
     pages, page = [], []
@@ -97,7 +100,7 @@ def build_corpus(work: Path, mb: float) -> Path:
     write_jsonl(corpus / "injected.jsonl", injected)
     total += sum(len(r["text"].encode()) for r in injected)
     site = Path(sysconfig.get_paths()["purelib"])
-    rest, _ = source_files(site, max(0, int(mb * 1e6) - total))
+    rest, _ = source_files(site, max(0, int(mb * 1e6) - total)) if total < mb * 1e6 else ([], 0)
     write_jsonl(corpus / "site-packages.jsonl", rest)
     (corpus / "DONE").write_text("")
     return corpus

@@ -89,7 +89,7 @@ def test_end_to_end_removes_what_was_injected(cleaned, capsys):
     report = json.loads((cleaned / "stats.json").read_text())
     rows = {r["stage"]: r for r in report["stages"]}
     assert [r["stage"] for r in report["stages"]] == ["normalize", "exact_dedup", "line_dedup", "language", "gopher",
-                                                      "repetition", "decontaminate", "near_dedup"]
+                                                      "decontaminate", "near_dedup"]
     for a, b in zip(report["stages"], report["stages"][1:]):  # each stage gets what the one before kept
         assert a["docs_out"] == b["docs_in"] and a["bytes_out"] == b["bytes_in"]
     assert rows["language"]["dropped_other_language"] == 1  # the French page

@@ -13,6 +13,11 @@ Needs the `data` extra: pip install 'llamalab[data]'.
 
 from __future__ import annotations
 
+import os
+
+# datatrove logs through loguru, which reads its default level once, at import: warnings and up
+os.environ.setdefault("LOGURU_LEVEL", "WARNING")
+
 MISSING_HINT = "`data clean` needs the data-pipeline libraries: pip install 'llamalab[data]'"
 
 

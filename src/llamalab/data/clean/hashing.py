@@ -14,7 +14,6 @@ import numpy as np
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 _C1, _C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _POLY = np.uint64(0x9E3779B97F4A7C15)
-_NUMBER = re.compile(r"\d+")
 _PUNCT = {}
 _CACHE: dict[str, int] = {}
 CACHE_SIZE = 1 << 20
@@ -54,19 +53,49 @@ def ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
 
 
 def _punct_table() -> dict:
+    """str.translate table: upper case → lower, digits → 0, punctuation and symbols → space."""
     if not _PUNCT:
         import sys
         import unicodedata
 
-        _PUNCT.update({i: " " for i in range(sys.maxunicode + 1)
-                       if unicodedata.category(chr(i)).startswith(("P", "S"))})
+        for i in range(sys.maxunicode + 1):
+            c = chr(i)
+            cat = unicodedata.category(c)
+            if cat.startswith(("P", "S")):
+                _PUNCT[i] = " "
+            elif cat == "Nd":
+                _PUNCT[i] = "0"
     return _PUNCT
 
 
+def _ascii_table() -> bytes:
+    table = bytearray(range(256))
+    for i in range(128):
+        c = chr(i)
+        if c.isdigit():
+            table[i] = ord("0")
+        elif not (c.isalnum() or c.isspace()) or c == "_":
+            table[i] = ord(" ")
+    table[ord("A"):ord("Z") + 1] = bytes(range(ord("a"), ord("z") + 1))
+    return bytes(table)
+
+
+_ASCII = _ascii_table()
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
 def simplify(text: str) -> str:
-    """Lower case, numbers as 0, punctuation and symbols as spaces (CCNet's normalization for
-    dedup, line breaks kept)."""
-    return _NUMBER.sub("0", text.lower()).translate(_punct_table())
+    """CCNet's normalization for dedup: lower case, every digit 0, punctuation and symbols as spaces
+    (line breaks kept). ASCII characters go through a bytes table, only the others through the
+    Unicode one."""
+    out = text.encode("utf-8").translate(_ASCII).decode("utf-8")  # multi-byte sequences are all ≥ 0x80
+    if out.isascii():
+        return out
+    return _NON_ASCII.sub(_fold, out)
+
+
+def _fold(m) -> str:
+    return m.group().lower().translate(_punct_table())
 
 
 def words(text: str) -> list[str]:

@@ -2,7 +2,7 @@
 probability of at least `threshold` (CCNet: fastText, 0.5). The model is py3langid's (langid.py's
 97-language naive Bayes, shipped inside the package: nothing is downloaded at run time).
 
-A long document is judged on three 1,000-character windows (start, middle, end), which bounds the
+A long document is judged on three 700-character windows (start, middle, end), which bounds the
 cost per document without letting a header or footer in another language decide alone.
 """
 
@@ -14,7 +14,7 @@ ENGLISH = ("en",)
 # Wikipedia in the paper: bg, ca, cs, da, de, en, es, fr, hr, hu, it, nl, pl, pt, ro, ru, sl, sr, sv, uk
 WIKIPEDIA_20 = ("bg", "ca", "cs", "da", "de", "en", "es", "fr", "hr", "hu", "it", "nl", "pl", "pt", "ro",
                 "ru", "sl", "sr", "sv", "uk")
-WINDOW = 1000
+WINDOW = 700
 
 _identifier = None
 

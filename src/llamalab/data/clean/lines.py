@@ -9,6 +9,7 @@ paragraphs apart); a document with no line left is dropped.
 
 from __future__ import annotations
 
+import operator
 import re
 import unicodedata
 from pathlib import Path
@@ -23,18 +24,21 @@ from .stage import CorpusStage, DocFilter, Pass
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u3000]+")
 _BLANK_RUNS = re.compile(r"\n{3,}")
+_TRAILING = re.compile(r"[ \t]+\n")
 
 
 def normalize_text(text: str, code: bool = False) -> str:
     """NFC, \\n line ends, no control characters, no trailing spaces, at most one blank line in a row;
     prose also gets runs of spaces collapsed (code keeps its indentation)."""
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
     text = _CONTROL.sub("", text)
     if code:
-        lines = [line.rstrip() for line in text.split("\n")]
+        text = _TRAILING.sub("\n", text + "\n")
     else:
-        lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
-    return _BLANK_RUNS.sub("\n\n", "\n".join(lines)).strip("\n")
+        text = _EDGES.sub("\n", _SPACES.sub(" ", "\n" + text + "\n"))
+    return _BLANK_RUNS.sub("\n\n", text).strip("\n")
 
 
 class Normalize(DocFilter):
@@ -49,11 +53,19 @@ class Normalize(DocFilter):
         return bool(doc.text.strip()) or (False, "empty")
 
 
+_HSPACE = re.compile(r"[^\S\n]+")
+_EDGES = re.compile(r" ?\n ?")
+
+
 def line_hashes(text: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(lines, hash of each normalized line, mask of blank ones)."""
     lines = text.split("\n")
-    normalized = [" ".join(s.split()) for s in simplify(text).split("\n")]
-    return lines, hash_strings(normalized), np.fromiter((not s for s in normalized), bool, len(lines))
+    normalized = _EDGES.sub("\n", _HSPACE.sub(" ", simplify(text))).split("\n")
+    if normalized and normalized[0].startswith(" "):
+        normalized[0] = normalized[0][1:]
+    if normalized and normalized[-1].endswith(" "):
+        normalized[-1] = normalized[-1][:-1]
+    return lines, hash_strings(normalized), np.fromiter(map(operator.not_, normalized), bool, len(lines))
 
 
 class LineSignature(PipelineStep):

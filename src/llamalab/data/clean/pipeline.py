@@ -22,16 +22,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("LOGURU_LEVEL", "WARNING")  # datatrove logs through loguru: warnings and up
+from datatrove.executor.local import LocalPipelineExecutor
 
-from datatrove.executor.local import LocalPipelineExecutor  # noqa: E402
-
-from ...atomic import write_text  # noqa: E402
-from ...errors import LlamalabError  # noqa: E402
-from . import presets  # noqa: E402
-from .read import InputReader, OutputWriter, ShardReader, Unit, plan_units, work_writer  # noqa: E402
-from .report import collect, format_table  # noqa: E402
-from .stage import CorpusStage, Measured, Pass, Timed  # noqa: E402
+from ...atomic import write_text
+from ...errors import LlamalabError
+from . import presets
+from .read import InputReader, OutputWriter, ShardReader, Unit, plan_units, work_writer
+from .report import collect, format_table
+from .stage import CorpusStage, Measured, Pass, Timed
 
 VERSION = 1
 MAX_TASKS = 64

@@ -12,10 +12,11 @@ from .stage import CorpusStage, DocFilter
 PRESETS: dict[str, list[str]] = {
     # CCNet: line dedup, fastText language ID (English), an n-gram LM and a linear quality classifier.
     # Here exact document dedup runs first, so that CCNet's line dedup (which removes *every* copy of a
-    # repeated line) does not erase both copies of a duplicated page; Gopher's rules stand in for the
-    # n-gram LM; MinHash catches the near-duplicates that are left.
-    "commoncrawl": ["normalize", "exact_dedup", "line_dedup", "language", "gopher", "repetition", "quality",
-                    "decontaminate", "near_dedup"],
+    # repeated line) does not erase both copies of a duplicated page; Gopher's quality rules stand in for
+    # the n-gram LM (its repetition rules, a third of the run time, are the `repetition` stage); MinHash
+    # catches the near-duplicates that are left.
+    "commoncrawl": ["normalize", "exact_dedup", "line_dedup", "language", "gopher", "quality", "decontaminate",
+                    "near_dedup"],
     "c4": ["normalize", "language", "c4", "decontaminate", "exact_dedup"],
     "github": ["github", "normalize_code", "decontaminate", "exact_dedup"],
     "wikipedia": ["wikipedia", "normalize", "language", "decontaminate", "exact_dedup"],
