@@ -147,8 +147,7 @@ def test_ray_executor_on_a_local_cluster(mixed_corpus, tmp_path, monkeypatch_mod
 
 
 def test_prepare_consumes_the_output(cleaned, tmp_path, llama_spm_gguf):
-    shards = ",".join(str(p) for p in sorted(cleaned.glob("*.jsonl.gz")))
-    assert main(["data", "prepare", "--source", f"web={shards}", "--tokenizer", str(llama_spm_gguf),
+    assert main(["data", "prepare", "--source", f"web={cleaned}", "--tokenizer", str(llama_spm_gguf),
                  "--out", str(tmp_path / "data"), "--no-progress", "--workers", "1"]) == 0
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert manifest["sources"]["web"]["tokens"] > 10_000
@@ -183,3 +182,12 @@ def test_train_quality_cli(tmp_path, capsys):
     assert main(["data", "train-quality", "--positive", str(tmp_path / "good.jsonl"), "--negative",
                  str(tmp_path / "spam.jsonl"), "--out", str(tmp_path / "q.npz")]) == 0
     assert "held-out accuracy 1.000" in capsys.readouterr().out
+
+
+def test_missing_data_extra_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "py3langid", None)  # as if `llamalab[data]` were not installed
+    assert main(["data", "clean", "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'llamalab[data]'" in err
