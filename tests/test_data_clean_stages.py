@@ -13,7 +13,7 @@ import zstandard
 from datatrove.data import Document
 
 from llamalab.data.clean import dedup, language, quality
-from llamalab.data.clean.decontaminate import build_index, contamination
+from llamalab.data.clean.decontaminate import build_index, contamination, prefilter
 from llamalab.data.clean.heuristics import c4_filter
 from llamalab.data.clean.lines import normalize_text
 from llamalab.data.clean.read import InputReader, plan_units
@@ -240,6 +240,7 @@ def test_decontamination_finds_benchmark_text(benchmarks_dir):
     assert len(question.split()) >= 13
     leaked = "Some study notes.\n" + question.upper() + "\nMore notes follow here."  # case and layout ignored
     assert contamination(leaked, hashes, masks) == 1 << names.index("arc_easy")
+    assert contamination(leaked, hashes, masks, prefilter(hashes)) == 1 << names.index("arc_easy")
     assert contamination(" ".join(question.split()[:12]), hashes, masks) == 0  # 12 words: no 13-gram
     assert contamination(SENTENCES["en"] * 3, hashes, masks) == 0
 
