@@ -139,12 +139,12 @@ def _datasketch_signature(text: str):
     m = MinHash(num_perm=128)
     if w:
         m.update_batch([" ".join(w[i:i + n]).encode() for i in range(len(w) - n + 1)])
-    return m.hashvalues
+    return m
 
 
 def datasketch_dedup(corpus: Path, processes: int = 2) -> tuple[set[str], float]:
     """Ids of the documents datasketch finds to be near-duplicates of an earlier one, and the wall time."""
-    from datasketch import MinHash, MinHashLSH
+    from datasketch import MinHashLSH
 
     start = time.perf_counter()
     ids, texts = [], []
@@ -155,8 +155,7 @@ def datasketch_dedup(corpus: Path, processes: int = 2) -> tuple[set[str], float]
     with mp.get_context("fork").Pool(processes) as pool:
         signatures = pool.map(_datasketch_signature, texts, chunksize=64)
     lsh, removed = MinHashLSH(threshold=0.8, num_perm=128), set()
-    for key, hv in zip(ids, signatures):
-        m = MinHash(num_perm=128, hashvalues=hv)
+    for key, m in zip(ids, signatures):
         if lsh.query(m):
             removed.add(key)
         else:
