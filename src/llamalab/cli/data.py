@@ -1,6 +1,8 @@
 from ..errors import LlamalabError
+from .data_clean import add_clean, add_train_quality, run_clean, run_train_quality
 
-HELP = "Prepare pretraining data (tokenize + pack shards) and report mixtures (epochs per source, Table 1)."
+HELP = ("Clean raw text (the paper's §2.1 pipeline), train the quality classifier, prepare pretraining data "
+        "(tokenize + pack shards) and report mixtures (epochs per source, Table 1).")
 
 
 def add_arguments(p):
@@ -25,6 +27,9 @@ def add_arguments(p):
     pp.add_argument("--shard-tokens", type=int, default=1 << 27, help="tokens per shard file")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    add_clean(sub)
+    add_train_quality(sub)
+
     pm = sub.add_parser("mixture", help="share, tokens sampled and epochs per source for a training budget",
                         description="Per source: share of the mixture, tokens sampled when training on --tokens "
                                     "tokens, and the resulting epochs (the paper's Table 1).")
@@ -48,6 +53,10 @@ def _parse_sources(specs):
 
 
 def run(args):
+    if args.data_command == "clean":
+        return run_clean(args)
+    if args.data_command == "train-quality":
+        return run_train_quality(args)
     if args.data_command == "prepare":
         from ..data.corpus import demo_sources
         from ..data.prepare import prepare
