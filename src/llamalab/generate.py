@@ -43,6 +43,15 @@ def _check_prompts(model: Transformer, prompts: list[list[int]], max_new_tokens:
         f"of {limit} tokens; shorten the prompt, lower max_new_tokens, or truncate='left' (drops the oldest tokens)")
 
 
+def new_cache(model: Transformer, batch_size: int, max_len: int) -> KVCache:
+    """An empty KV cache for `model`'s weights' device and dtype. Under tensor parallelism (DTensor weights) a
+    process caches only the key/value heads it computes."""
+    w = model.layers[0].attention.wk.weight
+    rows = (w.to_local() if hasattr(w, "to_local") else w).shape[0]
+    return KVCache.allocate(model.args, batch_size, max_len, w.device, model.tok_embeddings.weight.dtype,
+                            kv_heads=rows // model.args.head_dim)
+
+
 @torch.inference_mode()
 def _decode(model: Transformer, prompts: list[list[int]], sampler: Sampler, *, max_new_tokens: int,
             stop_ids: Iterable[int] = (), generator: torch.Generator | None = None,
@@ -63,7 +72,7 @@ def _decode(model: Transformer, prompts: list[list[int]], sampler: Sampler, *, m
     tokens = tokens.to(device)
     pad = torch.tensor([T - n for n in lengths], device=device)[:, None]  # left padding of each row
     if cache is None:
-        cache = KVCache.allocate(model.args, B, end, device, weight.dtype)
+        cache = new_cache(model, B, end)
 
     positions = mask = step_mask = step_positions = None
     if min(lengths) < T:  # left padding: hide the pad slots, count positions from each row's first token
@@ -148,9 +157,8 @@ class Session:
     the part of the new prompt that differs from what the cache already holds."""
 
     def __init__(self, model: Transformer, max_len: int | None = None):
-        w = model.tok_embeddings.weight
         self.model = model
-        self.cache = KVCache.allocate(model.args, 1, max_len or model.args.max_seq_len, w.device, w.dtype)
+        self.cache = new_cache(model, 1, max_len or model.args.max_seq_len)
         self.tokens: list[int] = []  # tokens whose keys/values are in the cache, in order
 
     def reset(self):

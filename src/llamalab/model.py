@@ -75,15 +75,16 @@ def apply_rotary(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer for `max_len` positions: k[i], v[i] are (B, n_kv_heads, max_len, head_dim)."""
+    """Keys and values of every layer for `max_len` positions: k[i], v[i] are (B, n_kv_heads, max_len, head_dim)
+    (`kv_heads`: fewer, for a process that computes only some of the heads)."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
 
     @classmethod
     def allocate(cls, args: ModelArgs, batch_size: int, max_len: int | None = None,
-                 device=None, dtype=torch.float32) -> "KVCache":
-        shape = (batch_size, args.kv_heads, max_len or args.max_seq_len, args.head_dim)
+                 device=None, dtype=torch.float32, kv_heads: int | None = None) -> "KVCache":
+        shape = (batch_size, kv_heads or args.kv_heads, max_len or args.max_seq_len, args.head_dim)
         return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)],
                    [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)])
 
@@ -106,9 +107,10 @@ class Attention(nn.Module):
 
     def forward(self, x, freqs_cis, kv=None, pos: int = 0, mask=None):
         B, T, _ = x.shape
-        q = apply_rotary(self.wq(x).view(B, T, self.n_heads, self.head_dim), freqs_cis)
-        k = apply_rotary(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), freqs_cis)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        # heads counted from the projections' widths: a tensor-parallel rank computes only its share of them
+        q = apply_rotary(self.wq(x).view(B, T, -1, self.head_dim), freqs_cis)
+        k = apply_rotary(self.wk(x).view(B, T, -1, self.head_dim), freqs_cis)
+        v = self.wv(x).view(B, T, -1, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv is not None:  # write this chunk into the cache, attend over everything so far
             k_cache, v_cache = kv

@@ -1,3 +1,4 @@
+import io
 import sys
 
 from .common import add_chat_arguments, add_model_arguments, add_sampling_arguments, load_checkpoint, sampling_kwargs
@@ -15,13 +16,25 @@ def add_arguments(p):
     p.add_argument("--no-stream", action="store_true", help="print the text once, at the end")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence/turn tokens")
     p.add_argument("--truncate", choices=["left"], help="drop the oldest prompt tokens if the context is too small")
+    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                   help="shard the weights and KV cache by heads over N processes (torchrun --nproc_per_node N)")
 
 
 def run(args):
     from ..chat_templates import render_for
     from ..generate import decode_text, generate, stream, stream_text
 
+    out = sys.stdout
+    if args.tensor_parallel > 1:
+        from ..train.parallel import init_distributed
+
+        if not init_distributed(args.device or "auto").is_main:  # every rank decodes the same tokens; rank 0 prints
+            out = io.StringIO()
     ckpt = load_checkpoint(args)
+    if args.tensor_parallel > 1:
+        from ..tensor_parallel import shard_for_inference
+
+        shard_for_inference(ckpt.model, args.tensor_parallel)
     tok = ckpt.tokenizer
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
@@ -33,11 +46,11 @@ def run(args):
     kw = dict(sampling_kwargs(args), stop_ids=stop_ids, truncate=args.truncate)
     if args.no_stream:
         tokens = generate(ckpt.model, [prompt], **kw)[0]
-        sys.stdout.write(decode_text(tokens, tok, stop_ids=stop_ids, stop=args.stop))
+        out.write(decode_text(tokens, tok, stop_ids=stop_ids, stop=args.stop))
     else:
         for piece in stream_text(stream(ckpt.model, prompt, **kw), tok, stop_ids=stop_ids, stop=args.stop):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    if sys.stdout.isatty():
-        sys.stdout.write("\n")
-    sys.stdout.flush()
+            out.write(piece)
+            out.flush()
+    if out.isatty():
+        out.write("\n")
+    out.flush()

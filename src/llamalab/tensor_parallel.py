@@ -1,0 +1,127 @@
+"""Tensor and sequence parallelism (the paper's §2.4 "model and sequence parallelism": Shoeybi et al. 2019,
+Korthikanti et al. 2022), applied to a `Transformer` from outside with PyTorch's DTensor plans:
+
+    tok_embeddings  row-wise: each rank holds 1/tp of the vocabulary; the partial lookups are summed
+    every block     wq wk wv w1 w3 column-wise: each rank computes its own heads / its own hidden units
+                    wo w2 row-wise: partial sums, reduced once after attention and once after the MLP
+    output          column-wise over the vocabulary; training takes the loss on the shards (`loss_parallel`)
+                    and never gathers the (tokens × vocab) logits; generation gathers them
+
+With sequence parallelism the norms (and the residual stream) hold 1/tp of the sequence, and each
+all-reduce becomes a reduce-scatter plus an all-gather: the same traffic, 1/tp of those activations.
+
+A rank holds n_heads/tp query heads and n_kv_heads/tp key/value heads; the model reads its head counts
+from the tensor shapes, so `model.py` knows nothing of this.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import reduce
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
+from torch.distributed.tensor.parallel import (ColwiseParallel, ParallelStyle, PrepareModuleInput, RowwiseParallel,
+                                               SequenceParallel, parallelize_module)
+
+from .config import ModelArgs
+from .errors import LlamalabError
+
+
+def supported_sizes(args: ModelArgs) -> list[int]:
+    """The tensor-parallel sizes a model splits into evenly: divisors of its query heads, key/value heads,
+    hidden units and vocabulary."""
+    g = reduce(math.gcd, (args.n_heads, args.kv_heads, args.hidden_dim, args.vocab_size))
+    return [n for n in range(1, g + 1) if g % n == 0]
+
+
+def check_tensor_parallel(args: ModelArgs, tp: int, *, seq_len: int | None = None) -> None:
+    """A LlamalabError unless the model splits evenly into `tp` parts (and, with sequence parallelism,
+    the sequence too)."""
+    if tp < 1:
+        raise LlamalabError(f"tensor_parallel must be a positive integer, got {tp}")
+    if tp not in supported_sizes(args):
+        raise LlamalabError(
+            f"tensor parallel size {tp} does not divide this model's {args.n_heads} query heads, {args.kv_heads} "
+            f"key/value heads, {args.hidden_dim} hidden units and {args.vocab_size}-token vocabulary evenly; "
+            f"supported sizes: {', '.join(map(str, supported_sizes(args)))}")
+    if seq_len is not None and seq_len % tp:
+        raise LlamalabError(f"sequence_parallel splits the sequence over {tp} ranks: seq_len {seq_len} must be a "
+                            f"multiple of tensor_parallel {tp}")
+
+
+class ReplicateParallel(ParallelStyle):
+    """A module every rank runs whole on the whole input (the norms without sequence parallelism): its
+    parameters become replicated DTensors, so the optimizer, gradient clipping and checkpoints see DTensors
+    only; it takes and returns plain tensors."""
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        def to_dtensor(_, inputs, mesh):
+            return tuple(x if isinstance(x, DTensor) else DTensor.from_local(x, mesh, (Replicate(),), run_check=False)
+                         for x in inputs)
+
+        return distribute_module(module, device_mesh, input_fn=to_dtensor,
+                                 output_fn=lambda _, out, __: out.to_local())
+
+
+def block_plan(sequence_parallel: bool) -> dict[str, ParallelStyle]:
+    """The plan of one TransformerBlock. `seq` is the residual stream's layout: whole on every rank, or
+    split along the sequence (dim 1) with sequence parallelism; attention and the MLP see the whole sequence."""
+    seq = Shard(1) if sequence_parallel else Replicate()
+    norm = SequenceParallel() if sequence_parallel else ReplicateParallel()
+    return {
+        "attention_norm": norm,
+        # Attention.forward(x, freqs_cis, kv, pos, mask): only x is distributed
+        "attention": PrepareModuleInput(input_layouts=(seq, None, None, None, None),
+                                        desired_input_layouts=(Replicate(), None, None, None, None)),
+        "attention.wq": ColwiseParallel(),
+        "attention.wk": ColwiseParallel(),
+        "attention.wv": ColwiseParallel(),
+        "attention.wo": RowwiseParallel(output_layouts=seq),
+        "ffn_norm": norm,
+        "feed_forward": PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),)),
+        "feed_forward.w1": ColwiseParallel(),
+        "feed_forward.w3": ColwiseParallel(),
+        "feed_forward.w2": RowwiseParallel(output_layouts=seq),
+    }
+
+
+def root_plan(sequence_parallel: bool, loss_parallel: bool) -> dict[str, ParallelStyle]:
+    """The plan of the embedding, the final norm and the output projection. loss_parallel: the logits stay
+    sharded over the vocabulary (a DTensor) for `torch.distributed.tensor.parallel.loss_parallel`."""
+    seq = Shard(1) if sequence_parallel else Replicate()
+    return {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=seq),
+        "norm": SequenceParallel(use_local_output=True) if sequence_parallel else ReplicateParallel(),
+        "output": ColwiseParallel(input_layouts=seq, output_layouts=Shard(-1) if loss_parallel else Replicate(),
+                                  use_local_output=not loss_parallel),
+    }
+
+
+def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, *, sequence_parallel: bool = False,
+                          loss_parallel: bool = False) -> None:
+    """Shard `model` (a Transformer, on any device, meta included) over the 1-D `mesh` in place."""
+    check_tensor_parallel(model.args, mesh.size())
+    parallelize_module(model, mesh, root_plan(sequence_parallel, loss_parallel))
+    for block in model.layers:
+        parallelize_module(block, mesh, block_plan(sequence_parallel))
+    model.tie_weights()  # embedding and output are both sharded by vocabulary rows: one DTensor serves both
+
+
+def shard_for_inference(model: nn.Module, tp: int) -> nn.Module:
+    """`model`, loaded whole by every rank of a torchrun launch of `tp` processes, sharded by heads (and its
+    KV cache with it) for generation: every rank runs the same decoding and gets the same tokens."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    check_tensor_parallel(model.args, tp)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world != tp:
+        raise LlamalabError(f"--tensor-parallel {tp} needs {tp} processes, one per shard, but this run has {world}: "
+                            f"launch with `torchrun --nproc_per_node {tp} -m llamalab ...`")
+    device = model.tok_embeddings.weight.device
+    apply_tensor_parallel(model, init_device_mesh(device.type, (tp,)))
+    return model
+

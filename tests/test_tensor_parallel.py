@@ -1,0 +1,76 @@
+"""Tensor parallelism for inference (issue 21): `generate --tensor-parallel 2` under torchrun (2 gloo ranks,
+each holding half of the heads, half of the MLP and half of the vocabulary, and half of the KV cache) prints
+the continuation one process computes; sizes a model does not split into are refused in one line.
+
+The reference is the same checkpoint decoded greedily by `generate` in this process (whole weights).
+SmolLM2 under tp 3 (3 processes) is too slow for the suite on 2 cores: `python bench/tensor_parallel.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import llamalab
+from llamalab import formats
+from llamalab.config import ModelArgs, get_preset
+from llamalab.errors import LlamalabError
+from llamalab.generate import decode_text, generate
+from llamalab.model import Transformer
+from llamalab.tensor_parallel import check_tensor_parallel, supported_sizes
+
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, smollm2_gguf):
+    """A random GQA model (4 query heads, 2 key/value heads, tied embeddings) with SmolLM2's tokenizer,
+    initialized with peaked logits so greedy decoding has no near-ties for float reassociation to flip."""
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=49152, multiple_of=32,
+                     max_seq_len=128, tie_embeddings=True)
+    model = Transformer(args)
+    model.init_weights(std=0.3, generator=torch.Generator().manual_seed(3))
+    state = {k: v for k, v in model.state_dict().items() if k != "output.weight"}
+    out = tmp_path_factory.mktemp("tiny") / "hf"
+    formats.save(state, args, out, "hf", smollm2_gguf)
+    return out
+
+
+def cli(*args, nproc=1, timeout=240):
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+              if nproc > 1 else [sys.executable])
+    return subprocess.run([*launch, "-m", "llamalab", "generate", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_generate_tp2_prints_the_one_process_continuation(tiny_checkpoint):
+    ckpt = llamalab.load(tiny_checkpoint)
+    prompt = ckpt.tokenizer.encode(PROMPT, bos=ckpt.tokenizer.add_bos)
+    tokens = generate(ckpt.model, [prompt], max_new_tokens=24)[0]
+    expected = decode_text(tokens, ckpt.tokenizer, stop_ids=ckpt.tokenizer.stop_ids)
+    assert len(expected) > 20
+
+    p = cli("--model", str(tiny_checkpoint), "--prompt", PROMPT, "--max-new-tokens", "24", "--tensor-parallel", "2",
+            nproc=2)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == expected  # streamed once (by rank 0), the same text
+
+
+def test_unsupported_sizes_are_one_clear_error(tiny_checkpoint):
+    smollm2 = get_preset("smollm2-135m")  # 9 query heads, 3 key/value heads
+    assert supported_sizes(smollm2) == [1, 3]
+    with pytest.raises(LlamalabError, match="does not divide this model's 9 query heads, 3 key/value heads.*"
+                                            "supported sizes: 1, 3"):
+        check_tensor_parallel(smollm2, 2)
+
+    p = cli("--model", str(tiny_checkpoint), "--prompt", PROMPT, "--tensor-parallel", "3")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith(
+        "llamalab generate: error: tensor parallel size 3 does not divide this model's 4 query heads")
+    p = cli("--model", str(tiny_checkpoint), "--prompt", PROMPT, "--tensor-parallel", "2")  # no torchrun
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "needs 2 processes" in p.stderr.strip().splitlines()[-1]
