@@ -1,5 +1,5 @@
-"""2-process gloo DDP and FSDP2 give the same losses as one process with the same global batch
-(issue 6 acceptance: within 1e-5 relative over 20 steps). The reference is the single-process run of
+"""2-process gloo DDP, FSDP2, tensor parallelism and tensor + sequence parallelism give the same losses as
+one process with the same global batch (issues 6 and 21 acceptance: within 1e-5 relative over 20 steps). The reference is the single-process run of
 the same config with micro_batch_size 4 (= 2 ranks × 2); FSDP2 also checks the meta-device init equals
 the single-process init (step 1's loss is computed before any update), and that its sharded
 checkpoint + HF export load back as the model of the single-process run within float tolerance."""
@@ -47,10 +47,16 @@ def records(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_ranks_match_single_process(data, single, tmp_path, parallel):
+# data parallel: each rank half the batch; tensor parallel (issue 21): both ranks the whole batch, half the heads
+LAYOUTS = {"ddp": ["parallel=ddp", "micro_batch_size=2"], "fsdp": ["parallel=fsdp", "micro_batch_size=2"],
+           "tp2": ["tensor_parallel=2", "micro_batch_size=4"],
+           "tp2+sp": ["tensor_parallel=2", "sequence_parallel=true", "micro_batch_size=4"]}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_two_ranks_match_single_process(data, single, tmp_path, layout):
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "llamalab", "train", *COMMON, f"parallel={parallel}", "micro_batch_size=2",
+                        "-m", "llamalab", "train", *COMMON, *LAYOUTS[layout],
                         f"data={data}", f"out_dir={tmp_path}"], env={**os.environ, "OMP_NUM_THREADS": "1"},
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
@@ -62,7 +68,7 @@ def test_two_ranks_match_single_process(data, single, tmp_path, parallel):
     np.testing.assert_allclose([r["val_loss"] for r in got if "val_loss" in r],
                                [r["val_loss"] for r in ref if "val_loss" in r], rtol=1e-5)
 
-    # the export (gathered from shards for FSDP) is the single-process model
+    # the export (gathered from shards for FSDP and tensor parallelism) is the single-process model
     import llamalab
 
     a = llamalab.load(single / "model").model

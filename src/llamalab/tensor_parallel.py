@@ -125,3 +125,24 @@ def shard_for_inference(model: nn.Module, tp: int) -> nn.Module:
     apply_tensor_parallel(model, init_device_mesh(device.type, (tp,)))
     return model
 
+
+
+def device_mesh(device_type: str, world_size: int, tp: int) -> DeviceMesh:
+    """The 2-D mesh (data-parallel × tensor-parallel) of a torchrun world: ranks r·tp … r·tp+tp-1 form one
+    tensor-parallel group (neighbours: the same node, the fast links), `world_size / tp` such groups."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if world_size % tp:
+        raise LlamalabError(f"tensor_parallel {tp} needs a multiple of {tp} processes but this launch has {world_size}; "
+                            f"launch with torchrun --nproc_per_node {tp} (or a multiple, with parallel=fsdp)")
+    return init_device_mesh(device_type, (world_size // tp, tp), mesh_dim_names=("dp", "tp"))
+
+
+def vocab_parallel_loss(enabled: bool):
+    """The context the loss (forward and backward) runs in: with tensor parallelism the logits stay sharded
+    over the vocabulary and the cross-entropy is computed on the shards (`loss_parallel`)."""
+    import contextlib
+
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    return loss_parallel() if enabled else contextlib.nullcontext()

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LlamalabError
+from ..tensor_parallel import check_tensor_parallel, vocab_parallel_loss
 from ..tokenizer import check_vocab, load_tokenizer
 from . import checkpoint
 from .metrics import MetricsLog, mfu, peak_flops, plot_loss
@@ -32,20 +34,34 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def loss_function(compile: bool):
+def loss_function(compile: bool, vocab_parallel: bool = False):
     """`next_token_loss`, compiled with `compile: true` (the blocks are compiled in build_parallel_model), so
-    the upcast, log-softmax and its backward over the (tokens × vocab) logits run as fused loops."""
-    return torch.compile(next_token_loss, fullgraph=True) if compile else next_token_loss
+    the upcast, log-softmax and its backward over the (tokens × vocab) logits run as fused loops.
+    vocab_parallel: the logits are a DTensor sharded over the vocabulary (tensor parallelism); the loss, a
+    replicated DTensor, is handed back as this rank's plain tensor (the same on every rank)."""
+    fn = torch.compile(next_token_loss, fullgraph=True) if compile else next_token_loss
+    return (lambda logits, targets: fn(logits, targets).to_local()) if vocab_parallel else fn
+
+
+def check_layout(cfg: TrainConfig, args, world) -> None:
+    """The parallel layout fits the model and the launch (tensor parallelism composes with FSDP2 only)."""
+    if cfg.tensor_parallel == 1:
+        return
+    check_tensor_parallel(args, cfg.tensor_parallel, seq_len=cfg.seq_len if cfg.sequence_parallel else None)
+    if world.dp_size > 1 and cfg.parallel != "fsdp":
+        raise LlamalabError(f"{world.world_size} processes with tensor_parallel {cfg.tensor_parallel} make "
+                            f"{world.dp_size} data-parallel groups: set parallel=fsdp (FSDP2 over the groups; "
+                            f"parallel={cfg.parallel} does not compose with tensor parallelism)")
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     """Run (or resume) a pretraining run; returns a summary dict (final losses, paths, throughput)."""
-    world = init_distributed(cfg.device)
+    world = init_distributed(cfg.device, cfg.tensor_parallel)
     args = cfg.model_args()
     out = Path(cfg.out_dir)
     ckpt_dir = out / "ckpt"
     bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and world.device.type == "cuda" and torch.cuda.is_bf16_supported())
-    accum = cfg.accumulation_steps(world.world_size)
+    accum = cfg.accumulation_steps(world.dp_size)
     if cfg.parallel != "none" and world.world_size == 1 and world.is_main:
         print(f"note: parallel={cfg.parallel} in a single process (launch with torchrun --nproc_per_node N to use N ranks)")
 
@@ -54,8 +70,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
 
     if not cfg.data:
         raise LlamalabError("config: no `data` given; point it at a directory written by `llamalab data prepare`")
+    check_layout(cfg, args, world)
     loader = TokenLoader(cfg.data, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, mixture=cfg.mixture,
-                         seed=cfg.seed, rank=world.rank, world_size=world.world_size)
+                         seed=cfg.seed, rank=world.dp_rank, world_size=world.dp_size)
     if loader.vocab_size is not None:
         check_vocab(loader.vocab_size, args.vocab_size, fix=f"set model.vocab_size={loader.vocab_size}",
                     what=f"the vocabulary the data in {cfg.data} was tokenized with")
@@ -75,13 +92,15 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     model, train_model = build_parallel_model(args, world=world, parallel=cfg.parallel,
                                               activation_checkpointing=cfg.activation_checkpointing,
-                                              compile=cfg.compile, bf16=bf16, std=cfg.init_std, seed=cfg.seed)
+                                              compile=cfg.compile, bf16=bf16, std=cfg.init_std, seed=cfg.seed,
+                                              sequence_parallel=cfg.sequence_parallel)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
     n_params = model.num_params()  # FSDP2 shards are DTensors: numel() is the global size
     warmup = cfg.warmup_steps_resolved
-    tokens_per_step = cfg.micro_batch_size * cfg.seq_len * world.world_size * accum
+    tokens_per_step = cfg.micro_batch_size * cfg.seq_len * world.dp_size * accum
     peak, peak_desc = peak_flops(world.device)
-    loss_fn = loss_function(cfg.compile)
+    loss_fn = loss_function(cfg.compile, vocab_parallel=world.tp > 1)
+    loss_context = functools.partial(vocab_parallel_loss, world.tp > 1)
     autocast = (torch.autocast(world.device.type, dtype=torch.bfloat16) if bf16 and cfg.parallel != "fsdp"
                 else contextlib.nullcontext())  # FSDP2 casts through its MixedPrecisionPolicy instead
 
@@ -102,9 +121,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         log.truncate_after(-1)
     if world.is_main:
         (out / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "model_args": args.to_dict()}, indent=2))
-        print(f"model: {n_params:,} parameters; {world.world_size} rank(s) on {world.device.type}, parallel={cfg.parallel}, "
+        layout = f"parallel={cfg.parallel}" + (f", tensor_parallel={world.tp}" if world.tp > 1 else "") + (
+            " + sequence_parallel" if cfg.sequence_parallel else "")
+        print(f"model: {n_params:,} parameters; {world.world_size} rank(s) on {world.device.type}, {layout}, "
               f"{'bf16 autocast' if bf16 else 'fp32'}; batch {tokens_per_step:,} tokens "
-              f"({cfg.micro_batch_size}×{cfg.seq_len} × {world.world_size} rank(s) × {accum} accumulation); "
+              f"({cfg.micro_batch_size}×{cfg.seq_len} × {world.dp_size} data-parallel rank(s) × {accum} accumulation); "
               f"{cfg.max_steps} steps, warmup {warmup}")
 
     def save_checkpoint(at: int):
@@ -113,7 +134,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
 
     def val_loader():  # the same held-out windows at every evaluation
         return TokenLoader(cfg.data, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, mixture=cfg.mixture,
-                           seed=cfg.seed, rank=world.rank, world_size=world.world_size, split="val")
+                           seed=cfg.seed, rank=world.dp_rank, world_size=world.dp_size, split="val")
 
     def evaluate() -> float:
         val = val_loader()
@@ -124,7 +145,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 x, y = (t.to(world.device) for t in next(val))
                 with autocast:
                     logits = train_model(x)
-                total += loss_fn(logits, y)
+                with loss_context():
+                    total += loss_fn(logits, y)
         model.train()
         return all_reduce_mean(total / cfg.eval_batches).item()
 
@@ -157,8 +179,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 try:
                     with autocast:
                         logits = train_model(x)
-                    loss = loss_fn(logits, y) / accum
-                    loss.backward()
+                    with loss_context():
+                        loss = loss_fn(logits, y) / accum
+                        loss.backward()
                 except torch.OutOfMemoryError:
                     raise LlamalabError(f"out of memory at step {step + 1} with micro_batch_size {cfg.micro_batch_size}"
                                         f" × seq_len {cfg.seq_len}; lower micro_batch_size (batch_tokens is kept by more "

@@ -1,8 +1,8 @@
 """Distributed setup and the parallelisms, applied to the model from outside (torchtitan's order):
 
-    Transformer on the meta device → activation checkpointing → torch.compile → FSDP2 `fully_shard`
-    per block, then the root → materialize (`to_empty`) → seeded init (equal to a single-process init)
-    → DDP (for parallel=ddp)
+    Transformer on the meta device → tensor (and sequence) parallelism over the mesh's "tp" dimension
+    → activation checkpointing → torch.compile → FSDP2 `fully_shard` per block, then the root, over the
+    "dp" dimension → materialize (`to_empty`) → seeded init (equal to a single-process init) → DDP (for parallel=ddp)
 
 Everything works under `torchrun` (gloo on CPU, nccl on CUDA) and in a plain single process.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,7 @@ from ..config import ModelArgs
 from ..device import default_device
 from ..errors import LlamalabError
 from ..model import Transformer, initial_weights
+from ..tensor_parallel import apply_tensor_parallel, device_mesh
 
 
 @dataclass
@@ -29,18 +31,30 @@ class World:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    tp: int = 1  # tensor-parallel size: consecutive ranks share one copy of the model, sharded by heads
+    mesh: Any = None  # the (dp, tp) DeviceMesh when tp > 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def dp_rank(self) -> int:
+        """Which data-parallel group this rank is in: the ranks of one group read the same batches."""
+        return self.rank // self.tp
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.tp
 
     def barrier(self):
         if dist.is_initialized():
             dist.barrier()
 
 
-def init_distributed(device: str = "auto") -> World:
-    """Join the process group torchrun describes (RANK/WORLD_SIZE/...), or stay a single process."""
+def init_distributed(device: str = "auto", tensor_parallel: int = 1) -> World:
+    """Join the process group torchrun describes (RANK/WORLD_SIZE/...), or stay a single process; with
+    tensor_parallel > 1, lay the ranks out as a (data-parallel × tensor-parallel) mesh."""
     if device == "auto":
         device = default_device().type
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -52,7 +66,8 @@ def init_distributed(device: str = "auto") -> World:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
-    return World(rank, world_size, local_rank, dev)
+    mesh = device_mesh(dev.type, world_size, tensor_parallel) if tensor_parallel > 1 else None
+    return World(rank, world_size, local_rank, dev, tensor_parallel, mesh)
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
@@ -83,11 +98,12 @@ def has_cxx_compiler() -> bool:
     return any(map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++")))
 
 
-def apply_fsdp(model: Transformer, mixed_precision: bool) -> None:
-    """FSDP2: shard every block's parameters across ranks, then the root (embeddings, norm, output)."""
+def apply_fsdp(model: Transformer, mixed_precision: bool, mesh=None) -> None:
+    """FSDP2: shard every block's parameters across ranks (of `mesh`: the data-parallel dimension), then the
+    root (embeddings, norm, output)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    kw = {}
+    kw = {"mesh": mesh}
     if mixed_precision:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in model.layers:
@@ -110,11 +126,15 @@ def init_weights(model: Transformer, std: float, generator: torch.Generator) -> 
 
 
 def build_parallel_model(args: ModelArgs, *, world: World, parallel: str, activation_checkpointing: bool,
-                         compile: bool, bf16: bool, std: float, seed: int) -> tuple[Transformer, nn.Module]:
+                         compile: bool, bf16: bool, std: float, seed: int,
+                         sequence_parallel: bool = False) -> tuple[Transformer, nn.Module]:
     """(model, train_model): `model` is the Transformer (its state dict names are Meta's); `train_model` is
-    what the forward pass calls (the DDP wrapper, or the model itself)."""
+    what the forward pass calls (the DDP wrapper, or the model itself). With world.tp > 1 the logits are
+    sharded over the vocabulary: compute the loss under `vocab_parallel_loss`."""
     with torch.device("meta"):
         model = Transformer(args)
+    if world.tp > 1:
+        apply_tensor_parallel(model, world.mesh["tp"], sequence_parallel=sequence_parallel, loss_parallel=True)
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile:
@@ -123,12 +143,12 @@ def build_parallel_model(args: ModelArgs, *, world: World, parallel: str, activa
                                 "g++ or set CXX, or set compile=false")
         apply_compile(model)
     if parallel == "fsdp":
-        apply_fsdp(model, mixed_precision=bf16)
+        apply_fsdp(model, mixed_precision=bf16, mesh=world.mesh["dp"] if world.mesh is not None else None)
     model.to_empty(device=world.device)
     model.tie_weights()
     init_weights(model, std, torch.Generator().manual_seed(seed))
     train_model = model
-    if parallel == "ddp" and world.world_size > 1:
+    if parallel == "ddp" and world.dp_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[world.local_rank] if world.device.type == "cuda" else None)

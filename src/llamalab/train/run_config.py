@@ -47,6 +47,8 @@ class TrainConfig:
     activation_checkpointing: bool = False
     compile: bool = False
     parallel: str = "none"  # none | ddp | fsdp (launch with torchrun for ddp/fsdp)
+    tensor_parallel: int = 1  # ranks sharing one copy of the model, split by heads (§2.4); × parallel=fsdp for more
+    sequence_parallel: bool = False  # with tensor_parallel: norms and residual stream split along the sequence
     # bookkeeping
     eval_every: int = 0  # held-out loss every N steps (0 = only at the end)
     eval_batches: int = 8
@@ -76,6 +78,12 @@ class TrainConfig:
             bad(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
         if self.parallel not in ("none", "ddp", "fsdp"):
             bad(f"parallel must be none, ddp or fsdp, got {self.parallel!r}")
+        if not isinstance(self.tensor_parallel, int) or isinstance(self.tensor_parallel, bool) or self.tensor_parallel < 1:
+            bad(f"tensor_parallel must be a positive integer, got {self.tensor_parallel!r}")
+        if self.sequence_parallel not in (True, False):
+            bad(f"sequence_parallel must be true or false, got {self.sequence_parallel!r}")
+        if self.sequence_parallel and self.tensor_parallel == 1:
+            bad("sequence_parallel splits the sequence over the tensor-parallel ranks: set tensor_parallel > 1 too")
         if self.nan_policy not in ("stop", "skip"):
             bad(f"nan_policy must be stop or skip, got {self.nan_policy!r}")
         if not 0 <= self.min_lr_ratio <= 1:
