@@ -3,6 +3,7 @@ HELP = "Evaluate a checkpoint on the paper's benchmarks (lm-evaluation-harness p
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="checkpoint: .gguf file, HF dir, Meta dir or hub id")
+    p.add_argument("--adapter", metavar="DIR", help="a LoRA adapter (ours or peft's) to evaluate the model with")
     p.add_argument("--tasks", required=True,
                    help="comma-separated: arc_easy,arc_challenge,hellaswag,piqa,siqa,winogrande,openbookqa,"
                         "boolq,nq_open,triviaqa,mmlu,gsm8k,humaneval,mbpp,lambada")
@@ -52,6 +53,10 @@ def run(args):
         task.docs(data_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = load(args.model, device=device, dtype=getattr(torch, args.dtype))
+    if args.adapter:
+        from ..finetune.merge import attach_adapter
+
+        attach_adapter(ckpt, args.adapter)
     if ckpt.tokenizer is None:
         raise LlamalabError(f"{args.model} has no tokenizer; evaluation needs one next to the weights")
     llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=args.batch_size)
@@ -69,7 +74,7 @@ def run(args):
         shown = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items() if not k.endswith("_stderr"))
         print(f"{task.name}: {shown}  ({r.n} items, {seconds:.1f}s, {r.n / seconds:.2f} items/s)", file=sys.stderr)
 
-    config = {"model": str(args.model), "format": ckpt.format, "tasks": [t.name for t in tasks],
+    config = {"model": str(args.model), "adapter": args.adapter, "format": ckpt.format, "tasks": [t.name for t in tasks],
               "shots": args.shots, "limit": args.limit, "batch_size": args.batch_size, "device": device,
               "dtype": args.dtype, "samples": args.samples, "temperature": args.temperature,
               "maj_k": args.maj_k, "seed": args.seed, "timing": timing}

@@ -4,6 +4,7 @@ HELP = "Continue a prompt with a model (greedy or sampled); prints only the cont
 def add_sampling_arguments(p, max_new_tokens: int):
     """Options shared by `generate` and `chat`."""
     p.add_argument("--model", required=True, help="checkpoint: .gguf file, HF or Meta directory, or hub id")
+    p.add_argument("--adapter", metavar="DIR", help="a LoRA adapter (ours or peft's) to run the model with")
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N")
     p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most probable tokens")
@@ -36,6 +37,10 @@ def load_checkpoint(args):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = llamalab.load(args.model, device=device, dtype=getattr(torch, args.dtype))
+    if args.adapter:
+        from llamalab.finetune.merge import attach_adapter
+
+        attach_adapter(ckpt, args.adapter)
     if ckpt.tokenizer is None:
         raise LlamalabError(f"{args.model}: no tokenizer found with the checkpoint "
                             f"(put tokenizer.model or tokenizer.json next to it)")

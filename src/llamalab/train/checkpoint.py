@@ -92,6 +92,14 @@ def _options(trainable_only: bool) -> StateDictOptions | None:
     return StateDictOptions(ignore_frozen_params=True, strict=False) if trainable_only else None
 
 
+def _state_dicts(model, optimizer, trainable_only: bool) -> tuple[dict, dict]:
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(trainable_only))
+    if trainable_only:  # torch keeps a frozen tied weight (output = embedding) all the same
+        keep = {n.replace("_checkpoint_wrapped_module.", "") for n, p in model.named_parameters() if p.requires_grad}
+        model_sd = {k: v for k, v in model_sd.items() if k in keep}
+    return model_sd, optim_sd
+
+
 def save(ckpt_dir: Path, step: int, *, model, optimizer, loader_state: dict, model_args: ModelArgs,
          config: dict, world, keep_last: int, trainable_only: bool = False) -> Path:
     """Write checkpoint `step` atomically (all ranks call this)."""
@@ -101,7 +109,7 @@ def save(ckpt_dir: Path, step: int, *, model, optimizer, loader_state: dict, mod
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     world.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(trainable_only))
+    model_sd, optim_sd = _state_dicts(model, optimizer, trainable_only)
     with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
@@ -126,7 +134,7 @@ def save(ckpt_dir: Path, step: int, *, model, optimizer, loader_state: dict, mod
 
 def load(path: Path, *, model, optimizer, world, trainable_only: bool = False) -> dict:
     """Restore model, optimizer and this rank's RNG states in place; returns {"step", "loader"}."""
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(trainable_only))
+    model_sd, optim_sd = _state_dicts(model, optimizer, trainable_only)
     state = {"model": model_sd, "optim": optim_sd}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -202,4 +202,8 @@ def full_state_dict(model: nn.Module, trainable_only: bool = False) -> dict[str,
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
-    return {clean_name(k): v for k, v in get_model_state_dict(model, options=options).items()}
+    state = {clean_name(k): v for k, v in get_model_state_dict(model, options=options).items()}
+    if trainable_only:  # torch keeps a frozen tied weight (output = embedding) all the same
+        keep = {clean_name(n) for n, p in model.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in state.items() if k in keep}
+    return state
