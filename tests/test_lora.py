@@ -142,3 +142,35 @@ def test_peft_scaling_options(tmp_path):
     layers = load_adapter(tmp_path, ARGS).layers
     assert layers["layers.0.attention.wq"][2] == pytest.approx(8 / 2)  # alpha / sqrt(r)
     assert layers["layers.2.attention.wv"][2] == pytest.approx(2 / 2)
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_quantized_base_computes_with_its_dequantized_weights(kind):
+    """QLoRA's layers compute x Wᵀ with W as torchao dequantizes its NF4Tensor (eagerly, the reference) or
+    as int8 absmax rows dequantize; only the adapters get gradients; memory drops to ~4 / ~8 bits a weight."""
+    from torchao.quantization import to_nf4
+
+    from llamalab.finetune.qlora import frozen_bytes, nf4_scaler_block, quantize_base
+
+    state = random_state(ARGS)
+    spec = LoraSpec(rank=4, alpha=8, targets=ALL)
+    model = lora_model(ARGS, spec, state, b_std=0.05)
+    full = frozen_bytes(model)
+    quantize_base(model, kind)
+    linear = [k for k in state if k.startswith("layers.") and k.endswith("w1.weight") or "attention.w" in k]
+    deq = dict(state)
+    for k in linear + [k for k in state if "feed_forward" in k]:
+        w = state[k]
+        if kind == "nf4":
+            deq[k] = to_nf4(w.contiguous(), 64, nf4_scaler_block(w.numel())).get_original_weight()
+        else:
+            scale = w.abs().amax(1, keepdim=True) / 127
+            deq[k] = torch.round(w / scale).clamp(-127, 127) * scale
+            assert ((deq[k] - w).abs() <= scale / 2 + 1e-7).all()
+    reference = lora_model(ARGS, spec, deq, b_std=0.05)  # the same adapters (same seeds) on the dequantized base
+    torch.testing.assert_close(model(TOKENS), reference(TOKENS), rtol=1e-5, atol=1e-5)
+    model.train()
+    model(TOKENS).logsumexp(-1).mean().backward()
+    grads = {n: p.grad is not None for n, p in model.named_parameters()}
+    assert all(has == ("lora_" in n) for n, has in grads.items()) and any(grads.values())
+    assert frozen_bytes(model) < (0.5 if kind == "nf4" else 0.6) * full  # the 512×64 embedding stays fp32

@@ -190,9 +190,12 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int = 0,
                 positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
-        """Logits (B, T, vocab) for tokens (B, T); `last_only`: for the last position only (generation)."""
+                last_only: bool = False, select: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab) for tokens (B, T); `last_only`: for the last position only (generation);
+        `select`: a boolean (B, T) mask, logits (N, vocab) for its N True positions only."""
         h = self.hidden_states(tokens, cache=cache, pos=pos, positions=positions, mask=mask)
+        if select is not None:
+            return self.output(h[select])
         return self.output(h[:, -1:] if last_only else h)
 
     def hidden_states(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int = 0,

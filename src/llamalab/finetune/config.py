@@ -24,7 +24,7 @@ class FinetuneConfig(TrainConfig):
     template: str | None = None  # chat template: the checkpoint's own, or alpaca | llama-2 | chatml | a Jinja file
     val_split: float = 0.05  # fraction of the records held out for the validation loss and sample answers
     epochs: float = 3.0  # sets max_steps when max_steps is 0
-    seq_len: int = 1024  # longer examples are cut (and counted)
+    seq_len: int | None = None  # longer examples are cut (and counted); None: min(1024, the model's context)
     micro_batch_size: int = 4
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float | None = None  # None: 2e-4 with LoRA, 2e-5 for full fine-tuning
@@ -68,8 +68,8 @@ class FinetuneConfig(TrainConfig):
         if self.max_steps == 0 and not self.epochs > 0:
             raise LlamalabError(f"config: epochs must be positive, got {self.epochs}")
         self.lora_spec()
-        if self.max_steps == 0:  # resolved once the data is read (`with_steps`); validate the rest now
-            dataclasses.replace(self, max_steps=10**9)
+        if self.max_steps == 0 or self.seq_len is None:  # resolved once model and data are read; check the rest
+            dataclasses.replace(self, max_steps=self.max_steps or 10**9, seq_len=self.seq_len or 1024)
             return
         super().__post_init__()
 
@@ -83,6 +83,10 @@ class FinetuneConfig(TrainConfig):
         alpha = self.lora_alpha if self.lora_alpha is not None else (2.0 * rank if isinstance(rank, int) else 1.0)
         return LoraSpec(rank=self.lora_rank, alpha=alpha, dropout=self.lora_dropout,
                         targets=parse_targets(self.lora_targets))
+
+    def with_context(self, max_seq_len: int) -> "FinetuneConfig":
+        """seq_len, when not given, from the model's context."""
+        return self if self.seq_len else dataclasses.replace(self, seq_len=min(1024, max_seq_len))
 
     def with_steps(self, train_examples: int, world_size: int) -> "FinetuneConfig":
         """max_steps from `epochs` once the number of training examples is known."""

@@ -13,7 +13,9 @@ Every linear layer of the blocks is quantized (embeddings and norms stay as they
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -48,18 +50,18 @@ def nf4_scaler_block(numel: int, block: int = 64) -> int:
     return size
 
 
-class _Int8Matmul(torch.autograd.Function):
-    """x Wᵀ with W = q · scale rebuilt in forward and again in backward (never stored for backward)."""
+class _FrozenMatmul(torch.autograd.Function):
+    """x Wᵀ for a frozen low-precision layer: W is rebuilt from its codes in forward and again in backward
+    (never stored for backward), and gets no gradient."""
 
     @staticmethod
-    def forward(ctx, x, q, scale):
-        ctx.save_for_backward(q, scale)
-        return F.linear(x, q.to(x.dtype) * scale.to(x.dtype))
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        return F.linear(x, layer.dequantize().to(x.dtype))
 
     @staticmethod
     def backward(ctx, grad):
-        q, scale = ctx.saved_tensors
-        return grad @ (q.to(grad.dtype) * scale.to(grad.dtype)), None, None
+        return grad @ ctx.layer.dequantize().to(grad.dtype), None
 
 
 class Int8Linear(nn.Module):
@@ -77,11 +79,41 @@ class Int8Linear(nn.Module):
         return self.weight.float() * self.scale
 
     def forward(self, x):
-        return _Int8Matmul.apply(x, self.weight, self.scale)
+        return _FrozenMatmul.apply(x, self)
+
+
+warnings.filterwarnings("ignore", message="NF4Tensor does not implement _stable_hash_for_caching")  # compile cache
+
+
+def _nf4_dequantize(weight) -> torch.Tensor:
+    return weight.get_original_weight()
+
+
+class NF4Linear(nn.Module):
+    """A frozen linear layer held as torchao's NF4Tensor. Its dequantization runs through torch.compile where
+    a compiler is available (bit-identical to torchao's eager code and ~7x faster on CPU, where it dominates
+    the step); F.linear on the NF4Tensor itself would dequantize eagerly."""
+
+    dequantize_fn = None
+
+    def __init__(self, weight: torch.Tensor, to_nf4):
+        super().__init__()
+        w = weight.detach().contiguous()
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        self.weight = nn.Parameter(to_nf4(w, 64, nf4_scaler_block(w.numel())), requires_grad=False)
+
+    def dequantize(self) -> torch.Tensor:
+        if NF4Linear.dequantize_fn is None:
+            NF4Linear.dequantize_fn = (torch.compile(_nf4_dequantize, dynamic=True) if _compiles(self.weight.device)
+                                       else _nf4_dequantize)
+        return NF4Linear.dequantize_fn(self.weight)
+
+    def forward(self, x):
+        return _FrozenMatmul.apply(x, self)
 
 
 def base_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """(parent, attribute, layer) for every linear layer of the blocks that is not a LoRA matrix."""
+    """(parent, attribute, layer) for every nn.Linear of the blocks that is not a LoRA matrix."""
     out = []
     for block in model.layers:
         for parent in block.modules():
@@ -91,18 +123,48 @@ def base_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     return out
 
 
+def _compiles(device: torch.device) -> bool:
+    from ..train.parallel import has_cxx_compiler
+
+    return device.type != "cpu" or has_cxx_compiler()
+
+
+@contextlib.contextmanager
+def _compiled_code_search(enabled: bool):
+    """While quantizing, torchao's nearest-code search (NF4Tensor.convert_to_norm_float_weight, most of the
+    time) runs through torch.compile: the same codes, ~3x faster on CPU."""
+    from torchao.quantization import NF4Tensor
+
+    original = NF4Tensor.__dict__.get("convert_to_norm_float_weight")
+    if not enabled or not isinstance(original, staticmethod):
+        yield
+        return
+    NF4Tensor.convert_to_norm_float_weight = staticmethod(torch.compile(original.__func__, dynamic=True))
+    try:
+        yield
+    finally:
+        NF4Tensor.convert_to_norm_float_weight = original
+
+
 @torch.no_grad()
 def quantize_base(model: nn.Module, kind: str) -> None:
-    """Replace the blocks' frozen linear weights by their nf4 / int8 form, in place."""
-    to_nf4 = _nf4() if kind == "nf4" else None
-    for parent, name, layer in base_linears(model):
-        if layer.weight.requires_grad:
-            raise LlamalabError(f"cannot quantize {name}: it is being trained (only a frozen base is quantized)")
-        if kind == "nf4":
-            w = layer.weight.detach().contiguous()
-            layer.weight = nn.Parameter(to_nf4(w, 64, nf4_scaler_block(w.numel())), requires_grad=False)
-        else:
-            setattr(parent, name, Int8Linear(layer.weight))
+    """Replace the blocks' frozen linear layers by nf4 / int8 ones, in place."""
+    linears = base_linears(model)
+    if kind == "nf4":
+        to_nf4 = _nf4()
+        with _compiled_code_search(bool(linears) and _compiles(linears[0][2].weight.device)):
+            for parent, name, layer in linears:
+                _check_frozen(name, layer)
+                setattr(parent, name, NF4Linear(layer.weight, to_nf4))
+        return
+    for parent, name, layer in linears:
+        _check_frozen(name, layer)
+        setattr(parent, name, Int8Linear(layer.weight))
+
+
+def _check_frozen(name: str, layer: nn.Linear) -> None:
+    if layer.weight.requires_grad:
+        raise LlamalabError(f"cannot quantize {name}: it is being trained (only a frozen base is quantized)")
 
 
 def tensor_bytes(t: torch.Tensor) -> int:

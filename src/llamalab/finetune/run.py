@@ -46,6 +46,7 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     template_name = cfg.template
     fmt, records = load_examples(cfg.data, cfg.format, alpaca_input=template_name == "alpaca")
     source = load_source(cfg)
+    cfg = cfg.with_context(source.args.max_seq_len)
     if source.tokenizer is None:
         raise LlamalabError(f"{source.path} ships no tokenizer; fine-tuning renders and tokenizes the data with "
                             f"the checkpoint's own (put tokenizer.json / tokenizer.model next to the weights)")

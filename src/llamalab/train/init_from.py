@@ -50,7 +50,7 @@ def load_source(cfg: TrainConfig, *, tokenizer: bool = True) -> Source:
         rope_frequencies(args)  # an unknown scaling kind is an error now, not at the first forward
     except (TypeError, ValueError) as e:
         raise LlamalabError(f"config: model overrides {overrides} are not valid for {path}: {e}") from None
-    if cfg.seq_len > args.max_seq_len:
+    if cfg.seq_len and cfg.seq_len > args.max_seq_len:
         raise LlamalabError(f"seq_len {cfg.seq_len} is longer than {path}'s context ({args.max_seq_len} positions); "
                             f"lower seq_len, or extend the context: model.max_seq_len with model.rope_scaling or "
                             f"model.rope_theta")

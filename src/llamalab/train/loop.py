@@ -38,10 +38,10 @@ IGNORE_INDEX = -100  # a target that counts for nothing: a prompt token of an in
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of the next-token predictions, in fp32 (bf16 logits are upcast first); targets equal to
-    IGNORE_INDEX count for nothing."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction=reduction)
+    """Cross-entropy of the next-token predictions (logits (..., vocab), targets (...)), in fp32 (bf16 logits are
+    upcast first); targets equal to IGNORE_INDEX count for nothing."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
 def loss_function(compile: bool, reduction: str = "sum"):
@@ -152,6 +152,17 @@ def check_vocab(cfg: TrainConfig, args: ModelArgs, data_vocab: int | None) -> No
                                 f"{args.vocab_size}; set model.vocab_size={tok_size}")
 
 
+def to_device(x: torch.Tensor, y: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(inputs, targets, select) on `device`. Where some targets are ignored (an instruction's prompt, padding),
+    `select` marks the others and the targets are theirs alone: the output layer and the loss over the
+    vocabulary run only where there is something to predict."""
+    keep = y != IGNORE_INDEX
+    if keep.all():
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True), None
+    keep = keep.to(device, non_blocking=True)
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)[keep], keep
+
+
 def train_step(run: Run, step: int) -> dict:
     """One optimizer update (`step` counts the updates done before it): the scheduled lr, gradients
     accumulated over `accum` micro-batches — every target token of the step weighs the same, whichever
@@ -166,11 +177,11 @@ def train_step(run: Run, step: int) -> dict:
     n_targets, n_tokens = max(1.0, counts[0].item()), int(counts[1].item())
     loss_sum = torch.zeros((), device=world.device)
     for micro, (x, y) in enumerate(batches):
-        x, y = x.to(world.device, non_blocking=True), y.to(world.device, non_blocking=True)
+        x, y, select = to_device(x, y, world.device)
         with parallel.no_sync(run.train_model, sync=micro == run.accum - 1):
             try:
                 with run.autocast():
-                    logits = run.train_model(x)
+                    logits = run.train_model(x, select=select)
                 # DDP/FSDP average gradients over ranks: × world_size makes the update the global token mean
                 loss = run.loss_fn(logits, y) * (world.world_size / n_targets)
                 loss.backward()
@@ -200,9 +211,9 @@ def evaluate(run: Run) -> float:
     run.model.eval()
     total = torch.zeros(2, device=run.world.device)
     for x, y in run.val_batches():
-        x, y = x.to(run.world.device), y.to(run.world.device)
+        x, y, select = to_device(x, y, run.world.device)
         with run.autocast():
-            logits = run.train_model(x)
+            logits = run.train_model(x, select=select)
         total += torch.stack([run.loss_fn(logits, y), (y != IGNORE_INDEX).sum().float()])
     run.model.train()
     total = parallel.all_reduce_sum(total)
