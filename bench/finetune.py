@@ -143,7 +143,7 @@ def main():
     if opts.model is None:
         from llamalab import assets
 
-        opts.model = str(assets.path("smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+        opts.model = str(assets.path("smollm2"))
     if opts.side:
         return child(opts)
 

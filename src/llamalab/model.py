@@ -37,7 +37,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_frequencies(args: ModelArgs) -> torch.Tensor:
-    """θ_i = base^(-2i/d) for i < d/2, with Llama-3.1-style scaling when the config asks for it."""
+    """θ_i = base^(-2i/d) for i < d/2, scaled when the config asks: `linear` position interpolation (Chen et al.
+    2023: position m is read as m / factor, i.e. every θ_i / factor) or Llama-3.1's `llama3` kind."""
     d = args.head_dim
     freqs = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
     scaling = args.rope_scaling or {}
@@ -51,6 +52,8 @@ def rope_frequencies(args: ModelArgs) -> torch.Tensor:
         scaled = torch.where(wavelen > old_len / low, freqs / factor, freqs)
         medium = (wavelen <= old_len / low) & (wavelen >= old_len / high)
         freqs = torch.where(medium, (1 - smooth) * freqs / factor + smooth * freqs, scaled)
+    elif kind == "linear":
+        freqs = freqs / scaling["factor"]
     elif kind not in (None, "default"):
         raise ValueError(f"unsupported rope scaling {scaling!r}")
     return freqs.float()

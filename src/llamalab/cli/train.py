@@ -39,7 +39,12 @@ def run(args):
     cfg = load_config(resolve_config_path(args.config) if args.config else None, parse_overrides(args))
     summary = train(cfg, resume=args.resume)
     if summary.get("loss_png"):
+        before = summary.get("val_loss_before")
         print(f"done: step {summary['step']}, loss {summary['loss']:.4f}"
-              + (f", held-out loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else ""))
+              + (f", held-out loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else "")
+              + (f" (before training: {before:.4f})" if before is not None else ""))
+        for n, v in summary.get("by_length", {}).items():
+            print(f"  held-out loss at {n} tokens: " + (f"{v['before']:.4f} before → " if v["before"] is not None
+                                                          else "") + f"{v['after']:.4f}")
         print(f"  metrics   {summary['out_dir']}/metrics.jsonl\n  loss plot {summary['loss_png']}\n"
               f"  checkpoints {summary['out_dir']}/ckpt/" + (f"\n  model     {summary['model_dir']}" if summary.get("model_dir") else ""))

@@ -57,6 +57,7 @@ class TrainConfig:
     # bookkeeping
     eval_every: int = 0  # held-out loss every N steps (0 = only at the end)
     eval_batches: int = 8
+    eval_seq_lens: list | None = None  # also held-out loss at these lengths (what a context extension bought)
     ckpt_every: int = 0  # 0 = only at the end
     keep_last: int = 3
     log_every: int = 1
@@ -84,6 +85,9 @@ class TrainConfig:
         for k in ("seq_len", "micro_batch_size", "max_steps", "eval_batches", "keep_last", "log_every"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
                 bad(f"{k} must be a positive integer, got {getattr(self, k)!r}")
+        if self.eval_seq_lens is not None and (not isinstance(self.eval_seq_lens, list) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in self.eval_seq_lens)):
+            bad(f"eval_seq_lens must be a list of positive integers such as [2048, 4096], got {self.eval_seq_lens!r}")
         if self.dtype not in ("auto", "bf16", "fp32"):
             bad(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
         if self.parallel not in ("none", "ddp", "fsdp"):

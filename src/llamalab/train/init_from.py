@@ -57,3 +57,27 @@ def load_source(cfg: TrainConfig, *, tokenizer: bool = True) -> Source:
     tok = load_tokenizer_for(fmt, path, args.vocab_size, extra) if tokenizer else None
     state = {k: v.float() for k, v in state.items()}
     return Source(state, args, path, fmt, tok)
+
+
+def check_data_tokenizer(data, source: Source) -> None:
+    """The data must be tokenized with the checkpoint's tokenizer: the same vocabulary (fingerprint), or at least
+    the same size when the dataset records no tokenizer (synthetic data)."""
+    from ..data.prepare import vocab_fingerprint
+    from ..data.shards import read_manifest
+
+    manifest, _ = read_manifest(data)
+    recorded = manifest.get("tokenizer") or {}
+    vocab = manifest.get("vocab_size")
+    where = recorded.get("path") or data
+    fix = (f"tokenize it with the checkpoint's own: llamalab data prepare --tokenizer {source.path} ...")
+    if source.tokenizer is None:
+        if vocab is not None and vocab > source.args.vocab_size:
+            raise LlamalabError(f"the data in {data} has a {vocab}-token vocabulary but {source.path} embeds only "
+                                f"{source.args.vocab_size} tokens; {fix}")
+        return
+    if vocab is not None and vocab != source.tokenizer.vocab_size:
+        raise LlamalabError(f"the data in {data} was tokenized with a {vocab}-token vocabulary ({where}) but "
+                            f"{source.path}'s tokenizer has {source.tokenizer.vocab_size}; {fix}")
+    if recorded.get("vocab_sha256") and recorded["vocab_sha256"] != vocab_fingerprint(source.tokenizer):
+        raise LlamalabError(f"the data in {data} was tokenized with a different vocabulary ({where}) from "
+                            f"{source.path}'s (the same size, other pieces); {fix}")

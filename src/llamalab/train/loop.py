@@ -71,6 +71,8 @@ class Run:
     trainable_only: bool = False  # checkpoints hold only the parameters being trained (LoRA)
     eval_at_start: bool = False  # held-out loss before the first update (a run that starts from a checkpoint)
     title: str = ""
+    tokenizer: Any = None  # what the exported model carries: a tokenizer path, or a Tokenizer (a checkpoint's)
+    long_val: dict = field(default_factory=dict)  # sequence length → held-out batches at that length
     autocast: Any = field(init=False)
     loss_fn: Any = field(init=False)
 
@@ -111,32 +113,55 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
         raise LlamalabError("config: no `data` given; point it at a directory written by `llamalab data prepare`")
     loader = TokenLoader(cfg.data, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, mixture=cfg.mixture,
                          seed=cfg.seed, rank=world.rank, world_size=world.world_size)
-    args = cfg.model_args()
+    source = None
+    if cfg.init_from:  # continued pretraining: the checkpoint's model, weights and tokenizer
+        from .init_from import check_data_tokenizer, load_source
+
+        source = load_source(cfg)
+        args = source.args
+        check_data_tokenizer(cfg.data, source)
+    else:
+        args = cfg.model_args()
     check_vocab(cfg, args, loader.vocab_size)
     resume_from = resume_point(cfg, args, resume)
 
-    def val_batches():  # the same held-out windows at every evaluation
-        val = TokenLoader(cfg.data, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, mixture=cfg.mixture,
-                          seed=cfg.seed, rank=world.rank, world_size=world.world_size, split="val")
-        return islice(val, cfg.eval_batches)
+    def held_out(seq_len: int):  # the same held-out windows at every evaluation
+        def batches():
+            val = TokenLoader(cfg.data, seq_len=seq_len, batch_size=cfg.micro_batch_size, mixture=cfg.mixture,
+                              seed=cfg.seed, rank=world.rank, world_size=world.world_size, split="val")
+            return islice(val, cfg.eval_batches)
+        return batches
 
+    val_batches, long_val = held_out(cfg.seq_len), {}
     try:
         val_batches()
     except LlamalabError as e:
         val_batches = None
         if world.is_main:
             print(f"note: no held-out loss ({e})")
+    for n in cfg.eval_seq_lens or []:
+        if n > args.max_seq_len:
+            raise LlamalabError(f"eval_seq_lens: {n} is longer than the model's context ({args.max_seq_len}); raise "
+                                f"model.max_seq_len (with rope scaling to extend a trained model's context)")
+        long_val[n] = held_out(n)
+        long_val[n]()  # too little held-out text for this length is an error now
 
     torch.manual_seed(cfg.seed)
     bf16 = use_bf16(cfg, world.device)
+    full_tensor = source.full_tensor if source else parallel.random_init(args, cfg.init_std,
+                                                                         torch.Generator().manual_seed(cfg.seed))
     model, train_model = parallel.build_model(
         args, world=world, parallel=cfg.parallel, activation_checkpointing=cfg.activation_checkpointing,
-        compile=cfg.compile, bf16=bf16,
-        full_tensor=parallel.random_init(args, cfg.init_std, torch.Generator().manual_seed(cfg.seed)))
+        compile=cfg.compile, bf16=bf16, full_tensor=full_tensor)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
+    title = f"{model.num_params() / 1e6:.1f}M-parameter LLaMA"
+    if source:
+        source.state.clear()
+        title += f" from {source.path.name}"
     return Run(cfg, world, args, model, train_model, optimizer, loader, val_batches, export=export_model,
                bf16=bf16, accum=cfg.accumulation_steps(world.world_size), resume_from=resume_from,
-               title=f"{model.num_params() / 1e6:.1f}M-parameter LLaMA")
+               eval_at_start=source is not None, title=title, long_val=long_val,
+               tokenizer=cfg.tokenizer or (source.tokenizer if source else None))
 
 
 def check_vocab(cfg: TrainConfig, args: ModelArgs, data_vocab: int | None) -> None:
@@ -206,11 +231,11 @@ def train_step(run: Run, step: int) -> dict:
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> float:
+def evaluate(run: Run, batches=None) -> float:
     """Mean cross-entropy per target token over the held-out batches (all ranks together)."""
     run.model.eval()
     total = torch.zeros(2, device=run.world.device)
-    for x, y in run.val_batches():
+    for x, y in (batches or run.val_batches)():
         x, y, select = to_device(x, y, run.world.device)
         with run.autocast():
             logits = run.train_model(x, select=select)
@@ -218,6 +243,11 @@ def evaluate(run: Run) -> float:
     run.model.train()
     total = parallel.all_reduce_sum(total)
     return (total[0] / total[1].clamp(min=1)).item()
+
+
+def held_out_by_length(run: Run) -> dict:
+    """{"val_loss@N": held-out loss on N-token windows} for every length of `eval_seq_lens`."""
+    return {f"val_loss@{n}": evaluate(run, batches) for n, batches in run.long_val.items()}
 
 
 def fit(run: Run) -> dict:
@@ -248,10 +278,11 @@ def fit(run: Run) -> dict:
               f"{'bf16 autocast' if run.bf16 else 'fp32'}; batch {cfg.micro_batch_size} × {world.world_size} rank(s) × "
               f"{run.accum} accumulation of ≤{cfg.seq_len} tokens; {cfg.max_steps} steps, warmup {cfg.warmup_steps_resolved}")
     if run.eval_at_start and run.val_batches is not None and step == 0:
-        first = {"step": 0, "val_loss": evaluate(run), "tokens": 0}
+        first = {"step": 0, "val_loss": evaluate(run), **held_out_by_length(run), "tokens": 0}
         if world.is_main:
             log.write(first)
-            print(f"held-out loss before training: {first['val_loss']:.4f}")
+            print(f"held-out loss before training: {first['val_loss']:.4f}"
+                  + "".join(f", {k.split('@')[1]} tokens: {v:.4f}" for k, v in first.items() if "@" in k))
 
     def save_checkpoint(at: int):
         checkpoint.save(ckpt_dir, at, model=run.model, optimizer=run.optimizer,
@@ -281,6 +312,7 @@ def fit(run: Run) -> dict:
             record["skipped"] = True
         if run.val_batches is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
             record["val_loss"] = evaluate(run)
+            record.update(held_out_by_length(run))
         last = record
         if world.is_main:
             if step % cfg.log_every == 0 or "val_loss" in record or step == cfg.max_steps:
@@ -305,8 +337,10 @@ def fit(run: Run) -> dict:
         summary["loss_png"] = str(out / "loss.png")
         speeds = sorted(r["tokens_per_s"] for r in records if "tokens_per_s" in r)
         summary["tokens_per_s"] = speeds[len(speeds) // 2] if speeds else None  # median
-        before = [r["val_loss"] for r in records if r.get("step") == 0 and "val_loss" in r]
-        summary["val_loss_before"] = before[0] if before else None
+        before = next((r for r in records if r.get("step") == 0 and "val_loss" in r), {})
+        summary["val_loss_before"] = before.get("val_loss")
+        summary["by_length"] = {int(k.split("@")[1]): {"before": before.get(k), "after": v}
+                                for k, v in last.items() if k.startswith("val_loss@")}
     if cfg.export:
         summary.update(run.export(run))
     world.barrier()
@@ -321,8 +355,8 @@ def export_model(run: Run) -> dict:
     if run.world.is_main:
         from ..formats import save
 
-        tokenizer = run.cfg.tokenizer
-        save({k: v.float() for k, v in state.items()}, run.args, out, "hf", Path(tokenizer) if tokenizer else None)
+        tokenizer = Path(run.tokenizer) if isinstance(run.tokenizer, str) else run.tokenizer
+        save({k: v.float() for k, v in state.items()}, run.args, out, "hf", tokenizer)
     return {"model_dir": str(out)}
 
 
