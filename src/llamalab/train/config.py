@@ -29,11 +29,11 @@ class TrainConfig:
     # model: a preset name, or a mapping of ModelArgs fields (optionally with `preset` as the base); default tiny.
     # With init_from, the model is the checkpoint's and `model` may only change SAFE_OVERRIDES.
     model: Any = None
-    init_from: str | None = None  # start from this checkpoint (anything `llamalab.load` reads) instead of random
     tokenizer: str | None = None  # tokenizer file/dir: checked against vocab_size, copied into the export
     # data: a directory (or manifest) written by `llamalab data prepare`
     data: str = ""
     mixture: dict | None = None  # source → sampling weight; None = the data's own proportions
+    init_from: str | None = None  # start from this checkpoint (anything `llamalab.load` reads) instead of random
     seq_len: int = 256
     micro_batch_size: int = 8
     batch_tokens: int | None = None  # global batch in tokens; None = micro_batch_size·seq_len·world_size
