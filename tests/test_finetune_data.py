@@ -146,7 +146,7 @@ def test_loader_is_length_grouped_seeded_and_resumable(tmp_path, tok):
     r0 = InstructionLoader(examples, batch_size=2, seq_len=256, seed=1, pad_id=0, rank=0, world_size=2)
     r1 = InstructionLoader(examples, batch_size=2, seq_len=256, seed=1, pad_id=0, rank=1, world_size=2)
     for x, y in batches[:5]:
-        (x0, y0), (x1, y1) = next(r0), next(r1)
+        (_, y0), (_, y1) = next(r0), next(r1)
         pad = lambda t: torch.nn.functional.pad(t, (0, y.shape[1] - t.shape[1]), value=IGNORE_INDEX)  # noqa: E731
         assert torch.equal(torch.cat([pad(y0), pad(y1)]), y)
 

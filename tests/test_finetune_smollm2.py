@@ -18,7 +18,7 @@ from llamalab.data.instructions import PAIRS
 from llamalab.finetune import FinetuneConfig, finetune
 from llamalab.finetune.lora import attach
 from llamalab.finetune.adapter import load_adapter
-from llamalab.finetune.qlora import nf4_scaler_block, quantize_base, tensor_bytes
+from llamalab.finetune.qlora import nf4_scaler_block, tensor_bytes
 
 # QLoRA paper, Appendix E: the 16 NF4 values
 NF4 = torch.tensor([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,

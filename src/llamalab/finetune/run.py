@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -33,7 +32,7 @@ class Prepared:
     counts: dict
     train_examples: int
     val_examples: int
-    prompts: list[tuple[str, list[int]]]  # held-out (instruction, prompt ids) for sample answers
+    prompts: list[dict]  # held-out {instruction, reference, ids} for sample answers
     tokenizer: object
     template: str | None
     memory: dict = field(default_factory=dict)
@@ -57,6 +56,8 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     counts = {"train": train_counts, "validation": val_counts}
     cfg = cfg.with_steps(len(train_ex), world.world_size)
     resume_from = loop.resume_point(cfg, source.args, resume)
+    if resume_from is not None:
+        _check_same_recipe(cfg, resume_from)
     pad = source.tokenizer.pad_id if source.tokenizer.pad_id is not None else source.tokenizer.eos_id or 0
     loader = InstructionLoader(train_ex, batch_size=cfg.micro_batch_size, seq_len=cfg.seq_len, seed=cfg.seed,
                                pad_id=pad, rank=world.rank, world_size=world.world_size)
@@ -92,6 +93,21 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
                    eval_at_start=True, title=f"fine-tuning {source.path.name}")
     info = Prepared(fmt, counts, len(train_ex), len(val_ex), prompts, source.tokenizer, template_name, memory)
     return run, info
+
+
+RECIPE = ("init_from", "data", "format", "template", "val_split", "seq_len", "seed", "lora_rank", "lora_alpha",
+          "lora_targets", "quantize_base")  # what a resumed run must share with the run it continues
+
+
+def _check_same_recipe(cfg: FinetuneConfig, checkpoint_dir) -> None:
+    from ..train.checkpoint import read_meta
+
+    saved = read_meta(checkpoint_dir).get("config", {})
+    changed = [k for k in RECIPE if k in saved and saved[k] != getattr(cfg, k)]
+    if changed:
+        k = changed[0]
+        raise LlamalabError(f"{checkpoint_dir} was trained with {k}={saved[k]!r}, this run has {getattr(cfg, k)!r}; "
+                            f"resume with the same settings, or choose another --out")
 
 
 def _sample_prompts(records, tokenizer, template, n: int) -> list[dict]:
