@@ -158,3 +158,23 @@ def test_bad_input_is_one_clear_error(base, tmp_path, capsys):
               "this adapter was trained on a model of another shape")
     one_error(capsys, ["lora", "merge", "--model", str(base), "--adapter", str(tmp_path / "other"), "--out",
                        str(out)], "trained on a model of another shape", out)
+
+
+def test_two_fsdp2_ranks_match_one_process(base, data, tmp_path):
+    """LoRA under FSDP2 (adapters sharded with the frozen base, gathered for the adapter file) follows the
+    one-process run with the same global batch (no dropout: its masks depend on how rows are split)."""
+    run = ["finetune", "--model", str(base), "--data", str(data), "--lora-rank", "4", "--lora-dropout", "0",
+           "--max-steps", "4", "--samples", "0", *RUN]
+    assert main(run + ["--out", str(tmp_path / "one"), "--micro-batch-size", "8"]) == 0
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "llamalab", *run, "--out", str(tmp_path / "fsdp"), "--parallel", "fsdp"],
+                       env=env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    one, two = records(tmp_path / "one"), records(tmp_path / "fsdp")
+    for key in ("loss", "val_loss"):
+        a, b = [r.get(key) for r in one if key in r], [r.get(key) for r in two if key in r]
+        assert len(a) == len(b) > 1 and torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=0), (a, b)
+    a, b = (load_adapter(tmp_path / d / "adapter", ARGS) for d in ("one", "fsdp"))
+    for path, (a1, b1, _) in a.layers.items():
+        torch.testing.assert_close(b.layers[path][0], a1, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(b.layers[path][1], b1, rtol=1e-4, atol=1e-6)

@@ -168,7 +168,10 @@ def _check_frozen(name: str, layer: nn.Linear) -> None:
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes a tensor holds, counting the inner tensors of a tensor subclass (an NF4Tensor's codes and scales)."""
+    """Bytes a tensor holds on this rank (an FSDP2 shard's local part), counting the inner tensors of a tensor
+    subclass (an NF4Tensor's codes and scales)."""
+    if hasattr(t, "to_local"):
+        t = t.to_local()
     if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, nn.Parameter):
         names, _ = t.__tensor_flatten__()
         return sum(tensor_bytes(getattr(t, n)) for n in names)
