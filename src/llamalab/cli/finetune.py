@@ -7,26 +7,13 @@ EPILOG = """examples:
   torchrun --nproc_per_node 2 -m llamalab finetune --model M --data D --out O --lora-rank 8 --parallel ddp
 The run resumes with --resume; every config key is a --flag (see `llamalab train --help` for the loop's)."""
 
-RENAMED = {"init_from": "model", "out_dir": "out"}  # config key → this command's flag
-
-
 def add_arguments(p):
-    import argparse
+    from ..finetune.config import NOT_FOR_FINETUNING, FinetuneConfig
+    from .train import add_config_arguments
 
-    from ..finetune.config import FinetuneConfig
-
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = EPILOG
-    p.add_argument("--config", help="YAML or TOML file of config keys")
-    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --out")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (model.max_seq_len=... too)")
-    group = p.add_argument_group("config keys (each overrides the file)")
-    for key in FinetuneConfig.keys():
-        if key == "model":
-            continue  # the model is --model's checkpoint; model.<field>=... overrides what may change
-        flag = RENAMED.get(key, key)
-        names = dict.fromkeys([f"--{flag.replace('_', '-')}", f"--{flag}"])
-        group.add_argument(*names, dest=f"set_{key}", metavar="V", default=None)
+    # the model is --model's checkpoint; model.<field>=... overrides only what may change (rope, context)
+    add_config_arguments(p, FinetuneConfig, EPILOG, config_help="YAML or TOML file of config keys",
+                         renamed={"init_from": "model", "out_dir": "out"}, skip=("model", *NOT_FOR_FINETUNING))
 
 
 def run(args):

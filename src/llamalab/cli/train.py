@@ -7,18 +7,28 @@ EPILOG = """examples:
 
 
 def add_arguments(p):
-    import argparse
-
     from ..train.config import TrainConfig
 
+    add_config_arguments(p, TrainConfig, EPILOG, config_help="YAML or TOML file of TrainConfig keys (a bundled "
+                         "name such as `demo` also works)")
+
+
+def add_config_arguments(p, cls, epilog: str, config_help: str, renamed: dict | None = None, skip=()):
+    """--config, --resume, key=value overrides, and a --flag for every key of the config class `cls`
+    (`--max_steps` and `--max-steps` alike; `renamed` gives some keys another flag)."""
+    import argparse
+
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = EPILOG
-    p.add_argument("--config", help="YAML or TOML file of TrainConfig keys (a bundled name such as `demo` also works)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in out_dir")
+    p.epilog = epilog
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint of the run")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (model.<field>=... too)")
     group = p.add_argument_group("config keys (each overrides the file)")
-    for key in TrainConfig.keys():
-        group.add_argument(f"--{key}", dest=f"set_{key}", metavar="V", default=None)
+    for key in cls.keys():
+        if key not in skip:
+            flag = (renamed or {}).get(key, key)
+            names = dict.fromkeys([f"--{flag.replace('_', '-')}", f"--{flag}"])
+            group.add_argument(*names, dest=f"set_{key}", metavar="V", default=None)
 
 
 def parse_overrides(args) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from ..errors import LlamalabError
 from ..train.config import TrainConfig
 
 QUANTIZE = ("nf4", "int8")
+NOT_FOR_FINETUNING = ("tokenizer", "mixture", "batch_tokens", "init_std", "eval_seq_lens", "eval_batches")  # the validation split is evaluated whole
 
 
 @dataclass
@@ -54,6 +55,10 @@ class FinetuneConfig(TrainConfig):
         if self.batch_tokens is not None:
             raise LlamalabError("config: fine-tuning batches are counted in examples: use micro_batch_size and "
                                 "grad_accum, not batch_tokens")
+        for key in ("tokenizer", "mixture", "eval_seq_lens"):
+            if getattr(self, key) is not None:
+                raise LlamalabError(f"config: {key} does not apply to fine-tuning (the checkpoint brings its "
+                                    f"tokenizer; the data is one instruction file)")
         if not isinstance(self.grad_accum, int) or self.grad_accum < 1:
             raise LlamalabError(f"config: grad_accum must be a positive integer, got {self.grad_accum!r}")
         if self.quantize_base not in (None, *QUANTIZE):
