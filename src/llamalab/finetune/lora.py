@@ -62,7 +62,7 @@ class LoraSpec:
 
 
 class LoRALinear(nn.Module):
-    """base(x) + scale · lora_b(lora_a(dropout(x))). Only lora_a and lora_b train."""
+    """base(x) + lora_b(scale · lora_a(dropout(x))). Only lora_a and lora_b train."""
 
     def __init__(self, base: nn.Module, in_features: int, out_features: int, rank: int, scale: float,
                  dropout: float = 0.0):
@@ -74,7 +74,10 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.lora_b(self.lora_a(self.dropout(x))) * self.scale
+        h = self.base(x)
+        z = self.lora_a(self.dropout(x)) * self.scale  # scaling the r-wide side: r/out times the work of peft's
+        # h + z Bᵀ as one matmul-accumulate (addmm), not a matmul, then a scale and an add over the wide output
+        return torch.addmm(h.flatten(0, -2), z.flatten(0, -2), self.lora_b.weight.t()).view(h.shape)
 
 
 def target_modules(model: nn.Module, targets) -> list[tuple[str, nn.Module, str]]:
