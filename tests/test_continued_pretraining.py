@@ -103,13 +103,14 @@ def test_linear_position_interpolation_extends_the_context(tmp_path, capsys):
                  "--warmup_fraction", "0.1", "--lr", "3e-3", "--out_dir", str(tmp_path / "short"), *common]) == 0
     capsys.readouterr()
     assert main(["train", "--init_from", str(tmp_path / "short" / "model"), "model.max_seq_len=64",
-                 "model.rope_scaling={rope_type: linear, factor: 2.0}", "--seq_len", "64", "--eval_seq_lens", "[32, 64]",
+                 "model.rope_scaling={rope_type: linear, factor: 2.0}", "--seq_len", "64", "--eval_seq_lens", "[32, 64]", "--eval_per_source", "true",
                  "--max_steps", "8", "--warmup_fraction", "0.25", "--lr", "1e-3", "--out_dir", str(tmp_path / "long"),
                  *common]) == 0
     printed = capsys.readouterr().out
     assert "held-out loss at 64 tokens:" in printed and "before →" in printed
     records = [json.loads(line) for line in (tmp_path / "long" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["val_loss@64"] < records[0]["val_loss@64"]
+    assert records[-1]["val_loss/text"] == records[-1]["val_loss"]  # one source: its own loss is the mixture's
 
     export = tmp_path / "long" / "model"
     config = json.loads((export / "config.json").read_text())

@@ -53,8 +53,9 @@ def run(args):
         print(f"done: step {summary['step']}, loss {summary['loss']:.4f}"
               + (f", held-out loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else "")
               + (f" (before training: {before:.4f})" if before is not None else ""))
-        for n, v in summary.get("by_length", {}).items():
-            print(f"  held-out loss at {n} tokens: " + (f"{v['before']:.4f} before → " if v["before"] is not None
-                                                          else "") + f"{v['after']:.4f}")
+        for key, v in summary.get("held_out", {}).items():  # "@512" (tokens) or "/code" (a source)
+            what = f"at {key[1:]} tokens" if key.startswith("@") else f"on {key[1:]}"
+            print(f"  held-out loss {what}: " + (f"{v['before']:.4f} before → " if v["before"] is not None else "")
+                  + f"{v['after']:.4f}")
         print(f"  metrics   {summary['out_dir']}/metrics.jsonl\n  loss plot {summary['loss_png']}\n"
               f"  checkpoints {summary['out_dir']}/ckpt/" + (f"\n  model     {summary['model_dir']}" if summary.get("model_dir") else ""))

@@ -14,7 +14,8 @@ from ..errors import LlamalabError
 from ..train.config import TrainConfig
 
 QUANTIZE = ("nf4", "int8")
-NOT_FOR_FINETUNING = ("tokenizer", "mixture", "batch_tokens", "init_std", "eval_seq_lens", "eval_batches")  # the validation split is evaluated whole
+NOT_FOR_FINETUNING = ("tokenizer", "mixture", "batch_tokens", "init_std", "eval_seq_lens", "eval_batches",
+                      "eval_per_source")  # the validation split is evaluated whole
 
 
 @dataclass

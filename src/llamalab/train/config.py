@@ -58,6 +58,7 @@ class TrainConfig:
     eval_every: int = 0  # held-out loss every N steps (0 = only at the end)
     eval_batches: int = 8
     eval_seq_lens: list | None = None  # also held-out loss at these lengths (what a context extension bought)
+    eval_per_source: bool = False  # also held-out loss of every source alone (e.g. forgetting the others)
     ckpt_every: int = 0  # 0 = only at the end
     keep_last: int = 3
     log_every: int = 1

@@ -72,7 +72,7 @@ class Run:
     eval_at_start: bool = False  # held-out loss before the first update (a run that starts from a checkpoint)
     title: str = ""
     tokenizer: Any = None  # what the exported model carries: a tokenizer path, or a Tokenizer (a checkpoint's)
-    long_val: dict = field(default_factory=dict)  # sequence length → held-out batches at that length
+    extra_val: dict = field(default_factory=dict)  # "val_loss@N" / "val_loss/SOURCE" → more held-out batches
     autocast: Any = field(init=False)
     loss_fn: Any = field(init=False)
 
@@ -125,26 +125,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
     check_vocab(cfg, args, loader.vocab_size)
     resume_from = resume_point(cfg, args, resume)
 
-    def held_out(seq_len: int):  # the same held-out windows at every evaluation
-        def batches():
-            val = TokenLoader(cfg.data, seq_len=seq_len, batch_size=cfg.micro_batch_size, mixture=cfg.mixture,
-                              seed=cfg.seed, rank=world.rank, world_size=world.world_size, split="val")
-            return islice(val, cfg.eval_batches)
-        return batches
-
-    val_batches, long_val = held_out(cfg.seq_len), {}
-    try:
-        val_batches()
-    except LlamalabError as e:
-        val_batches = None
-        if world.is_main:
-            print(f"note: no held-out loss ({e})")
-    for n in cfg.eval_seq_lens or []:
-        if n > args.max_seq_len:
-            raise LlamalabError(f"eval_seq_lens: {n} is longer than the model's context ({args.max_seq_len}); raise "
-                                f"model.max_seq_len (with rope scaling to extend a trained model's context)")
-        long_val[n] = held_out(n)
-        long_val[n]()  # too little held-out text for this length is an error now
+    val_batches, extra_val = held_out_sets(cfg, world, args.max_seq_len)
 
     torch.manual_seed(cfg.seed)
     bf16 = use_bf16(cfg, world.device)
@@ -160,8 +141,44 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
         title += f" from {source.path.name}"
     return Run(cfg, world, args, model, train_model, optimizer, loader, val_batches, export=export_model,
                bf16=bf16, accum=cfg.accumulation_steps(world.world_size), resume_from=resume_from,
-               eval_at_start=source is not None, title=title, long_val=long_val,
+               eval_at_start=source is not None, title=title, extra_val=extra_val,
                tokenizer=cfg.tokenizer or (source.tokenizer if source else None))
+
+
+def held_out_sets(cfg: TrainConfig, world, max_seq_len: int) -> tuple[Callable | None, dict]:
+    """The held-out batches (the same windows at every evaluation) of the run's mixture at seq_len (None if
+    the data has none), and the extra ones: every length of `eval_seq_lens` ("val_loss@N": what a context
+    extension bought) and, with `eval_per_source`, every source alone ("val_loss/NAME": what training on one
+    source does to the others)."""
+    from ..data.loader import TokenLoader
+
+    def held_out(seq_len: int, mixture):
+        def batches():
+            val = TokenLoader(cfg.data, seq_len=seq_len, batch_size=cfg.micro_batch_size, mixture=mixture,
+                              seed=cfg.seed, rank=world.rank, world_size=world.world_size, split="val")
+            return islice(val, cfg.eval_batches)
+        batches()  # too little held-out text is an error now, not at the first evaluation
+        return batches
+
+    try:
+        val_batches = held_out(cfg.seq_len, cfg.mixture)
+    except LlamalabError as e:
+        if world.is_main:
+            print(f"note: no held-out loss ({e})")
+        return None, {}
+    extra = {}
+    for n in cfg.eval_seq_lens or []:
+        if n > max_seq_len:
+            raise LlamalabError(f"eval_seq_lens: {n} is longer than the model's context ({max_seq_len}); raise "
+                                f"model.max_seq_len (with rope scaling to extend a trained model's context)")
+        extra[f"val_loss@{n}"] = held_out(n, cfg.mixture)
+    if cfg.eval_per_source:
+        from ..data.shards import read_manifest
+
+        for name, entry in read_manifest(cfg.data)[0]["sources"].items():
+            if entry.get("val_tokens", 0) > cfg.seq_len:
+                extra[f"val_loss/{name}"] = held_out(cfg.seq_len, {name: 1.0})
+    return val_batches, extra
 
 
 def check_vocab(cfg: TrainConfig, args: ModelArgs, data_vocab: int | None) -> None:
@@ -245,9 +262,9 @@ def evaluate(run: Run, batches=None) -> float:
     return (total[0] / total[1].clamp(min=1)).item()
 
 
-def held_out_by_length(run: Run) -> dict:
-    """{"val_loss@N": held-out loss on N-token windows} for every length of `eval_seq_lens`."""
-    return {f"val_loss@{n}": evaluate(run, batches) for n, batches in run.long_val.items()}
+def extra_held_out(run: Run) -> dict:
+    """{"val_loss@N" / "val_loss/SOURCE": held-out loss} for the run's extra held-out sets."""
+    return {key: evaluate(run, batches) for key, batches in run.extra_val.items()}
 
 
 def fit(run: Run) -> dict:
@@ -278,11 +295,11 @@ def fit(run: Run) -> dict:
               f"{'bf16 autocast' if run.bf16 else 'fp32'}; batch {cfg.micro_batch_size} × {world.world_size} rank(s) × "
               f"{run.accum} accumulation of ≤{cfg.seq_len} tokens; {cfg.max_steps} steps, warmup {cfg.warmup_steps_resolved}")
     if run.eval_at_start and run.val_batches is not None and step == 0:
-        first = {"step": 0, "val_loss": evaluate(run), **held_out_by_length(run), "tokens": 0}
+        first = {"step": 0, "val_loss": evaluate(run), **extra_held_out(run), "tokens": 0}
         if world.is_main:
             log.write(first)
             print(f"held-out loss before training: {first['val_loss']:.4f}"
-                  + "".join(f", {k.split('@')[1]} tokens: {v:.4f}" for k, v in first.items() if "@" in k))
+                  + "".join(f", {k.removeprefix('val_loss')}: {v:.4f}" for k, v in first.items() if k in run.extra_val))
 
     def save_checkpoint(at: int):
         checkpoint.save(ckpt_dir, at, model=run.model, optimizer=run.optimizer,
@@ -312,7 +329,7 @@ def fit(run: Run) -> dict:
             record["skipped"] = True
         if run.val_batches is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
             record["val_loss"] = evaluate(run)
-            record.update(held_out_by_length(run))
+            record.update(extra_held_out(run))
         last = record
         if world.is_main:
             if step % cfg.log_every == 0 or "val_loss" in record or step == cfg.max_steps:
@@ -339,8 +356,8 @@ def fit(run: Run) -> dict:
         summary["tokens_per_s"] = speeds[len(speeds) // 2] if speeds else None  # median
         before = next((r for r in records if r.get("step") == 0 and "val_loss" in r), {})
         summary["val_loss_before"] = before.get("val_loss")
-        summary["by_length"] = {int(k.split("@")[1]): {"before": before.get(k), "after": v}
-                                for k, v in last.items() if k.startswith("val_loss@")}
+        summary["held_out"] = {k.removeprefix("val_loss"): {"before": before.get(k), "after": last.get(k)}
+                               for k in run.extra_val}
     if cfg.export:
         summary.update(run.export(run))
     world.barrier()
