@@ -1,8 +1,8 @@
 """The training loop, nanoGPT style: read it top to bottom.
 
     setup(cfg)   config → process group → data → model (meta → parallelisms → initial weights) → AdamW
-    fit(run)     resume? → for each step: train_step; log; held-out loss; checkpoint
-                 → final checkpoint, loss curve, export
+    fit(run)     begin (resume?) → for each step: train_step; log; held-out loss; checkpoint
+                 → finish (summary, loss curve, export)
     train_step   lr ← schedule; gradients accumulated over micro-batches; clip; update
     evaluate     held-out loss
 
@@ -269,40 +269,11 @@ def extra_held_out(run: Run) -> dict:
 
 def fit(run: Run) -> dict:
     """Train `run` to cfg.max_steps (resuming from run.resume_from if set); returns a summary dict."""
-    cfg, world, out = run.cfg, run.world, run.out
-    ckpt_dir = out / "ckpt"
-    step, tokens_seen = 0, 0
-    log = MetricsLog(out / "metrics.jsonl")
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.remove_partial(ckpt_dir)
-    world.barrier()
-    if run.resume_from is not None:
-        state = checkpoint.load(run.resume_from, model=run.model, optimizer=run.optimizer, world=world,
-                                trainable_only=run.trainable_only)
-        step, tokens_seen = state["step"], state["loader"]["tokens"]
-        run.loader.load_state_dict(state["loader"]["data"])
-        if world.is_main:
-            log.truncate_after(step)
-            print(f"resumed from {run.resume_from} (step {step})")
-    elif world.is_main:
-        log.truncate_after(-1)
-    n_params = run.model.num_params()  # FSDP2 shards are DTensors: numel() is the global size
-    peak, peak_desc = peak_flops(world.device)
-    if world.is_main:
-        (out / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "model_args": run.args.to_dict()}, indent=2))
-        print(f"model: {n_params:,} parameters; {world.world_size} rank(s) on {world.device.type}, parallel={cfg.parallel}, "
-              f"{'bf16 autocast' if run.bf16 else 'fp32'}; batch {cfg.micro_batch_size} × {world.world_size} rank(s) × "
-              f"{run.accum} accumulation of ≤{cfg.seq_len} tokens; {cfg.max_steps} steps, warmup {cfg.warmup_steps_resolved}")
-    if run.eval_at_start and run.val_batches is not None and step == 0:
-        first = {"step": 0, "val_loss": evaluate(run), **extra_held_out(run), "tokens": 0}
-        if world.is_main:
-            log.write(first)
-            print(f"held-out loss before training: {first['val_loss']:.4f}"
-                  + "".join(f", {k.removeprefix('val_loss')}: {v:.4f}" for k, v in first.items() if k in run.extra_val))
+    cfg, world = run.cfg, run.world
+    step, tokens_seen, log = begin(run)
 
     def save_checkpoint(at: int):
-        checkpoint.save(ckpt_dir, at, model=run.model, optimizer=run.optimizer,
+        checkpoint.save(run.out / "ckpt", at, model=run.model, optimizer=run.optimizer,
                         loader_state={"data": run.loader.state_dict(), "tokens": tokens_seen},
                         model_args=run.args, config=cfg.to_dict(), world=world, keep_last=cfg.keep_last,
                         trainable_only=run.trainable_only)
@@ -313,6 +284,7 @@ def fit(run: Run) -> dict:
 
         bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     hang_after = int(os.environ.get("LLAMALAB_TEST_HANG_AFTER_CHECKPOINT", "-1"))  # test hook (SIGKILL tests)
+    n_params, (peak, _) = run.model.num_params(), peak_flops(world.device)
     t_start = time.perf_counter()
     last = {}
     run.model.train()
@@ -344,11 +316,51 @@ def fit(run: Run) -> dict:
                 signal.pause()  # wait to be killed
     if bar is not None:
         bar.close()
+    return finish(run, log, step, tokens_seen, last)
 
-    summary = {"step": step, "loss": last.get("loss"), "val_loss": last.get("val_loss"), "out_dir": str(out),
-               "params": n_params, "tokens": tokens_seen, "tokens_per_step": tokens_seen // max(1, step),
-               "peak_flops": peak_desc}
+
+def begin(run: Run) -> tuple[int, int, MetricsLog]:
+    """(step, tokens seen, metrics log) to start from: a fresh run, or the state of run.resume_from; a run that
+    starts from a checkpoint gets its held-out loss before any update (step 0)."""
+    cfg, world, out = run.cfg, run.world, run.out
+    step, tokens_seen = 0, 0
+    log = MetricsLog(out / "metrics.jsonl")
     if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_partial(out / "ckpt")
+    world.barrier()
+    if run.resume_from is not None:
+        state = checkpoint.load(run.resume_from, model=run.model, optimizer=run.optimizer, world=world,
+                                trainable_only=run.trainable_only)
+        step, tokens_seen = state["step"], state["loader"]["tokens"]
+        run.loader.load_state_dict(state["loader"]["data"])
+        if world.is_main:
+            log.truncate_after(step)
+            print(f"resumed from {run.resume_from} (step {step})")
+    elif world.is_main:
+        log.truncate_after(-1)
+    if world.is_main:
+        (out / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "model_args": run.args.to_dict()}, indent=2))
+        print(f"model: {run.model.num_params():,} parameters; {world.world_size} rank(s) on {world.device.type}, "
+              f"parallel={cfg.parallel}, {'bf16 autocast' if run.bf16 else 'fp32'}; batch {cfg.micro_batch_size} × "
+              f"{world.world_size} rank(s) × {run.accum} accumulation of ≤{cfg.seq_len} tokens; {cfg.max_steps} "
+              f"steps, warmup {cfg.warmup_steps_resolved}")
+    if run.eval_at_start and run.val_batches is not None and step == 0:
+        first = {"step": 0, "val_loss": evaluate(run), **extra_held_out(run), "tokens": 0}
+        if world.is_main:
+            log.write(first)
+            print(f"held-out loss before training: {first['val_loss']:.4f}"
+                  + "".join(f", {k.removeprefix('val_loss')}: {v:.4f}" for k, v in first.items() if k in run.extra_val))
+    return step, tokens_seen, log
+
+
+def finish(run: Run, log: MetricsLog, step: int, tokens_seen: int, last: dict) -> dict:
+    """The summary (losses before and after, throughput, paths), the loss curve and the export."""
+    out = run.out
+    summary = {"step": step, "loss": last.get("loss"), "val_loss": last.get("val_loss"), "out_dir": str(out),
+               "params": run.model.num_params(), "tokens": tokens_seen, "tokens_per_step": tokens_seen // max(1, step),
+               "peak_flops": peak_flops(run.world.device)[1]}
+    if run.world.is_main:
         records = log.read()
         plot_loss(records, out / "loss.png", title=run.title)
         summary["loss_png"] = str(out / "loss.png")
@@ -358,9 +370,9 @@ def fit(run: Run) -> dict:
         summary["val_loss_before"] = before.get("val_loss")
         summary["held_out"] = {k.removeprefix("val_loss"): {"before": before.get(k), "after": last.get(k)}
                                for k in run.extra_val}
-    if cfg.export:
+    if run.cfg.export:
         summary.update(run.export(run))
-    world.barrier()
+    run.world.barrier()
     return summary
 
 
