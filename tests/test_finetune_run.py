@@ -79,6 +79,11 @@ def test_lora_run_report_adapter_merge_and_generate(base, data, tmp_path, capsys
     with_adapter = capsys.readouterr().out
     assert main(["generate", "--model", str(tmp_path / "merged"), *prompt]) == 0
     assert capsys.readouterr().out == with_adapter
+    scores = []
+    for model in (["--model", str(base), "--adapter", str(out / "adapter")], ["--model", str(tmp_path / "merged")]):
+        assert main(["eval", *model, "--tasks", "arc_easy", "--limit", "4", "--output", str(tmp_path / "e.json")]) == 0
+        scores.append(json.loads((tmp_path / "e.json").read_text())["results"])
+    assert scores[0] == scores[1]
 
 
 def env():

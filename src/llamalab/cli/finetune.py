@@ -34,7 +34,7 @@ def run(args):
     print(f"parameters: {report['trainable_params']:,} trainable of {report['total_params']:,} ({report['method']})")
     if "base_bytes_quantized" in report:
         print(f"frozen base: {report['base_bytes'] / 2**20:,.1f} MiB → {report['base_bytes_quantized'] / 2**20:,.1f} "
-              f"MiB in {report['method'].removeprefix('qlora-')}")
+              f"MiB in {cfg.quantize_base}")
     if report["val_loss_before"] is not None and report["val_loss_after"] is not None:
         print(f"validation loss: {report['val_loss_before']:.4f} before → {report['val_loss_after']:.4f} after "
               f"{report['steps']} steps ({report['epochs']} epochs)")
@@ -43,3 +43,6 @@ def run(args):
     where = report.get("adapter_dir") or report.get("model_dir")
     print(f"\n  report {cfg.out_dir}/report.json" + (f"\n  {'adapter' if 'adapter_dir' in report else 'model  '} {where}"
                                                       if where else ""))
+    if where:  # chat in the format it was trained in
+        model = f"--model {cfg.init_from} --adapter {where}" if "adapter_dir" in report else f"--model {where}"
+        print(f"  chat    llamalab chat {model}" + (f" --template {cfg.template}" if cfg.template else ""))

@@ -182,8 +182,8 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict:
         report = {
             "model": str(run.cfg.init_from), "data": str(run.cfg.data), "format": info.format,
             "template": info.template or "the checkpoint's own",
-            "method": ("qlora-" + run.cfg.quantize_base) if run.cfg.quantize_base else
-                      ("lora" if run.trainable_only else "full"),
+            "method": {"nf4": "qlora-nf4", "int8": "lora-int8"}.get(run.cfg.quantize_base,
+                                                                     "lora" if run.trainable_only else "full"),
             "examples": info.counts, "train_examples": info.train_examples, "val_examples": info.val_examples,
             "trainable_params": trainable, "total_params": summary["params"], **info.memory,
             "steps": summary["step"], "epochs": round(run.loader.epochs(), 3),
