@@ -92,7 +92,7 @@ def test_linear_position_interpolation_extends_the_context(tmp_path, capsys):
     import numpy as np
     from transformers import LlamaForCausalLM
 
-    from llamalab.data.shards import write_token_dataset
+    from token_data import write_token_dataset
 
     rng = np.random.default_rng(0)
     pattern = rng.integers(0, 512, 97)  # a learnable stream

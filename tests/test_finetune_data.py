@@ -71,7 +71,7 @@ def test_multi_turn_targets_are_exactly_the_assistant_turns(tmp_path, tok):
     assert target_spans(tok, ex) == ["nedrag\n|Ċ", "eldnac, of course\n|Ċ"]
     assert "<|im_end|>" in [tok.id_to_piece(int(i)) for i in ex.ids[ex.targets]]
     # the whole sequence is what chat would tokenize for this conversation
-    from llamalab.chat import render_for
+    from llamalab.chat_templates import render_for
     assert ex.ids.tolist() == tok.encode(render_for(tok, CONVERSATION, add_generation_prompt=False))
 
 

@@ -15,7 +15,7 @@ from llamalab.errors import LlamalabError
 from llamalab.finetune.adapter import load_adapter, save_adapter
 from llamalab.finetune.lora import (ALL, LoraSpec, apply_lora, attach, count_trainable, expected_trainable,
                                     lora_init, merge_into_state, parse_targets)
-from llamalab.formats import build_model
+from llamalab.formats import model_from_state
 from llamalab.train import parallel
 from tiny import random_state
 
@@ -24,7 +24,7 @@ ARGS = get_preset("tiny").replace(n_layers=3)  # dim 64, 4 heads / 2 KV heads (G
 
 def lora_model(args, spec, state, seed=0, b_std=0.0):
     """Our model with LoRA layers as the fine-tuning run builds it; b_std > 0 draws B too (a trained adapter)."""
-    model, _ = parallel.build_model(
+    model, _ = parallel.build_parallel_model(
         args, world=parallel.World(), parallel="none", activation_checkpointing=False, compile=False, bf16=False,
         full_tensor=lora_init(lambda name, shape, dtype: state[name], torch.Generator().manual_seed(seed)),
         adapt=lambda m: apply_lora(m, spec))
@@ -61,7 +61,7 @@ def test_trainable_count_is_the_formula(targets):
 
 def test_zero_b_starts_exactly_at_the_base():
     state = random_state(ARGS)
-    base = build_model(state, ARGS)
+    base = model_from_state(state, ARGS)
     model = lora_model(ARGS, LoraSpec(rank=8, alpha=16, targets=ALL), state)
     assert torch.equal(model(TOKENS), base(TOKENS))
 
@@ -74,11 +74,11 @@ def test_merged_checkpoint_equals_base_plus_adapter(tmp_path, tied):
     model = lora_model(args, spec, state, b_std=0.05)
     want = model(TOKENS)
     adapter = adapter_of(model, spec, args, tmp_path)  # through the file: peft names and HF rotary rows
-    merged = build_model(merge_into_state(state, adapter), args)
+    merged = model_from_state(merge_into_state(state, adapter), args)
     assert (merged(TOKENS) - want).abs().max() <= 1e-5
-    assert (build_model(state, args)(TOKENS) - want).abs().max() > 1e-2  # the adapter does change the model
+    assert (model_from_state(state, args)(TOKENS) - want).abs().max() > 1e-2  # the adapter does change the model
     for merge in (True, False):
-        attached = build_model({k: v.clone() for k, v in state.items()}, args)  # attach changes its weights
+        attached = model_from_state({k: v.clone() for k, v in state.items()}, args)  # attach changes its weights
         attach(attached, adapter, merge=merge)
         assert (attached(TOKENS) - want).abs().max() <= 1e-5
 

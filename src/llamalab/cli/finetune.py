@@ -1,3 +1,5 @@
+from .common import add_config_arguments, parse_overrides
+
 HELP = "Instruction-tune a checkpoint (Alpaca / ShareGPT / messages / prompt-completion data): full, LoRA or QLoRA."
 
 EPILOG = """examples:
@@ -7,9 +9,9 @@ EPILOG = """examples:
   torchrun --nproc_per_node 2 -m llamalab finetune --model M --data D --out O --lora-rank 8 --parallel ddp
 The run resumes with --resume; every config key is a --flag (see `llamalab train --help` for the loop's)."""
 
+
 def add_arguments(p):
     from ..finetune.config import NOT_FOR_FINETUNING, FinetuneConfig
-    from .train import add_config_arguments
 
     # the model is --model's checkpoint; model.<field>=... overrides only what may change (rope, context)
     add_config_arguments(p, FinetuneConfig, EPILOG, config_help="YAML or TOML file of config keys",
@@ -18,8 +20,7 @@ def add_arguments(p):
 
 def run(args):
     from ..finetune import FinetuneConfig, finetune
-    from ..train.config import load_config
-    from .train import parse_overrides
+    from ..train.run_config import load_config
 
     cfg = load_config(args.config, parse_overrides(args), cls=FinetuneConfig)
     report = finetune(cfg, resume=args.resume)

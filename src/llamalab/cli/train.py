@@ -1,3 +1,6 @@
+from ..train import TrainConfig
+from .common import add_config_arguments, parse_overrides
+
 HELP = "Pretrain a LLaMA model with the paper's recipe (works unchanged under torchrun)."
 
 EPILOG = """examples:
@@ -7,40 +10,8 @@ EPILOG = """examples:
 
 
 def add_arguments(p):
-    from ..train.config import TrainConfig
-
     add_config_arguments(p, TrainConfig, EPILOG, config_help="YAML or TOML file of TrainConfig keys (a bundled "
                          "name such as `demo` also works)")
-
-
-def add_config_arguments(p, cls, epilog: str, config_help: str, renamed: dict | None = None, skip=()):
-    """--config, --resume, key=value overrides, and a --flag for every key of the config class `cls`
-    (`--max_steps` and `--max-steps` alike; `renamed` gives some keys another flag)."""
-    import argparse
-
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = epilog
-    p.add_argument("--config", help=config_help)
-    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint of the run")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (model.<field>=... too)")
-    group = p.add_argument_group("config keys (each overrides the file)")
-    for key in cls.keys():
-        if key not in skip:
-            flag = (renamed or {}).get(key, key)
-            names = dict.fromkeys([f"--{flag.replace('_', '-')}", f"--{flag}"])
-            group.add_argument(*names, dest=f"set_{key}", metavar="V", default=None)
-
-
-def parse_overrides(args) -> list[tuple[str, str]]:
-    from ..errors import LlamalabError
-
-    pairs = [(k[4:], v) for k, v in vars(args).items() if k.startswith("set_") and v is not None]
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise LlamalabError(f"cannot read override {item!r}: write key=value or --key value")
-        pairs.append((key, value))
-    return pairs
 
 
 def run(args):
@@ -49,9 +20,10 @@ def run(args):
     cfg = load_config(resolve_config_path(args.config) if args.config else None, parse_overrides(args))
     summary = train(cfg, resume=args.resume)
     if summary.get("loss_png"):
+        losses = [f"{name} {summary[key]:.4f}" for key, name in (("loss", "loss"), ("val_loss", "held-out loss"))
+                  if summary.get(key) is not None]  # none when a finished run is resumed
         before = summary.get("val_loss_before")
-        print(f"done: step {summary['step']}, loss {summary['loss']:.4f}"
-              + (f", held-out loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else "")
+        print(f"done: step {summary['step']}" + "".join(f", {x}" for x in losses)
               + (f" (before training: {before:.4f})" if before is not None else ""))
         for key, v in summary.get("held_out", {}).items():  # "@512" (tokens) or "/code" (a source)
             what = f"at {key[1:]} tokens" if key.startswith("@") else f"on {key[1:]}"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..errors import LlamalabError
-from ..train.config import TrainConfig
+from ..train.run_config import TrainConfig
 
 QUANTIZE = ("nf4", "int8")
 NOT_FOR_FINETUNING = ("tokenizer", "mixture", "batch_tokens", "init_std", "eval_seq_lens", "eval_batches",

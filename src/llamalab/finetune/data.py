@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..chat import render_for, resolve_template
+from ..chat_templates import render_for, resolve_template
 from ..errors import LlamalabError
 from ..train.loop import IGNORE_INDEX
 

@@ -3,12 +3,9 @@ it to a loaded model (`--adapter` on generate, chat and eval)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
 from ..errors import LlamalabError
+from ..formats import FORMATS, load_state, load_tokenizer_for, save
+from ..formats.output import check_output
 from .adapter import load_adapter
 from .lora import attach, merge_into_state
 
@@ -18,31 +15,18 @@ GGUF_TYPES = ("f32", "f16", "q8_0")
 def merge_checkpoint(base, adapter_dir, out, fmt: str = "hf", *, force: bool = False,
                      gguf_type: str = "f32") -> dict:
     """W + (α/r)·BA for every adapted layer of `base`, written as `fmt` (hf | meta | gguf) to `out` with the base's
-    tokenizer and chat template. Written to a temporary sibling and renamed: never half-written."""
-    from ..formats import FORMATS, load_state, load_tokenizer_for, save
-
-    out = Path(out)
+    tokenizer and chat template (atomically, as every checkpoint writer does: never half-written)."""
     if fmt not in FORMATS:
         raise LlamalabError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if out.exists() and not force:
-        raise LlamalabError(f"{out} already exists; pass --force to replace it")
     if fmt == "gguf" and gguf_type not in GGUF_TYPES:
         raise LlamalabError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(GGUF_TYPES)}")
+    check_output(out, fmt, force=force, inputs=(base, adapter_dir))  # before anything is read
     state, args, extra, src_fmt, path = load_state(base)
     adapter = load_adapter(adapter_dir, args)  # shapes checked before anything is computed or written
     merged = merge_into_state({k: v.float() for k, v in state.items()}, adapter)
     tokenizer = load_tokenizer_for(src_fmt, path, args.vocab_size, extra)
     options = {"gguf_type": gguf_type} if fmt == "gguf" else {}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # same filesystem: rename is atomic
-    try:
-        target = tmp / out.name if fmt == "gguf" else tmp / "out"
-        save(merged, args, target, fmt, tokenizer_src=tokenizer, **options)
-        if out.exists():  # --force
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(target, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save(merged, args, out, fmt, tokenizer_src=tokenizer, force=force, **options)
     return {"out": str(out), "format": fmt, "layers": len(adapter.layers), "base": str(path)}
 
 

@@ -73,7 +73,7 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
 
         full_tensor = lora_init(source.full_tensor, torch.Generator().manual_seed(cfg.seed))
         adapt = lambda model: apply_lora(model, spec)  # noqa: E731
-    model, train_model = parallel.build_model(
+    model, train_model = parallel.build_parallel_model(
         source.args, world=world, parallel=cfg.parallel, activation_checkpointing=cfg.activation_checkpointing,
         compile=cfg.compile, bf16=bf16, full_tensor=full_tensor, adapt=adapt)
     source.state.clear()
@@ -112,7 +112,7 @@ def _check_same_recipe(cfg: FinetuneConfig, checkpoint_dir) -> None:
 
 def _sample_prompts(records, tokenizer, template, n: int) -> list[dict]:
     """The first `n` records as prompts (up to their first answer) for sample answers."""
-    from ..chat import render_for
+    from ..chat_templates import render_for
 
     out = []
     for _, example in records[:n]:

@@ -15,7 +15,7 @@ import torch
 
 from ..config import ModelArgs
 from ..errors import LlamalabError
-from .config import TrainConfig
+from .run_config import TrainConfig
 
 
 @dataclass

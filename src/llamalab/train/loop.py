@@ -29,10 +29,11 @@ from torch import nn
 
 from ..config import ModelArgs
 from ..errors import LlamalabError
+from ..tokenizer import check_vocab, load_tokenizer
 from . import checkpoint, parallel
-from .config import TrainConfig
 from .metrics import MetricsLog, mfu, peak_flops, plot_loss
 from .optim import build_optimizer, lr_at, set_lr
+from .run_config import TrainConfig
 
 IGNORE_INDEX = -100  # a target that counts for nothing: a prompt token of an instruction, padding
 
@@ -46,8 +47,8 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str 
 
 def loss_function(compile: bool, reduction: str = "sum"):
     """`next_token_loss` summed over tokens (the loop weighs every target token of a step equally, across
-    micro-batches and ranks), compiled with `compile: true` (the blocks are compiled in build_model), so the
-    upcast, log-softmax and its backward over the (tokens × vocab) logits run as fused loops."""
+    micro-batches and ranks), compiled with `compile: true` (the blocks are compiled in build_parallel_model),
+    so the upcast, log-softmax and its backward over the (tokens × vocab) logits run as fused loops."""
     fn = functools.partial(next_token_loss, reduction=reduction)
     return torch.compile(fn, fullgraph=True) if compile else fn
 
@@ -122,7 +123,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
         check_data_tokenizer(cfg.data, source)
     else:
         args = cfg.model_args()
-    check_vocab(cfg, args, loader.vocab_size)
+    check_data_vocab(cfg, args, loader.vocab_size)
     resume_from = resume_point(cfg, args, resume)
 
     val_batches, extra_val = held_out_sets(cfg, world, args.max_seq_len)
@@ -131,7 +132,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
     bf16 = use_bf16(cfg, world.device)
     full_tensor = source.full_tensor if source else parallel.random_init(args, cfg.init_std,
                                                                          torch.Generator().manual_seed(cfg.seed))
-    model, train_model = parallel.build_model(
+    model, train_model = parallel.build_parallel_model(
         args, world=world, parallel=cfg.parallel, activation_checkpointing=cfg.activation_checkpointing,
         compile=cfg.compile, bf16=bf16, full_tensor=full_tensor)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
@@ -181,13 +182,12 @@ def held_out_sets(cfg: TrainConfig, world, max_seq_len: int) -> tuple[Callable |
     return val_batches, extra
 
 
-def check_vocab(cfg: TrainConfig, args: ModelArgs, data_vocab: int | None) -> None:
-    if data_vocab is not None and data_vocab > args.vocab_size:
-        raise LlamalabError(f"the data in {cfg.data} was tokenized with a {data_vocab}-token vocabulary but "
-                            f"the model has vocab_size {args.vocab_size}; set model.vocab_size={data_vocab}")
+def check_data_vocab(cfg: TrainConfig, args: ModelArgs, data_vocab: int | None) -> None:
+    """The data's token ids, and the tokenizer the export carries, fit the model's embedding."""
+    if data_vocab is not None:
+        check_vocab(data_vocab, args.vocab_size, fix=f"set model.vocab_size={data_vocab}",
+                    what=f"the vocabulary the data in {cfg.data} was tokenized with")
     if cfg.tokenizer:
-        from ..tokenizer import load_tokenizer
-
         tok_size = load_tokenizer(cfg.tokenizer).vocab_size
         if tok_size != args.vocab_size:
             raise LlamalabError(f"tokenizer {cfg.tokenizer} has {tok_size} tokens but the model has vocab_size "
@@ -385,7 +385,7 @@ def export_model(run: Run) -> dict:
         from ..formats import save
 
         tokenizer = Path(run.tokenizer) if isinstance(run.tokenizer, str) else run.tokenizer
-        save({k: v.float() for k, v in state.items()}, run.args, out, "hf", tokenizer)
+        save({k: v.float() for k, v in state.items()}, run.args, out, "hf", tokenizer, force=True)  # a resumed run re-exports
     return {"model_dir": str(out)}
 
 

@@ -13,7 +13,6 @@ in a plain single process.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,8 +22,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import ModelArgs
+from ..device import default_device
 from ..errors import LlamalabError
-from ..model import Transformer
+from ..model import Transformer, initial_value
 
 
 @dataclass
@@ -46,7 +46,7 @@ class World:
 def init_distributed(device: str = "auto") -> World:
     """Join the process group torchrun describes (RANK/WORLD_SIZE/...), or stay a single process."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device().type
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
@@ -113,15 +113,9 @@ def clean_name(name: str) -> str:
 
 
 def random_init(args: ModelArgs, std: float, generator: torch.Generator):
-    """The pretraining init as a function of (name, shape, dtype): N(0, std) for matrices, residual projections
-    scaled by 1/sqrt(2·n_layers), ones for norms — the draws of `Transformer.init_weights`, in the same order."""
-    def full_tensor(name: str, shape, dtype) -> torch.Tensor:
-        full = torch.empty(shape, dtype=dtype)
-        if len(shape) == 1:
-            return full.fill_(1.0)
-        scale = 1 / math.sqrt(2 * args.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
-        return nn.init.normal_(full, mean=0.0, std=std * scale, generator=generator)
-    return full_tensor
+    """`full_tensor` (see `materialize`) for pretraining: `model.initial_value`, drawn from `generator` in the
+    parameters' order (the draws of `Transformer.init_weights`)."""
+    return lambda name, shape, dtype: initial_value(name, shape, dtype, args.n_layers, std, generator)
 
 
 @torch.no_grad()
@@ -140,8 +134,8 @@ def materialize(model: nn.Module, full_tensor) -> None:
             p.copy_(full)
 
 
-def build_model(args: ModelArgs, *, world: World, parallel: str, activation_checkpointing: bool,
-                compile: bool, bf16: bool, full_tensor, adapt=None) -> tuple[Transformer, nn.Module]:
+def build_parallel_model(args: ModelArgs, *, world: World, parallel: str, activation_checkpointing: bool,
+                         compile: bool, bf16: bool, full_tensor, adapt=None) -> tuple[Transformer, nn.Module]:
     """(model, train_model): `model` is the Transformer (its state dict names are Meta's); `train_model` is
     what the forward pass calls (the DDP wrapper, or the model itself). `full_tensor` gives each parameter
     its initial value (see `materialize`); `adapt(model)` changes the model on the meta device before any

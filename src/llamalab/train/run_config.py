@@ -8,17 +8,12 @@ the CLI can build its `--key value` options instantly.
 from __future__ import annotations
 
 import dataclasses
-import json
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
 
 from ..config import ModelArgs, get_preset
 from ..errors import LlamalabError
@@ -224,7 +219,3 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]]
     cls = cls or TrainConfig
     d = read_config_file(path) if path else {}
     return cls.from_dict(apply_overrides(d, list(overrides), cls))
-
-
-def dumps(cfg: TrainConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=2)
