@@ -27,6 +27,8 @@ COMMANDS = {
     "chat": "chat",
     "data": "data",
     "train": "train",
+    "finetune": "finetune",
+    "lora": "lora",
     "eval": "eval",
     "demo": "demo",
 }

@@ -1,7 +1,7 @@
 import io
 import sys
 
-from .common import add_chat_arguments, add_model_arguments, add_sampling_arguments, load_checkpoint, sampling_kwargs
+from .common import add_adapter_argument, add_chat_arguments, add_model_arguments, add_sampling_arguments, load_checkpoint, sampling_kwargs
 
 HELP = "Continue a prompt with a model (greedy or sampled); prints only the continuation, streamed."
 
@@ -9,6 +9,7 @@ HELP = "Continue a prompt with a model (greedy or sampled); prints only the cont
 def add_arguments(p):
     p.add_argument("--prompt", required=True, help="the text to continue (with --chat: the user message)")
     add_model_arguments(p)
+    add_adapter_argument(p)
     add_sampling_arguments(p, max_new_tokens=128)
     add_chat_arguments(p)
     p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop at this text (repeatable)")
