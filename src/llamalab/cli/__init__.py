@@ -25,6 +25,8 @@ COMMANDS = {
     "train": "train",
     "eval": "eval",
     "demo": "demo",
+    "plan": "plan",
+    "experiment": "experiment",
 }
 
 

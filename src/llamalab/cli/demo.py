@@ -18,10 +18,8 @@ def run(args):
     from pathlib import Path
 
     from ..data.corpus import DEMO_MIXTURE, demo_sources
-    from ..data.prepare import prepare
-    from ..tokenizer import load_tokenizer, train_tokenizer
     from ..train import load_config, resolve_config_path, train
-    from ..train.demo import calibrate_steps, quick_corpus, unigram_baseline
+    from ..train.demo import calibrate_steps, corpus_tokenizer, pack_corpus, quick_corpus, unigram_baseline
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -40,19 +38,14 @@ def run(args):
 
     stage(2, f"tokenizer: SentencePiece BPE, {vocab} pieces, digits split, byte fallback (paper §2.1)")
     tok_dir = out / ("tokenizer-quick" if args.quick else "tokenizer")
-    if (tok_dir / "tokenizer.model").is_file():
-        tok = load_tokenizer(tok_dir)
-        print(f"  reusing {tok_dir} ({tok.vocab_size} pieces)")
-    else:
-        tok = train_tokenizer(list(sources.values()), vocab, tok_dir,
-                              input_sentence_size=20_000 if args.quick else 300_000, progress=args.progress)
+    tok = corpus_tokenizer(list(sources.values()), tok_dir, vocab, sentences=20_000 if args.quick else 300_000,
+                           progress=args.progress)
     sample = "In 1913, the President said: def f(x): return x ** 2"
     print(f"  {sample!r} → {[tok.id_to_piece(i) for i in tok.encode(sample)][:24]}")
 
     stage(3, "data: tokenize + pack into uint16 shards, 5% of documents held out")
     data_dir = out / ("data-quick" if args.quick else "data")
-    prepare({k: [v] for k, v in sources.items()}, tok_dir / "tokenizer.model", data_dir, val_fraction=0.05,
-            progress=args.progress)
+    pack_corpus(sources, tok_dir, data_dir, progress=args.progress)
 
     stage(4, "pretraining: AdamW (0.9, 0.95), wd 0.1, clip 1.0, warmup + cosine to 10%")
     overrides = [("data", str(data_dir)), ("tokenizer", str(tok_dir)), ("mixture", repr(DEMO_MIXTURE)),

@@ -1,5 +1,6 @@
-"""Helpers of `llamalab demo`: a small corpus slice for --quick, turning minutes into a fixed step count,
-and the unigram baseline the held-out perplexity is compared with."""
+"""Helpers of `llamalab demo` (and of `llamalab experiment`, which trains on the same data): a small corpus
+slice for --quick, the tokenizer and packed shards of a corpus, turning minutes into a fixed step count, and
+the unigram baseline the held-out perplexity is compared with."""
 
 from __future__ import annotations
 
@@ -24,6 +25,27 @@ def quick_corpus(sources: dict[str, Path], out: Path, docs: int) -> dict[str, Pa
                 dest.write_text("".join(itertools.islice(f, docs)))
         sliced[name] = dest
     return sliced
+
+
+def corpus_tokenizer(files: list[Path], tok_dir: Path, vocab_size: int, *, sentences: int, progress: bool):
+    """The tokenizer in `tok_dir` if one was trained there before, else a new one trained on `files` (the
+    paper's SentencePiece BPE settings, at most `sentences` sampled lines)."""
+    from ..tokenizer import load_tokenizer, train_tokenizer
+
+    if (tok_dir / "tokenizer.model").is_file():
+        tok = load_tokenizer(tok_dir)
+        print(f"  reusing {tok_dir} ({tok.vocab_size} pieces)")
+        return tok
+    return train_tokenizer(files, vocab_size, tok_dir, input_sentence_size=sentences, progress=progress)
+
+
+def pack_corpus(sources: dict[str, Path], tok_dir: Path, data_dir: Path, *, progress: bool) -> None:
+    """Tokenize and pack each source into `data_dir`, 5% of documents held out (idempotent: an unchanged
+    source is left alone)."""
+    from ..data.prepare import prepare
+
+    prepare({k: [v] for k, v in sources.items()}, tok_dir / "tokenizer.model", data_dir, val_fraction=0.05,
+            progress=progress)
 
 
 def calibrate_steps(cfg: TrainConfig, seconds: float, warmup_steps: int = 4) -> tuple[int, float]:

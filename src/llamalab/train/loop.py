@@ -81,7 +81,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     n_params = model.num_params()  # FSDP2 shards are DTensors: numel() is the global size
     warmup = cfg.warmup_steps_resolved
     tokens_per_step = cfg.micro_batch_size * cfg.seq_len * world.world_size * accum
-    peak, peak_desc = peak_flops(world.device)
+    peak, peak_desc = peak_flops(world.device, torch.bfloat16 if bf16 else torch.float32)
     loss_fn = loss_function(cfg.compile)
     autocast = (torch.autocast(world.device.type, dtype=torch.bfloat16) if bf16 and cfg.parallel != "fsdp"
                 else contextlib.nullcontext())  # FSDP2 casts through its MixedPrecisionPolicy instead
@@ -185,7 +185,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         dt = time.perf_counter() - t0
         tok_s = tokens_per_step / dt
         record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": grad_norm, "tokens": step * tokens_per_step,
-                  "tokens_per_s": tok_s, "mfu": mfu(n_params, tok_s, peak), "elapsed_s": time.perf_counter() - t_start}
+                  "tokens_per_s": tok_s, "mfu": mfu(args, cfg.seq_len, tok_s / world.world_size, peak), "elapsed_s": time.perf_counter() - t_start}
         if not finite:
             record["skipped"] = True
         if has_val and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
