@@ -20,6 +20,7 @@ def run(args):
     from ..data.corpus import DEMO_MIXTURE, demo_sources
     from ..train import load_config, resolve_config_path, train
     from ..train.demo import calibrate_steps, corpus_tokenizer, pack_corpus, quick_corpus, unigram_baseline
+    from ..train.metrics import MetricsLog
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -88,6 +89,9 @@ def run(args):
     print(f"  unigram baseline     {math.exp(unigram):10.1f}   (training-token frequencies, same held-out tokens)")
     print(f"  trained {summary['step']} steps × {summary['tokens_per_step']:,} tokens of a "
           f"{summary['params'] / 1e6:.1f}M-parameter LLaMA, ~{summary.get('tokens_per_s') or 0:,.0f} tokens/s")
+    mfus = sorted(r["mfu"] for r in MetricsLog(Path(cfg.out_dir) / "metrics.jsonl").read() if r.get("mfu"))
+    if mfus:
+        print(f"  MFU {mfus[len(mfus) // 2]:.0%} (median step; against {summary['peak_flops']})")
     print(f"\n  everything is in {out}/:\n    tokenizer   {tok_dir}\n    data        {data_dir}\n"
           f"    metrics     {cfg.out_dir}/metrics.jsonl\n    loss curve  {summary['loss_png']}\n"
           f"    checkpoints {cfg.out_dir}/ckpt\n    model (HF)  {summary['model_dir']}"

@@ -136,40 +136,46 @@ def plot(runs: dict[str, dict], analysis: dict, out: Path, title: str) -> None:
     write_bytes(out, buf.getvalue())
 
 
-def plan_steps(configs: dict, budget_s: float) -> tuple[dict[str, int], dict[str, float]]:
-    """Steps per size for equal training FLOPs filling `budget_s` seconds, from a few timed steps of each."""
-    from ..train.demo import calibrate_steps
+def step_flops(cfg) -> int:
+    return training_flops_per_token(cfg.model_args(), cfg.seq_len) * cfg.micro_batch_size * cfg.seq_len
 
-    step_s, step_flops = {}, {}
-    for name, cfg in configs.items():
-        _, step_s[name] = calibrate_steps(cfg, budget_s, warmup_steps=3)
-        step_flops[name] = training_flops_per_token(cfg.model_args(), cfg.seq_len) * cfg.micro_batch_size * cfg.seq_len
-    eval_share = 1 + configs[next(iter(configs))].eval_batches / 3 / 10  # ~10 evaluations per run
-    flops_each = 0.9 * budget_s / sum(step_s[n] / step_flops[n] * eval_share for n in configs)
-    return {n: max(10, round(flops_each / step_flops[n])) for n in configs}, step_s
+
+def plan_steps(configs: dict, budget_s: float | None, flops: float | None) -> dict[str, int]:
+    """Steps per size for equal training FLOPs: `flops` each, or as many as fill `budget_s` seconds at the
+    speeds measured in a few timed steps of each size (evaluation takes a share)."""
+    if flops is None:
+        from ..train.demo import calibrate_steps
+
+        seconds_per_flop = {n: calibrate_steps(cfg, budget_s, warmup_steps=3)[1] / step_flops(cfg)
+                            for n, cfg in configs.items()}
+        eval_share = 1 + next(iter(configs.values())).eval_batches / 3 / 10  # ~10 evaluations per run
+        flops = 0.9 * budget_s / (sum(seconds_per_flop.values()) * eval_share)
+    return {n: max(10, round(flops / step_flops(cfg))) for n, cfg in configs.items()}
 
 
 def over_training(out: str | Path = "runs/over-training", *, corpus: str | Path | None = None,
-                  sizes: str = DEFAULT_SIZES, budget_minutes: float = 15.0, vocab_size: int = 2048,
-                  seq_len: int = 128, micro_batch: int = 16, lr: float = 2e-3, progress: bool = True) -> dict:
-    """Run the study; writes `<out>/over-training.json` (every point) and `<out>/over-training.png`."""
+                  sizes: str = DEFAULT_SIZES, budget_minutes: float = 15.0, flops: float | None = None,
+                  vocab_size: int = 2048, seq_len: int = 128, micro_batch: int = 16, lr: float = 2e-3,
+                  progress: bool = True) -> dict:
+    """Run the study; writes `<out>/over-training.json` (every point) and `<out>/over-training.png`.
+    `flops`: the training FLOPs of each size, instead of what `budget_minutes` holds on this machine."""
     from ..data.corpus import DEMO_MIXTURE, demo_sources
     from ..data.prepare import expand_inputs
     from ..train import TrainConfig, train
     from ..train.demo import corpus_tokenizer, pack_corpus
 
-    if not budget_minutes > 0:
-        raise LlamalabError(f"--budget-minutes must be positive, got {budget_minutes:g}")
+    if not budget_minutes > 0 or (flops is not None and not flops > 0):
+        raise LlamalabError(f"--budget-minutes and --flops must be positive, got {budget_minutes:g} and {flops}")
     out = Path(out)
+    models = parse_sizes(sizes, vocab_size, seq_len)  # before any work: a bad size fails fast
     if corpus is not None:
         corpus = Path(corpus)
-        if not expand_inputs([corpus]):
+        if not corpus.exists() or not expand_inputs([corpus]):
             raise LlamalabError(f"--corpus {corpus}: no text files there (plain text, .jsonl, .parquet; may be "
                                 f"compressed)")
         sources, mixture = {"corpus": corpus}, None
     else:
         sources, mixture = demo_sources(), DEMO_MIXTURE
-    models = parse_sizes(sizes, vocab_size, seq_len)  # before any work: a bad size fails fast
     print(f"[1/3] data: {'the demo corpus' if corpus is None else corpus}, SentencePiece BPE, {vocab_size} pieces",
           flush=True)
     tok_dir, data_dir = out / "tokenizer", out / "data"
@@ -184,15 +190,16 @@ def over_training(out: str | Path = "runs/over-training", *, corpus: str | Path 
                            max_steps=steps, dtype="fp32", eval_every=max(1, steps // 10), eval_batches=8,
                            ckpt_every=0, keep_last=1, out_dir=str(out / name), export=False, progress=progress)
 
-    print(f"[2/3] budget: {budget_minutes:g} minutes of training, the same FLOPs for each size", flush=True)
-    steps, step_s = plan_steps({n: config(n, a, 100) for n, a in models.items()}, budget_minutes * 60)
+    print("[2/3] budget: " + (f"{flops:.3g} training FLOPs for each size" if flops else
+                               f"{budget_minutes:g} minutes of training, the same FLOPs for each size"), flush=True)
+    steps = plan_steps({n: config(n, a, 100) for n, a in models.items()}, budget_minutes * 60, flops)
     runs = {}
     for i, (name, args) in enumerate(models.items(), 1):
         cfg = config(name, args, steps[name])
         tokens_per_step = micro_batch * seq_len
         per_token = training_flops_per_token(args, seq_len)
         print(f"[3/3] {i}/{len(models)} {name}: {count_params(args):,d} parameters, {steps[name]:,d} steps × "
-              f"{tokens_per_step:,d} tokens ({step_s[name]:.3f} s/step measured)", flush=True)
+              f"{tokens_per_step:,d} tokens", flush=True)
         shutil.rmtree(cfg.out_dir, ignore_errors=True)  # a study always trains afresh
         summary = train(cfg)
         records = [json.loads(line) for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -205,7 +212,7 @@ def over_training(out: str | Path = "runs/over-training", *, corpus: str | Path 
                       "inference_flops_per_token": inference_flops_per_token(args, seq_len),
                       "tokens_per_s": summary.get("tokens_per_s"), "points": points}
     analysis = analyse(runs)
-    result = {"budget_minutes": budget_minutes, "seq_len": seq_len, "micro_batch": micro_batch,
+    result = {"budget_minutes": None if flops else budget_minutes, "flops_per_size": flops, "seq_len": seq_len, "micro_batch": micro_batch,
               "vocab_size": tok.vocab_size, "corpus": str(corpus) if corpus else "demo", "runs": runs,
               "analysis": analysis, "json": str(out / "over-training.json"), "png": str(out / "over-training.png")}
     from ..atomic import write_text

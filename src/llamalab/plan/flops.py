@@ -6,9 +6,9 @@ Per token of training, with N = matmul parameters, L layers, H query heads of wi
     6·N + 12·L·H·Q·T
 
 6·N: every weight matrix takes part in one multiply-add (2 FLOPs) per token forward and two backward
-(the gradients of the input and of the weight). N counts every parameter except the input embedding
-table, which is a row lookup, not a matmul; a tied output projection *is* counted, since the logits are
-a full matmul against that matrix. 12·L·H·Q·T: the attention scores QKᵀ and their use on the values,
+(the gradients of the input and of the weight). N counts every weight matrix except the input embedding
+table, which is a row lookup, not a matmul (a tied output projection *is* counted: the logits are a full
+matmul against that matrix), and leaves out the RMSNorm gains, which multiply elementwise. 12·L·H·Q·T: the attention scores QKᵀ and their use on the values,
 2·T·H·Q FLOPs each per token forward, ×3 with the backward. Like PaLM this counts the full T×T score
 matrix; a causal kernel skips about half of it, so this is the convention MFU figures are quoted in, not
 the kernel's work. Norms, rotary, SwiGLU's product and the softmax are elementwise and left out (< 1%).
@@ -25,14 +25,16 @@ from ..config import ModelArgs
 
 @functools.lru_cache(maxsize=64)
 def _meta_counts(args: ModelArgs) -> tuple[int, int]:
-    """(all parameters, input-embedding parameters) of the model itself, built on the meta device."""
+    """(all parameters, parameters of the matmuls) of the model itself, built on the meta device."""
     import torch
 
     from ..model import Transformer
 
     with torch.device("meta"):
         model = Transformer(args)
-    return model.num_params(), model.tok_embeddings.weight.numel()
+    matrices = sum(p.numel() for p in model.parameters() if p.ndim == 2)
+    lookup = 0 if args.tie_embeddings else model.tok_embeddings.weight.numel()
+    return model.num_params(), matrices - lookup
 
 
 def count_params(args: ModelArgs) -> int:
@@ -42,10 +44,9 @@ def count_params(args: ModelArgs) -> int:
 
 
 def matmul_params(args: ModelArgs) -> int:
-    """N of the FLOP count: all parameters but the input embedding table (which a tied output
+    """N of the FLOP count: the weight matrices but the input embedding table (which a tied output
     projection multiplies with, so then it counts)."""
-    total, embedding = _meta_counts(args)
-    return total if args.tie_embeddings else total - embedding
+    return _meta_counts(args)[1]
 
 
 def attention_flops_per_token(args: ModelArgs, seq_len: int) -> int:

@@ -38,9 +38,17 @@ def parse_count(text: str, what: str) -> float:
 
 
 def llama_shaped(n_params: float) -> ModelArgs:
-    """The LLaMA-shaped model (head_dim 128, dim = 128·layers, vocab 32000) whose count is closest to n."""
-    shapes = [ModelArgs(dim=128 * layers, n_layers=layers, n_heads=layers) for layers in range(1, 161)]
-    return min(shapes, key=lambda a: abs(count_params(a) - n_params))
+    """The LLaMA-shaped model (head_dim 128, dim = 128·layers, vocab 32000) whose count is closest to n: a
+    bisection over the layer count (the count grows with it), each candidate counted from the model itself."""
+    def shape(layers: int) -> ModelArgs:
+        return ModelArgs(dim=128 * layers, n_layers=layers, n_heads=layers)
+
+    lo, hi = 1, 160
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if count_params(shape(mid)) < n_params else (lo, mid)
+    candidates = [shape(layers) for layers in {max(1, lo - 1), lo}]
+    return min(candidates, key=lambda a: abs(count_params(a) - n_params))
 
 
 @dataclass
@@ -107,8 +115,10 @@ def _does_not_fit(plan_memory, micro_batch: int, mem: MemoryPlan) -> str:
     smaller = [b for b in MICRO_BATCHES if b < micro_batch and plan_memory(b).fits(True)]
     if smaller:
         return head + f"; the largest that fits is {smaller[-1]}: lower --micro-batch"
-    return head + (f" (weights, gradients and AdamW alone: {mem.states / gb:,.1f} GiB); shard them with "
-                   f"--parallel fsdp over more --gpus, or choose a GPU with more memory")
+    enough = next((g for g in (2**i for i in range(1, 21)) if plan_memory(1, fsdp_gpus=g).fits(True)), None)
+    return head + (f" (weights, gradients and AdamW alone: {mem.states / gb:,.1f} GiB); "
+                   + (f"shard them with --parallel fsdp over --gpus {enough} or more" if enough else
+                      "no GPU count makes it fit") + ", or choose a GPU with more memory")
 
 
 def plan_training(*, model: str | None = None, params: str | None = None, config: str | None = None,
@@ -129,9 +139,9 @@ def plan_training(*, model: str | None = None, params: str | None = None, config
         raise LlamalabError(f"--seq-len must be in 1..{run.args.max_seq_len} (the model's context), got {seq_len}")
     micro_batch = micro_batch if micro_batch is not None else run.micro_batch
 
-    def plan_memory(b: int) -> MemoryPlan:
-        return memory_plan(run.args, seq_len=seq_len, micro_batch=b, dtype=dtype, parallel=parallel, gpus=gpus,
-                           capacity=hw.memory_bytes)
+    def plan_memory(b: int, fsdp_gpus: int | None = None) -> MemoryPlan:
+        return memory_plan(run.args, seq_len=seq_len, micro_batch=b, dtype=dtype, capacity=hw.memory_bytes,
+                           parallel="fsdp" if fsdp_gpus else parallel, gpus=fsdp_gpus or gpus)
 
     b, mem, checkpointing = choose_micro_batch(plan_memory, micro_batch)
     if tokens is not None:

@@ -22,8 +22,8 @@ def _duration(days: float) -> str:
 def format_plan(plan: Plan) -> str:
     gpu = get_gpu(plan.gpu)
     inf, setup = plan.inference, plan.setup
-    lines = [f"{plan.model}: {plan.params:,d} parameters ({plan.matmul_params:,d} in matmuls: all but the input "
-             f"embedding, a lookup)"]
+    lines = [f"{plan.model}: {plan.params:,d} parameters ({plan.matmul_params:,d} in weight matrices but the "
+             f"input-embedding lookup: N of the FLOP count)"]
     lines += [f"  note: {n}" for n in plan.notes]
     attention = plan.flops_per_token - 6 * plan.matmul_params
     lines += [
