@@ -19,34 +19,34 @@ Per generated token at context c (inference, KV cache): 2·N + 4·L·H·Q·c.
 from __future__ import annotations
 
 import functools
+import math
 
 from ..config import ModelArgs
 
 
 @functools.lru_cache(maxsize=64)
-def _meta_counts(args: ModelArgs) -> tuple[int, int]:
-    """(all parameters, parameters of the matmuls) of the model itself, built on the meta device."""
+def parameter_shapes(args: ModelArgs) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(name, shape) of every parameter (a tied matrix once), from the model itself built on the meta device
+    (no memory): every count here is the model definition's, never a formula that could drift from it."""
     import torch
 
     from ..model import Transformer
 
     with torch.device("meta"):
         model = Transformer(args)
-    matrices = sum(p.numel() for p in model.parameters() if p.ndim == 2)
-    lookup = 0 if args.tie_embeddings else model.tok_embeddings.weight.numel()
-    return model.num_params(), matrices - lookup
+    return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
 
 
 def count_params(args: ModelArgs) -> int:
-    """Exact parameter count, from the model itself built on the meta device (no memory); a tied
-    embedding is one matrix."""
-    return _meta_counts(args)[0]
+    """Exact parameter count (Table 2's), a tied embedding counted once."""
+    return sum(math.prod(shape) for _, shape in parameter_shapes(args))
 
 
 def matmul_params(args: ModelArgs) -> int:
     """N of the FLOP count: the weight matrices but the input embedding table (which a tied output
     projection multiplies with, so then it counts)."""
-    return _meta_counts(args)[1]
+    lookup = "" if args.tie_embeddings else "tok_embeddings.weight"
+    return sum(math.prod(shape) for name, shape in parameter_shapes(args) if len(shape) == 2 and name != lookup)
 
 
 def attention_flops_per_token(args: ModelArgs, seq_len: int) -> int:

@@ -20,27 +20,14 @@ each block's input and recomputes one block at a time during the backward pass.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import asdict, dataclass
 
 from ..config import ModelArgs
 from ..errors import LlamalabError
-from .flops import matmul_params
+from .flops import matmul_params, parameter_shapes
 
 FP32 = 4
-
-
-@functools.lru_cache(maxsize=64)
-def parameter_shapes(args: ModelArgs) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """(name, shape) of every parameter (a tied matrix once), from the model built on the meta device."""
-    import torch
-
-    from ..model import Transformer
-
-    with torch.device("meta"):
-        model = Transformer(args)
-    return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
 
 
 def sharded_numel(shape: tuple[int, ...], shards: int) -> int:

@@ -16,7 +16,17 @@ def _count(x: float) -> str:
 
 
 def _duration(days: float) -> str:
+    if days * 24 < 1:
+        return f"{days * 24 * 60:,.3g} minutes"
     return f"{days * 24:,.1f} hours" if days < 2 else f"{days:,.1f} days"
+
+
+def _energy(mwh: float) -> str:
+    return f"{mwh:,.2f} MWh" if mwh >= 1 else f"{mwh * 1000:,.3g} kWh"
+
+
+def _carbon(t: float) -> str:
+    return f"{t:,.2f} tCO2eq" if t >= 1 else f"{t * 1000:,.3g} kg CO2eq"
 
 
 def format_plan(plan: Plan) -> str:
@@ -36,14 +46,15 @@ def format_plan(plan: Plan) -> str:
         f"on {plan.gpus:,d} × {gpu.name} ({gpu.bf16_flops / 1e12:,.0f} TFLOP/s bf16 dense, {gpu.power_w:.0f} W) "
         f"at MFU {plan.mfu:.1%}:",
         f"  throughput     {plan.tokens_per_gpu_s:,.0f} tokens/s per GPU, {plan.tokens_per_gpu_s * plan.gpus:,.0f} in all",
-        f"  GPU-hours      {plan.gpu_hours:,.0f}",
+        f"  GPU-hours      {plan.gpu_hours:,.0f}" if plan.gpu_hours >= 100 else f"  GPU-hours      {plan.gpu_hours:.3g}",
         f"  wall-clock     {_duration(plan.days)}",
-        f"  energy         {plan.mwh:,.2f} MWh  (GPU-hours × {gpu.power_w:.0f} W × PUE)",
-        f"  carbon         {plan.tco2eq:,.2f} tCO2eq",
+        f"  energy         {_energy(plan.mwh)}  (GPU-hours × {gpu.power_w:.0f} W × PUE)",
+        f"  carbon         {_carbon(plan.tco2eq)}",
         f"inference at {inf.context} tokens of context: 2·N + 4·L·H·Q·c = {inf.flops_per_token / 1e9:,.4g} GFLOP per token",
         f"  per 1M generated tokens: {inf.gpu_hours_per_m_compute:,.3g} GPU-hours batched at MFU {plan.mfu:.0%} "
-        f"({inf.kwh_per_m_compute:,.3g} kWh); {inf.gpu_hours_per_m_batch1:,.3g} GPU-hours one sequence at a time "
-        f"(bf16 weights read per token at {gpu.bandwidth_gbs:,.0f} GB/s)",
+        f"({inf.kwh_per_m_compute:,.3g} kWh);",
+        f"  {inf.gpu_hours_per_m_batch1:,.3g} GPU-hours one sequence at a time (all bf16 weights read per token at "
+        f"{gpu.bandwidth_gbs:,.0f} GB/s)",
     ]
     if plan.memory is not None:
         lines += format_memory(plan.memory, setup, plan.seq_len, gpu.name, plan.gpus)
