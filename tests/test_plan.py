@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 
@@ -156,6 +157,24 @@ def test_activation_bytes_within_20_percent_of_the_measured_peak(dtype, checkpoi
           f"{measured['peak'] / 1e6:.2f} MB")
     assert measured["peak"] > 10e6
     assert abs(predicted / measured["peak"] - 1) < 0.2
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["no-ac", "ac"])
+def test_fsdp_bf16_activation_bytes_within_20_percent_of_the_measured_peak(checkpointing):
+    """FSDP2 with bf16 mixed precision (bf16 residual stream), in a one-rank process group of its own process."""
+    from pathlib import Path
+
+    probe = Path(__file__).parent / "probes" / "fsdp_activation_peak.py"
+    B, T = 4, 128
+    p = subprocess.run([sys.executable, str(probe), str(B), str(T)] + (["ac"] if checkpointing else []),
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PROBE_PORT": str(29561 + checkpointing)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    measured = int(p.stdout.split()[-1])
+    plan = memory_plan(SMALL, seq_len=T, micro_batch=B, dtype="bf16", parallel="fsdp")
+    predicted = plan.activations_ac if checkpointing else plan.activations
+    print(f"fsdp bf16 checkpointing={checkpointing}: planned {predicted / 1e6:.2f} MB, measured peak "
+          f"{measured / 1e6:.2f} MB")
+    assert abs(predicted / measured - 1) < 0.2
 
 
 def test_fsdp_shards_model_states_and_tp_hook_divides():
