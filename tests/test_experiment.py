@@ -82,8 +82,12 @@ def test_sizes_parse_and_sort():
     (["--budget-minutes", "0"], "must be positive"),
     (["--corpus", "no/such/dir"], "no text files"),
 ])
-def test_bad_input_is_one_line_exit_2(tmp_path, argv, message):
-    p = run(*argv, "--out", str(tmp_path / "study"))
-    assert p.returncode == 2, p.stdout + p.stderr
-    assert p.stderr.startswith("llamalab experiment: error: ") and message in p.stderr, p.stderr
-    assert p.stderr.count("\n") == 1
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
+    from llamalab.cli import main
+
+    code = main(["experiment", "over-training", *argv, "--out", str(tmp_path / "study")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("llamalab experiment: error: ") and message in err, err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "study").exists()  # nothing written before the input is checked

@@ -191,22 +191,27 @@ def test_fsdp_shards_model_states_and_tp_hook_divides():
 
 # --- the CLI -----------------------------------------------------------------------------------------------
 
-def llamalab(*argv):
-    return subprocess.run([sys.executable, "-m", "llamalab", *argv], capture_output=True, text=True, timeout=120)
+def llamalab(capsys, *argv):
+    """The CLI in this process (no interpreter start-up per case): (exit code, stdout, stderr)."""
+    from llamalab.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
 
 
-def test_plan_cli_paper_and_model():
-    p = llamalab("plan", "--paper")
+def test_plan_cli_paper_and_model(capsys):
+    p = llamalab(capsys, "plan", "--paper")
     assert p.returncode == 0, p.stderr
     assert "1,022,362" in p.stdout and "1,023,392" in p.stdout and "20.8 days" in p.stdout
-    p = llamalab("plan", "--model", "llama-65b", "--gpus", "2048", "--tokens-per-gpu-s", "380", "--json")
+    p = llamalab(capsys, "plan", "--model", "llama-65b", "--gpus", "2048", "--tokens-per-gpu-s", "380", "--json")
     assert p.returncode == 0, p.stderr
     plan = json.loads(p.stdout)
     assert plan["params"] == 65_285_660_672 and plan["tokens"] == 1.4e12
     assert plan["gpu_hours"] == pytest.approx(1_022_362, rel=0.01) and plan["days"] == pytest.approx(21, abs=0.5)
     assert plan["mwh"] == pytest.approx(449, rel=0.01) and plan["tco2eq"] == pytest.approx(173, rel=0.01)
     assert plan["memory"]["total"] <= 0.9 * 80 * 2**30 and plan["setup"]["micro_batch"] >= 1
-    p = llamalab("plan", "--params", "7B", "--tokens", "1T", "--gpu", "h100-80gb", "--gpus", "64")
+    p = llamalab(capsys, "plan", "--params", "7B", "--tokens", "1T", "--gpu", "h100-80gb", "--gpus", "64")
     assert p.returncode == 0, p.stderr
     assert "dim 4096, 32 layers" in p.stdout and "h100-80gb" in p.stdout
 
@@ -221,8 +226,8 @@ def test_plan_cli_paper_and_model():
     (["--model", "llama-7b", "--mfu", "1.5"], "--mfu must be in (0, 1]"),
     ([], "name exactly one of"),
 ])
-def test_plan_bad_input_is_one_line_exit_2(argv, message):
-    p = llamalab("plan", *argv)
+def test_plan_bad_input_is_one_line_exit_2(capsys, argv, message):
+    p = llamalab(capsys, "plan", *argv)
     assert p.returncode == 2, p.stdout + p.stderr
     assert p.stderr.startswith("llamalab plan: error: ") and message in p.stderr, p.stderr
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
