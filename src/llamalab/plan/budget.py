@@ -106,8 +106,6 @@ def make_plan(args: ModelArgs, *, name: str, tokens: float, tokens_source: str, 
         raise LlamalabError(f"--tokens must be positive, got {tokens:g}")
     if gpus < 1:
         raise LlamalabError(f"--gpus must be at least 1, got {gpus}")
-    if seq_len < 1 or seq_len > args.max_seq_len:
-        raise LlamalabError(f"--seq-len must be in 1..{args.max_seq_len} (the model's context), got {seq_len}")
     mfu, per_gpu = throughput(args, seq_len, gpu, mfu=mfu, tokens_per_gpu_s=tokens_per_gpu_s)
     n = count_params(args)
     gpu_hours = tokens / per_gpu / 3600

@@ -21,6 +21,7 @@ import json
 import math
 import re
 import shutil
+import time
 from pathlib import Path
 
 from ..config import ModelArgs, get_preset
@@ -153,6 +154,25 @@ def plan_steps(configs: dict, budget_s: float | None, flops: float | None) -> di
     return {n: max(10, round(flops / step_flops(cfg))) for n, cfg in configs.items()}
 
 
+def train_size(cfg) -> dict:
+    """Train one size afresh through the ordinary training loop; its held-out loss curve with tokens and FLOPs."""
+    from ..train import train
+
+    args = cfg.model_args()
+    per_token = training_flops_per_token(args, cfg.seq_len)
+    shutil.rmtree(cfg.out_dir, ignore_errors=True)  # a study always trains afresh
+    summary = train(cfg)
+    records = [json.loads(line) for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    points = [{"step": r["step"], "tokens": r["tokens"], "flops": r["tokens"] * per_token, "val_loss": r["val_loss"]}
+              for r in records if "val_loss" in r]
+    if not points:
+        raise LlamalabError(f"{cfg.out_dir}: no held-out loss was logged (is the held-out split empty?)")
+    return {"model_args": args.to_dict(), "params": count_params(args), "steps": cfg.max_steps,
+            "training_flops_per_token": per_token,
+            "inference_flops_per_token": inference_flops_per_token(args, cfg.seq_len),
+            "tokens_per_s": summary.get("tokens_per_s"), "points": points}
+
+
 def over_training(out: str | Path = "runs/over-training", *, corpus: str | Path | None = None,
                   sizes: str = DEFAULT_SIZES, budget_minutes: float = 15.0, flops: float | None = None,
                   vocab_size: int = 2048, seq_len: int = 128, micro_batch: int = 16, lr: float = 2e-3,
@@ -161,9 +181,10 @@ def over_training(out: str | Path = "runs/over-training", *, corpus: str | Path 
     `flops`: the training FLOPs of each size, instead of what `budget_minutes` holds on this machine."""
     from ..data.corpus import DEMO_MIXTURE, demo_sources
     from ..data.prepare import expand_inputs
-    from ..train import TrainConfig, train
+    from ..train import TrainConfig
     from ..train.demo import corpus_tokenizer, pack_corpus
 
+    t_start = time.perf_counter()
     if not budget_minutes > 0 or (flops is not None and not flops > 0):
         raise LlamalabError(f"--budget-minutes and --flops must be positive, got {budget_minutes:g} and {flops}")
     out = Path(out)
@@ -195,26 +216,14 @@ def over_training(out: str | Path = "runs/over-training", *, corpus: str | Path 
     steps = plan_steps({n: config(n, a, 100) for n, a in models.items()}, budget_minutes * 60, flops)
     runs = {}
     for i, (name, args) in enumerate(models.items(), 1):
-        cfg = config(name, args, steps[name])
-        tokens_per_step = micro_batch * seq_len
-        per_token = training_flops_per_token(args, seq_len)
         print(f"[3/3] {i}/{len(models)} {name}: {count_params(args):,d} parameters, {steps[name]:,d} steps × "
-              f"{tokens_per_step:,d} tokens", flush=True)
-        shutil.rmtree(cfg.out_dir, ignore_errors=True)  # a study always trains afresh
-        summary = train(cfg)
-        records = [json.loads(line) for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
-        points = [{"step": r["step"], "tokens": r["tokens"], "flops": r["tokens"] * per_token,
-                   "val_loss": r["val_loss"]} for r in records if "val_loss" in r]
-        if not points:
-            raise LlamalabError(f"{cfg.out_dir}: no held-out loss was logged (is the held-out split empty?)")
-        runs[name] = {"model_args": args.to_dict(), "params": count_params(args), "steps": steps[name],
-                      "training_flops_per_token": per_token,
-                      "inference_flops_per_token": inference_flops_per_token(args, seq_len),
-                      "tokens_per_s": summary.get("tokens_per_s"), "points": points}
+              f"{micro_batch * seq_len:,d} tokens", flush=True)
+        runs[name] = train_size(config(name, args, steps[name]))
     analysis = analyse(runs)
-    result = {"budget_minutes": None if flops else budget_minutes, "flops_per_size": flops, "seq_len": seq_len, "micro_batch": micro_batch,
-              "vocab_size": tok.vocab_size, "corpus": str(corpus) if corpus else "demo", "runs": runs,
-              "analysis": analysis, "json": str(out / "over-training.json"), "png": str(out / "over-training.png")}
+    result = {"budget_minutes": None if flops else budget_minutes, "flops_per_size": flops, "seq_len": seq_len,
+              "micro_batch": micro_batch, "vocab_size": tok.vocab_size, "corpus": str(corpus) if corpus else "demo", "runs": runs,
+              "analysis": analysis, "json": str(out / "over-training.json"), "png": str(out / "over-training.png"),
+              "elapsed_s": time.perf_counter() - t_start}
     from ..atomic import write_text
 
     write_text(out / "over-training.json", json.dumps(result, indent=2))
@@ -245,5 +254,5 @@ def format_result(result: dict) -> str:
                          f"ends at {p['smaller_final_loss']:.3f}, at {p['serving_cost_ratio']:.2f}× the serving cost")
     else:
         lines.append("\nno smaller model passed a larger one's final loss within this budget")
-    lines.append(f"\nwrote {result['json']} and {result['png']}")
+    lines.append(f"\nwrote {result['json']} and {result['png']} ({result['elapsed_s'] / 60:.1f} minutes in all)")
     return "\n".join(lines)
