@@ -187,6 +187,8 @@ def over_training(out: str | Path = "runs/over-training", *, corpus: str | Path 
     t_start = time.perf_counter()
     if not budget_minutes > 0 or (flops is not None and not flops > 0):
         raise LlamalabError(f"--budget-minutes and --flops must be positive, got {budget_minutes:g} and {flops}")
+    if seq_len < 2 or micro_batch < 1:
+        raise LlamalabError(f"--seq-len must be at least 2 and --micro-batch at least 1, got {seq_len} and {micro_batch}")
     out = Path(out)
     models = parse_sizes(sizes, vocab_size, seq_len)  # before any work: a bad size fails fast
     if corpus is not None:
