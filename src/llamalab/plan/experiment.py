@@ -105,6 +105,7 @@ def plot(runs: dict[str, dict], analysis: dict, out: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     from ..atomic import write_bytes
 
@@ -119,9 +120,12 @@ def plot(runs: dict[str, dict], analysis: dict, out: Path, title: str) -> None:
             axes[2].plot(*zip(*reach), "o-", ms=4, label=label)
     for ax, xlabel in zip(axes[:2], ("training tokens", "training FLOPs (6·N + 12·L·H·Q·T per token)")):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.axhline(analysis["unigram_baseline"], color="gray", ls="--", lw=1, label="unigram baseline")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out loss (nats/token)")
     axes[2].set_yscale("log")
+    axes[2].yaxis.set_minor_formatter(NullFormatter())
     axes[2].invert_xaxis()
     axes[2].set_xlabel("target held-out loss")
     axes[2].set_ylabel("training FLOPs to reach it")
@@ -221,7 +225,10 @@ def over_training(out: str | Path = "runs/over-training", *, corpus: str | Path 
         print(f"[3/3] {i}/{len(models)} {name}: {count_params(args):,d} parameters, {steps[name]:,d} steps × "
               f"{micro_batch * seq_len:,d} tokens", flush=True)
         runs[name] = train_size(config(name, args, steps[name]))
+    from ..train.demo import unigram_baseline
+
     analysis = analyse(runs)
+    analysis["unigram_baseline"] = unigram_baseline(config(next(iter(models)), next(iter(models.values())), 10))
     result = {"budget_minutes": None if flops else budget_minutes, "flops_per_size": flops, "seq_len": seq_len,
               "micro_batch": micro_batch, "vocab_size": tok.vocab_size, "corpus": str(corpus) if corpus else "demo", "runs": runs,
               "analysis": analysis, "json": str(out / "over-training.json"), "png": str(out / "over-training.png"),
@@ -243,6 +250,8 @@ def format_result(result: dict) -> str:
         last = r["points"][-1]
         lines.append(f"{name:10s} {r['params'] / 1e6:8.2f}M {last['tokens']:10,d} {last['tokens'] / r['params']:9.1f} "
                      f"{last['flops']:11.3e} {last['val_loss']:10.3f} {r['inference_flops_per_token'] / 1e6:13.2f}M")
+    lines.append(f"{'unigram':10s} {'':>9s} {'':>10s} {'':>9s} {'':>11s} {a['unigram_baseline']:10.3f}   "
+                 f"(training-token frequencies: the loss of a model that learned nothing else)")
     lines.append("\nto reach a held-out loss (training FLOPs; — = never within the budget):")
     lines.append(f"  {'loss':>6s}  " + "  ".join(f"{n:>10s}" for n in runs) + "   cheapest to train / to serve")
     for t in a["targets"]:
