@@ -40,8 +40,9 @@ _BENCH_SIZE = 1024
 
 @functools.lru_cache(maxsize=None)
 def measured_cpu_matmul_flops(dtype: torch.dtype, threads: int, repeats: int = 8) -> float:
-    """FLOP/s of the fastest of `repeats` (n×n)·(n×n) matmuls (2·n³ FLOPs each) on this CPU: the rate the
-    model's own matmuls can reach at best, so MFU against it stays below 100%. ~0.1-0.5 s, once per process."""
+    """FLOP/s of the fastest of `repeats` (n×n)·(n×n) matmuls (2·n³ FLOPs each) on this CPU: about the best
+    rate the model's own matmuls can reach here, so MFU reads as the share of it the training step achieves
+    (a busy machine measured at start can push it past 100%). ~0.1-1 s, once per process."""
     del threads  # part of the cache key: the rate depends on it
     n = _BENCH_SIZE
     g = torch.Generator().manual_seed(0)
