@@ -18,7 +18,7 @@ from llamalab.plan.flops import training_flops_per_token
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
     from llamalab.data.corpus import demo_sources
-    from llamalab.train.demo import quick_corpus
+    from llamalab.demo import quick_corpus
 
     return quick_corpus(demo_sources(), tmp_path_factory.mktemp("corpus"), docs=25)["prose"].parent
 

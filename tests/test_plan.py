@@ -108,13 +108,13 @@ def test_model_states_equal_what_pytorch_allocates():
     """The trainer's own model build, backward and fused AdamW step: weights (+ the rope table), gradients
     and optimizer state are exactly the planned bytes."""
     from llamalab.train.optim import build_optimizer
-    from llamalab.train.parallel import World, build_model
+    from llamalab.train.parallel import World, build_parallel_model
 
     args, (B, T) = get_preset("tiny"), (2, 32)
     plan = memory_plan(args, seq_len=T, micro_batch=B, dtype="fp32", parallel="none")
     with allocations() as built:
-        model, _ = build_model(args, world=World(), parallel="none", activation_checkpointing=False, compile=False,
-                               bf16=False, std=0.02, seed=0)
+        model, _ = build_parallel_model(args, world=World(), parallel="none", activation_checkpointing=False,
+                                        compile=False, bf16=False, std=0.02, seed=0)
     assert built["net"] == plan.weights + plan.buffers  # fp32 parameters + the complex64 rope table
     x = torch.randint(0, args.vocab_size, (B, T + 1))
     with allocations() as backward:

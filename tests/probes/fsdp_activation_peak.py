@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from test_plan import SMALL, allocations  # noqa: E402
 
 from llamalab.train.loop import next_token_loss  # noqa: E402
-from llamalab.train.parallel import World, build_model  # noqa: E402
+from llamalab.train.parallel import World, build_parallel_model  # noqa: E402
 
 
 def main():
@@ -20,8 +20,9 @@ def main():
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("PROBE_PORT", "29561"), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
     dist.init_process_group("gloo")
-    _, train_model = build_model(SMALL, world=World(), parallel="fsdp", activation_checkpointing=checkpointing,
-                                 compile=False, bf16=True, std=0.02, seed=0)
+    _, train_model = build_parallel_model(SMALL, world=World(), parallel="fsdp",
+                                          activation_checkpointing=checkpointing, compile=False, bf16=True,
+                                          std=0.02, seed=0)
     x = torch.randint(0, SMALL.vocab_size, (batch, seq_len + 1), generator=torch.Generator().manual_seed(0))
 
     def step():

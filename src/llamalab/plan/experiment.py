@@ -149,7 +149,7 @@ def plan_steps(configs: dict, budget_s: float | None, flops: float | None) -> di
     """Steps per size for equal training FLOPs: `flops` each, or as many as fill `budget_s` seconds at the
     speeds measured in a few timed steps of each size (evaluation takes a share)."""
     if flops is None:
-        from ..train.demo import calibrate_steps
+        from ..demo import calibrate_steps
 
         seconds_per_flop = {n: calibrate_steps(cfg, budget_s, warmup_steps=3)[1] / step_flops(cfg)
                             for n, cfg in configs.items()}
@@ -186,7 +186,7 @@ def over_training(out: str | Path = "runs/over-training", *, corpus: str | Path 
     from ..data.corpus import DEMO_MIXTURE, demo_sources
     from ..data.prepare import expand_inputs
     from ..train import TrainConfig
-    from ..train.demo import corpus_tokenizer, pack_corpus
+    from ..demo import corpus_tokenizer, pack_corpus
 
     t_start = time.perf_counter()
     if not budget_minutes > 0 or (flops is not None and not flops > 0):
@@ -225,7 +225,7 @@ def over_training(out: str | Path = "runs/over-training", *, corpus: str | Path 
         print(f"[3/3] {i}/{len(models)} {name}: {count_params(args):,d} parameters, {steps[name]:,d} steps × "
               f"{micro_batch * seq_len:,d} tokens", flush=True)
         runs[name] = train_size(config(name, args, steps[name]))
-    from ..train.demo import unigram_baseline
+    from ..demo import unigram_baseline
 
     analysis = analyse(runs)
     analysis["unigram_baseline"] = unigram_baseline(config(next(iter(models)), next(iter(models.values())), 10))

@@ -1,16 +1,15 @@
-"""What a run reports: a metrics JSONL, a progress bar with ETA and live loss, a loss-curve PNG, and MFU."""
+"""What a run reports: a metrics JSONL, a loss-curve PNG, and MFU (the progress bar is the loop's)."""
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from ..atomic import write_text
+from ..atomic import staged_file, write_text
 from ..config import ModelArgs
 from ..plan.flops import training_flops_per_token
 
@@ -114,7 +113,6 @@ def plot_loss(records: list[dict], out: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp)
+    with staged_file(out) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, out)
