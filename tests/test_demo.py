@@ -27,6 +27,7 @@ def test_demo_quick(tmp_path):
     assert [r["step"] for r in recs] == list(range(1, 31))
     assert np.mean([r["loss"] for r in recs[-5:]]) < np.mean([r["loss"] for r in recs[:5]]) - 0.3  # it learns
     assert all(k in recs[0] for k in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "elapsed_s"))
+    assert all(r["mfu"] > 0 for r in recs) and "MFU" in p.stdout  # against the CPU's measured matmul peak
 
     import llamalab
 

@@ -5,8 +5,9 @@
     run_demo("runs/quick", quick=True)                             # a one-minute smoke run
     run_demo("runs/mine", config=dataclasses.replace(demo_config(), lr=1e-3), steps=200)
 
-Also here: the demo's helpers (a corpus slice for `quick`, minutes turned into a fixed step count, and
-the unigram baseline its held-out perplexity is compared with).
+Also here: the demo's helpers, which `llamalab experiment` trains with too (a corpus slice for `quick`,
+the corpus's tokenizer and shards, minutes turned into a fixed step count, and the unigram baseline the
+held-out perplexity is compared with).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .model import Transformer
 from .tokenizer import load_tokenizer, train_tokenizer
 from .train import TrainConfig, load_config, resolve_config_path, train
 from .train.loop import next_token_loss
+from .train.metrics import MetricsLog
 from .train.optim import build_optimizer
 
 PROMPTS = ["The President of the United States", "Call me Ishmael.", "def read_file(path):", "Q: How do I"]
@@ -69,19 +71,14 @@ def run_demo(out="runs/demo", *, quick: bool = False, minutes: float = 8.5, step
     vocab = cfg.model_args().vocab_size
     stage(2, f"tokenizer: SentencePiece BPE, {vocab} pieces, digits split, byte fallback (paper §2.1)")
     tok_dir = out / f"tokenizer{suffix}"
-    if (tok_dir / "tokenizer.model").is_file():
-        tok = load_tokenizer(tok_dir)
-        print(f"  reusing {tok_dir} ({tok.vocab_size} pieces)")
-    else:
-        tok = train_tokenizer(list(sources.values()), vocab, tok_dir,
-                              input_sentence_size=20_000 if quick else 300_000, progress=progress)
+    tok = corpus_tokenizer(list(sources.values()), tok_dir, vocab, sentences=20_000 if quick else 300_000,
+                           progress=progress)
     sample = "In 1913, the President said: def f(x): return x ** 2"
     print(f"  {sample!r} → {[tok.id_to_piece(i) for i in tok.encode(sample)][:24]}")
 
     stage(3, "data: tokenize + pack into uint16 shards, 5% of documents held out")
     data_dir = out / f"data{suffix}"
-    prepare({k: [v] for k, v in sources.items()}, tok_dir / "tokenizer.model", data_dir, val_fraction=0.05,
-            progress=progress)
+    pack_corpus(sources, tok_dir, data_dir, progress=progress)
 
     stage(4, "pretraining: AdamW (0.9, 0.95), wd 0.1, clip 1.0, warmup + cosine to 10%")
     model = cfg.model if isinstance(cfg.model, dict) else {"preset": cfg.model}
@@ -123,6 +120,26 @@ def show_results(cfg: TrainConfig, summary: dict) -> None:
     print(f"  unigram baseline     {math.exp(unigram):10.1f}   (training-token frequencies, same held-out tokens)")
     print(f"  trained {summary['step']} steps × {summary['tokens_per_step']:,} tokens of a "
           f"{summary['params'] / 1e6:.1f}M-parameter LLaMA, ~{summary.get('tokens_per_s') or 0:,.0f} tokens/s")
+    mfus = sorted(r["mfu"] for r in MetricsLog(Path(cfg.out_dir) / "metrics.jsonl").read() if r.get("mfu"))
+    if mfus:
+        print(f"  MFU {mfus[len(mfus) // 2]:.0%} (median step; against {summary['peak_flops']})")
+
+
+def corpus_tokenizer(files: list[Path], tok_dir: Path, vocab_size: int, *, sentences: int, progress: bool):
+    """The tokenizer in `tok_dir` if one was trained there before, else a new one trained on `files` (the
+    paper's SentencePiece BPE settings, at most `sentences` sampled lines)."""
+    if (tok_dir / "tokenizer.model").is_file():
+        tok = load_tokenizer(tok_dir)
+        print(f"  reusing {tok_dir} ({tok.vocab_size} pieces)")
+        return tok
+    return train_tokenizer(files, vocab_size, tok_dir, input_sentence_size=sentences, progress=progress)
+
+
+def pack_corpus(sources: dict[str, Path], tok_dir: Path, data_dir: Path, *, progress: bool) -> None:
+    """Tokenize and pack each source into `data_dir`, 5% of documents held out (idempotent: an unchanged
+    source is left alone)."""
+    prepare({k: [v] for k, v in sources.items()}, tok_dir / "tokenizer.model", data_dir, val_fraction=0.05,
+            progress=progress)
 
 
 def quick_corpus(sources: dict[str, Path], out: Path, docs: int) -> dict[str, Path]:

@@ -31,6 +31,8 @@ COMMANDS = {
     "lora": "lora",
     "eval": "eval",
     "demo": "demo",
+    "plan": "plan",
+    "experiment": "experiment",
 }
 
 

@@ -308,7 +308,7 @@ def fit(run: Run) -> dict:
 
         bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     hang_after = int(os.environ.get("LLAMALAB_TEST_HANG_AFTER_CHECKPOINT", "-1"))  # test hook (SIGKILL tests)
-    n_params, (peak, _) = run.model.num_params(), peak_flops(world.device)
+    peak, _ = peak_flops(world.device, torch.bfloat16 if run.bf16 else torch.float32)
     t_start = time.perf_counter()
     last = {}
     run.model.train()
@@ -319,7 +319,7 @@ def fit(run: Run) -> dict:
         tokens_seen += result["tokens"]
         tok_s = result["tokens"] / (time.perf_counter() - t0)
         record = {"step": step, "loss": result["loss"], "lr": result["lr"], "grad_norm": result["grad_norm"],
-                  "tokens": tokens_seen, "tokens_per_s": tok_s, "mfu": mfu(n_params, tok_s, peak),
+                  "tokens": tokens_seen, "tokens_per_s": tok_s, "mfu": mfu(run.args, cfg.seq_len, tok_s / world.world_size, peak),
                   "elapsed_s": time.perf_counter() - t_start}
         if result["skipped"]:
             record["skipped"] = True
@@ -385,7 +385,7 @@ def finish(run: Run, log: MetricsLog, step: int, tokens_seen: int, last: dict) -
     out = run.out
     summary = {"step": step, "loss": last.get("loss"), "val_loss": last.get("val_loss"), "out_dir": str(out),
                "params": run.model.num_params(), "tokens": tokens_seen, "tokens_per_step": tokens_seen // max(1, step),
-               "peak_flops": peak_flops(run.world.device)[1]}
+               "peak_flops": peak_flops(run.world.device, torch.bfloat16 if run.bf16 else torch.float32)[1]}
     if run.world.is_main:
         records = log.read()
         plot_loss(records, out / "loss.png", title=run.title)

@@ -2,34 +2,63 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 from pathlib import Path
 
 import torch
 
 from ..atomic import staged_file, write_text
-
-# Dense peak FLOP/s per device (bf16 tensor cores on GPUs). Unknown GPUs get no MFU.
-_GPU_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
-             "V100": 125e12, "4090": 165e12, "3090": 71e12}
+from ..config import ModelArgs
+from ..plan.flops import training_flops_per_token
 
 
-def peak_flops(device: torch.device) -> tuple[float | None, str]:
-    """(peak FLOP/s, description). On CPU the figure is only indicative: threads × 2.5 GHz × 32 fp32
-    FLOP/cycle (two AVX2 FMA units)."""
+def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[float | None, str]:
+    """(peak FLOP/s, description) that MFU divides by. A GPU: the dense bf16 datasheet peak of the planner's
+    table (`llamalab.plan.gpus`); an unknown GPU gets no MFU. A CPU has no datasheet figure worth the name, so
+    its peak is measured once per process: the best of a few large matmuls in the training dtype."""
     if device.type == "cuda":
+        from ..plan.gpus import gpu_for_device
+
         name = torch.cuda.get_device_name(device)
-        for key, flops in _GPU_PEAK.items():
-            if key in name:
-                return flops, f"{name} bf16 dense peak"
-        return None, f"{name} (peak unknown)"
-    threads = torch.get_num_threads()
-    return threads * 2.5e9 * 32, f"CPU, {threads} threads × 2.5 GHz × 32 FLOP/cycle (indicative)"
+        gpu = gpu_for_device(name)
+        if gpu is None:
+            return None, f"{name} (peak unknown: no MFU)"
+        return gpu.bf16_flops, f"{name} = {gpu.name}, {gpu.bf16_flops / 1e12:g} TFLOP/s bf16 dense peak"
+    if device.type != "cpu":
+        return None, f"{device.type} (peak unknown: no MFU)"
+    dtype = dtype if dtype == torch.bfloat16 else torch.float32
+    flops = measured_cpu_matmul_flops(dtype, torch.get_num_threads())
+    return flops, (f"CPU, {torch.get_num_threads()} threads: {flops / 1e9:,.0f} GFLOP/s, the best "
+                   f"{_BENCH_SIZE}x{_BENCH_SIZE} {str(dtype).removeprefix('torch.')} matmul measured at start")
 
 
-def mfu(n_params: int, tokens_per_s: float, peak: float | None) -> float | None:
-    """Model FLOPs utilization: 6·N·(tokens/s) over the device's peak (Chowdhery et al. 2022)."""
-    return None if not peak else 6 * n_params * tokens_per_s / peak
+_BENCH_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=None)
+def measured_cpu_matmul_flops(dtype: torch.dtype, threads: int, repeats: int = 8) -> float:
+    """FLOP/s of the fastest of `repeats` (n×n)·(n×n) matmuls (2·n³ FLOPs each) on this CPU: about the best
+    rate the model's own matmuls can reach here, so MFU reads as the share of it the training step achieves
+    (a busy machine measured at start can push it past 100%). ~0.1-1 s, once per process."""
+    del threads  # part of the cache key: the rate depends on it
+    n = _BENCH_SIZE
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
+    torch.mm(a, b)  # warm-up: thread pool, packing buffers
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def mfu(args: ModelArgs, seq_len: int, tokens_per_s: float, peak: float | None) -> float | None:
+    """Model FLOPs utilization (Chowdhery et al. 2022): the model's FLOP/s — tokens/s times the planner's
+    `training_flops_per_token` (6·N + 12·L·H·Q·T, N without the input embedding) — over the device's peak."""
+    return None if not peak else training_flops_per_token(args, seq_len) * tokens_per_s / peak
 
 
 class MetricsLog:
