@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from test_plan import SMALL, allocations  # noqa: E402
 
 from llamalab.train.loop import next_token_loss  # noqa: E402
-from llamalab.train.parallel import World, build_parallel_model  # noqa: E402
+from llamalab.train.parallel import World, build_parallel_model, random_init  # noqa: E402
 
 
 def main():
@@ -22,7 +22,7 @@ def main():
     dist.init_process_group("gloo")
     _, train_model = build_parallel_model(SMALL, world=World(), parallel="fsdp",
                                           activation_checkpointing=checkpointing, compile=False, bf16=True,
-                                          std=0.02, seed=0)
+                                          full_tensor=random_init(SMALL, 0.02, torch.Generator().manual_seed(0)))
     x = torch.randint(0, SMALL.vocab_size, (batch, seq_len + 1), generator=torch.Generator().manual_seed(0))
 
     def step():
