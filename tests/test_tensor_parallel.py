@@ -17,11 +17,10 @@ import torch
 
 import llamalab
 from llamalab import formats
-from llamalab.config import ModelArgs, get_preset
+from llamalab.config import ModelArgs, check_tensor_parallel, get_preset, supported_sizes
 from llamalab.errors import LlamalabError
 from llamalab.generate import decode_text, generate
 from llamalab.model import Transformer
-from llamalab.tensor_parallel import check_tensor_parallel, supported_sizes
 
 PROMPT = "The capital of France is"
 
@@ -74,3 +73,22 @@ def test_unsupported_sizes_are_one_clear_error(tiny_checkpoint):
     p = cli("--model", str(tiny_checkpoint), "--prompt", PROMPT, "--tensor-parallel", "2")  # no torchrun
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "needs 2 processes" in p.stderr.strip().splitlines()[-1]
+
+
+def test_plan_reports_memory_per_gpu_for_tp_times_fsdp(capsys):
+    """`llamalab plan --tensor-parallel N`: the memory plan of N-way tensor (+ sequence) parallelism × FSDP2
+    over the remaining GPUs: states sharded over all GPUs, activations divided by N (the planner's model)."""
+    from llamalab.cli import main
+    from llamalab.plan.planner import plan_training
+
+    one = plan_training(model="llama-65b", gpus=2048, micro_batch=1)
+    tp8 = plan_training(model="llama-65b", gpus=2048, micro_batch=1, tensor_parallel=8)
+    assert tp8.setup["tensor_parallel"] == 8
+    assert tp8.memory.activations == one.memory.activations // 8
+    assert tp8.memory.weights == pytest.approx(one.memory.weights, rel=2e-2)  # 2048-way sharded either way (padding)
+    assert main(["plan", "--model", "llama-65b", "--gpus", "2048", "--tensor-parallel", "8"]) == 0
+    assert "tensor parallel 8 (+ sequence parallel) × fsdp over 256 groups" in capsys.readouterr().out
+    for argv, message in ((["--tensor-parallel", "3"], "supported sizes: 1, 2, 4, 8, 16, 32, 64"),
+                          (["--tensor-parallel", "8", "--gpus", "12"], "--tensor-parallel 8 must divide --gpus 12")):
+        assert main(["plan", "--model", "llama-65b", *argv]) == 2
+        assert message in capsys.readouterr().err

@@ -16,9 +16,6 @@ from the tensor shapes, so `model.py` knows nothing of this.
 
 from __future__ import annotations
 
-import math
-from functools import reduce
-
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -26,30 +23,8 @@ from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_modul
 from torch.distributed.tensor.parallel import (ColwiseParallel, ParallelStyle, PrepareModuleInput, RowwiseParallel,
                                                SequenceParallel, parallelize_module)
 
-from .config import ModelArgs
+from .config import check_tensor_parallel
 from .errors import LlamalabError
-
-
-def supported_sizes(args: ModelArgs) -> list[int]:
-    """The tensor-parallel sizes a model splits into evenly: divisors of its query heads, key/value heads,
-    hidden units and vocabulary."""
-    g = reduce(math.gcd, (args.n_heads, args.kv_heads, args.hidden_dim, args.vocab_size))
-    return [n for n in range(1, g + 1) if g % n == 0]
-
-
-def check_tensor_parallel(args: ModelArgs, tp: int, *, seq_len: int | None = None) -> None:
-    """A LlamalabError unless the model splits evenly into `tp` parts (and, with sequence parallelism,
-    the sequence too)."""
-    if tp < 1:
-        raise LlamalabError(f"tensor_parallel must be a positive integer, got {tp}")
-    if tp not in supported_sizes(args):
-        raise LlamalabError(
-            f"tensor parallel size {tp} does not divide this model's {args.n_heads} query heads, {args.kv_heads} "
-            f"key/value heads, {args.hidden_dim} hidden units and {args.vocab_size}-token vocabulary evenly; "
-            f"supported sizes: {', '.join(map(str, supported_sizes(args)))}")
-    if seq_len is not None and seq_len % tp:
-        raise LlamalabError(f"sequence_parallel splits the sequence over {tp} ranks: seq_len {seq_len} must be a "
-                            f"multiple of tensor_parallel {tp}")
 
 
 class ReplicateParallel(ParallelStyle):

@@ -4,6 +4,7 @@ EPILOG = """examples:
   llamalab plan --model llama-7b --gpus 2048              # the paper's 1.0T tokens, A100-80GB, FSDP
   llamalab plan --params 1.3B --tokens 300B --gpu h100-80gb --gpus 64 --mfu 0.45
   llamalab plan --config llama-7b --gpus 256 --json       # a training config as `llamalab train` runs it
+  llamalab plan --model llama-65b --gpus 2048 --tensor-parallel 8   # memory per GPU, tp 8 × fsdp 256
   llamalab plan --paper                                   # Table 15 and the 65B run, recomputed"""
 
 
@@ -29,6 +30,8 @@ def add_arguments(p):
     p.add_argument("--seq-len", type=int, help="sequence length (default: the model's context)")
     p.add_argument("--micro-batch", type=int, help="sequences per GPU per step (default: the largest that fits)")
     p.add_argument("--parallel", choices=("fsdp", "ddp", "none"), help="default fsdp")
+    p.add_argument("--tensor-parallel", type=int, metavar="N",
+                   help="GPUs per model copy, split by heads with sequence parallelism (default 1)")
     p.add_argument("--dtype", choices=("bf16", "fp32"), help="default bf16")
     p.add_argument("--pue", type=float, default=1.1, help="data-center power usage effectiveness (default 1.1)")
     p.add_argument("--carbon-intensity", type=float, default=0.385, help="kg CO2eq per kWh (default 0.385)")
@@ -52,5 +55,6 @@ def run(args):
     plan = plan_training(model=args.model, params=args.params, config=args.config, tokens=args.tokens,
                          gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, tokens_per_gpu_s=args.tokens_per_gpu_s,
                          seq_len=args.seq_len, micro_batch=args.micro_batch, parallel=args.parallel,
-                         dtype=args.dtype, pue=args.pue, carbon=args.carbon_intensity)
+                         dtype=args.dtype, pue=args.pue, carbon=args.carbon_intensity,
+                         tensor_parallel=args.tensor_parallel)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..config import ModelArgs, get_preset
+from ..config import ModelArgs, check_tensor_parallel, get_preset
 from ..errors import LlamalabError
 from .budget import CARBON_KG_PER_KWH, CHINCHILLA_TOKENS_PER_PARAM, PUE, Plan, make_plan
 from .flops import count_params
@@ -65,6 +65,7 @@ class Run:
     dtype: str | None = None
     steps: int | None = None  # a config's max_steps and batch_tokens: tokens = steps × batch
     batch_tokens: int | None = None
+    tp: int | None = None  # a config's tensor_parallel
     note: str = ""
 
 
@@ -86,7 +87,8 @@ def resolve_run(model: str | None = None, params: str | None = None, config: str
     cfg = load_config(resolve_config_path(config))
     return Run(cfg.model if isinstance(cfg.model, str) else config, cfg.model_args(), cfg.seq_len,
                micro_batch=cfg.micro_batch_size, parallel=cfg.parallel if cfg.parallel != "none" else None,
-               dtype="fp32" if cfg.dtype == "fp32" else "bf16", steps=cfg.max_steps, batch_tokens=cfg.batch_tokens)
+               dtype="fp32" if cfg.dtype == "fp32" else "bf16", steps=cfg.max_steps, batch_tokens=cfg.batch_tokens,
+               tp=cfg.tensor_parallel)
 
 
 def choose_micro_batch(plan_memory, micro_batch: int | None) -> tuple[int, MemoryPlan, bool]:
@@ -125,9 +127,10 @@ def plan_training(*, model: str | None = None, params: str | None = None, config
                   tokens: str | None = None, gpus: int = 8, gpu: str = "a100-80gb", mfu: float | None = None,
                   tokens_per_gpu_s: float | None = None, seq_len: int | None = None, micro_batch: int | None = None,
                   parallel: str | None = None, dtype: str | None = None, pue: float = PUE,
-                  carbon: float = CARBON_KG_PER_KWH) -> Plan:
+                  carbon: float = CARBON_KG_PER_KWH, tensor_parallel: int | None = None) -> Plan:
     """The plan of a training run; `plan.setup` records the micro-batch, activation checkpointing, parallelism
-    and precision the memory plan assumed (chosen to fit when not given)."""
+    and precision the memory plan assumed (chosen to fit when not given). tensor_parallel: GPUs per model
+    copy (with sequence parallelism), the rest data parallel."""
     run = resolve_run(model, params, config)
     hw = get_gpu(gpu)
     seq_len = seq_len or run.seq_len
@@ -138,10 +141,14 @@ def plan_training(*, model: str | None = None, params: str | None = None, config
     if seq_len < 1 or seq_len > run.args.max_seq_len:
         raise LlamalabError(f"--seq-len must be in 1..{run.args.max_seq_len} (the model's context), got {seq_len}")
     micro_batch = micro_batch if micro_batch is not None else run.micro_batch
+    tp = tensor_parallel or run.tp or 1
+    check_tensor_parallel(run.args, tp)
+    if gpus % tp:
+        raise LlamalabError(f"--tensor-parallel {tp} must divide --gpus {gpus}")
 
     def plan_memory(b: int, fsdp_gpus: int | None = None) -> MemoryPlan:
         return memory_plan(run.args, seq_len=seq_len, micro_batch=b, dtype=dtype, capacity=hw.memory_bytes,
-                           parallel="fsdp" if fsdp_gpus else parallel, gpus=fsdp_gpus or gpus)
+                           parallel="fsdp" if fsdp_gpus else parallel, gpus=fsdp_gpus or gpus, tp=tp)
 
     b, mem, checkpointing = choose_micro_batch(plan_memory, micro_batch)
     if tokens is not None:
@@ -156,7 +163,8 @@ def plan_training(*, model: str | None = None, params: str | None = None, config
         source = f"Chinchilla-optimal, {CHINCHILLA_TOKENS_PER_PARAM} per parameter (pass --tokens)"
     plan = make_plan(run.args, name=run.name, tokens=n_tokens, tokens_source=source, seq_len=seq_len, gpu=hw,
                      gpus=gpus, mfu=mfu, tokens_per_gpu_s=tokens_per_gpu_s, pue=pue, carbon=carbon, memory=mem)
-    plan.setup = {"micro_batch": b, "activation_checkpointing": checkpointing, "parallel": parallel, "dtype": dtype}
+    plan.setup = {"micro_batch": b, "activation_checkpointing": checkpointing, "parallel": parallel, "dtype": dtype,
+                  "tensor_parallel": tp}
     if run.note:
         plan.notes.append(run.note)
     return plan

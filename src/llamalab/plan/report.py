@@ -67,7 +67,10 @@ def format_memory(mem, setup: dict, seq_len: int, gpu: str, gpus: int) -> list[s
             ("AdamW state (fp32)", mem.optimizer, mem.optimizer), ("buffers", mem.buffers, mem.buffers_ac),
             ("activations", mem.activations, mem.activations_ac), ("total", mem.total, mem.total_ac)]
     fits = {True: "fits", False: "does not fit", None: "?"}
-    lines = [f"memory per GPU: {setup['parallel']} over {gpus:,d} GPUs, {setup['dtype']}, micro-batch "
+    tp = setup.get("tensor_parallel", 1)
+    layout = (f"{setup['parallel']} over {gpus:,d} GPUs" if tp == 1 else
+              f"tensor parallel {tp} (+ sequence parallel) × {setup['parallel']} over {gpus // tp:,d} groups")
+    lines = [f"memory per GPU: {layout}, {setup['dtype']}, micro-batch "
              f"{setup['micro_batch']} × {seq_len} tokens",
              f"  {'':20s} {'no checkpointing':>17s} {'checkpointing':>14s}"]
     lines += [f"  {name:20s} {a / GiB:14,.2f} GiB {b / GiB:10,.2f} GiB" for name, a, b in rows]

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelArgs
+from ..config import ModelArgs, check_tensor_parallel
 from ..errors import LlamalabError
-from ..tensor_parallel import check_tensor_parallel, vocab_parallel_loss
+from ..tensor_parallel import vocab_parallel_loss
 from ..tokenizer import check_vocab, load_tokenizer
 from . import checkpoint, parallel
 from .metrics import MetricsLog, mfu, peak_flops, plot_loss
