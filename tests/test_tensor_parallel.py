@@ -92,3 +92,30 @@ def test_plan_reports_memory_per_gpu_for_tp_times_fsdp(capsys):
                           (["--tensor-parallel", "8", "--gpus", "12"], "--tensor-parallel 8 must divide --gpus 12")):
         assert main(["plan", "--model", "llama-65b", *argv]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_training_layouts_that_cannot_work_are_one_clear_error(tmp_path):
+    """Checked before anything is written: a launch too small for the tensor-parallel size, a size the heads
+    do not split into, data-parallel groups without FSDP2, compile (not supported with tensor parallelism yet)."""
+    from llamalab.train import load_config, train
+    from llamalab.train.loop import check_layout
+    from llamalab.train.parallel import World
+
+    def cfg(**kw):
+        return load_config(None, [(k, str(v).lower()) for k, v in kw.items()])
+
+    with pytest.raises(LlamalabError, match="tensor_parallel 2 needs a multiple of 2 processes but this launch has 1"):
+        train(cfg(tensor_parallel=2, data=tmp_path, out_dir=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    tiny = get_preset("tiny")  # 4 query heads, 2 key/value heads
+    cases = [(cfg(tensor_parallel=4), World(world_size=4, tp=4), "does not divide this model's 4 query heads, "
+                                                                 "2 key/value heads"),
+             (cfg(tensor_parallel=2, sequence_parallel=True, seq_len=33), World(world_size=2, tp=2),
+              "seq_len 33 must be a multiple of tensor_parallel 2"),
+             (cfg(tensor_parallel=2, parallel="ddp"), World(world_size=4, tp=2), "make 2 data-parallel groups: set "
+                                                                                 "parallel=fsdp"),
+             (cfg(tensor_parallel=2, compile=True), World(world_size=2, tp=2), "compile=true with tensor_parallel")]
+    for c, world, message in cases:
+        with pytest.raises(LlamalabError, match=message):
+            check_layout(c, tiny, world)
+    check_layout(cfg(tensor_parallel=2, parallel="fsdp"), tiny, World(world_size=4, tp=2))  # tp 2 × fsdp 2: fine
