@@ -16,12 +16,14 @@ from the tensor shapes, so `model.py` knows nothing of this.
 
 from __future__ import annotations
 
-import torch
+import contextlib
+
+import torch.distributed as dist
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
 from torch.distributed.tensor.parallel import (ColwiseParallel, ParallelStyle, PrepareModuleInput, RowwiseParallel,
-                                               SequenceParallel, parallelize_module)
+                                               SequenceParallel, loss_parallel, parallelize_module)
 
 from .config import check_tensor_parallel
 from .errors import LlamalabError
@@ -88,9 +90,6 @@ def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, *, sequence_parall
 def shard_for_inference(model: nn.Module, tp: int) -> nn.Module:
     """`model`, loaded whole by every rank of a torchrun launch of `tp` processes, sharded by heads (and its
     KV cache with it) for generation: every rank runs the same decoding and gets the same tokens."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
     check_tensor_parallel(model.args, tp)
     world = dist.get_world_size() if dist.is_initialized() else 1
     if world != tp:
@@ -101,12 +100,9 @@ def shard_for_inference(model: nn.Module, tp: int) -> nn.Module:
     return model
 
 
-
 def device_mesh(device_type: str, world_size: int, tp: int) -> DeviceMesh:
     """The 2-D mesh (data-parallel × tensor-parallel) of a torchrun world: ranks r·tp … r·tp+tp-1 form one
     tensor-parallel group (neighbours: the same node, the fast links), `world_size / tp` such groups."""
-    from torch.distributed.device_mesh import init_device_mesh
-
     if world_size % tp:
         raise LlamalabError(f"tensor_parallel {tp} needs a multiple of {tp} processes but this launch has {world_size}; "
                             f"launch with torchrun --nproc_per_node {tp} (or a multiple, with parallel=fsdp)")
@@ -116,8 +112,4 @@ def device_mesh(device_type: str, world_size: int, tp: int) -> DeviceMesh:
 def vocab_parallel_loss(enabled: bool):
     """The context the loss (forward and backward) runs in: with tensor parallelism the logits stay sharded
     over the vocabulary and the cross-entropy is computed on the shards (`loss_parallel`)."""
-    import contextlib
-
-    from torch.distributed.tensor.parallel import loss_parallel
-
     return loss_parallel() if enabled else contextlib.nullcontext()

@@ -204,7 +204,8 @@ def no_sync(train_model: nn.Module, sync: bool):
 
 
 def clip_grad_norm(parameters, max_norm: float) -> float:
-    """Clip the global gradient norm; returns the norm before clipping (under FSDP2 a DTensor, made whole)."""
+    """Clip the global gradient norm; returns the norm before clipping (a DTensor under FSDP2 or tensor
+    parallelism, made whole)."""
     norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
