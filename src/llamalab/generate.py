@@ -80,7 +80,9 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)  # generated ids (a stop id, if hit, is the last)
     text: str = ""       # decoded text so far (with a tokenizer)
     new_text: str = ""   # the part of `text` the last token completed
-    finish_reason: str | None = None  # "stop" | "length"
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" (released before the end)
+    top_logprobs: int | None = None   # record log-probabilities: the chosen token's and the k best
+    logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)  # per token
 
     @property
     def done(self) -> bool:
@@ -130,12 +132,15 @@ class Engine:
     @torch.inference_mode()
     def add(self, prompt: list[int], *, max_new_tokens: int, sampler: Sampler | None = None,
             generator: torch.Generator | None = None, stop_ids: Iterable[int] = (), stop: Iterable[str] = (),
-            tokenizer=None, slot: int | None = None, cached: int = 0) -> Sequence:
+            tokenizer=None, slot: int | None = None, cached: int = 0,
+            top_logprobs: int | None = None) -> Sequence:
         """Prefill `prompt` into a free slot (or `slot`) and sample its first new token.
 
         cached: the slot's cache already holds the keys/values of prompt[:cached] (a conversation's
         earlier turns); only the rest is prefilled. stop strings need the tokenizer; with a tokenizer
-        the sequence also carries its decoded text.
+        the sequence also carries its decoded text. top_logprobs=k (k >= 0) records, for every new
+        token, its log-probability under the model (before any sampling control) and the k most
+        probable (token, log-probability) pairs in `seq.logprobs`.
         """
         prompt = [int(t) for t in prompt]
         self._check(prompt, max_new_tokens, cached)
@@ -149,7 +154,8 @@ class Engine:
         if stop and tokenizer is None:
             raise LlamalabError("stop strings need the tokenizer")
         seq = Sequence(prompt, max_new_tokens, sampler or Sampler(), generator, frozenset(stop_ids), slot,
-                       TextStream(tokenizer, stop_ids=stop_ids, stop=stop) if tokenizer is not None else None)
+                       TextStream(tokenizer, stop_ids=stop_ids, stop=stop) if tokenizer is not None else None,
+                       top_logprobs=top_logprobs)
         self.slots[slot] = seq
         tokens = torch.tensor([prompt[cached:]], device=self.device)
         logits = self.model(tokens, cache=self.cache.rows(slot, slot + 1), pos=cached, last_only=True)[:, -1]
@@ -161,7 +167,10 @@ class Engine:
             self.seen[slot] = False
             self.seen[slot, tokens.new_tensor(prompt)] = True
             seen = self.seen[slot:slot + 1]
-        self._accept(seq, int(seq.sampler(logits, seen, generator)[0]))
+        token = int(seq.sampler(logits, seen, generator)[0])
+        if top_logprobs is not None:
+            _record_logprobs(logits, [seq], [token], rows=[0])
+        self._accept(seq, token)
         return seq
 
     def release(self, seq: Sequence) -> None:
@@ -206,7 +215,11 @@ class Engine:
             self.lengths[s.slot] += 1
             if self.seen is not None and s.sampler.uses_history:
                 self.seen[s.slot, s.tokens[-1]] = True
-        for s, t in zip(active, self._sample(logits, active)):
+        tokens = self._sample(logits, active)
+        scored = [(s, t) for s, t in zip(active, tokens) if s.top_logprobs is not None]
+        if scored:
+            _record_logprobs(logits, *zip(*scored), rows=[s.slot for s, _ in scored])
+        for s, t in zip(active, tokens):
             self._accept(s, t)
         return active
 
@@ -243,6 +256,21 @@ class Engine:
                 seq.new_text += seq.text_stream.finish()
         if seq.text_stream is not None:
             seq.text += seq.new_text
+
+
+def _record_logprobs(logits: torch.Tensor, seqs, tokens, rows: list[int]) -> None:
+    """Append each sequence's log-probability of its new token, and its top-k alternatives, from the
+    model's own distribution (log-softmax of the raw logits)."""
+    logp = logits[rows].float().log_softmax(-1)
+    chosen = logp.gather(-1, logp.new_tensor(tokens, dtype=torch.long)[:, None])[:, 0].tolist()
+    k = max(s.top_logprobs for s in seqs)
+    top = logp.topk(k, dim=-1) if k else None
+    for i, s in enumerate(seqs):
+        alternatives = []
+        if s.top_logprobs:
+            ids, values = top.indices[i, :s.top_logprobs].tolist(), top.values[i, :s.top_logprobs].tolist()
+            alternatives = list(zip(ids, values))
+        s.logprobs.append((chosen[i], alternatives))
 
 
 # ------------------------------------------------------------------------------------ one-shot helpers
