@@ -21,6 +21,7 @@ COMMANDS = {
     "tokenizer": "tokenizer",
     "generate": "generate",
     "chat": "chat",
+    "serve": "serve",
     "data": "data",
     "train": "train",
     "eval": "eval",
