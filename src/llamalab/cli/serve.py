@@ -48,13 +48,14 @@ def run(args):
 
     from llamalab.chat import resolve_template
     from llamalab.serve.app import Settings
-    from llamalab.serve.server import serve
+    from llamalab.serve.server import bind, serve
 
     from .generate import load_checkpoint
 
     _check(args)
     if args.template:
         resolve_template(args.template)  # a bad name fails before the (slow) load
+    sock = bind(args.host, args.port)  # so does a busy port
     ckpt = load_checkpoint(args)
     template = None
     if args.template or ckpt.tokenizer.chat_template:
@@ -64,5 +65,4 @@ def run(args):
         max_batch=args.max_batch, max_queue=args.max_queue,
         context=args.context or min(ckpt.args.max_seq_len, 2048),
         api_key=args.api_key or os.environ.get("LLAMALAB_API_KEY") or None, template=template, ui=not args.no_ui)
-    serve(ckpt.model, ckpt.tokenizer, settings, host=args.host, port=args.port, drain_timeout=args.drain_timeout,
-          log_level=args.log_level)
+    serve(ckpt.model, ckpt.tokenizer, settings, sock, drain_timeout=args.drain_timeout, log_level=args.log_level)

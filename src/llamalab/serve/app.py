@@ -117,7 +117,9 @@ def create_app(model, tokenizer, settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app):
-        service.scheduler.start(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        service.metrics.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # read in the loop (/metrics)
+        service.scheduler.start(loop)
         yield
         service.scheduler.stop()
 

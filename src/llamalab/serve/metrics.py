@@ -31,6 +31,7 @@ class Metrics:
         rate = Gauge("llamalab_decode_tokens_per_second",
                      f"tokens generated per second by decode steps over the last {RATE_WINDOW:g} s", registry=r)
         rate.set_function(self._decode_rate)
+        self.tasks = Gauge("llamalab_event_loop_tasks", "asyncio tasks alive in the server's event loop", registry=r)
         self._steps: deque[tuple[float, int]] = deque()  # (time, tokens) of recent decode steps
         self._lock = threading.Lock()
 

@@ -7,6 +7,7 @@ cancels what is left; the decode thread stops last.
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 
@@ -28,12 +29,12 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(model, tokenizer, settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
-          drain_timeout: float = 30.0, log_level: str = "info") -> None:
+def serve(model, tokenizer, settings: Settings, sock: socket.socket, *, drain_timeout: float = 30.0,
+          log_level: str = "info") -> None:
+    """Serve on `sock` (from `bind`, done before the slow model load so a busy port fails at once)."""
     import uvicorn
     from sse_starlette.sse import AppStatus
 
-    sock = bind(host, port)
     app = create_app(model, tokenizer, settings)
     AppStatus.disable_automatic_graceful_drain()  # streams end on their own while the server drains
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=drain_timeout,
@@ -44,4 +45,11 @@ def serve(model, tokenizer, settings: Settings, *, host: str = "127.0.0.1", port
           f"({settings.max_batch} slots x {app.state.service.context} tokens, queue {settings.max_queue}"
           f"{', API key required' if settings.api_key else ''}; Ctrl-C drains and stops)",
           file=sys.stderr, flush=True)
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn re-raises the signal it drained on once it is done; a drained server exits 0 instead
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("llamalab serve: stopped", file=sys.stderr, flush=True)
