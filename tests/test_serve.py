@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from llamalab.cli import main as cli_main
-from serving import Server
+from llamalab.serve.process import ServerProcess
 
 N = 16  # new tokens per answer: small, this runs on 2 CPU cores
 QUESTION = "What is the capital of France?"
@@ -24,8 +24,8 @@ SLOTS, QUEUE = 8, 64
 
 @pytest.fixture(scope="module")
 def server(smollm2_gguf, tmp_path_factory):
-    s = Server(smollm2_gguf, tmp_path_factory.mktemp("serve") / "server.log", "--max-batch", str(SLOTS),
-               "--max-queue", str(QUEUE), "--context", "512", "--served-model-name", "smol")
+    s = ServerProcess(smollm2_gguf, "--max-batch", str(SLOTS), "--max-queue", str(QUEUE), "--context", "512",
+                      "--served-model-name", "smol", log=tmp_path_factory.mktemp("serve") / "server.log")
     yield s
     assert s.stop() == 0, s.log()
 
@@ -245,8 +245,8 @@ def test_a_queue_flood_gets_429_and_the_server_stays_up(server, client, expected
 
 @pytest.fixture(scope="module")
 def keyed(smollm2_gguf, tmp_path_factory):
-    s = Server(smollm2_gguf, tmp_path_factory.mktemp("serve-key") / "server.log", "--api-key", "s3cret",
-               "--max-batch", "2", "--context", "256", "--no-ui")
+    s = ServerProcess(smollm2_gguf, "--api-key", "s3cret", "--max-batch", "2", "--context", "256", "--no-ui",
+                      log=tmp_path_factory.mktemp("serve-key") / "server.log")
     yield s
     s.stop()
 

@@ -108,7 +108,7 @@ class Service:
         sampler = Sampler(req.temperature, req.top_k if req.top_k and req.top_k > 0 else None,
                           req.top_p if req.top_p < 1 else None, req.min_p or None, req.repetition_penalty)
         params = Params(max_tokens or room, sampler, req.seed, req.stop_strings(),
-                        frozenset(self.tokenizer.stop_ids), top)
+                        frozenset() if req.ignore_eos else frozenset(self.tokenizer.stop_ids), top)
         return Job(prompts, params, n=req.n)
 
 

@@ -60,6 +60,7 @@ class Sampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None
+    ignore_eos: bool = False  # vLLM's: decode past the end-of-sequence token (benchmarks want fixed lengths)
 
     def unsupported(self) -> str | None:
         """The first field set to something this server cannot do, as a message."""
