@@ -135,9 +135,15 @@ def _meta_tensor(t) -> torch.Tensor:
     return torch.empty(tuple(int(s) for s in reversed(t.shape)), dtype=dtype, device="meta")
 
 
-def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
+def _quant_types():
+    from ..quant import GGUF_TYPES
+    return GGUF_TYPES
+
+
+def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
     """Read a llama GGUF into our state dict (dequantized; F32/F16/BF16 keep their dtype).
-    lazy: tensors on the meta device (shapes and dtypes only, nothing read or dequantized)."""
+    lazy: tensors on the meta device (shapes and dtypes only, nothing read or dequantized).
+    quantized: Q8_0/Q4_0/Q4_1 matrices stay quantized, as `llamalab.quant.GroupCodes`."""
     path = Path(path)
     reader = _reader(path)
     meta = read_metadata(path, reader)
@@ -148,7 +154,11 @@ def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], Mo
             unknown.append(t.name)
             continue
         try:
-            state[name] = _meta_tensor(t) if lazy else _to_torch(t)
+            if quantized and not lazy and t.tensor_type.name in _quant_types() and len(t.shape) == 2:
+                from ..quant import from_gguf
+                state[name] = from_gguf(t.data, t.tensor_type.name, tuple(int(s) for s in reversed(t.shape)))
+            else:
+                state[name] = _meta_tensor(t) if lazy else _to_torch(t)
         except (ValueError, IndexError) as e:
             raise LlamalabError(f"{path}: tensor {t.name} is damaged ({e}); is the file truncated?") from None
         qtypes[name] = t.tensor_type.name
