@@ -24,6 +24,8 @@ COMMANDS = {
     "data": "data",
     "train": "train",
     "eval": "eval",
+    "perplexity": "perplexity",
+    "quantize": "quantize",
     "demo": "demo",
 }
 

@@ -184,10 +184,11 @@ def _encode(w: torch.Tensor, gguf_type: str):
         return array, Q.F32
     if gguf_type == "f16":
         return array.astype(np.float16), Q.F16
-    if gguf_type == "q8_0":
+    if gguf_type in ("q8_0", "q4_0", "q4_1"):
         if array.shape[-1] % 32:
-            return array.astype(np.float16), Q.F16  # Q8_0 needs rows in blocks of 32
-        return quantize(array, Q.Q8_0), Q.Q8_0
+            return array.astype(np.float16), Q.F16  # quantized types need rows in blocks of 32
+        kind = {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1}[gguf_type]
+        return quantize(array, kind), kind
     raise ValueError(gguf_type)
 
 
@@ -225,7 +226,8 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
     """
     from gguf import GGML_QUANT_VERSION, GGUFWriter, LlamaFileType
 
-    file_types = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "q8_0": LlamaFileType.MOSTLY_Q8_0}
+    file_types = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "q8_0": LlamaFileType.MOSTLY_Q8_0,
+                  "q4_0": LlamaFileType.MOSTLY_Q4_0, "q4_1": LlamaFileType.MOSTLY_Q4_1}
     if gguf_type not in file_types:
         raise LlamalabError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(file_types)}")
     if args.rope_scaling:
@@ -254,7 +256,9 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
         gname = to_gguf(key)
         if gname is None:
             raise LlamalabError(f"cannot write tensor {key!r} to GGUF: not a llama parameter")
-        data, qtype = _encode(w, gguf_type)
+        # 4-bit files keep the embedding (the output head too, when tied) at Q8_0, as llama.cpp does
+        kind = "q8_0" if gguf_type in ("q4_0", "q4_1") and key in ("tok_embeddings.weight", "output.weight") else gguf_type
+        data, qtype = _encode(w, kind)
         writer.add_tensor(gname, data, raw_dtype=qtype if data.dtype == np.uint8 else None)  # uint8 = quantized blocks
     try:
         writer.write_header_to_file()
