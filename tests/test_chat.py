@@ -90,8 +90,9 @@ def test_chat_repl_through_a_pipe(smollm2_gguf):
         input="Hi!\nName a color.\n/reset\nName a color.\n/exit\nnever read\n",
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    # reference: a fresh, cache-less greedy `generate` of each full conversation, in this process
-    ckpt = llamalab.load(smollm2_gguf)
+    # reference: a fresh, cache-less greedy `generate` of each full conversation, in this process,
+    # with the weights as the CLI runs them by default (the GGUF's Q4_1/Q8_0 kept quantized)
+    ckpt = llamalab.load(smollm2_gguf, dtype=None)
     tok = ckpt.tokenizer
 
     def answer(chat):

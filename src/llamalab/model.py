@@ -121,7 +121,8 @@ class Attention(nn.Module):
             rows = torch.arange(B, device=x.device)
             k_cache[rows, :, pos] = k[:, :, 0]
             v_cache[rows, :, pos] = v[:, :, 0]
-            k, v = k_cache[:, :, :mask.shape[-1]], v_cache[:, :, :mask.shape[-1]]
+            S = mask.shape[-1]
+            return self.wo(self._decode_attention(q, k_cache[:, :, :S], v_cache[:, :, :S], mask).reshape(B, 1, -1))
         elif kv is not None:  # write this chunk into the cache, attend over everything so far
             k_cache, v_cache = kv
             k_cache[:, :, pos:pos + T] = k
@@ -132,6 +133,17 @@ class Attention(nn.Module):
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+
+    def _decode_attention(self, q, k, v, mask):
+        """Attention of one query per row as two small matmuls: q (B, H, 1, hd) grouped by KV head against
+        k, v (B, KV, S, hd); mask (B, 1, 1, S). (SDPA's CPU kernels are tuned for long queries; with a mask and
+        a single query they are many times slower than this.)"""
+        B, S = q.shape[0], k.shape[2]
+        q = q.view(B, self.n_kv_heads, -1, self.head_dim)  # the query heads sharing each KV head
+        scores = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
+        probs = scores.float().masked_fill(~mask.view(B, 1, 1, S), float("-inf")).softmax(-1).type_as(q)
+        return probs @ v  # (B, KV, n_rep, hd) = (B, H, hd) in head order
 
 
 class FeedForward(nn.Module):

@@ -25,6 +25,8 @@ COMMANDS = {
     "data": "data",
     "train": "train",
     "eval": "eval",
+    "perplexity": "perplexity",
+    "quantize": "quantize",
     "demo": "demo",
 }
 

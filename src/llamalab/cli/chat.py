@@ -34,7 +34,7 @@ def run(args):
     ckpt = load_checkpoint(args)
     tok = ckpt.tokenizer
     template = resolve_template(args.template, tok)  # fail now, not at the first message
-    session = Session(ckpt.model, max_len=args.context or min(ckpt.args.max_seq_len, 4096))
+    session = Session(ckpt.model, max_len=args.context or min(ckpt.args.max_seq_len, 4096), compile=args.compile)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     interactive = sys.stdin.isatty()

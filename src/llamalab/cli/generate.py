@@ -14,8 +14,11 @@ def add_sampling_arguments(p, max_new_tokens: int):
     p.add_argument("--system", metavar="TEXT", help="system prompt (chat)")
     p.add_argument("--template", metavar="NAME",
                    help="chat template: alpaca, llama-2, chatml, a Jinja file; default: the checkpoint's own")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="dequantize to this dtype (default: quantized weights stay quantized, else float32)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (pays off after the first ~100 tokens)")
 
 
 def add_arguments(p):
@@ -35,7 +38,8 @@ def load_checkpoint(args):
     from llamalab.errors import LlamalabError
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = llamalab.load(args.model, device=device, dtype=getattr(torch, args.dtype))
+    dtype = getattr(torch, args.dtype) if getattr(args, "dtype", None) else None
+    ckpt = llamalab.load(args.model, device=device, dtype=dtype)
     if ckpt.tokenizer is None:
         raise LlamalabError(f"{args.model}: no tokenizer found with the checkpoint "
                             f"(put tokenizer.model or tokenizer.json next to it)")
@@ -62,7 +66,7 @@ def run(args):
     else:
         prompt = tok.encode(args.prompt, bos=tok.add_bos)
     stop_ids = () if args.ignore_eos else tok.stop_ids
-    kw = dict(sampling_kwargs(args), stop_ids=stop_ids, truncate=args.truncate)
+    kw = dict(sampling_kwargs(args), stop_ids=stop_ids, truncate=args.truncate, compile=args.compile)
     if args.no_stream:
         tokens = generate(ckpt.model, [prompt], **kw)[0]
         sys.stdout.write(decode_text(tokens, tok, stop_ids=stop_ids, stop=args.stop))
