@@ -22,7 +22,8 @@ def add_arguments(p):
                    help="on Ctrl-C / SIGTERM, seconds to let requests in flight finish (default 30)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log level (debug also logs every request)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="dequantize to this dtype (default: quantized weights stay quantized, else float32)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
 
 
