@@ -2,6 +2,11 @@
 
 Expected answers come from `llamalab generate` (the CLI, in this process) on the same checkpoint, whose
 greedy tokens are checked against transformers in test_generate_smollm2.py.
+
+The main server runs the weights dequantized to float32, as does its reference: float32 matmuls give a
+sequence the same logits to ~1e-6 whatever the batch, so concurrent answers can be compared with lone
+ones token for token. The quantized default (bfloat16 activations in the int4 kernel) is checked
+against `llamalab generate` on a lone request, where the batch is the same on both sides.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ SLOTS, QUEUE = 8, 64
 @pytest.fixture(scope="module")
 def server(smollm2_gguf, tmp_path_factory):
     s = ServerProcess(smollm2_gguf, "--max-batch", str(SLOTS), "--max-queue", str(QUEUE), "--context", "512",
-                      "--served-model-name", "smol", log=tmp_path_factory.mktemp("serve") / "server.log")
+                      "--served-model-name", "smol", "--dtype", "float32",
+                      log=tmp_path_factory.mktemp("serve") / "server.log")
     yield s
     assert s.stop() == 0, s.log()
 
@@ -37,7 +43,8 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def expected(smollm2_gguf):
-    """`llamalab generate` for the chat question and the raw prompt (greedy, N tokens)."""
+    """`llamalab generate` for the chat question and the raw prompt (greedy, N tokens, float32), and for
+    the chat question with the quantized weights as stored (the default)."""
     import contextlib
     import io
 
@@ -48,7 +55,9 @@ def expected(smollm2_gguf):
                              *args]) == 0
         return out.getvalue()
 
-    return {"chat": generate("--chat", "--prompt", QUESTION), "raw": generate("--prompt", RAW)}
+    return {"chat": generate("--chat", "--prompt", QUESTION, "--dtype", "float32"),
+            "raw": generate("--prompt", RAW, "--dtype", "float32"),
+            "quantized": generate("--chat", "--prompt", QUESTION)}
 
 
 def chat(client, **kw):
@@ -251,7 +260,7 @@ def keyed(smollm2_gguf, tmp_path_factory):
     s.stop()
 
 
-def test_api_key(keyed):
+def test_api_key_and_the_quantized_default(keyed, expected):
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
         r = httpx.post(f"{keyed.url}/v1/chat/completions", json=body, headers=headers)
@@ -259,7 +268,8 @@ def test_api_key(keyed):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="wrong", max_retries=0).models.list()
     good = openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="s3cret", max_retries=0, timeout=300)
-    assert good.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", **body).choices[0].message.content
+    answer = chat(good, model="SmolLM2-135M-Instruct.Q4_1")  # the default name: the file's
+    assert answer.choices[0].message.content == expected["quantized"]
     assert httpx.get(f"{keyed.url}/health").status_code == 200  # probes need no key
     assert httpx.get(f"{keyed.url}/").status_code == 404  # --no-ui
 
