@@ -157,10 +157,9 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/chat/completions", dependencies=authorized)
     async def chat_completions(body: ChatRequest, request: Request):
-        job = await run_in_threadpool(service.chat_job, body)
-        top = body.logprobs
+        job = await run_in_threadpool(service.chat_job, body)  # template + tokenizer off the event loop
         return await _answer(service, request, body, job, Formatter(
-            chat=True, model=service.settings.name, tokenizer=service.tokenizer, logprobs=top))
+            chat=True, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs))
 
     @app.post("/v1/completions", dependencies=authorized)
     async def completions(body: CompletionRequest, request: Request):
