@@ -7,23 +7,13 @@ cache-less full recompute at every step).
 import pytest
 import torch
 
-from llamalab.config import ModelArgs
 from llamalab.errors import LlamalabError
 from llamalab.fast import has_cxx_compiler
 from llamalab.generate import Engine, generate
-from llamalab.model import Transformer
 from llamalab.sampling import Sampler
+from test_generate import model  # noqa: F401  (the small random model fixture)
 
-ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=101, multiple_of=32, max_seq_len=96)
 PROMPTS = [[5, 17, 3, 99, 42, 8, 8, 1, 64], [7], [11, 12, 13, 14], [2, 30, 30, 30, 30, 30, 4], [9, 9]]
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = Transformer(ARGS).eval()
-    m.init_weights(std=0.3, generator=torch.Generator().manual_seed(1))  # peaked logits: no argmax near-ties
-    return m
 
 
 def alone(model, prompt, n, sampler=None, seed=None):

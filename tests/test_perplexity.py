@@ -50,17 +50,18 @@ def test_perplexity_equals_transformers_strided_recipe(smollm2_gguf, hf_smollm2,
     ours = llamalab.load(smollm2_gguf)
     ids = ours.tokenizer.encode(text, bos=ours.tokenizer.add_bos)
     hf_ids = hf_smollm2[1](text, return_tensors="pt").input_ids
-    assert ids == hf_ids[0].tolist() and len(ids) > 3 * CONTEXT
+    assert ids == hf_ids[0].tolist() and len(ids) > 2 * CONTEXT
     expected = hf_strided_perplexity(hf_smollm2[0], hf_ids, CONTEXT, STRIDE)
     got = perplexity(ours.model, ids, context=CONTEXT, stride=STRIDE, batch_size=3, progress=False)
     assert got.perplexity == pytest.approx(expected, rel=1e-3)
     assert got.tokens == len(ids) - 1  # every token but the first scored exactly once
 
 
-def test_windows_cover_each_token_once():
+def test_windows_score_each_token_once():
     for n, c, s in [(10, 4, 2), (10, 4, 4), (9, 4, 3), (3, 8, 4)]:
         scored = [t for _, end, first in windows(n, c, s) for t in range(first, end)]
-        assert scored == list(range(1, n))
+        # disjoint windows (stride = context) cannot score their first token, as in the HF recipe
+        assert scored == [t for t in range(1, n) if s < c or t % c], (n, c, s)
         assert all(end - begin <= c for begin, end, _ in windows(n, c, s))
 
 

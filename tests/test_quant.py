@@ -15,7 +15,7 @@ from llamalab.config import ModelArgs
 from llamalab.formats import save
 from llamalab.generate import generate
 from llamalab.quant import QuantLinear, from_gguf, quantize
-from tests.tiny import random_state
+from tiny import random_state
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=64,
                  tie_embeddings=True)
