@@ -83,7 +83,7 @@ def test_chat_prompts_greedy_equals_transformers(ours, hf_smollm2):
 def test_cli_generate_prints_the_transformers_continuation(raw_case, hf_smollm2, smollm2_gguf, capsys):
     expected = raw_case[1][0][:24]  # a greedy run's prefix is the shorter greedy run
     assert cli_main(["generate", "--model", str(smollm2_gguf), "--prompt", RAW[0],
-                     "--max-new-tokens", "24", "--ignore-eos"]) == 0
+                     "--max-new-tokens", "24", "--ignore-eos", "--dtype", "float32"]) == 0
     assert capsys.readouterr().out == hf_smollm2[1].decode(expected, skip_special_tokens=True)
 
 

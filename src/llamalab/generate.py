@@ -1,17 +1,26 @@
-"""Autoregressive decoding with a KV cache: one batched prefill, then one token per step.
+"""The decoding engine: every token that `generate`, `chat`, `eval` and the server produce comes from here.
 
-    generate(model, prompts, max_new_tokens=64)           # batch → new token ids per prompt
-    stream(model, prompt, max_new_tokens=64)              # one prompt → token ids as they come
-    stream_text(stream(...), tokenizer, stop=["\\n\\n"])   # → text pieces, complete UTF-8 only
+    Engine(model, max_batch=8)                  slots over one preallocated KV cache:
+      seq = engine.add(prompt, max_new_tokens=64)   prefill into a free slot, sample the first token
+      engine.step()                                 one more token for every active slot
+      engine.release(seq)                           free the slot (any time)
+    generate(model, prompts, max_new_tokens=64)     a batch → new token ids per prompt
+    stream(model, prompt, max_new_tokens=64)        one prompt → token ids as they come
+    Session(model)                                  a conversation: re-prefills only what changed
+    TextStream / stream_text / decode_text          tokens → text, complete UTF-8 only, cut at stops
 
-Prompts of different lengths are left-padded: pad slots are hidden by the attention mask and every
-row gets its own rotary positions, so a row decodes exactly as it would alone. Rows finish
-individually on a stop id (the stop id is the last token returned, as in HF `generate`).
+Each slot is one row of the cache, holding its sequence from cache position 0: no padding, and a
+sequence decodes the same whether it is alone or others join and leave around it. A step feeds the
+last token of every active slot at that slot's own position (the attention mask hides the other
+slots' lengths) and reads the sampled tokens back with one host sync. Each sequence has its own
+sampling settings, random generator, stop ids and stop strings, and ends with a `finish_reason`:
+"stop" (a stop id — the last token returned, as in HF `generate` — or a stop string) or "length".
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,173 +29,30 @@ from .model import KVCache, Transformer
 from .sampling import Sampler
 
 
-def _check_prompts(model: Transformer, prompts: list[list[int]], max_new_tokens: int, reserved: int,
-                   truncate: str | None) -> list[list[int]]:
-    limit = model.args.max_seq_len
-    if max_new_tokens < 1:
-        raise LlamalabError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise LlamalabError("every prompt needs at least one token (e.g. the BOS token)")
-    bad = [t for p in prompts for t in p if not 0 <= t < model.args.vocab_size]
-    if bad:
-        raise LlamalabError(f"token id {bad[0]} is outside the model's vocabulary of {model.args.vocab_size}")
-    room = limit - max_new_tokens - reserved
-    longest = max(len(p) for p in prompts)
-    if longest <= room:
-        return prompts
-    if truncate == "left" and room > 0:
-        return [p[-room:] for p in prompts]
-    if truncate not in (None, "left"):
-        raise LlamalabError(f"unknown truncation policy {truncate!r}; use 'left' or none")
-    raise LlamalabError(
-        f"prompt of {reserved + longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's context "
-        f"of {limit} tokens; shorten the prompt, lower max_new_tokens, or truncate='left' (drops the oldest tokens)")
+class TextStream:
+    """The text of a token stream as it is generated: complete UTF-8 only, ending before the first stop
+    id or stop string (neither is part of the text). `push(token)` returns the text it completes (a
+    possible stop-string start is held back); `finish()` the rest at the end; `stopped` once a stop hit."""
 
+    def __init__(self, tokenizer, *, stop_ids: Iterable[int] = (), stop: Iterable[str] = ()):
+        self.decoder = tokenizer.stream_decoder()
+        self.stop_ids, self.stop = set(stop_ids), [s for s in stop if s]
+        self.held, self.stopped = "", False
 
-def new_cache(model: Transformer, batch_size: int, max_len: int) -> KVCache:
-    """An empty KV cache for `model`'s weights' device and dtype. Under tensor parallelism (DTensor weights) a
-    process caches only the key/value heads it computes."""
-    w = model.layers[0].attention.wk.weight
-    rows = (w.to_local() if hasattr(w, "to_local") else w).shape[0]
-    return KVCache.allocate(model.args, batch_size, max_len, w.device, model.tok_embeddings.weight.dtype,
-                            kv_heads=rows // model.args.head_dim)
+    def push(self, token: int) -> str:
+        if self.stopped:
+            return ""
+        if token in self.stop_ids:
+            return self.finish()
+        ready, self.held, self.stopped = split_stop(self.held + self.decoder.push(token), self.stop, final=False)
+        return ready
 
-
-@torch.inference_mode()
-def _decode(model: Transformer, prompts: list[list[int]], sampler: Sampler, *, max_new_tokens: int,
-            stop_ids: Iterable[int] = (), generator: torch.Generator | None = None,
-            cache: KVCache | None = None, prefix: list[int] = ()) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row, (B,) int64, once per step; rows already stopped yield -1.
-
-    `cache`/`prefix`: slots [0, len(prefix)) of `cache` already hold the keys/values of `prefix`, which
-    comes before the (single) prompt (chat). The token yielded last is never fed to the model.
-    """
-    weight = model.tok_embeddings.weight
-    device, B = weight.device, len(prompts)
-    lengths = [len(p) for p in prompts]
-    start = len(prefix)
-    T, end = max(lengths), start + max(lengths) + max_new_tokens
-    tokens = torch.zeros(B, T, dtype=torch.long)
-    for row, p in enumerate(prompts):
-        tokens[row, T - len(p):] = torch.tensor(p)
-    tokens = tokens.to(device)
-    pad = torch.tensor([T - n for n in lengths], device=device)[:, None]  # left padding of each row
-    if cache is None:
-        cache = new_cache(model, B, end)
-
-    positions = mask = step_mask = step_positions = None
-    if min(lengths) < T:  # left padding: hide the pad slots, count positions from each row's first token
-        valid = torch.arange(end, device=device)[None] >= pad
-        positions = (valid[:, :T].cumsum(-1) - 1).clamp(min=0)
-        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-        # a pad query sees itself, so no softmax row is empty (an empty one would give NaN)
-        mask = (causal & valid[:, None, None, :T]) | torch.eye(T, dtype=torch.bool, device=device)
-        step_mask, step_positions = valid[:, None, None, :], positions[:, -1:] + 1
-    logits = model(tokens, cache=cache, pos=start, positions=positions, mask=mask, last_only=True)[:, -1]
-
-    seen = None
-    if sampler.uses_history:  # which tokens each row has seen, for the repetition penalty
-        counts = torch.zeros(B, logits.shape[-1], dtype=torch.long, device=device)
-        in_prompt = torch.arange(T, device=device)[None] >= pad
-        counts.scatter_add_(1, tokens, in_prompt.long())
-        counts[:, list(prefix)] += 1
-        seen = counts > 0
-    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    for i in range(max_new_tokens):
-        nxt = sampler(logits, seen, generator).masked_fill(finished, -1)
-        yield nxt
-        finished |= torch.isin(nxt, stop)
-        if i == max_new_tokens - 1 or bool(finished.all()):
-            return
-        feed = nxt.clamp(min=0)[:, None]
-        if seen is not None:
-            seen.scatter_(1, feed, True)
-        pos = start + T + i
-        if step_mask is None:
-            logits = model(feed, cache=cache, pos=pos, last_only=True)[:, -1]
-        else:
-            logits = model(feed, cache=cache, pos=pos, positions=step_positions + i,
-                           mask=step_mask[..., :pos + 1], last_only=True)[:, -1]
-
-
-def _setup(model, prompts, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
-           truncate, reserved=0):
-    sampler = Sampler(temperature, top_k, top_p, min_p, repetition_penalty)
-    prompts = _check_prompts(model, [list(p) for p in prompts], max_new_tokens, reserved, truncate)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(model.tok_embeddings.weight.device).manual_seed(seed)
-    return sampler, prompts, generator
-
-
-def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-             repetition_penalty: float = 1.0, stop_ids: Iterable[int] = (), seed: int | None = None,
-             truncate: str | None = None) -> list[list[int]]:
-    """New token ids for each prompt (ending with the stop id if one was sampled).
-
-    temperature 0 = greedy. `seed` makes sampling reproducible. A prompt that does not fit in the
-    context with max_new_tokens is an error unless truncate="left" (keep the most recent tokens).
-    """
-    sampler, prompts, generator = _setup(model, prompts, max_new_tokens, temperature, top_k, top_p, min_p,
-                                         repetition_penalty, seed, truncate)
-    out: list[list[int]] = [[] for _ in prompts]
-    for nxt in _decode(model, prompts, sampler, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                       generator=generator):
-        for row, t in enumerate(nxt.tolist()):
-            if t >= 0:
-                out[row].append(t)
-    return out
-
-
-def stream(model: Transformer, prompt: list[int], *, max_new_tokens: int, temperature: float = 0.0,
-           top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-           repetition_penalty: float = 1.0, stop_ids: Iterable[int] = (), seed: int | None = None,
-           truncate: str | None = None) -> Iterator[int]:
-    """`generate` for one prompt, yielding each new token id as soon as it is sampled."""
-    sampler, (prompt,), generator = _setup(model, [prompt], max_new_tokens, temperature, top_k, top_p, min_p,
-                                           repetition_penalty, seed, truncate)
-    for nxt in _decode(model, [prompt], sampler, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                       generator=generator):
-        yield int(nxt[0])
-
-
-class Session:
-    """One growing token sequence (a conversation) and its KV cache: each `stream` call prefills only
-    the part of the new prompt that differs from what the cache already holds."""
-
-    def __init__(self, model: Transformer, max_len: int | None = None):
-        self.model = model
-        self.cache = new_cache(model, 1, max_len or model.args.max_seq_len)
-        self.tokens: list[int] = []  # tokens whose keys/values are in the cache, in order
-
-    def reset(self):
-        self.tokens = []
-
-    def stream(self, prompt: list[int], *, max_new_tokens: int, temperature: float = 0.0,
-               top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-               repetition_penalty: float = 1.0, stop_ids: Iterable[int] = (),
-               seed: int | None = None) -> Iterator[int]:
-        reuse = 0
-        for a, b in zip(self.tokens, prompt[:-1]):  # keep ≥ 1 new token to compute the next logits from
-            if a != b:
-                break
-            reuse += 1
-        if len(prompt) + max_new_tokens > self.cache.max_len:
-            raise LlamalabError(f"the conversation ({len(prompt)} tokens) + max_new_tokens {max_new_tokens} "
-                                f"no longer fits the context of {self.cache.max_len} tokens; start over (/reset)")
-        sampler, (suffix,), generator = _setup(self.model, [prompt[reuse:]], max_new_tokens, temperature, top_k,
-                                               top_p, min_p, repetition_penalty, seed, None, reserved=reuse)
-        self.tokens = prompt[:reuse]
-        generated: list[int] = []
-        try:
-            for nxt in _decode(self.model, [suffix], sampler, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                               generator=generator, cache=self.cache, prefix=prompt[:reuse]):
-                generated.append(int(nxt[0]))
-                yield generated[-1]
-        finally:  # the last token yielded was never fed to the model
-            self.tokens = list(prompt) + generated[:-1]
+    def finish(self) -> str:
+        if self.stopped and not self.held:
+            return ""
+        ready, _, _ = split_stop(self.held + self.decoder.flush(), self.stop, final=True)
+        self.held, self.stopped = "", True
+        return ready
 
 
 def split_stop(text: str, stops: Iterable[str], final: bool) -> tuple[str, str, bool]:
@@ -200,24 +66,337 @@ def split_stop(text: str, stops: Iterable[str], final: bool) -> tuple[str, str, 
     return text[:len(text) - hold], text[len(text) - hold:], False
 
 
+@dataclass(eq=False)
+class Sequence:
+    """One sequence decoding in an engine slot: its settings and what it has produced so far."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    sampler: Sampler
+    generator: torch.Generator | None
+    stop_ids: frozenset
+    slot: int
+    text_stream: TextStream | None = None  # set when stop strings / text are wanted
+    tokens: list[int] = field(default_factory=list)  # generated ids (a stop id, if hit, is the last)
+    text: str = ""       # decoded text so far (with a tokenizer)
+    new_text: str = ""   # the part of `text` the last token completed
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" (released before the end)
+    top_logprobs: int | None = None   # record log-probabilities: the chosen token's and the k best
+    logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)  # per token
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+def new_cache(model: Transformer, batch_size: int, max_len: int) -> KVCache:
+    """An empty KV cache on `model`'s device, in its activations' dtype. Under tensor parallelism (DTensor
+    weights) a process caches only the key/value heads it computes."""
+    norm, wk = model.norm.weight, getattr(model.layers[0].attention.wk, "weight", None)  # quantized: no .weight
+    kv_heads = wk.to_local().shape[0] // model.args.head_dim if hasattr(wk, "to_local") else None
+    return KVCache.allocate(model.args, batch_size, max_len, norm.device, norm.dtype, kv_heads=kv_heads)
+
+
+class Engine:
+    """Batched decoding over `max_batch` slots of one preallocated KV cache of `max_len` positions.
+
+    compile=True runs the decode step through `torch.compile` (see `llamalab.fast`); the result is
+    token-for-token the same as eager greedy decoding.
+    """
+
+    def __init__(self, model: Transformer, *, max_batch: int = 1, max_len: int | None = None,
+                 compile: bool = False):
+        if max_batch < 1:
+            raise LlamalabError(f"max_batch must be >= 1, got {max_batch}")
+        self.model = model.eval()
+        args = model.args
+        param = model.norm.weight
+        self.device, self.dtype = param.device, param.dtype
+        self.max_len = min(max_len or args.max_seq_len, args.max_seq_len)
+        self.vocab_size = args.vocab_size
+        # one scratch position past the end: idle rows write there, so a step never touches a slot's content
+        self.cache = new_cache(model, max_batch, self.max_len + 1)
+        self.lengths = [0] * max_batch  # tokens whose keys/values each slot holds
+        self.slots: list[Sequence | None] = [None] * max_batch
+        self.seen: torch.Tensor | None = None  # (max_batch, V) tokens seen, for repetition penalties
+        self._views: dict[int, KVCache] = {}
+        self._positions = torch.arange(self.max_len + 1, device=self.device)
+        self._forward = model
+        if compile:
+            from .fast import compiled_step
+            self._forward = compiled_step(model)
+
+    @property
+    def max_batch(self) -> int:
+        return len(self.slots)
+
+    def free_slots(self) -> int:
+        return sum(s is None for s in self.slots)
+
+    def active(self) -> list[Sequence]:
+        return [s for s in self.slots if s is not None and not s.done]
+
+    # ------------------------------------------------------------------------------------------ slots
+    @torch.inference_mode()
+    def add(self, prompt: list[int], *, max_new_tokens: int, sampler: Sampler | None = None,
+            generator: torch.Generator | None = None, stop_ids: Iterable[int] = (), stop: Iterable[str] = (),
+            tokenizer=None, slot: int | None = None, cached: int = 0,
+            top_logprobs: int | None = None) -> Sequence:
+        """Prefill `prompt` into a free slot (or `slot`) and sample its first new token.
+
+        cached: the slot's cache already holds the keys/values of prompt[:cached] (a conversation's
+        earlier turns); only the rest is prefilled. stop strings need the tokenizer; with a tokenizer
+        the sequence also carries its decoded text. top_logprobs=k (k >= 0) records, for every new
+        token, its log-probability under the model (before any sampling control) and the k most
+        probable (token, log-probability) pairs in `seq.logprobs`.
+        """
+        prompt = [int(t) for t in prompt]
+        self._check(prompt, max_new_tokens, cached)
+        if slot is None:
+            slot = next((i for i, s in enumerate(self.slots) if s is None), None)
+            if slot is None:
+                raise LlamalabError(f"all {self.max_batch} slots are busy; release one first")
+        elif self.slots[slot] is not None:
+            raise LlamalabError(f"slot {slot} is busy")
+        stop = [s for s in stop if s]
+        if stop and tokenizer is None:
+            raise LlamalabError("stop strings need the tokenizer")
+        seq = Sequence(prompt, max_new_tokens, sampler or Sampler(), generator, frozenset(stop_ids), slot,
+                       TextStream(tokenizer, stop_ids=stop_ids, stop=stop) if tokenizer is not None else None,
+                       top_logprobs=top_logprobs)
+        self.slots[slot] = seq
+        tokens = torch.tensor([prompt[cached:]], device=self.device)
+        logits = self.model(tokens, cache=self.cache.rows(slot, slot + 1), pos=cached, last_only=True)[:, -1]
+        self.lengths[slot] = len(prompt)
+        seen = None
+        if seq.sampler.uses_history:
+            if self.seen is None:
+                self.seen = torch.zeros(self.max_batch, self.vocab_size, dtype=torch.bool, device=self.device)
+            self.seen[slot] = False
+            self.seen[slot, tokens.new_tensor(prompt)] = True
+            seen = self.seen[slot:slot + 1]
+        token = int(seq.sampler(logits, seen, generator)[0])
+        if top_logprobs is not None:
+            _record_logprobs(logits, [seq], [token], rows=[0])
+        self._accept(seq, token)
+        return seq
+
+    def release(self, seq: Sequence) -> None:
+        """Free the sequence's slot (finished or not); its cache row is reused by the next `add`."""
+        if self.slots[seq.slot] is seq:
+            self.slots[seq.slot] = None
+            if not seq.done:
+                seq.finish_reason = "cancelled"
+
+    def _check(self, prompt: list[int], max_new_tokens: int, cached: int) -> None:
+        if max_new_tokens < 1:
+            raise LlamalabError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not prompt:
+            raise LlamalabError("every prompt needs at least one token (e.g. the BOS token)")
+        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
+        if bad:
+            raise LlamalabError(f"token id {bad[0]} is outside the model's vocabulary of {self.vocab_size}")
+        if not 0 <= cached < len(prompt):
+            raise ValueError(f"cached must be in [0, {len(prompt)}), got {cached}")
+        if len(prompt) + max_new_tokens - 1 > self.max_len:  # the last token is never fed back
+            raise LlamalabError(f"prompt of {len(prompt)} tokens + max_new_tokens {max_new_tokens} exceeds the "
+                                f"context of {self.max_len} tokens; shorten the prompt or lower max_new_tokens")
+
+    # ------------------------------------------------------------------------------------------- step
+    @torch.inference_mode()
+    def step(self) -> list[Sequence]:
+        """Feed the last token of every active sequence and sample the next: the sequences that got one."""
+        active = self.active()
+        if not active:
+            return []
+        B = max(s.slot for s in active) + 1  # rows 0..B-1 run; idle ones write to the scratch position
+        feed, pos = [0] * B, [self.max_len] * B
+        for s in active:
+            feed[s.slot], pos[s.slot] = s.tokens[-1], self.lengths[s.slot]
+        S = max(pos[s.slot] for s in active) + 1
+        feed_t = torch.tensor(feed, device=self.device)[:, None]
+        pos_t = torch.tensor(pos, device=self.device)
+        mask = (self._positions[:S][None] <= pos_t[:, None])[:, None, None]
+        rotary = pos_t.clamp(max=self.model.args.max_seq_len - 1)[:, None]
+        logits = self._forward(feed_t, cache=self._rows(B), pos=pos_t, positions=rotary, mask=mask)[:, -1]
+        for s in active:
+            self.lengths[s.slot] += 1
+            if self.seen is not None and s.sampler.uses_history:
+                self.seen[s.slot, s.tokens[-1]] = True
+        tokens = self._sample(logits, active)
+        scored = [(s, t) for s, t in zip(active, tokens) if s.top_logprobs is not None]
+        if scored:
+            _record_logprobs(logits, *zip(*scored), rows=[s.slot for s, _ in scored])
+        for s, t in zip(active, tokens):
+            self._accept(s, t)
+        return active
+
+    def _rows(self, B: int) -> KVCache:
+        if B not in self._views:
+            self._views[B] = self.cache.rows(0, B)
+        return self._views[B]
+
+    def _sample(self, logits: torch.Tensor, active: list[Sequence]) -> list[int]:
+        """One token per active sequence; sequences sharing a sampler and a generator sample together."""
+        if all(s.sampler.greedy and not s.sampler.uses_history for s in active):
+            picked = logits.argmax(-1).tolist()  # the one host sync of a greedy step
+            return [picked[s.slot] for s in active]
+        groups: dict[tuple, list[Sequence]] = {}
+        for s in active:
+            groups.setdefault((s.sampler, id(s.generator)), []).append(s)
+        out: dict[int, int] = {}
+        for members in groups.values():
+            rows = torch.tensor([s.slot for s in members], device=self.device)
+            seen = self.seen[rows] if members[0].sampler.uses_history else None
+            picked = members[0].sampler(logits[rows], seen, members[0].generator).tolist()
+            out.update((s.slot, t) for s, t in zip(members, picked))
+        return [out[s.slot] for s in active]
+
+    def _accept(self, seq: Sequence, token: int) -> None:
+        seq.tokens.append(token)
+        if seq.text_stream is not None:
+            seq.new_text = seq.text_stream.push(token)
+        if token in seq.stop_ids or (seq.text_stream is not None and seq.text_stream.stopped):
+            seq.finish_reason = "stop"
+        elif len(seq.tokens) >= seq.max_new_tokens:
+            seq.finish_reason = "length"
+            if seq.text_stream is not None:
+                seq.new_text += seq.text_stream.finish()
+        if seq.text_stream is not None:
+            seq.text += seq.new_text
+
+
+def _record_logprobs(logits: torch.Tensor, seqs, tokens, rows: list[int]) -> None:
+    """Append each sequence's log-probability of its new token, and its top-k alternatives, from the
+    model's own distribution (log-softmax of the raw logits)."""
+    logp = logits[rows].float().log_softmax(-1)
+    chosen = logp.gather(-1, logp.new_tensor(tokens, dtype=torch.long)[:, None])[:, 0].tolist()
+    k = max(s.top_logprobs for s in seqs)
+    top = logp.topk(k, dim=-1) if k else None
+    for i, s in enumerate(seqs):
+        alternatives = []
+        if s.top_logprobs:
+            ids, values = top.indices[i, :s.top_logprobs].tolist(), top.values[i, :s.top_logprobs].tolist()
+            alternatives = list(zip(ids, values))
+        s.logprobs.append((chosen[i], alternatives))
+
+
+# ------------------------------------------------------------------------------------ one-shot helpers
+
+def _check_context(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
+                   truncate: str | None) -> list[list[int]]:
+    """The prompts, left-truncated to fit the context when asked (else a prompt too long is an error)."""
+    if truncate not in (None, "left"):
+        raise LlamalabError(f"unknown truncation policy {truncate!r}; use 'left' or none")
+    limit = model.args.max_seq_len
+    room = limit - max_new_tokens
+    longest = max((len(p) for p in prompts), default=0)
+    if longest <= room:
+        return prompts
+    if truncate == "left" and room > 0:
+        return [p[-room:] for p in prompts]
+    raise LlamalabError(
+        f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's context "
+        f"of {limit} tokens; shorten the prompt, lower max_new_tokens, or truncate='left' (drops the oldest tokens)")
+
+
+def _generator(model: Transformer, seed: int | None) -> torch.Generator | None:
+    return None if seed is None else torch.Generator(model.norm.weight.device).manual_seed(seed)
+
+
+def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+             repetition_penalty: float = 1.0, stop_ids: Iterable[int] = (), seed: int | None = None,
+             truncate: str | None = None, compile: bool = False) -> list[list[int]]:
+    """New token ids for each prompt (ending with the stop id if one was sampled), all decoded together.
+
+    temperature 0 = greedy. `seed` makes sampling reproducible. A prompt that does not fit in the
+    context with max_new_tokens is an error unless truncate="left" (keep the most recent tokens).
+    """
+    sampler = Sampler(temperature, top_k, top_p, min_p, repetition_penalty)
+    prompts = _check_context(model, [list(p) for p in prompts], max_new_tokens, truncate)
+    if not prompts:
+        raise LlamalabError("no prompts given")
+    engine = Engine(model, max_batch=len(prompts), max_len=max(map(len, prompts)) + max_new_tokens,
+                    compile=compile)
+    generator = _generator(model, seed)
+    seqs = [engine.add(p, max_new_tokens=max_new_tokens, sampler=sampler, generator=generator, stop_ids=stop_ids)
+            for p in prompts]
+    while engine.step():
+        pass
+    return [s.tokens for s in seqs]
+
+
+def stream(model: Transformer, prompt: list[int], *, max_new_tokens: int, temperature: float = 0.0,
+           top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+           repetition_penalty: float = 1.0, stop_ids: Iterable[int] = (), seed: int | None = None,
+           truncate: str | None = None, compile: bool = False) -> Iterator[int]:
+    """`generate` for one prompt, yielding each new token id as soon as it is sampled."""
+    sampler = Sampler(temperature, top_k, top_p, min_p, repetition_penalty)
+    (prompt,) = _check_context(model, [list(prompt)], max_new_tokens, truncate)
+    engine = Engine(model, max_len=len(prompt) + max_new_tokens, compile=compile)
+    seq = engine.add(prompt, max_new_tokens=max_new_tokens, sampler=sampler, generator=_generator(model, seed),
+                     stop_ids=stop_ids)
+    yield seq.tokens[-1]
+    while engine.step():
+        yield seq.tokens[-1]
+
+
+class Session:
+    """One growing token sequence (a conversation) and its KV cache: each `stream` call prefills only
+    the part of the new prompt that differs from what the cache already holds."""
+
+    def __init__(self, model: Transformer, max_len: int | None = None, compile: bool = False):
+        self.engine = Engine(model, max_len=max_len, compile=compile)
+        self.tokens: list[int] = []  # tokens whose keys/values are in the cache, in order
+
+    @property
+    def max_len(self) -> int:
+        return self.engine.max_len
+
+    def reset(self):
+        self.tokens = []
+
+    def stream(self, prompt: list[int], *, max_new_tokens: int, temperature: float = 0.0,
+               top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+               repetition_penalty: float = 1.0, stop_ids: Iterable[int] = (),
+               seed: int | None = None) -> Iterator[int]:
+        sampler = Sampler(temperature, top_k, top_p, min_p, repetition_penalty)
+        prompt = list(prompt)
+        if len(prompt) + max_new_tokens > self.max_len:
+            raise LlamalabError(f"the conversation ({len(prompt)} tokens) + max_new_tokens {max_new_tokens} "
+                                f"no longer fits the context of {self.max_len} tokens; start over (/reset)")
+        reuse = 0
+        for a, b in zip(self.tokens, prompt[:-1]):  # keep ≥ 1 new token to compute the next logits from
+            if a != b:
+                break
+            reuse += 1
+        self.tokens = prompt[:reuse]
+        model = self.engine.model
+        seq = self.engine.add(prompt, max_new_tokens=max_new_tokens, sampler=sampler, slot=0, cached=reuse,
+                              generator=_generator(model, seed), stop_ids=stop_ids)
+        try:
+            yield seq.tokens[-1]
+            while self.engine.step():
+                yield seq.tokens[-1]
+        finally:  # the last token yielded was never fed to the model
+            self.tokens = prompt + seq.tokens[:-1]
+            self.engine.release(seq)
+
+
 def stream_text(tokens: Iterable[int], tokenizer, *, stop_ids: Iterable[int] = (),
                 stop: Iterable[str] = ()) -> Iterator[str]:
-    """Text of a token stream, yielded as soon as it is complete UTF-8. Ends before the first stop id
-    or stop string; neither is part of the text."""
-    stop_ids, stop = set(stop_ids), [s for s in stop if s]
-    decoder = tokenizer.stream_decoder()
-    held = ""
+    """Text of a token stream, yielded as soon as it is complete UTF-8 (see `TextStream`)."""
+    text = TextStream(tokenizer, stop_ids=stop_ids, stop=stop)
     for t in tokens:
-        if t in stop_ids:
-            break
-        ready, held, hit = split_stop(held + decoder.push(t), stop, final=False)
-        if ready:
-            yield ready
-        if hit:
+        piece = text.push(t)
+        if piece:
+            yield piece
+        if text.stopped:
             return
-    ready, _, _ = split_stop(held + decoder.flush(), stop, final=True)
-    if ready:
-        yield ready
+    piece = text.finish()
+    if piece:
+        yield piece
 
 
 def decode_text(tokens: list[int], tokenizer, *, stop_ids: Iterable[int] = (), stop: Iterable[str] = ()) -> str:

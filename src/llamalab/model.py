@@ -95,6 +95,10 @@ class KVCache:
     def max_len(self) -> int:
         return self.k[0].shape[2]
 
+    def rows(self, start: int, stop: int) -> "KVCache":
+        """Rows [start, stop) as a cache of their own (views: writes land in this cache)."""
+        return KVCache([k[start:stop] for k in self.k], [v[start:stop] for v in self.v])
+
 
 class Attention(nn.Module):
     """Causal multi-head attention with grouped-query heads, via `scaled_dot_product_attention`
@@ -115,7 +119,16 @@ class Attention(nn.Module):
         k = apply_rotary(self.wk(x).view(B, T, -1, self.head_dim), freqs_cis)
         v = self.wv(x).view(B, T, -1, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if kv is not None:  # write this chunk into the cache, attend over everything so far
+        if kv is not None and isinstance(pos, torch.Tensor):
+            # batched decoding: one new token per row, each written at its own slot pos[b]; the mask
+            # (B, 1, 1, S) says which of the first S slots each row attends to
+            k_cache, v_cache = kv
+            rows = torch.arange(B, device=x.device)
+            k_cache[rows, :, pos] = k[:, :, 0]
+            v_cache[rows, :, pos] = v[:, :, 0]
+            S = mask.shape[-1]
+            return self.wo(self._decode_attention(q, k_cache[:, :, :S], v_cache[:, :, :S], mask).reshape(B, 1, -1))
+        elif kv is not None:  # write this chunk into the cache, attend over everything so far
             k_cache, v_cache = kv
             k_cache[:, :, pos:pos + T] = k
             v_cache[:, :, pos:pos + T] = v
@@ -125,6 +138,16 @@ class Attention(nn.Module):
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+    def _decode_attention(self, q, k, v, mask):
+        """Attention of one query per row as two small matmuls: q (B, H, 1, hd) grouped by KV head against
+        k, v (B, KV, S, hd); mask (B, 1, 1, S). (SDPA's CPU kernels are tuned for long queries; with a mask and
+        a single query they are many times slower than this.)"""
+        B, KV, S = k.shape[:3]  # KV: this process's key/value heads (fewer under tensor parallelism)
+        q = q.view(B, KV, -1, self.head_dim)  # the query heads sharing each KV head
+        scores = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
+        probs = scores.float().masked_fill(~mask.view(B, 1, 1, S), float("-inf")).softmax(-1).type_as(q)
+        return probs @ v  # (B, KV, n_rep, hd) = (B, H, hd) in head order
 
 
 class FeedForward(nn.Module):
@@ -197,7 +220,7 @@ class Transformer(nn.Module):
         """Parameters counted once each (a tied embedding is one matrix)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int = 0,
+    def forward(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int | torch.Tensor = 0,
                 positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 last_only: bool = False, select: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab) for tokens (B, T); `last_only`: for the last position only (generation);
@@ -207,22 +230,26 @@ class Transformer(nn.Module):
             return self.output(h[select])
         return self.output(h[:, -1:] if last_only else h)
 
-    def hidden_states(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int = 0,
+    def hidden_states(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int | torch.Tensor = 0,
                       positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final normalized hidden states (B, T, dim): everything but the output projection.
 
         cache: keys/values are written at slots [pos, pos+T) and attention covers slots [0, pos+T).
+          pos may also be a (B,) tensor when T == 1: row b writes slot pos[b] (and is at rotary
+          position pos[b] unless `positions` says otherwise); then `mask` (B, 1, 1, S) is required.
         positions: rotary positions (B, T); default pos..pos+T-1 for every row (left-padded batches
           pass their own). mask: boolean (B, 1, T, S), True = may attend; default causal.
         """
         B, T = tokens.shape
+        if positions is None and isinstance(pos, torch.Tensor):
+            positions = pos[:, None]
         if positions is None:
             if pos + T > self.args.max_seq_len:
                 raise ValueError(f"sequence of {pos + T} positions exceeds max_seq_len {self.args.max_seq_len}")
             freqs_cis = self.freqs_cis[pos:pos + T][None, :, None]
         else:
             freqs_cis = self.freqs_cis[positions][:, :, None]
-        if mask is None and cache is not None and pos > 0 and T > 1:
+        if mask is None and cache is not None and not isinstance(pos, torch.Tensor) and pos > 0 and T > 1:
             # a chunk after a cached prefix: query i (slot pos+i) sees slots 0..pos+i
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=tokens.device).tril(diagonal=pos)
         h = self.tok_embeddings(tokens)

@@ -1,7 +1,8 @@
 import sys
 
 from ..errors import LlamalabError
-from .common import add_adapter_argument, add_chat_arguments, add_model_arguments, add_sampling_arguments, load_checkpoint, sampling_kwargs
+from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
+                     add_sampling_arguments, load_checkpoint, sampling_kwargs)
 
 HELP = "Chat with a model in the terminal (streams answers; /reset clears the conversation, /exit quits)."
 
@@ -11,6 +12,7 @@ def add_arguments(p):
     add_adapter_argument(p)
     add_sampling_arguments(p, max_new_tokens=512)
     add_chat_arguments(p)
+    add_compile_argument(p)
     p.add_argument("--context", type=int, metavar="N",
                    help="conversation length in tokens kept in the KV cache (default: min(model's, 4096))")
 
@@ -33,7 +35,7 @@ def run(args):
     ckpt = load_checkpoint(args)
     tok = ckpt.tokenizer
     template = resolve_template(args.template, tok)  # fail now, not at the first message
-    session = Session(ckpt.model, max_len=args.context or min(ckpt.args.max_seq_len, 4096))
+    session = Session(ckpt.model, max_len=args.context or min(ckpt.args.max_seq_len, 4096), compile=args.compile)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     interactive = sys.stdin.isatty()

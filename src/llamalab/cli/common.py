@@ -33,10 +33,15 @@ def parse_overrides(args) -> list[tuple[str, str]]:
     return pairs
 
 
-def add_model_arguments(p):
-    """--model, --dtype, --device: which checkpoint, loaded how."""
+def add_model_arguments(p, *, keep_quantized: bool = True):
+    """--model, --dtype, --device: which checkpoint, loaded how. keep_quantized: without --dtype, a
+    quantized checkpoint runs quantized (else the default dequantizes to float32)."""
     p.add_argument("--model", required=True, help="checkpoint: .gguf file, HF or Meta directory, or hub id")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    if keep_quantized:
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                       help="dequantize to this dtype (default: quantized weights stay quantized, else float32)")
+    else:
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
 
 
@@ -56,6 +61,11 @@ def add_adapter_argument(p):
     p.add_argument("--adapter", metavar="DIR", help="a LoRA adapter directory (ours or peft's) to run the model with")
 
 
+def add_compile_argument(p):
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (pays off after the first ~100 tokens)")
+
+
 def add_chat_arguments(p):
     """--system, --template: how a conversation becomes a prompt."""
     p.add_argument("--system", metavar="TEXT", help="system prompt (chat)")
@@ -72,7 +82,8 @@ def load_checkpoint(args):
     from ..finetune.merge import attach_adapter
     from ..formats import load
 
-    ckpt = load(args.model, device=args.device or default_device(), dtype=getattr(torch, args.dtype))
+    dtype = getattr(torch, args.dtype) if args.dtype else None  # None: quantized weights stay quantized
+    ckpt = load(args.model, device=args.device or default_device(), dtype=dtype)
     if getattr(args, "adapter", None):
         attach_adapter(ckpt, args.adapter)
     if ckpt.tokenizer is None:

@@ -1,7 +1,8 @@
 import io
 import sys
 
-from .common import add_adapter_argument, add_chat_arguments, add_model_arguments, add_sampling_arguments, load_checkpoint, sampling_kwargs
+from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
+                     add_sampling_arguments, load_checkpoint, sampling_kwargs)
 
 HELP = "Continue a prompt with a model (greedy or sampled); prints only the continuation, streamed."
 
@@ -12,6 +13,7 @@ def add_arguments(p):
     add_adapter_argument(p)
     add_sampling_arguments(p, max_new_tokens=128)
     add_chat_arguments(p)
+    add_compile_argument(p)
     p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop at this text (repeatable)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template as a user turn")
     p.add_argument("--no-stream", action="store_true", help="print the text once, at the end")
@@ -44,7 +46,7 @@ def run(args):
     else:
         prompt = tok.encode(args.prompt, bos=tok.add_bos)
     stop_ids = () if args.ignore_eos else tok.stop_ids
-    kw = dict(sampling_kwargs(args), stop_ids=stop_ids, truncate=args.truncate)
+    kw = dict(sampling_kwargs(args), stop_ids=stop_ids, truncate=args.truncate, compile=args.compile)
     if args.no_stream:
         tokens = generate(ckpt.model, [prompt], **kw)[0]
         out.write(decode_text(tokens, tok, stop_ids=stop_ids, stop=args.stop))

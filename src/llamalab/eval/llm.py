@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..model import KVCache, Transformer
+from ..generate import Engine
+from ..model import Transformer
+from ..sampling import Sampler
 
 HEAD_CHUNK = 256  # scored positions per output-head slice
 PACK_TOKENS = 512  # widest packed row (a question with its choices is far shorter; CPU is fastest at a few hundred)
@@ -160,11 +162,13 @@ class LLM:
         return {k: (s, m == 0) for k, s, m in zip(keys, ll.tolist(), miss.tolist())}
 
     # ------------------------------------------------------------------ generation
-    @torch.inference_mode()
     def generate(self, prompts: list[str], *, until=(), max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float | None = None, seed: int | None = None, desc: str = "generate") -> list[str]:
         """Greedy (temperature 0) or sampled continuations of each prompt, cut at the first stop string
-        (lm-eval's `generate_until`); decoding also stops at the tokenizer's end-of-text tokens."""
+        (lm-eval's `generate_until`); decoding also stops at the tokenizer's end-of-text tokens.
+
+        Runs on the decoding engine with continuous batching: `batch_size` slots, a finished request's
+        slot is refilled with the next prompt (longest first) while the others keep decoding."""
         from tqdm.auto import tqdm
 
         gen = torch.Generator(device=self.device)
@@ -172,66 +176,29 @@ class LLM:
             gen.manual_seed(seed)
         budget = self.max_length - max_new_tokens
         encoded = [self.encode(p)[-budget:] for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        pending = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))[::-1]  # pop() = longest
+        longest = max((len(e) for e in encoded), default=0)
+        engine = Engine(self.model, max_batch=max(1, min(self.batch_size, len(prompts))),
+                        max_len=longest + max_new_tokens)
+        sampler = Sampler(temperature=temperature, top_p=top_p)
+        stop_ids = set(getattr(self.tokenizer, "stop_ids", ()) or ()) | {self.tokenizer.eos_id}
         texts: list[str] = [""] * len(prompts)
-        bar = tqdm(total=len(prompts), desc=desc, disable=not self.progress, unit="req", dynamic_ncols=True)
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            outs = self._generate_batch([encoded[i] for i in idx], until, max_new_tokens, temperature, top_p, gen)
-            for i, t in zip(idx, outs):
-                texts[i] = t
-            bar.update(len(idx))
-        bar.close()
+        owner: dict[int, int] = {}  # id(sequence) → prompt index
+        with tqdm(total=len(prompts), desc=desc, disable=not self.progress, unit="req", dynamic_ncols=True) as bar:
+            while pending or engine.active():
+                while pending and engine.free_slots():
+                    i = pending.pop()
+                    seq = engine.add(encoded[i], max_new_tokens=max_new_tokens, sampler=sampler, generator=gen,
+                                     stop_ids=stop_ids, stop=until, tokenizer=self.tokenizer)
+                    owner[id(seq)] = i
+                    self._collect(engine, seq, owner, texts, bar)
+                for seq in engine.step():
+                    self._collect(engine, seq, owner, texts, bar)
         return texts
 
-    def _generate_batch(self, prompts, until, max_new_tokens, temperature, top_p, gen) -> list[str]:
-        from .scoring import truncate_at_stop
-
-        B, L = len(prompts), max(map(len, prompts))
-        dev = self.device
-        lengths = torch.tensor([len(p) for p in prompts], device=dev)
-        pad = L - lengths                                              # left padding per row
-        tokens = torch.zeros(B, L, dtype=torch.long, device=dev)
-        for i, p in enumerate(prompts):
-            tokens[i, L - len(p):] = torch.tensor(p, device=dev)
-        slots = torch.arange(L + max_new_tokens, device=dev)
-        valid = slots[None, :] >= pad[:, None]                         # (B, S): key slot holds a real token
-        causal = torch.ones(L, L, dtype=torch.bool, device=dev).tril()
-        # padded queries attend to themselves only, so no row of the softmax is empty
-        mask = (causal[None] & valid[:, None, :L]) | torch.eye(L, dtype=torch.bool, device=dev)[None]
-        positions = (torch.arange(L, device=dev)[None] - pad[:, None]).clamp(min=0)
-        cache = KVCache.allocate(self.model.args, B, L + max_new_tokens, dev, self.dtype)
-        logits = self.model(tokens, cache=cache, positions=positions, mask=mask[:, None], last_only=True)[:, -1]
-        stop_ids = set(getattr(self.tokenizer, "stop_ids", ()) or ()) | {self.tokenizer.eos_id}
-        new = [[] for _ in range(B)]
-        done = [False] * B
-        for t in range(max_new_tokens):
-            nxt = self._pick(logits.float(), temperature, top_p, gen)
-            for i in range(B):
-                if done[i]:
-                    continue
-                tok = int(nxt[i])
-                if tok in stop_ids:
-                    done[i] = True
-                    continue
-                new[i].append(tok)
-                if until and any(u in self.tokenizer.decode(new[i]) for u in until):
-                    done[i] = True
-            if all(done) or t == max_new_tokens - 1:
-                break
-            pos = L + t
-            logits = self.model(nxt[:, None], cache=cache, pos=pos, positions=(lengths + t)[:, None],
-                                mask=valid[:, None, None, :pos + 1], last_only=True)[:, -1]
-        return [truncate_at_stop(self.tokenizer.decode(n), until) for n in new]
-
     @staticmethod
-    def _pick(logits, temperature, top_p, gen):
-        if temperature <= 0:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits / temperature, dim=-1)
-        if top_p is not None and top_p < 1.0:
-            sorted_p, order = probs.sort(-1, descending=True)
-            drop = sorted_p.cumsum(-1) - sorted_p > top_p
-            sorted_p[drop] = 0
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        return torch.multinomial(probs, 1, generator=gen)[:, 0]
+    def _collect(engine, seq, owner, texts, bar):
+        if seq.done:
+            texts[owner.pop(id(seq))] = seq.text
+            engine.release(seq)
+            bar.update(1)

@@ -18,6 +18,7 @@ from huggingface_hub import snapshot_download
 from ..config import ModelArgs
 from ..errors import LlamalabError
 from ..model import Transformer
+from ..quant import GroupCodes, build_quantized
 from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_gguf_fields
 from . import gguf, hf, meta
 from .output import check_output
@@ -123,19 +124,28 @@ def load_tokenizer_for(fmt: str, path: Path, vocab_size: int, extra: dict | None
     return tok
 
 
-def load_state(path_or_id, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict, str, Path]:
+def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False
+               ) -> tuple[dict[str, torch.Tensor], ModelArgs, dict, str, Path]:
     """Tensors in our names + config, without building a model: (state, args, extra, format, path).
-    lazy: tensors on the meta device (shapes and dtypes only), for inspecting a checkpoint cheaply."""
+    lazy: tensors on the meta device (shapes and dtypes only), for inspecting a checkpoint cheaply.
+    quantized: quantized matrices stay quantized (`llamalab.quant.GroupCodes`) where the format has them."""
     fmt, path = detect_format(resolve(path_or_id))
-    state, args, extra = MODULES[fmt].load_state(path, lazy=lazy)
+    options = {"quantized": True} if quantized and fmt in ("gguf", "hf") else {}
+    state, args, extra = MODULES[fmt].load_state(path, lazy=lazy, **options)
     check_state(state, args, path)
     return state, args, extra, fmt, path
 
 
 def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = True) -> Checkpoint:
-    """Load a .gguf file, an HF directory, a Meta directory, or a hub id into our Transformer."""
-    state, args, extra, fmt, path = load_state(path_or_id)
-    model = model_from_state(state, args, device=device, dtype=dtype)
+    """Load a .gguf file, an HF directory, a Meta directory, or a hub id into our Transformer.
+
+    dtype None: quantized weights stay quantized and run as such (`llamalab.quant`), the rest is float32;
+    a dtype dequantizes everything to it."""
+    state, args, extra, fmt, path = load_state(path_or_id, quantized=dtype is None)
+    if any(isinstance(v, GroupCodes) for v in state.values()):
+        model = build_quantized(state, args, device=device)
+    else:
+        model = model_from_state(state, args, device=device, dtype=dtype or torch.float32)
     tok = load_tokenizer_for(fmt, path, args.vocab_size, extra) if tokenizer else None
     return Checkpoint(model=model, args=args, tokenizer=tok, format=fmt,
                       metadata=extra.get("metadata", {}), path=path)

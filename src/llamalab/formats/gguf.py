@@ -19,6 +19,7 @@ from gguf.quants import dequantize, quantize
 from ..atomic import staged_file
 from ..config import ModelArgs
 from ..errors import LlamalabError
+from ..quant import GGUF_TYPES, from_gguf
 from ..tokenizer import find_tokenizer, open_gguf
 from .names import name_maps
 from .output import check_output
@@ -97,9 +98,10 @@ def _meta_tensor(t) -> torch.Tensor:
     return torch.empty(tuple(int(s) for s in reversed(t.shape)), dtype=dtype, device="meta")
 
 
-def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
+def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
     """Read a llama GGUF into our state dict (dequantized; F32/F16/BF16 keep their dtype).
-    lazy: tensors on the meta device (shapes and dtypes only, nothing read or dequantized)."""
+    lazy: tensors on the meta device (shapes and dtypes only, nothing read or dequantized).
+    quantized: Q8_0/Q4_0/Q4_1 matrices stay quantized, as `llamalab.quant.GroupCodes`."""
     path = Path(path)
     reader = open_gguf(path)
     meta = read_metadata(path, reader)
@@ -110,7 +112,10 @@ def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], Mo
             unknown.append(t.name)
             continue
         try:
-            state[name] = _meta_tensor(t) if lazy else _to_torch(t)
+            if quantized and not lazy and t.tensor_type.name in GGUF_TYPES and len(t.shape) == 2:
+                state[name] = from_gguf(t.data, t.tensor_type.name, tuple(int(s) for s in reversed(t.shape)))
+            else:
+                state[name] = _meta_tensor(t) if lazy else _to_torch(t)
         except (ValueError, IndexError) as e:
             raise LlamalabError(f"{path}: tensor {t.name} is damaged ({e}); is the file truncated?") from None
         qtypes[name] = t.tensor_type.name
@@ -133,10 +138,11 @@ def _encode(w: torch.Tensor, gguf_type: str):
         return array, Q.F32
     if gguf_type == "f16":
         return array.astype(np.float16), Q.F16
-    if gguf_type == "q8_0":
+    if gguf_type in ("q8_0", "q4_0", "q4_1"):
         if array.shape[-1] % 32:
-            return array.astype(np.float16), Q.F16  # Q8_0 needs rows in blocks of 32
-        return quantize(array, Q.Q8_0), Q.Q8_0
+            return array.astype(np.float16), Q.F16  # quantized types need rows in blocks of 32
+        kind = {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1}[gguf_type]
+        return quantize(array, kind), kind
     raise ValueError(gguf_type)
 
 
@@ -169,7 +175,8 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
     tokenizer_src: a GGUF file whose tokenizer.* metadata is copied, or a Tokenizer / tokenizer directory
     (None: the file carries no vocabulary).
     """
-    file_types = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "q8_0": LlamaFileType.MOSTLY_Q8_0}
+    file_types = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "q8_0": LlamaFileType.MOSTLY_Q8_0,
+                  "q4_0": LlamaFileType.MOSTLY_Q4_0, "q4_1": LlamaFileType.MOSTLY_Q4_1}
     if gguf_type not in file_types:
         raise LlamalabError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(file_types)}")
     kind = (args.rope_scaling or {}).get("rope_type", (args.rope_scaling or {}).get("type"))
@@ -204,7 +211,9 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
             gname = to_gguf(key)
             if gname is None:
                 raise LlamalabError(f"cannot write tensor {key!r} to GGUF: not a llama parameter")
-            data, qtype = _encode(w, gguf_type)
+            # 4-bit files keep the embedding (the output head too, when tied) at Q8_0, as llama.cpp does
+            embedding = key in ("tok_embeddings.weight", "output.weight")
+            data, qtype = _encode(w, "q8_0" if gguf_type in ("q4_0", "q4_1") and embedding else gguf_type)
             writer.add_tensor(gname, data, raw_dtype=qtype if data.dtype == np.uint8 else None)  # uint8: quantized
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from torch import nn
 from ..config import ModelArgs
 from ..device import default_device
 from ..errors import LlamalabError
+from ..fast import has_cxx_compiler
 from ..model import Transformer, initial_value
 from ..tensor_parallel import apply_tensor_parallel, device_mesh
 
@@ -103,11 +103,6 @@ def apply_compile(model: Transformer) -> None:
     """Compile each block separately (identical blocks share one compiled graph; compile stays fast)."""
     for block in model.layers:
         block.compile(fullgraph=True)
-
-
-def has_cxx_compiler() -> bool:
-    """torch.compile on CPU generates C++: is there a compiler for it (CXX, else g++, c++, clang++)?"""
-    return any(map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++")))
 
 
 def apply_fsdp(model: Transformer, mixed_precision: bool, mesh=None) -> None:

@@ -1,0 +1,66 @@
+from .common import add_model_arguments, load_checkpoint
+
+HELP = "Serve a model over HTTP with OpenAI's API (chat/completions, streaming, continuous batching) and a chat page."
+
+SERVER_PACKAGES = ("fastapi", "uvicorn", "sse_starlette", "prometheus_client")
+
+
+def add_arguments(p):
+    add_model_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 = any free one; the address is printed)")
+    p.add_argument("--max-batch", type=int, default=8, metavar="N", help="sequences decoding together (default 8)")
+    p.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="sequences waiting for a slot; more requests get 429 (default 64)")
+    p.add_argument("--context", type=int, metavar="N",
+                   help="tokens per sequence, prompt + answer (default: min(model's, 2048)); sets the KV-cache size")
+    p.add_argument("--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on /v1 "
+                   "(default: $LLAMALAB_API_KEY if set)")
+    p.add_argument("--served-model-name", metavar="NAME", help="the model id clients use (default: the file's name)")
+    p.add_argument("--template", metavar="NAME",
+                   help="chat template: alpaca, llama-2, chatml, a Jinja file; default: the checkpoint's own")
+    p.add_argument("--no-ui", action="store_true", help="do not serve the chat page at /")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                   help="on Ctrl-C / SIGTERM, seconds to let requests in flight finish (default 30)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                   help="server log level (debug also logs every request)")
+
+
+def _check(args):
+    import importlib.util
+
+    from llamalab.errors import LlamalabError
+
+    missing = [m for m in SERVER_PACKAGES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LlamalabError(f"the server needs {', '.join(missing)}: pip install 'llamalab[serve]'")
+    for name in ("max_batch", "max_queue", "context"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "max_queue" else 1):
+            raise LlamalabError(f"--{name.replace('_', '-')} must be >= {0 if name == 'max_queue' else 1}, got {value}")
+    if not 0 <= args.port <= 65535:
+        raise LlamalabError(f"--port must be in 0..65535, got {args.port}")
+
+
+def run(args):
+    import os
+    from pathlib import Path
+
+    from ..chat_templates import resolve_template
+    from ..serve.app import Settings
+    from ..serve.server import bind, serve
+
+    _check(args)
+    if args.template:
+        resolve_template(args.template)  # a bad name fails before the (slow) load
+    sock = bind(args.host, args.port)  # so does a busy port
+    ckpt = load_checkpoint(args)
+    template = None
+    if args.template or ckpt.tokenizer.chat_template:
+        template = resolve_template(args.template, ckpt.tokenizer)
+    settings = Settings(
+        name=args.served_model_name or Path(args.model.rstrip("/")).name.removesuffix(".gguf"),
+        max_batch=args.max_batch, max_queue=args.max_queue,
+        context=args.context or min(ckpt.args.max_seq_len, 2048),
+        api_key=args.api_key or os.environ.get("LLAMALAB_API_KEY") or None, template=template, ui=not args.no_ui)
+    serve(ckpt.model, ckpt.tokenizer, settings, sock, drain_timeout=args.drain_timeout, log_level=args.log_level)

@@ -1,0 +1,15 @@
+"""Weight-only quantization: 8- and 4-bit group codes, read from / written to GGUF (Q8_0, Q4_0, Q4_1)
+and our safetensors layout, and the layers that run them without dequantizing the whole model.
+
+    codes.py   GroupCodes: the one canonical form (q, scale, zero per group); GGUF block decoding; RTN
+    linear.py  QuantLinear / QuantEmbedding: the CPU int4 kernel (8 bits as two 4-bit halves), fallback
+    model.py   build_quantized(state, args): a Transformer from a state dict holding codes
+    save.py    quantize a float checkpoint to a .gguf file or a safetensors directory
+"""
+
+from .codes import GGUF_TYPES, GroupCodes, from_gguf, quantize
+from .linear import QuantEmbedding, QuantLinear
+from .model import build_quantized, is_quantized, weight_bytes
+
+__all__ = ["GGUF_TYPES", "GroupCodes", "QuantEmbedding", "QuantLinear", "build_quantized", "from_gguf",
+           "is_quantized", "quantize", "weight_bytes"]

@@ -1,0 +1,113 @@
+"""Layers that keep their weights as group-wise integer codes and run them without a float copy.
+
+`QuantLinear` on CPU runs PyTorch's int4 weight-only matmul (`_weight_int4pack_mm_for_cpu`, the fastest
+of the weight-only kernels PyTorch ships for x86 — see bench/quant_kernels.py), whose weights are
+w = (p - 8) · s + z, p in 0..15, with s, z per group in the activation dtype (bfloat16: its fast path):
+- 4-bit codes map onto it exactly: p = q, s = scale, z = zero + 8 · scale.
+- 8-bit codes are split into two 4-bit halves, q = 16 · hi + lo (hi = q >> 4 in -8..7, lo = q & 15):
+  w = (hi + 8 - 8) · 16·scale + (lo - 8) · scale + 8·scale + zero — two int4 matmuls whose sum is
+  the int8 product, same bytes as int8, group-wise like Q8_0 (PyTorch's int8 kernel is per-channel only).
+Elsewhere (CUDA, ...) the codes are dequantized per call to the activation dtype and run by F.linear.
+Activations enter in bfloat16 and the result returns in the input's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .codes import GroupCodes
+
+KERNEL_GROUPS = (32, 64, 128, 256)  # group sizes the int4 CPU kernel takes
+PACK_ROWS = 64  # the kernel packs weight rows in tiles of 64
+COMPUTE = torch.bfloat16
+
+
+def _int4pack(p: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor):
+    """(packed weight, (in/g, out, 2) scales-and-zeros) for `_weight_int4pack_mm_for_cpu`."""
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(p.to(torch.int32).contiguous(), 1)
+    sz = torch.stack([scale.float().t(), zero.float().t()], dim=-1).to(COMPUTE).contiguous()
+    return packed, sz
+
+
+class QuantLinear(nn.Module):
+    """y = x Wᵀ for W held as 8- or 4-bit group codes (no bias, like every LLaMA projection).
+
+    `rows(index)` dequantizes only the rows asked for, which makes the same codes an embedding table
+    (a tied output head and token embedding share one QuantLinear)."""
+
+    def __init__(self, codes: GroupCodes):
+        super().__init__()
+        self.out_features, self.in_features = codes.shape
+        self.bits, self.group_size = codes.bits, codes.group_size
+        self.kernel = (codes.q.device.type == "cpu" and codes.group_size in KERNEL_GROUPS
+                       and self.out_features % PACK_ROWS == 0)
+        if not self.kernel:  # generic path: keep the codes, dequantize per call
+            for name in ("q", "scale", "zero"):
+                self.register_buffer(name, getattr(codes, name), persistent=False)
+            return
+        scale, zero = codes.scale.float(), codes.zero.float()
+        if codes.bits == 4:
+            halves = [_int4pack(codes.q, scale, zero + 8 * scale)]
+        else:
+            q = codes.q.to(torch.int16)
+            halves = [_int4pack((q >> 4) + 8, 16 * scale, torch.zeros_like(scale)),
+                      _int4pack(q & 15, scale, zero + 8 * scale)]
+        for i, (packed, sz) in enumerate(halves):
+            self.register_buffer(f"packed{i}", packed, persistent=False)
+            self.register_buffer(f"sz{i}", sz, persistent=False)
+        self.halves = len(halves)
+
+    def _codes(self) -> GroupCodes:
+        return GroupCodes(self.q, self.scale, self.zero, self.bits, self.group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.kernel:
+            return F.linear(x, self._codes().dequantize(x.dtype))
+        flat = x.reshape(-1, self.in_features).to(COMPUTE)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed0, self.group_size, self.sz0)
+        if self.halves == 2:
+            y = y + torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed1, self.group_size, self.sz1)
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+    def rows(self, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+        """Dequantized weight rows W[index] → (*index.shape, in_features)."""
+        if not self.kernel:
+            return self._codes().rows(index, dtype)
+        out = 0
+        for i in range(self.halves):
+            out = out + _packed_rows(getattr(self, f"packed{i}"), getattr(self, f"sz{i}"), index,
+                                     self.in_features, self.group_size)
+        return out.to(dtype)
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        return self.rows(torch.arange(self.out_features, device=self.sz0.device if self.kernel else self.q.device),
+                         dtype)
+
+    def extra_repr(self) -> str:
+        kernel = "int4pack" if self.kernel else "dequantize"
+        return f"{self.in_features}, {self.out_features}, bits={self.bits}, group_size={self.group_size}, {kernel}"
+
+
+def _packed_rows(packed, sz, index, K: int, g: int) -> torch.Tensor:
+    """Rows of an int4pack weight. The CPU layout is (N/64, K, 32) bytes: byte [b, k, j] holds row 64b + j
+    in its low nibble and row 64b + 32 + j in its high nibble (PyTorch's `_convert_weight_to_int4pack_for_cpu`)."""
+    tiles = packed.view(-1, K, PACK_ROWS // 2)
+    block, j = index // PACK_ROWS, index % PACK_ROWS
+    byte = tiles[block, :, j % (PACK_ROWS // 2)]  # (*index.shape, K)
+    p = torch.where((j < PACK_ROWS // 2)[..., None], byte & 0x0F, byte >> 4).float() - 8
+    s, z = sz[:, index].float().movedim(0, -2).unbind(-1)  # (*index.shape, K/g) each
+    return (p.unflatten(-1, (-1, g)) * s[..., None] + z[..., None]).flatten(-2)
+
+
+class QuantEmbedding(nn.Module):
+    """Token embedding lookup from a QuantLinear's codes: only the looked-up rows are dequantized."""
+
+    def __init__(self, table: QuantLinear, dtype=torch.float32):
+        super().__init__()
+        self.table, self.dtype = table, dtype
+        self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.table.rows(tokens, self.dtype)

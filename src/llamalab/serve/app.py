@@ -1,0 +1,269 @@
+"""The FastAPI app: OpenAI's /v1 routes on the continuous-batching scheduler, plus /health, /metrics and
+the chat page at /.
+
+    app = create_app(model, tokenizer, Settings(name="smollm2"))   # then run it with any ASGI server
+
+Every error is an OpenAI error body with a 4xx status (5xx only for the server's own faults); request
+bodies are bounded in size before they are parsed; with an API key, /v1 needs `Authorization: Bearer KEY`
+(/health, /metrics and the page do not: the page asks for the key and sends it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from ..chat_templates import render_for
+from ..errors import LlamalabError
+from ..generate import Engine
+from ..sampling import Sampler
+from . import page
+from .guard import Guard
+from .metrics import Metrics
+from .protocol import APIError, ChatRequest, CompletionRequest, Sampling, validation_message
+from .responses import Choice, Formatter
+from .scheduler import Job, Params, QueueFull, Scheduler
+
+log = logging.getLogger("llamalab.serve")
+
+
+@dataclass
+class Settings:
+    name: str                    # the model id clients ask for
+    max_batch: int = 8           # sequences decoding together
+    max_queue: int = 64          # sequences waiting for a slot before 429
+    context: int = 2048          # KV-cache positions per slot (prompt + answer)
+    api_key: str | None = None
+    template: str | None = None  # chat template: name / Jinja source; None = the checkpoint's own
+    ui: bool = True              # the chat page at /
+
+
+class Service:
+    """What the routes share: the tokenizer, the scheduler and the settings."""
+
+    def __init__(self, model, tokenizer, settings: Settings):
+        self.tokenizer, self.settings = tokenizer, settings
+        self.metrics = Metrics()
+        engine = Engine(model, max_batch=settings.max_batch, max_len=min(settings.context, model.args.max_seq_len))
+        self.context = engine.max_len
+        self.scheduler = Scheduler(engine, tokenizer, max_queue=settings.max_queue, metrics=self.metrics)
+
+    # ------------------------------------------------------------------------- request → job (sync)
+    def chat_job(self, req: ChatRequest) -> Job:
+        self._check_common(req)
+        try:
+            text = render_for(self.tokenizer, req.conversation(), self.settings.template)
+        except LlamalabError as e:
+            raise APIError(400, str(e), param="messages") from None
+        prompt = self.tokenizer.encode(text, bos=False)  # the template places BOS itself
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        return self._job(req, [prompt], req.max_completion_tokens or req.max_tokens, top)
+
+    def completion_job(self, req: CompletionRequest) -> Job:
+        self._check_common(req)
+        prompts = []
+        for p in req.prompts():
+            if isinstance(p, str):
+                p = self.tokenizer.encode(p, bos=self.tokenizer.add_bos)
+            elif any(not 0 <= t < self.tokenizer.vocab_size for t in p):
+                raise APIError(400, f"prompt token ids must be in [0, {self.tokenizer.vocab_size})", param="prompt")
+            if not p:
+                raise APIError(400, "the prompt is empty (and the tokenizer adds no BOS token)", param="prompt")
+            prompts.append(p)
+        return self._job(req, prompts, req.max_tokens, req.logprobs)
+
+    def _check_common(self, req: Sampling) -> None:
+        if req.model is not None and req.model != self.settings.name:
+            raise APIError(404, f"the model `{req.model}` does not exist; this server serves "
+                                f"`{self.settings.name}`", param="model", code="model_not_found")
+        message = req.unsupported()
+        if message:
+            raise APIError(400, message)
+
+    def _job(self, req: Sampling, prompts: list[list[int]], max_tokens: int | None, top: int | None) -> Job:
+        longest = max(map(len, prompts))
+        room = self.context - longest + 1  # the last new token is never fed back into the cache
+        if room < 1 or (max_tokens or 1) > room:
+            asked = f" + max_tokens {max_tokens}" if max_tokens else ""
+            raise APIError(400, f"this model's context is {self.context} tokens; the prompt has {longest} "
+                                f"token{'s' * (longest != 1)}{asked}; shorten the prompt or lower max_tokens",
+                           param="messages" if isinstance(req, ChatRequest) else "prompt",
+                           code="context_length_exceeded")
+        n = len(prompts) * req.n
+        if n > self.scheduler.capacity:
+            raise APIError(400, f"{n} sequences requested (prompts x n); this server holds at most "
+                                f"{self.scheduler.capacity}", param="n")
+        sampler = Sampler(req.temperature, req.top_k if req.top_k and req.top_k > 0 else None,
+                          req.top_p if req.top_p < 1 else None, req.min_p or None, req.repetition_penalty)
+        params = Params(max_tokens or room, sampler, req.seed, req.stop_strings(),
+                        frozenset() if req.ignore_eos else frozenset(self.tokenizer.stop_ids), top)
+        return Job(prompts, params, n=req.n)
+
+
+def create_app(model, tokenizer, settings: Settings) -> FastAPI:
+    service = Service(model, tokenizer, settings)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        loop = asyncio.get_running_loop()
+        service.metrics.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # read in the loop (/metrics)
+        service.scheduler.start(loop)
+        yield
+        service.scheduler.stop()
+
+    app = FastAPI(title="llamalab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    app.add_middleware(Guard, metrics=service.metrics)
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
+    _routes(app, service)
+    return app
+
+
+def _routes(app: FastAPI, service: Service) -> None:
+    authorized = [Depends(_authorize)]
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", **service.scheduler.load()}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", dependencies=authorized)
+    async def models():
+        return {"object": "list", "data": [_model_card(service)]}
+
+    @app.get("/v1/models/{model_id:path}", dependencies=authorized)
+    async def model(model_id: str):
+        if model_id != service.settings.name:
+            raise APIError(404, f"the model `{model_id}` does not exist", param="model", code="model_not_found")
+        return _model_card(service)
+
+    @app.post("/v1/chat/completions", dependencies=authorized)
+    async def chat_completions(body: ChatRequest, request: Request):
+        job = await run_in_threadpool(service.chat_job, body)  # template + tokenizer off the event loop
+        return await _answer(service, request, body, job, Formatter(
+            chat=True, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs))
+
+    @app.post("/v1/completions", dependencies=authorized)
+    async def completions(body: CompletionRequest, request: Request):
+        job = await run_in_threadpool(service.completion_job, body)
+        return await _answer(service, request, body, job, Formatter(
+            chat=False, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs is not None))
+
+    if service.settings.ui:
+        @app.get("/", response_class=HTMLResponse)
+        async def chat_page():
+            return HTMLResponse(page.html(), headers=page.headers())
+
+
+def _model_card(service: Service) -> dict:
+    return {"id": service.settings.name, "object": "model", "created": 0, "owned_by": "llamalab",
+            "max_model_len": service.context}
+
+
+async def _authorize(request: Request) -> None:
+    key = request.app.state.service.settings.api_key
+    if key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if not header:
+        raise APIError(401, "no API key given: send the header `Authorization: Bearer KEY`", code="invalid_api_key")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+        raise APIError(401, "incorrect API key", code="invalid_api_key")
+
+
+# ------------------------------------------------------------------------------------------ answering
+async def _answer(service: Service, request: Request, body: Sampling, job: Job, fmt: Formatter):
+    try:
+        service.scheduler.submit(job)
+    except QueueFull as e:
+        raise APIError(429, str(e), code="queue_full") from None
+    if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        return EventSourceResponse(_stream(service, job, fmt, usage), ping=15, sep="\n")
+    return await _whole(service, request, job, fmt)
+
+
+async def _stream(service: Service, job: Job, fmt: Formatter, usage: bool):
+    """SSE events: chunks as the tokens come, then `[DONE]`. A client that goes away cancels the job
+    (sse-starlette cancels this generator), which frees its slots before the next decode step."""
+    try:
+        opening = fmt.role_chunk(job.choices)
+        if opening:
+            yield _json(opening)
+        async for update in job.updates():
+            if update.error:
+                yield _json(APIError(500, f"generation failed: {update.error}").body())
+                continue
+            yield _json(fmt.chunk(update))
+        if usage:
+            yield _json(fmt.usage_chunk(job))
+        yield "[DONE]"
+    finally:
+        service.scheduler.cancel(job)
+
+
+async def _whole(service: Service, request: Request, job: Job, fmt: Formatter):
+    choices = [Choice() for _ in range(job.choices)]
+
+    async def collect():
+        async for update in job.updates():
+            if update.error:
+                raise APIError(500, f"generation failed: {update.error}")
+            choices[update.index].add(update)
+
+    task = asyncio.ensure_future(collect())
+    try:
+        while not task.done():  # wake up now and then to notice a client that went away
+            await asyncio.wait({task}, timeout=0.5)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()
+                return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+        task.result()
+    finally:
+        task.cancel()
+        service.scheduler.cancel(job)
+    return fmt.answer(job, choices)
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+# ------------------------------------------------------------------------------------------ errors
+async def _api_error(request: Request, e: APIError):
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+async def _validation_error(request: Request, e: RequestValidationError):
+    message, param = validation_message(list(e.errors()))
+    return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
+
+
+async def _http_error(request: Request, e: HTTPException):
+    message = {404: f"no route {request.method} {request.url.path}", 405: f"{request.method} is not allowed "
+               f"on {request.url.path}"}.get(e.status_code, str(e.detail))
+    return JSONResponse(APIError(e.status_code, message).body(), status_code=e.status_code)
+
+
+async def _internal_error(request: Request, e: Exception):
+    log.exception("internal error on %s", request.url.path)
+    return JSONResponse(APIError(500, "internal server error (see the server's log)").body(), status_code=500)

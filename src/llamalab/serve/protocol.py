@@ -1,0 +1,158 @@
+"""OpenAI's API shapes: request bodies (validated with pydantic, strict types) and error bodies.
+
+Fields we accept beyond OpenAI's are vLLM's names for the same sampling controls (`top_k`, `min_p`,
+`repetition_penalty`). Unknown fields are ignored, as clients send vendor extras; fields OpenAI has but
+this server does not implement are refused when they would change the answer (a non-zero
+`presence_penalty`, `echo`, ...), never silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+MAX_STOP = 4          # stop strings per request (OpenAI's limit)
+MAX_STOP_CHARS = 256  # characters per stop string
+MAX_TOP_LOGPROBS = 20
+
+
+class APIError(Exception):
+    """An error answered with OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
+
+    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+             413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "invalid_request_error"),
+                          "param": self.param, "code": self.code}}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class Sampling(_Body):
+    """The fields /v1/completions and /v1/chat/completions share."""
+
+    model: StrictStr | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    top_k: Annotated[int, Field(ge=-1)] | None = None   # vLLM: -1 or 0 = off
+    min_p: Annotated[float, Field(ge=0, le=1)] = 0.0
+    repetition_penalty: Annotated[float, Field(gt=0, le=10)] = 1.0
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    logit_bias: dict[str, float] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] = 1
+    stop: StrictStr | Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]],
+                                Field(max_length=MAX_STOP)] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: StrictStr | None = None
+    ignore_eos: bool = False  # vLLM's: decode past the end-of-sequence token (benchmarks want fixed lengths)
+
+    def unsupported(self) -> str | None:
+        """The first field set to something this server cannot do, as a message."""
+        if self.presence_penalty or self.frequency_penalty:
+            return "presence_penalty and frequency_penalty are not supported; use repetition_penalty"
+        if self.logit_bias:
+            return "logit_bias is not supported"
+        return None
+
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(_Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | Annotated[list[TextPart], Field(min_length=1)] | None = None
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatRequest(Sampling):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None  # OpenAI's newer name for max_tokens
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    def conversation(self) -> list[dict]:
+        """The messages as the chat template takes them (`developer` is OpenAI's newer `system`)."""
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+
+TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
+
+
+class CompletionRequest(Sampling):
+    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] | TokenIds | \
+        Annotated[list[TokenIds], Field(min_length=1)]
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    echo: bool = False
+    suffix: StrictStr | None = None
+    best_of: Annotated[int, Field(ge=1)] | None = None
+
+    def unsupported(self) -> str | None:
+        if self.echo:
+            return "echo is not supported"
+        if self.suffix:
+            return "suffix (insertion) is not supported"
+        if self.best_of is not None and self.best_of != self.n:
+            return "best_of is not supported"
+        return super().unsupported()
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str) or (p and isinstance(p[0], int)):
+            return [p]
+        return list(p)
+
+
+SHAPES = {  # what a union-typed field takes, for one readable message instead of one per union branch
+    "prompt": "a string, a list of strings, a list of token ids, or a list of lists of token ids",
+    "stop": f"a string or a list of at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters",
+    "content": "a string or a list of {\"type\": \"text\", \"text\": ...} parts",
+}
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """One line for pydantic's (or FastAPI's) validation errors, and the parameter it is about."""
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    if not loc:
+        return f"the request body must be a JSON object: {first.get('msg')}", None
+    # field names and list indices, without pydantic's names for union branches ("str", "list[...]")
+    path = [x for x in loc if not (x.startswith(("list[", "function-", "constrained-")) or x in ("str", "int"))]
+    field = next((x for x in reversed(path) if x in SHAPES), None)
+    if field is not None:
+        param = ".".join(path[:path.index(field) + 1])
+        return f"{param}: must be {SHAPES[field]}", param
+    param = ".".join(path)
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return f"{param}: {first.get('msg')}{more}", param
