@@ -100,7 +100,7 @@ def test_our_adapter_in_peft_gives_our_logits(qlora_run, smol, hf_export):
     assert diff <= 1e-4 and moved > 1e-2, (diff, moved)
 
 
-def test_peft_adapter_in_llamalab_gives_peft_logits(smol, hf_export, tmp_path):
+def test_peft_adapter_in_llamalab_gives_peft_logits(smol, hf_export, smollm2_gguf, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     path, hf = hf_export
@@ -123,3 +123,12 @@ def test_peft_adapter_in_llamalab_gives_peft_logits(smol, hf_export, tmp_path):
         attach(ours.model, load_adapter(tmp_path, ours.args), merge=merge)
         with torch.no_grad():
             assert (ours.model(tokens) - want).abs().max() <= 1e-4
+    # the GGUF kept quantized (what generate/chat/serve run by default): LoRA layers around the int4 kernel's
+    # layers, in its bfloat16 activations; the adapter moves the logits towards peft's as far as bfloat16 allows
+    quant = llamalab.load(smollm2_gguf, dtype=None)
+    with torch.no_grad():
+        before = (quant.model(tokens).float() - want).abs().max()
+        attach(quant.model, load_adapter(tmp_path, quant.args))
+        after = (quant.model(tokens).float() - want).abs().max()
+    print(f"quantized base vs peft: {before:.3f} without the adapter, {after:.3f} with it")
+    assert after < before / 2, (before, after)

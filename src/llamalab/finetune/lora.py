@@ -165,11 +165,13 @@ def attach(model: nn.Module, adapter: Adapter, merge: bool = True) -> None:
         _, block, parent_name, attr = path.split(".")
         parent = getattr(model.layers[int(block)], parent_name)
         base = getattr(parent, attr)
-        w = base.weight
+        w = getattr(base, "weight", None)  # llamalab's quantized layers hold codes, no float weight
         if merge and type(w) in (torch.Tensor, nn.Parameter) and w.is_floating_point():
             w.add_(adapter.delta(path).to(w.device, w.dtype))
             continue
         lora = LoRALinear(base, a.shape[1], b.shape[0], a.shape[0], scale)
         lora.lora_a.weight.copy_(a)
         lora.lora_b.weight.copy_(b)
-        setattr(parent, attr, lora.to(w.device))
+        act = model.norm.weight  # the activations' device and dtype; the base layer stays as it is
+        lora.lora_a.to(act.device, act.dtype), lora.lora_b.to(act.device, act.dtype)
+        setattr(parent, attr, lora)
