@@ -6,7 +6,13 @@
 """
 
 from .evaluate import TaskResult, evaluate_task
-from .llm import LLM
 from .tasks import TASKS, get_task
 
 __all__ = ["LLM", "TASKS", "TaskResult", "evaluate_task", "get_task"]
+
+
+def __getattr__(name):  # the model-facing part loads torch: only on use (the code sandbox runs without it)
+    if name == "LLM":
+        from .llm import LLM
+        return LLM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

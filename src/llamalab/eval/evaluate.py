@@ -108,8 +108,9 @@ def _code(llm, task: Task, items: list[CodeItem], *, samples, temperature, top_p
           timeout, **_):
     """pass@k: `samples` programs per problem (greedy when 1; else sampled, temperature 0.8 by default),
     each run with its tests in the sandbox."""
-    from .sandbox import run_program
+    from .sandbox import mode, run_program
 
+    mode()  # where the sandbox cannot run, say so before generating
     prompts = [it.prompt for it in items for _ in range(samples)]
     if samples == 1 and not temperature:
         texts = llm.generate(prompts, until=task.until, max_new_tokens=max_new_tokens, desc=task.name)
