@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -65,12 +63,18 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         if tok_size != args.vocab_size:
             raise LlamalabError(f"tokenizer {cfg.tokenizer} has {tok_size} tokens but the model has vocab_size "
                                 f"{args.vocab_size}; set model.vocab_size={tok_size}")
-    resume_from = checkpoint.latest(ckpt_dir)
-    if resume_from is not None and not resume:
-        raise LlamalabError(f"{out} already holds checkpoints (latest {resume_from.name}); pass --resume to "
-                            f"continue that run, or choose another out_dir")
-    if resume_from is not None:
-        checkpoint.check_compatible(resume_from, args)
+    if checkpoint.latest(ckpt_dir) is not None and not resume:
+        raise LlamalabError(f"{out} already holds checkpoints (latest {checkpoint.latest(ckpt_dir).name}); pass "
+                            f"--resume to continue that run, or choose another out_dir")
+    found = checkpoint.newest_intact(ckpt_dir, warn=print if world.is_main else None) if resume else None
+    resume_from = found[0] if found else None
+    if found:
+        checkpoint.check_compatible(*found, args)
+        if found[1]["step"] >= cfg.max_steps:
+            if world.is_main:
+                print(f"nothing to train: {resume_from} is at step {found[1]['step']} and max_steps is "
+                      f"{cfg.max_steps}; raise max_steps to train further")
+            return {"step": found[1]["step"], "out_dir": str(out)}
 
     # --- model and optimizer ---
     torch.manual_seed(cfg.seed)
@@ -141,7 +145,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    hang_after = int(os.environ.get("LLAMALAB_TEST_HANG_AFTER_CHECKPOINT", "-1"))  # test hook (SIGKILL tests)
     t_start = time.perf_counter()
     last = {}
     model.train()
@@ -200,8 +203,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 bar.update(1)
         if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.max_steps:
             save_checkpoint(step)
-            if step == hang_after:
-                signal.pause()  # wait to be killed
     if bar is not None:
         bar.close()
 
