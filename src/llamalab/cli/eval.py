@@ -32,6 +32,7 @@ def run(args):
     import torch
 
     from .. import assets
+    from ..device import resolve_device
     from ..errors import LlamalabError
     from ..eval import LLM, evaluate_task, get_task
     from ..atomic import write_text
@@ -50,7 +51,7 @@ def run(args):
         raise LlamalabError(f"benchmark data directory {data_dir} does not exist: run `llamalab assets fetch`")
     for task in tasks:  # missing data files fail now, before the model loads
         task.docs(data_dir)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     ckpt = load(args.model, device=device, dtype=getattr(torch, args.dtype))
     if ckpt.tokenizer is None:
         raise LlamalabError(f"{args.model} has no tokenizer; evaluation needs one next to the weights")

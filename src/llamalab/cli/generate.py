@@ -32,9 +32,10 @@ def load_checkpoint(args):
     import torch
 
     import llamalab
+    from llamalab.device import resolve_device
     from llamalab.errors import LlamalabError
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     ckpt = llamalab.load(args.model, device=device, dtype=getattr(torch, args.dtype))
     if ckpt.tokenizer is None:
         raise LlamalabError(f"{args.model}: no tokenizer found with the checkpoint "

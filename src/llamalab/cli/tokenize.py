@@ -37,8 +37,9 @@ def run(args):
 
     if args.jsonl:
         texts = []
-        with (sys.stdin if args.jsonl == "-" else _open(args.jsonl)) as f:
-            for n, line in enumerate(f, 1):
+        with (sys.stdin.buffer if args.jsonl == "-" else _open(args.jsonl)) as f:
+            for n, raw in enumerate(f, 1):
+                line = _decode(raw, f"{args.jsonl}:{n}")
                 if not line.strip():
                     continue
                 texts.append(json_text(line, f"{args.jsonl}:{n}"))
@@ -47,7 +48,7 @@ def run(args):
             sys.stdout.write("".join(" ".join(map(str, ids)) + "\n" for ids in batch))
         return 0
 
-    text = sys.stdin.read() if args.text == "-" else args.text
+    text = _decode(sys.stdin.buffer.read(), "standard input") if args.text == "-" else args.text
     ids = tok.encode(text, **opts)
     print(" ".join(map(str, ids)) if args.ids else " ".join(tok.id_to_piece(i) for i in ids))
     return 0
@@ -57,6 +58,16 @@ def _open(path):
     from ..errors import LlamalabError
 
     try:
-        return open(path, encoding="utf-8")
+        return open(path, "rb")
     except OSError as e:
         raise LlamalabError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _decode(raw: bytes, where: str) -> str:
+    from ..errors import LlamalabError
+
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LlamalabError(f"{where} is not valid UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start}; "
+                            f"convert it first (e.g. with iconv)") from None

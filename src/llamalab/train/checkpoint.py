@@ -38,7 +38,7 @@ import torch.distributed.checkpoint as dcp
 import torch.distributed.checkpoint.metadata as dcp_metadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ..atomic import sha256_file
+from ..atomic import refused_write, sha256_file
 from ..config import ModelArgs
 from ..errors import LlamalabError
 
@@ -250,9 +250,13 @@ def save(ckpt_dir: Path, step: int, *, model, optimizer, loader_state: dict, mod
         tmp.mkdir(parents=True)
     world.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.save({"model": model_sd, "optim": {"state": optim_sd["state"]}}, checkpoint_id=tmp)
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save({"model": model_sd, "optim": {"state": optim_sd["state"]}}, checkpoint_id=tmp)
+    except (Exception, dcp.CheckpointException) as e:  # the latter a BaseException wrapping each rank's error
+        cause = next(iter(e.failures.values()))[0] if isinstance(e, dcp.CheckpointException) else e
+        raise refused_write(tmp) or cause from None
     _write_json(tmp / f"rank-{world.rank:05d}.json", _rng_state())
     world.barrier()
     if world.is_main:

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import ModelArgs
+from ..device import resolve_device
 from ..errors import LlamalabError
 from ..model import Transformer
 
@@ -41,8 +42,7 @@ class World:
 
 def init_distributed(device: str = "auto") -> World:
     """Join the process group torchrun describes (RANK/WORLD_SIZE/...), or stay a single process."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device).type
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
