@@ -86,6 +86,10 @@ def _install():
 
     with open("program.py", "rb") as f:
         code = compile(f.read(), "program.py", "exec")
+    import builtins
+    def quit(code=None):
+        raise SystemExit(code)
+    builtins.exit = builtins.quit = quit  # what `site` adds (python -S: no site-packages either)
     if AUDIT_HOOK:
         sys.addaudithook(hook)
     main = type(sys)("__main__")

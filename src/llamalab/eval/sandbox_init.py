@@ -8,7 +8,7 @@ It reads the program from stdin and runs it in a fresh set of Linux namespaces:
           │     every process left in the namespace)
           │  root = a read-only tmpfs holding the interpreter and the system's shared libraries (read-only
           │  binds), /dev/{null,zero,full,random,urandom}, and /tmp: a private, size-limited tmpfs
-          └── python -I -c BOOTSTRAP  (the program: unprivileged, no capabilities, no_new_privs,
+          └── python -I -S -c BOOTSTRAP  (the program: unprivileged, no capabilities, no_new_privs,
                                        rlimits on CPU, memory, file size, open files and processes)
 
 Nothing of the host's filesystem but the interpreter is visible, the network namespace has no
@@ -21,11 +21,9 @@ Standard library only: this runs with `-I -S` before any site-packages exist for
 import ctypes
 import json
 import os
-import platform
 import resource
 import select
 import signal
-import subprocess
 import sys
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -131,9 +129,9 @@ def build_root(root, cfg, program):
         f.write(program)
     os.chown(root + "/tmp/program.py", 1000, 1000)
     mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    pivot = SYS_PIVOT_ROOT.get(platform.machine())
+    pivot = SYS_PIVOT_ROOT.get(os.uname().machine)
     if pivot is None:
-        raise OSError(f"pivot_root: unknown system call number on {platform.machine()}")
+        raise OSError(f"pivot_root: unknown system call number on {os.uname().machine}")
     os.chdir(root)
     _check(libc.syscall(pivot, b".", b"."), "pivot_root")  # the old root now sits on top of the new one
     _check(libc.umount2(b".", MNT_DETACH), "umount old root")
@@ -141,7 +139,6 @@ def build_root(root, cfg, program):
 
 
 def limit(cfg):
-    """Runs in the program's process before exec (the launcher is single-threaded, so this is safe)."""
     lim = cfg["limits"]
     for name, value in (("CPU", lim["cpu_seconds"]), ("AS", lim["memory_bytes"]), ("FSIZE", lim["file_bytes"]),
                         ("NPROC", lim["processes"]), ("NOFILE", 256), ("CORE", 0)):
@@ -149,13 +146,29 @@ def limit(cfg):
     prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
-def start_program(cfg):
-    env = {"PATH": "/nonexistent", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "HOME": os.getcwd(),
-           "TMPDIR": os.getcwd()}
-    cmd = [cfg["exe"], "-I", "-B", "-c", cfg["bootstrap"]]
-    ids = {"user": 1000, "group": 1000} if cfg["isolate"] else {}
-    return subprocess.Popen(cmd, cwd=os.getcwd(), env=env, stdin=subprocess.DEVNULL, close_fds=True,
-                            preexec_fn=lambda: limit(cfg), **ids)
+def start_program(cfg, status):
+    """Fork the program: as user 1000 (in the namespaced mode), limited, `python -I -S -c BOOTSTRAP`.
+    Setup errors go to the status line; once "ready" is written, only the program's own output follows."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        if cfg["isolate"]:
+            os.setresgid(1000, 1000, 1000)
+            os.setresuid(1000, 1000, 1000)  # capabilities in the namespace are gone at exec: not uid 0 there
+        limit(cfg)
+        env = {"PATH": "/nonexistent", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "HOME": os.getcwd(),
+               "TMPDIR": os.getcwd()}
+        argv = [cfg["exe"], "-I", "-S", "-B", "-c", cfg["bootstrap"]]
+    except BaseException as e:  # noqa: BLE001
+        os.write(status, f"error: {e}\n".encode())
+        os._exit(125)
+    os.write(status, b"ready\n")
+    try:
+        os.execve(argv[0], argv, env)  # the status descriptor closes here (close-on-exec)
+    except OSError as e:
+        os.write(2, f"sandbox: cannot start {argv[0]}: {e}\n".encode())
+    os._exit(127)
 
 
 def wait_for(pid):
@@ -188,15 +201,15 @@ def init(cfg, program, status, parent_alive):
     signal.alarm(int(cfg["limits"]["cpu_seconds"]) + 5)
     forbid_nested_namespaces()
     build_root(cfg["mountpoint"], cfg, program)
-    proc = start_program(cfg)
-    os.write(status, b"ready\n")
+    pid = start_program(cfg, status)
     os.close(status)
-    return wait_for(proc.pid)
+    return wait_for(pid)
 
 
 def main():
     cfg = json.loads(sys.argv[1])
     status = cfg["status_fd"]
+    os.set_inheritable(status, False)  # the program must not hold it
     try:
         program = sys.stdin.buffer.read()
         null = os.open("/dev/null", os.O_RDONLY)
@@ -206,10 +219,9 @@ def main():
             os.chdir(cfg["mountpoint"])
             with open("program.py", "wb") as f:
                 f.write(program)
-            proc = start_program(cfg)
-            os.write(status, b"ready\n")
+            pid = start_program(cfg, status)
             os.close(status)
-            os._exit(wait_for(proc.pid))
+            os._exit(wait_for(pid))
         child = enter_namespaces()
         if child:  # the launcher: wait
             os.close(status)
