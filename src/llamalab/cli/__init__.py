@@ -116,13 +116,14 @@ OUTPUT_ARGUMENTS = ("out", "output", "log_samples")  # where a command writes, n
 
 
 def os_error_behind(e: BaseException) -> OSError | None:
-    """The OSError that caused `e`: `e` itself, one in its chain, or one a Rust library (safetensors,
-    tokenizers) reported only in its message as "(os error N)"."""
+    """The OSError that caused `e`: `e` itself, an explicit cause (`raise ... from`), or one a Rust library
+    (safetensors, tokenizers) reported only in its message as "(os error N)". (Not an exception merely
+    raised while handling an OSError: that may be a bug, which keeps its traceback.)"""
     cause = e
     while cause is not None:
         if isinstance(cause, OSError):
             return cause
-        cause = cause.__cause__ or cause.__context__
+        cause = cause.__cause__
     match = re.search(r"\(os error (\d+)\)", str(e))
     return OSError(int(match.group(1)), os.strerror(int(match.group(1)))) if match else None
 
