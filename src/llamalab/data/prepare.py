@@ -51,12 +51,15 @@ def _kind(path: Path) -> tuple[str, str | None]:
     return (suffixes[-1] if suffixes else ""), comp
 
 
+REPORTS = {"stats.json"}  # written beside the data it describes (`data clean`'s report): not a document
+
+
 def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files named, and every non-hidden file below directories named, in a stable order."""
+    """Files named, and every non-hidden file below directories named (reports aside), in a stable order."""
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file()
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.name not in REPORTS
                             and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif p.is_file():
             files.append(p)
