@@ -1,4 +1,5 @@
-"""The one place a device name from the user (`--device`, `device:` in a config) becomes a torch.device."""
+"""Devices: the default (the GPU when torch sees one, else the CPU), and the one place a device name from
+the user (`--device`, `device:` in a config) becomes a torch.device."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import torch
 from .errors import LlamalabError
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """`None`/"auto" → cuda when a GPU is visible, else cpu; anything else must name a device this machine
-    and this PyTorch build have, or it is one clear error."""
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """`None`/"auto" → the default device; anything else must name a device this machine and this PyTorch
+    build have, or it is one clear error."""
     if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     try:
         device = torch.device(name)
-    except (RuntimeError, ValueError):
+    except (RuntimeError, ValueError, TypeError):
         raise LlamalabError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
     if device.type == "cpu":
         return device

@@ -181,7 +181,7 @@ class Session:
             self.tokens = list(prompt) + generated[:-1]
 
 
-def _split_stop(text: str, stops: Iterable[str], final: bool) -> tuple[str, str, bool]:
+def split_stop(text: str, stops: Iterable[str], final: bool) -> tuple[str, str, bool]:
     """(text safe to emit, text held back as a possible stop-string start, whether a stop string was hit)."""
     hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     if hits:
@@ -202,12 +202,12 @@ def stream_text(tokens: Iterable[int], tokenizer, *, stop_ids: Iterable[int] = (
     for t in tokens:
         if t in stop_ids:
             break
-        ready, held, hit = _split_stop(held + decoder.push(t), stop, final=False)
+        ready, held, hit = split_stop(held + decoder.push(t), stop, final=False)
         if ready:
             yield ready
         if hit:
             return
-    ready, _, _ = _split_stop(held + decoder.flush(), stop, final=True)
+    ready, _, _ = split_stop(held + decoder.flush(), stop, final=True)
     if ready:
         yield ready
 
@@ -216,4 +216,4 @@ def decode_text(tokens: list[int], tokenizer, *, stop_ids: Iterable[int] = (), s
     """Non-streaming `stream_text`: decode up to the first stop id, cut at the first stop string."""
     stop_ids = set(stop_ids)
     end = next((i for i, t in enumerate(tokens) if t in stop_ids), len(tokens))
-    return _split_stop(tokenizer.decode(tokens[:end]), stop, final=True)[0]
+    return split_stop(tokenizer.decode(tokens[:end]), stop, final=True)[0]

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from token_data import write_token_dataset
 
 MEMORY = 3 << 30  # address space for the child: loading SmolLM2 fits in 2 GB
 NO_SPACE = "mount -t tmpfs -o size=64k tmpfs \"$1\" && mount -t tmpfs -o ro tmpfs \"$2\" && shift 2 && exec \"$@\""
@@ -41,7 +42,7 @@ def test_text_that_is_not_utf8(smollm2_gguf, llama_spm_gguf, tmp_path):
     jsonl = tmp_path / "texts.jsonl"
     jsonl.write_bytes(b'"fine"\n{"text": "latin-1 caf\xe9"}\n')
     one_line_error(cli("tokenize", "-t", str(llama_spm_gguf), "--jsonl", str(jsonl)), "tokenize",
-                   f"{jsonl}:2 is not valid UTF-8 text")
+                   f"{jsonl}:2: not UTF-8 text")
 
 
 def test_devices_that_do_not_exist(smollm2_gguf):
@@ -84,8 +85,6 @@ def test_writes_to_a_full_disk_or_a_read_only_directory(smollm2_gguf, llama_spm_
     wrap, full, readonly = no_space
     one_line_error(cli("convert", str(smollm2_gguf), "--to", "hf", "--out", str(full / "hf"), wrap=wrap), "convert",
                    "No space left on device", str(full / "hf"))
-    from llamalab.data.shards import write_token_dataset
-
     write_token_dataset(tmp_path / "data", {"a": np.random.default_rng(0).integers(0, 512, 5_000)}, vocab_size=512)
     train = ("train", "model=tiny", "seq_len=32", "micro_batch_size=2", "max_steps=2", "warmup_steps=1",
              "progress=false", f"data={tmp_path / 'data'}")

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import llamalab
-from llamalab.chat import alpaca_prompt, render, render_for
+from llamalab.chat_templates import alpaca_prompt, render, render_for
 from llamalab.errors import LlamalabError
 from llamalab.generate import decode_text, generate
 from llamalab.tokenizer import load_tokenizer
