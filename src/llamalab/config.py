@@ -8,6 +8,7 @@ state their FFN width (e.g. HF `intermediate_size`) set `ffn_dim` directly.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .errors import LlamalabError
@@ -30,6 +31,18 @@ class ModelArgs:
     tie_embeddings: bool = False
 
     def __post_init__(self):
+        """Every size a positive whole number, every rate a positive finite number: a config from a file
+        (a checkpoint header) is checked here before anything is built from it."""
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim", "max_seq_len"):
+            value = getattr(self, name)
+            if value is not None or name not in ("n_kv_heads", "ffn_dim"):
+                object.__setattr__(self, name, _whole(name, value))
+        for name in ("norm_eps", "rope_theta") + (("ffn_dim_multiplier",) if self.ffn_dim_multiplier is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise LlamalabError(f"{name} must be a positive number, got {value!r}")
+        if self.rope_scaling is not None:
+            _check_rope_scaling(self.rope_scaling)
         if self.dim % self.n_heads:
             raise LlamalabError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.kv_heads:
@@ -68,6 +81,31 @@ class ModelArgs:
         if unknown:
             raise LlamalabError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
         return cls(**d)
+
+
+def _whole(name: str, value) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LlamalabError(f"{name} must be a positive whole number, got {value!r}")
+    return value
+
+
+def _check_rope_scaling(scaling) -> None:
+    """Llama-3.1's "llama3" rope scaling needs its factor; the other keys have defaults (`model.rope_frequencies`)."""
+    if not isinstance(scaling, dict):
+        raise LlamalabError(f"rope scaling must be a mapping, got {scaling!r}")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind in (None, "default"):
+        return
+    if kind != "llama3":
+        raise LlamalabError(f"rope scaling type {kind!r} is not supported (only 'llama3')")
+    for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+        value = scaling.get(key, 1.0 if key != "factor" else None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise LlamalabError(f"llama3 rope scaling needs a positive {key}, got {value!r}")
+    if not scaling.get("low_freq_factor", 1.0) < scaling.get("high_freq_factor", 4.0):
+        raise LlamalabError("llama3 rope scaling needs low_freq_factor < high_freq_factor")
 
 
 PRESETS: dict[str, ModelArgs] = {
