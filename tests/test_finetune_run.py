@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,7 +130,8 @@ def test_resume_after_sigkill_is_bit_exact(base, data, tmp_path, method):
     assert [r["step"] for r in expected] == list(range(7))
 
     out = tmp_path / "killed"  # hangs once checkpoint 3 is complete; SIGKILL it there
-    p = subprocess.Popen(finetune_cmd(base, data, out, method), env={**env(), "LLAMALAB_TEST_HANG_AFTER_CHECKPOINT": "3"},
+    killed = [sys.executable, str(Path(__file__).with_name("faults.py"))] + finetune_cmd(base, data, out, method)[3:]
+    p = subprocess.Popen(killed, env={**env(), "FAULT_HANG_AFTER_CHECKPOINT": "3"},
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not (out / "ckpt" / "step-000003").is_dir():

@@ -144,7 +144,7 @@ def test_cli_tokenize(trained, capsys, tmp_path, monkeypatch):
     assert capsys.readouterr().out.split() == [str(i) for i in [1] + sp.encode(text) + [2]]
     assert main(["tokenize", "-t", str(trained / "tokenizer.json"), text]) == 0
     assert capsys.readouterr().out.split() == sp.encode(text, out_type=str)
-    monkeypatch.setattr("sys.stdin", io.StringIO("from stdin\n"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"from stdin\n")))  # bytes underneath, as a pipe
     assert main(["tokenize", "-t", str(trained), "--ids", "-"]) == 0
     assert capsys.readouterr().out.split() == [str(i) for i in sp.encode("from stdin\n")]
     texts = ["first text", "second: 12 🦙", "", "  x"]

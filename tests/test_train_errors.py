@@ -1,6 +1,8 @@
 """Bad input → one clear error line, exit code 2, nothing written or overwritten (issue 6 acceptance):
 missing/empty data, unknown config key, a tokenizer whose vocabulary does not match the model, a
-checkpoint from a different model shape, an existing run without --resume, and a NaN loss."""
+checkpoint from a different model shape, an existing run without --resume, and a NaN loss; a manifest
+missing keys or pointing outside its directory, token ids beyond the vocabulary, resuming a finished run,
+and overrides after --resume (issue 12)."""
 
 from __future__ import annotations
 
@@ -69,6 +71,31 @@ def test_checkpoint_from_other_shape_and_existing_run(tmp_path, capsys, data):
           "n_layers: 2 in the checkpoint, 3 now")
     fails(capsys, BASE + [f"data={data}", f"out_dir={out}"], "already holds checkpoints (latest step-000002); pass --resume")
     assert snapshot(out) == before  # nothing touched
+    # a finished run: nothing to do, said plainly; overrides may come after --resume
+    assert main(BASE + [f"data={data}", "--resume", f"out_dir={out}"]) == 0
+    assert "nothing to train" in capsys.readouterr().out and snapshot(out) == before
+    fails(capsys, BASE + [f"data={data}", "--resume", "learning_rate=1"], "unknown config key 'learning_rate'")
+
+
+def test_bad_manifest_and_out_of_vocabulary_tokens(tmp_path, capsys, data):
+    import json
+
+    manifest = json.loads((data / "manifest.json").read_text())
+    cases = {"no dtype": ({k: v for k, v in manifest.items() if k != "dtype"}, "dtype must be uint16 or uint32"),
+             "no vocab": ({k: v for k, v in manifest.items() if k != "vocab_size"}, "vocab_size must be"),
+             "no tokens": ({**manifest, "sources": {"a": {"shards": []}}}, "source 'a' needs a token count"),
+             "no file": ({**manifest, "sources": {"a": {"tokens": 1, "shards": [{"tokens": 1}]}}},
+                         "each shard needs a file name"),
+             "outside": ({**manifest, "sources": {"a": {"tokens": 1, "shards": [{"file": "../../x", "tokens": 1}]}}},
+                         "lies outside the dataset directory")}
+    for name, (bad, match) in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps(bad))
+        fails(capsys, BASE + [f"data={tmp_path / name}", f"out_dir={tmp_path / 'out'}"], match)
+    # ids at or past the vocabulary (here 512): a clear error before the model sees them
+    write_token_dataset(tmp_path / "oov", {"a": np.full(5_000, 700)}, vocab_size=512)
+    err = fails(capsys, BASE + [f"data={tmp_path / 'oov'}", f"out_dir={tmp_path / 'out'}"], "holds token id 700 at position")
+    assert "outside its 512-token vocabulary" in err
 
 
 def test_nan_loss_stops_naming_the_step(tmp_path, capsys, data):

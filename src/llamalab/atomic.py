@@ -14,6 +14,7 @@ all is the caller's decision (see `llamalab.formats.output` for checkpoints).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -93,3 +94,15 @@ def sha256_file(path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def refused_write(path) -> OSError | None:
+    """Why a write under `path` just failed, when the machine is the reason (its filesystem is read-only
+    or full), as an OSError naming `path`; None otherwise. For writers that hide the errno (torch.save
+    reports a full disk as "unexpected pos")."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    st = os.statvfs(p)
+    code = errno.EROFS if st.f_flag & os.ST_RDONLY else errno.ENOSPC if st.f_bavail * st.f_frsize < 1 << 20 else None
+    return OSError(code, os.strerror(code), str(path)) if code else None

@@ -32,6 +32,18 @@ class ModelArgs:
     tie_embeddings: bool = False
 
     def __post_init__(self):
+        """Every size a positive whole number, every rate a positive finite number: a config from a file
+        (a checkpoint header) is checked here before anything is built from it."""
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim", "max_seq_len"):
+            value = getattr(self, name)
+            if value is not None or name not in ("n_kv_heads", "ffn_dim"):
+                object.__setattr__(self, name, _whole(name, value))
+        for name in ("norm_eps", "rope_theta") + (("ffn_dim_multiplier",) if self.ffn_dim_multiplier is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise LlamalabError(f"{name} must be a positive number, got {value!r}")
+        if self.rope_scaling is not None:
+            _check_rope_scaling(self.rope_scaling)
         if self.dim % self.n_heads:
             raise LlamalabError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.kv_heads:
@@ -70,6 +82,34 @@ class ModelArgs:
         if unknown:
             raise LlamalabError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
         return cls(**d)
+
+
+def _whole(name: str, value) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LlamalabError(f"{name} must be a positive whole number, got {value!r}")
+    return value
+
+
+def _check_rope_scaling(scaling) -> None:
+    """Rope scaling as `model.rope_frequencies` applies it: "linear" (position interpolation) needs its factor;
+    Llama-3.1's "llama3" its factor too, its other keys have defaults."""
+    if not isinstance(scaling, dict):
+        raise LlamalabError(f"rope scaling must be a mapping, got {scaling!r}")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind in (None, "default"):
+        return
+    if kind not in ("llama3", "linear"):
+        raise LlamalabError(f"rope scaling type {kind!r} is not supported (only 'linear' and 'llama3')")
+    keys = ("factor",) if kind == "linear" else (
+        "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    for key in keys:
+        value = scaling.get(key, 1.0 if key != "factor" else None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise LlamalabError(f"{kind} rope scaling needs a positive {key}, got {value!r}")
+    if kind == "llama3" and not scaling.get("low_freq_factor", 1.0) < scaling.get("high_freq_factor", 4.0):
+        raise LlamalabError("llama3 rope scaling needs low_freq_factor < high_freq_factor")
 
 
 PRESETS: dict[str, ModelArgs] = {

@@ -81,7 +81,11 @@ class Sampler:
             logits = repetition_penalty(logits, seen, self.repetition_penalty)
         if self.greedy:
             return logits
-        if self.temperature != 1.0:
+        if self.temperature < 1e-3:  # logits / T would overflow float32 (1e-300 is even 0 in it): softmax
+            # ignores a shift, and below float32's smallest normal number every T means "only the maximum"
+            shifted = logits - logits.amax(-1, keepdim=True)
+            logits = shifted / max(self.temperature, torch.finfo(logits.dtype).tiny)
+        elif self.temperature != 1.0:
             logits = logits / self.temperature
         if self.top_k is not None:
             logits = top_k(logits, self.top_k)

@@ -18,12 +18,14 @@ def add_arguments(p):
 
 
 def _read(prompt: str, interactive: bool):
+    from . import require_utf8
+
     if interactive:
-        return input(prompt)  # line editing; raises EOFError on Ctrl-D
+        return require_utf8(input(prompt), "the message")  # line editing; raises EOFError on Ctrl-D
     line = sys.stdin.readline()
     if not line:
         raise EOFError
-    return line.rstrip("\n")
+    return require_utf8(line.rstrip("\n"), "standard input")
 
 
 def run(args):

@@ -78,12 +78,12 @@ def load_checkpoint(args):
     with the LoRA adapter of --adapter (where the subcommand has that option) applied."""
     import torch
 
-    from ..device import default_device
+    from ..device import resolve_device
     from ..finetune.merge import attach_adapter
     from ..formats import load
 
     dtype = getattr(torch, args.dtype) if args.dtype else None  # None: quantized weights stay quantized
-    ckpt = load(args.model, device=args.device or default_device(), dtype=dtype)
+    ckpt = load(args.model, device=str(resolve_device(args.device)), dtype=dtype)
     if getattr(args, "adapter", None):
         attach_adapter(ckpt, args.adapter)
     if ckpt.tokenizer is None:

@@ -43,7 +43,19 @@ def run(args):
             sys.stdout.write("".join(" ".join(map(str, ids)) + "\n" for ids in batch))
         return 0
 
-    text = sys.stdin.read() if args.text == "-" else args.text
+    text = _read_stdin() if args.text == "-" else args.text
     ids = tok.encode(text, **opts)
     print(" ".join(map(str, ids)) if args.ids else " ".join(tok.id_to_piece(i) for i in ids))
     return 0
+
+
+def _read_stdin() -> str:
+    """Standard input exactly as given (no newline translation); bytes that are not UTF-8 are one clear error."""
+    if not hasattr(sys.stdin, "buffer"):  # a replaced sys.stdin (a StringIO) is text already
+        return sys.stdin.read()
+    raw = sys.stdin.buffer.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LlamalabError(f"standard input is not valid UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start}; "
+                            f"convert it first (e.g. with iconv)") from None

@@ -18,6 +18,7 @@ def run(args):
     from ..train import load_config, resolve_config_path, train
 
     cfg = load_config(resolve_config_path(args.config) if args.config else None, parse_overrides(args))
+    args.out = cfg.out_dir  # named if a write fails
     summary = train(cfg, resume=args.resume)
     if summary.get("loss_png"):
         losses = [f"{name} {summary[key]:.4f}" for key, name in (("loss", "loss"), ("val_loss", "held-out loss"))

@@ -34,15 +34,19 @@ from .shards import read_manifest
 class _Stream:
     """One source's shards as windows of `seq_len + 1` tokens, read through memory maps."""
 
-    def __init__(self, name: str, root: Path, shards: list[dict], dtype: str, seq_len: int):
-        self.name, self.seq_len = name, seq_len
-        self.maps = []
+    def __init__(self, name: str, root: Path, shards: list[dict], dtype: str, seq_len: int, vocab_size: int):
+        self.name, self.seq_len, self.vocab_size = name, seq_len, vocab_size
+        self.maps, self.files = [], []
         for s in shards:
             path = root / s["file"]
             if not path.is_file():
                 raise LlamalabError(f"missing shard {path}: re-run `llamalab data prepare`")
+            if path.stat().st_size != s["tokens"] * np.dtype(dtype).itemsize:
+                raise LlamalabError(f"shard {path} has {path.stat().st_size} bytes but its manifest entry says "
+                                    f"{s['tokens']} {dtype} tokens: re-run `llamalab data prepare`")
             if s["tokens"] > 0:
                 self.maps.append(np.memmap(path, dtype=dtype, mode="r"))
+                self.files.append(path)
         per_shard = [max(0, (m.size - 1) // seq_len) for m in self.maps]
         self.offsets = np.concatenate([[0], np.cumsum(per_shard)]).astype(np.int64)
         self.windows = int(self.offsets[-1])
@@ -57,6 +61,13 @@ class _Stream:
         for k in np.unique(shard):
             rows = np.nonzero(shard == k)[0]
             out[rows] = self.maps[k][starts[rows, None] + span]
+            bad = np.argwhere(out[rows] >= self.vocab_size)
+            if len(bad):  # before a model sees it (an embedding lookup would fail with an IndexError)
+                r, c = bad[0]
+                raise LlamalabError(
+                    f"shard {self.files[k]} holds token id {out[rows[r], c]} at position {starts[rows[r]] + c}, "
+                    f"outside its {self.vocab_size}-token vocabulary: the file is corrupt or was written with "
+                    f"another tokenizer; re-run `llamalab data prepare`")
         return out
 
 
@@ -103,7 +114,8 @@ class TokenLoader:
         self.mixture = {k: mixture[k] / total for k in names}
         self.weights = np.array([self.mixture[k] for k in names])
         key = "shards" if split == "train" else "val_shards"
-        self.streams = [_Stream(k, root, available[k].get(key, []), manifest["dtype"], seq_len) for k in names]
+        self.streams = [_Stream(k, root, available[k][key], manifest["dtype"], seq_len, manifest["vocab_size"])
+                        for k in names]
         for s in self.streams:
             if s.windows == 0:
                 raise LlamalabError(f"source {s.name!r} has {s.tokens} {split} tokens, fewer than "

@@ -54,9 +54,41 @@ def read_manifest(path: str | Path) -> tuple[dict, Path]:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise LlamalabError(f"cannot read dataset manifest {path}: {e}") from None
-    if manifest.get("version") != VERSION or "sources" not in manifest:
+    if not isinstance(manifest, dict) or manifest.get("version") != VERSION or "sources" not in manifest:
         raise LlamalabError(f"{path} is not a llamalab dataset manifest (version {VERSION})")
+    check_manifest(manifest, path)
     return manifest, path.parent
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_manifest(manifest: dict, path: Path) -> None:
+    """Every key the readers use is there with the right type, and every shard lies inside the dataset
+    directory; else one LlamalabError naming what is wrong (missing held-out entries default to none)."""
+    def bad(what):
+        raise LlamalabError(f"dataset manifest {path}: {what}; re-run `llamalab data prepare`")
+    if manifest.get("dtype") not in ("uint16", "uint32"):
+        bad(f"dtype must be uint16 or uint32, not {manifest.get('dtype')!r}")
+    vocab = manifest.get("vocab_size")
+    if not _count(vocab) or vocab < 1 or vocab > np.iinfo(manifest["dtype"]).max + 1:
+        bad(f"vocab_size must be a positive integer that {manifest['dtype']} can hold, not {vocab!r}")
+    if not isinstance(manifest["sources"], dict):
+        bad("sources must map names to their shards")
+    root = path.parent.resolve()
+    for name, src in manifest["sources"].items():
+        if not isinstance(src, dict) or not _count(src.get("tokens")) or not isinstance(src.get("shards"), list):
+            bad(f"source {name!r} needs a token count (tokens) and a list of shards")
+        src.setdefault("val_tokens", 0)
+        src.setdefault("val_shards", [])
+        if not _count(src["val_tokens"]) or not isinstance(src["val_shards"], list):
+            bad(f"source {name!r} has a malformed held-out part (val_tokens, val_shards)")
+        for shard in src["shards"] + src["val_shards"]:
+            if not isinstance(shard, dict) or not isinstance(shard.get("file"), str) or not _count(shard.get("tokens")):
+                bad(f"source {name!r}: each shard needs a file name and a token count, got {shard!r}")
+            if not (root / shard["file"]).resolve().is_relative_to(root):
+                bad(f"source {name!r}: shard {shard['file']!r} lies outside the dataset directory")
 
 
 def write_manifest(root: Path, manifest: dict) -> Path:

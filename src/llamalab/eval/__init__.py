@@ -8,8 +8,16 @@
     result = evaluate_task(LLM(ckpt.model, ckpt.tokenizer), get_task("arc_easy"), data_dir, limit=100)
 """
 
-from .harness import EvalReport, TaskResult, evaluate, evaluate_task
-from .llm import LLM
 from .tasks import TASKS, get_task
 
 __all__ = ["LLM", "TASKS", "EvalReport", "TaskResult", "evaluate", "evaluate_task", "get_task"]
+
+_LAZY = {"LLM": "llm", "EvalReport": "harness", "TaskResult": "harness", "evaluate": "harness",
+         "evaluate_task": "harness"}
+
+
+def __getattr__(name):  # the model-facing parts load torch: only on use (the code sandbox runs without it)
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 
 from .. import assets
-from ..device import default_device
+from ..device import resolve_device
 from ..errors import LlamalabError
 from ..finetune.merge import attach_adapter
 from ..formats import Checkpoint, load
 from . import scoring
 from .llm import LLM
 from .report import markdown_table, to_json
-from .sandbox import run_program
+from .sandbox import mode as sandbox_mode, run_program
 from .tasks import ChoiceItem, CodeItem, GenerateItem, PerplexityItem, Task, build_items, get_task
 
 
@@ -80,9 +80,11 @@ def evaluate(model, tasks: list[str], *, adapter=None, data_dir=None, shots: int
     data_dir = Path(data_dir) if data_dir else assets.path("benchmarks")
     if not data_dir.is_dir():
         raise LlamalabError(f"benchmark data directory {data_dir} does not exist: run `llamalab assets fetch`")
-    for task in tasks:  # missing data files fail now, before the model loads
+    for task in tasks:  # missing data files, or a code task where the sandbox cannot run, fail now
         task.docs(data_dir)
-    ckpt = model if isinstance(model, Checkpoint) else load(model, device=device or default_device(),
+        if task.kind == "code":
+            sandbox_mode()
+    ckpt = model if isinstance(model, Checkpoint) else load(model, device=resolve_device(device),
                                                                dtype=getattr(torch, dtype))
     if adapter:
         attach_adapter(ckpt, adapter)
@@ -172,7 +174,7 @@ def _code(llm, task: Task, items: list[CodeItem], *, samples, temperature, top_p
           timeout, **_):
     """pass@k: `samples` programs per problem (greedy when 1; else sampled, temperature 0.8 by default),
     each run with its tests in the sandbox."""
-
+    sandbox_mode()  # where the sandbox cannot run, say so before generating
     prompts = [it.prompt for it in items for _ in range(samples)]
     if samples == 1 and not temperature:
         texts = llm.generate(prompts, until=task.until, max_new_tokens=max_new_tokens, desc=task.name)

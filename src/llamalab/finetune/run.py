@@ -58,7 +58,7 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     val_ex, val_counts = encode_examples(val_rec, source.tokenizer, template_name, cfg.seq_len + 1)
     counts = {"train": train_counts, "validation": val_counts}
     cfg = cfg.with_steps(len(train_ex), world.world_size)
-    resume_from = loop.resume_point(cfg, source.args, resume)
+    resume_from = loop.resume_point(cfg, source.args, resume, world)
     if resume_from is not None:
         _check_same_recipe(cfg, resume_from)
     pad = source.tokenizer.pad_id if source.tokenizer.pad_id is not None else source.tokenizer.eos_id or 0

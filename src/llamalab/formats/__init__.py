@@ -9,6 +9,7 @@ checks every tensor against the config, and materializes the model straight from
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,18 +61,23 @@ def detect_format(path: Path) -> tuple[str, Path]:
 
 
 def resolve(path_or_id) -> Path:
-    """A local path, or a hub id ("org/name") downloaded with huggingface_hub when no such path exists."""
+    """A local path, or a hub id ("org/name") downloaded with huggingface_hub when no such path exists.
+    Only a bare "org/name" may be a hub id; a name with a checkpoint suffix or `./`, `/`, `~` is a path."""
     path = Path(path_or_id).expanduser()
     if path.exists():
         return path
-    if isinstance(path_or_id, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", path_or_id):
+    if isinstance(path_or_id, str) and re.fullmatch(r"[\w-][\w.-]*/[\w.-]*[\w-]", path_or_id) and \
+            path.suffix not in (".gguf", ".safetensors", ".json", ".pth", ".model"):
+        print(f"{path_or_id}: no such local path; fetching it from the Hugging Face Hub", file=sys.stderr)
         try:
             return Path(snapshot_download(path_or_id, allow_patterns=[
                 "*.json", "*.safetensors", "tokenizer.model", "*.gguf"]))
         except Exception as e:
-            raise LlamalabError(f"{path_or_id}: no such local path, and downloading it from the hub "
-                                f"failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    raise LlamalabError(f"{path}: no such file or directory")
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            raise LlamalabError(f"{path_or_id}: no such local path, and fetching it as a hub repository failed "
+                                f"({reason[:200]}); check the path, or the repository name and your network "
+                                "(a gated model needs `hf auth login`)") from None
+    raise LlamalabError(f"{path}: no such file or directory; check the path (a hub id looks like org/name)")
 
 
 def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
@@ -81,6 +87,19 @@ def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
     if args.tie_embeddings:
         del shapes["output.weight"]
     return shapes
+
+
+def check_layers(state: dict[str, torch.Tensor], args: ModelArgs, where) -> None:
+    """The config's layer count and sizes against the tensors that exist, before a model (even on the meta
+    device) is built from it: a header claiming a million layers is refused here, not after building them."""
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
+    if len(layers) != args.n_layers or (layers and max(layers) != args.n_layers - 1):
+        raise LlamalabError(f"{where}: the config says {args.n_layers} layers but the file holds tensors for "
+                            f"{len(layers)}; config and weights disagree")
+    embedding = state.get("tok_embeddings.weight")
+    if embedding is not None and tuple(embedding.shape) != (args.vocab_size, args.dim):
+        raise LlamalabError(f"{where}: token embedding has shape {tuple(embedding.shape)} but the config implies "
+                            f"({args.vocab_size}, {args.dim}); config and weights disagree")
 
 
 def check_state(state: dict[str, torch.Tensor], args: ModelArgs, where) -> None:
@@ -132,6 +151,7 @@ def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False
     fmt, path = detect_format(resolve(path_or_id))
     options = {"quantized": True} if quantized and fmt in ("gguf", "hf") else {}
     state, args, extra = MODULES[fmt].load_state(path, lazy=lazy, **options)
+    check_layers(state, args, path)
     check_state(state, args, path)
     return state, args, extra, fmt, path
 

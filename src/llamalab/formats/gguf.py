@@ -52,30 +52,36 @@ def args_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelArgs:
             raise LlamalabError(f"{path}: GGUF metadata lacks 'llama.{key}'")
         return meta[f"llama.{key}"]
 
-    dim, n_heads = int(need("embedding_length")), int(need("attention.head_count"))
-    rope_dims = meta.get("llama.rope.dimension_count", dim // n_heads)
-    if rope_dims != dim // n_heads:
-        raise LlamalabError(f"{path}: partial rotary (rope.dimension_count {rope_dims} "
-                            f"< head_dim {dim // n_heads}) is not supported")
     scaling = meta.get("llama.rope.scaling.type", "none")
     if scaling not in ("none", "linear"):
         raise LlamalabError(f"{path}: rope scaling {scaling!r} is not supported (only linear)")
     rope_scaling = None
     if scaling == "linear":  # position interpolation: llama.cpp's freq_scale = 1 / factor
-        rope_scaling = {"rope_type": "linear", "factor": float(need("rope.scaling.factor"))}
-    return ModelArgs(
-        dim=dim,
-        n_layers=int(need("block_count")),
-        n_heads=n_heads,
-        n_kv_heads=int(meta.get("llama.attention.head_count_kv", n_heads)),
-        vocab_size=int(meta.get("llama.vocab_size", vocab_size)),
-        ffn_dim=int(need("feed_forward_length")),
-        norm_eps=float(need("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
-        rope_scaling=rope_scaling,
-        max_seq_len=int(meta.get("llama.context_length", 2048)),
-        tie_embeddings=False,  # set below from the tensors present
-    )
+        factor = need("rope.scaling.factor")
+        if not isinstance(factor, (int, float)) or not 1 <= factor <= 1024:
+            raise LlamalabError(f"{path}: GGUF metadata: rope.scaling.factor {factor!r} is not a number in [1, 1024]")
+        rope_scaling = {"rope_type": "linear", "factor": float(factor)}
+    try:
+        args = ModelArgs(
+            dim=need("embedding_length"),
+            n_layers=need("block_count"),
+            n_heads=need("attention.head_count"),
+            n_kv_heads=meta.get("llama.attention.head_count_kv"),
+            vocab_size=meta.get("llama.vocab_size", vocab_size),
+            ffn_dim=need("feed_forward_length"),
+            norm_eps=need("attention.layer_norm_rms_epsilon"),
+            rope_theta=meta.get("llama.rope.freq_base", 10000.0),
+            rope_scaling=rope_scaling,
+            max_seq_len=meta.get("llama.context_length", 2048),
+            tie_embeddings=False,  # set by the caller from the tensors present
+        )
+    except LlamalabError as e:
+        raise LlamalabError(f"{path}: GGUF metadata: {e}") from None
+    rope_dims = meta.get("llama.rope.dimension_count", args.head_dim)
+    if rope_dims != args.head_dim:
+        raise LlamalabError(f"{path}: partial rotary (rope.dimension_count {rope_dims} "
+                            f"< head_dim {args.head_dim}) is not supported")
+    return args
 
 
 def _to_torch(t) -> torch.Tensor:

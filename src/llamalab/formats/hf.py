@@ -42,6 +42,8 @@ def hf_to_meta_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 # -------------------------------------------------------------------------------------------- config
 
 def args_from_config(cfg: dict, where) -> ModelArgs:
+    if not isinstance(cfg, dict):
+        raise LlamalabError(f"{where}: config.json holds a {type(cfg).__name__}, not an object of settings")
     if cfg.get("model_type", "llama") not in ("llama", "mistral") or \
             any("Llama" not in a and "Mistral" not in a for a in cfg.get("architectures", [])):
         raise LlamalabError(f"{where}: model_type {cfg.get('model_type')!r} / architectures "
@@ -52,9 +54,7 @@ def args_from_config(cfg: dict, where) -> ModelArgs:
     if cfg.get("sliding_window"):
         raise LlamalabError(f"{where}: sliding-window attention is not supported")
     try:
-        dim, n_heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-        if cfg.get("head_dim") not in (None, dim // n_heads):
-            raise LlamalabError(f"{where}: head_dim {cfg['head_dim']} != hidden_size/num_attention_heads; unsupported")
+        dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
         rope = cfg.get("rope_scaling") or cfg.get("rope_parameters")
         theta = cfg.get("rope_theta", (rope or {}).get("rope_theta", 10000.0))
         if rope is not None:
@@ -64,18 +64,21 @@ def args_from_config(cfg: dict, where) -> ModelArgs:
                 rope = None
             elif kind not in ("llama3", "linear"):
                 raise LlamalabError(f"{where}: rope scaling type {kind!r} is not supported (only 'linear' and 'llama3')")
-        return ModelArgs(
-            dim=dim, n_layers=int(cfg["num_hidden_layers"]), n_heads=n_heads,
-            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-            vocab_size=int(cfg["vocab_size"]), ffn_dim=int(cfg["intermediate_size"]),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(theta), rope_scaling=rope,
-            max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
+        args = ModelArgs(
+            dim=dim, n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
+            n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+            vocab_size=cfg["vocab_size"], ffn_dim=cfg["intermediate_size"],
+            norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=rope,
+            max_seq_len=cfg.get("max_position_embeddings", 2048),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         )
     except KeyError as e:
         raise LlamalabError(f"{where}: config.json lacks {e.args[0]!r}") from None
-    except (TypeError, ValueError) as e:
+    except (AttributeError, TypeError, ValueError, LlamalabError) as e:
         raise LlamalabError(f"{where}: invalid value in config.json ({e})") from None
+    if cfg.get("head_dim") not in (None, args.head_dim):
+        raise LlamalabError(f"{where}: head_dim {cfg['head_dim']} != hidden_size/num_attention_heads; unsupported")
+    return args
 
 
 def config_from_args(args: ModelArgs, dtype: torch.dtype, tokenizer=None) -> dict:
@@ -142,6 +145,29 @@ def _rows(w, fn):
     return permute_rows(w, fn) if isinstance(w, GroupCodes) else fn(w)
 
 
+def _index_files(index: Path) -> list[str]:
+    data = _read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise LlamalabError(f"{index}: no weight_map of tensor names to shard files; the index is damaged "
+                            "(download it again, or remove it to load every *.safetensors file)")
+    return sorted(set(weight_map.values()))
+
+
+def _check_inside(directory: Path, name: str, source: str) -> None:
+    """A shard is a file of the checkpoint directory: a name that climbs out (`..`, an absolute path) or a
+    link to a file elsewhere is refused. A hub download's files link into the repository's cache
+    (snapshots/REV/x -> ../../blobs/HASH): that cache counts as the checkpoint's."""
+    home = directory.resolve()
+    if home.parent.name == "snapshots":
+        home = home.parent.parent
+    file = directory / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or home not in file.resolve().parents:
+        raise LlamalabError(f"{directory}: shard {name!r} named in {source} lies outside the checkpoint; refused")
+    if not file.is_file():
+        raise LlamalabError(f"{directory}: shard {name} named in {source} is missing")
+
+
 def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
     """Read an HF directory into our names and rotary layout. lazy: meta-device tensors (headers only).
     A directory `llamalab quantize` wrote holds group codes: kept as `GroupCodes` with `quantized`, else
@@ -150,14 +176,10 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
     cfg = _read_json(path / "config.json")
     args = args_from_config(cfg, path / "config.json")
     index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(_read_json(index)["weight_map"].values()))
-    else:
-        files = sorted(p.name for p in path.glob("*.safetensors"))
+    files = _index_files(index) if index.is_file() else sorted(p.name for p in path.glob("*.safetensors"))
     raw = {}
     for name in files:
-        if not (path / name).is_file():
-            raise LlamalabError(f"{path}: shard {name} named in {index.name} is missing")
+        _check_inside(path, name, index.name if index.is_file() else "the directory")
         raw.update(_read_safetensors(path / name, lazy))
     state = {}
     for key, w in _group_codes(raw, lazy, quantized, path).items():  # a module's parts may lie in two shards
@@ -167,15 +189,14 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
                 continue  # a buffer some old exports saved; recomputed from the config
             raise LlamalabError(f"{path}: unexpected tensor {key!r} (not a LLaMA parameter)")
         state[ours] = w
-    for key, heads in (("wq", args.n_heads), ("wk", args.kv_heads)):
-        for i in range(args.n_layers):
-            name = f"layers.{i}.attention.{key}.weight"
-            if name in state:
-                w = state[name]
-                if w.shape[0] != heads * args.head_dim:
-                    raise LlamalabError(f"{path}: tensor {name} has shape {tuple(w.shape)} but config.json "
-                                        f"implies ({heads * args.head_dim}, {args.dim}); config and weights disagree")
-                state[name] = _rows(w, lambda m: hf_to_meta_rotary(m, heads))
+    for name, w in state.items():  # the tensors present, not the layers the config claims
+        kind = name.split(".")[-2] if name.startswith("layers.") else None
+        if kind in ("wq", "wk"):
+            heads = args.n_heads if kind == "wq" else args.kv_heads
+            if tuple(w.shape) != (heads * args.head_dim, args.dim):
+                raise LlamalabError(f"{path}: tensor {name} has shape {tuple(w.shape)} but config.json "
+                                    f"implies ({heads * args.head_dim}, {args.dim}); config and weights disagree")
+            state[name] = _rows(w, lambda m, heads=heads: hf_to_meta_rotary(m, heads))
     if args.tie_embeddings and "output.weight" in state:
         if lazy or isinstance(state["output.weight"], GroupCodes) or \
                 torch.equal(state["output.weight"], state.get("tok_embeddings.weight", torch.empty(0))):

@@ -34,6 +34,8 @@ def split_dim(name: str) -> int | None:
 
 
 def args_from_params(params: dict, where, vocab_size: int) -> ModelArgs:
+    if not isinstance(params, dict):
+        raise LlamalabError(f"{where}: params.json holds a {type(params).__name__}, not an object of settings")
     known = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
              "norm_eps", "rope_theta", "max_seq_len", "use_scaled_rope"}
     missing = [k for k in ("dim", "n_layers", "n_heads") if k not in params]
@@ -45,10 +47,10 @@ def args_from_params(params: dict, where, vocab_size: int) -> ModelArgs:
             scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                        "original_max_position_embeddings": 8192}
         args = {k: v for k, v in params.items() if k in known - {"use_scaled_rope"}}
-        if args.get("vocab_size", -1) <= 0:  # LLaMA-1 writes -1: the tokenizer decides, read it off the tensor
+        if args.get("vocab_size", -1) in (-1, 0):  # LLaMA-1 writes -1: the tokenizer decides, read it off the tensor
             args["vocab_size"] = vocab_size
         return ModelArgs(**args, rope_scaling=scaling)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, LlamalabError) as e:
         raise LlamalabError(f"{where}: invalid params.json ({e})") from None
 
 
@@ -124,7 +126,7 @@ def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], Mo
               for s in shards]  # LLaMA-1 also saved a rope.freqs buffer
     if "tok_embeddings.weight" not in shards[0]:
         raise LlamalabError(f"{files[0]}: no tok_embeddings.weight; not a LLaMA checkpoint")
-    state = merge_shards(shards, params.get("dim", 0))
+    state = merge_shards(shards, params.get("dim", 0) if isinstance(params, dict) else 0)
     args = args_from_params(params, path / "params.json", state["tok_embeddings.weight"].shape[0])
     # Meta's format has no tying flag: output.weight absent or identical to the embedding means tied
     out = state.get("output.weight")

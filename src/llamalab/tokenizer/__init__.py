@@ -84,7 +84,13 @@ def _hf_side_files(directory: Path):
     cfg = {**_read_json(directory / "special_tokens_map.json"), **_read_json(directory / "tokenizer_config.json")}
     template = cfg.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
-        template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
+        named = {t.get("name"): t["template"] for t in template if isinstance(t, dict) and isinstance(t.get("template"), str)}
+        if not named:
+            raise LlamalabError(f"{directory / 'tokenizer_config.json'}: chat_template is a list without any "
+                                "{\"name\": ..., \"template\": ...} entry; fix or remove it")
+        template = named.get("default", next(iter(named.values())))
+    if template is not None and not isinstance(template, str):
+        raise LlamalabError(f"{directory / 'tokenizer_config.json'}: chat_template must be text, got {template!r:.60}")
     if (directory / "chat_template.jinja").is_file():
         template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
     gen_eos = _read_json(directory / "generation_config.json").get("eos_token_id")

@@ -6,15 +6,18 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from ..errors import LlamalabError
+from ..headers import check_gguf
 from .base import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, Tokenizer
 from .hf import HFTokenizer
 from .spm import SentencePieceTokenizer
 
 
 def open_gguf(path):
-    """A `gguf.GGUFReader` on `path` (memory-mapped), or one clear error for a damaged or partial file."""
+    """A `gguf.GGUFReader` on `path` (memory-mapped), or one clear error for a damaged or partial file.
+    The header is checked against the file first (`headers.check_gguf`): the reader trusts its counts."""
     from gguf import GGUFReader
 
+    check_gguf(path)
     try:
         return GGUFReader(path)
     except Exception as e:  # the gguf package raises assorted errors on damaged files
@@ -73,7 +76,13 @@ def tokenizer_from_gguf_fields(meta: dict, source="GGUF file") -> Tokenizer:
         if not merges:
             raise LlamalabError(f"{source}: a gpt2 vocabulary without tokenizer.ggml.merges")
         pre = meta.get("tokenizer.ggml.pre", "default")
-        tok = byte_level_bpe(tokens, merges, types, pre)
+        try:
+            tok = byte_level_bpe(tokens, merges, types, pre)
+        except BaseException as e:  # the Rust library panics (a BaseException) on bad merges
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise LlamalabError(f"{source}: the gpt2 vocabulary is inconsistent ({str(e).splitlines()[0][:160]}); "
+                                "the file is damaged") from None
         return HFTokenizer(tok, bos_id=tid("bos"), eos_id=tid("eos"), pad_id=tid("padding"), unk_id=tid("unknown"),
                            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)), chat_template=template,
                            extra_stop_ids=stops, gguf_pre=pre)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import signal
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -106,16 +104,23 @@ class Run:
         return Path(self.cfg.out_dir)
 
 
-def resume_point(cfg: TrainConfig, args: ModelArgs, resume: bool) -> Path | None:
-    """The checkpoint to resume from (None: a fresh run); refuses to overwrite a run or resume another model."""
+def resume_point(cfg: TrainConfig, args: ModelArgs, resume: bool, world=None) -> Path | None:
+    """The checkpoint to resume from (None: a fresh run): the newest that verifies (newer damaged ones are
+    skipped with a warning). Refuses to overwrite a run or to resume another model."""
     out = Path(cfg.out_dir)
-    found = checkpoint.latest(out / "ckpt")
-    if found is not None and not resume:
-        raise LlamalabError(f"{out} already holds checkpoints (latest {found.name}); pass --resume to "
+    latest = checkpoint.latest(out / "ckpt")
+    if latest is not None and not resume:
+        raise LlamalabError(f"{out} already holds checkpoints (latest {latest.name}); pass --resume to "
                             f"continue that run, or choose another out_dir")
-    if found is not None:
-        checkpoint.check_compatible(found, args)
-    return found
+    main = world is None or world.is_main
+    found = checkpoint.newest_intact(out / "ckpt", warn=print if main else None) if resume else None
+    if found is None:
+        return None
+    checkpoint.check_compatible(*found, args)
+    if found[1]["step"] >= cfg.max_steps and main:  # a finished run: said plainly; only its export is redone
+        print(f"nothing to train: {found[0]} is at step {found[1]['step']} and max_steps is {cfg.max_steps}; "
+              f"raise max_steps to train further" + ("; exporting its weights again" if cfg.export else ""))
+    return found[0]
 
 
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
@@ -145,7 +150,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
         args = cfg.model_args()
     check_data_vocab(cfg, args, loader.vocab_size)
     check_layout(cfg, args, world)
-    resume_from = resume_point(cfg, args, resume)
+    resume_from = resume_point(cfg, args, resume, world)
 
     val_batches, extra_val = held_out_sets(cfg, world, args.max_seq_len)
 
@@ -307,7 +312,6 @@ def fit(run: Run) -> dict:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    hang_after = int(os.environ.get("LLAMALAB_TEST_HANG_AFTER_CHECKPOINT", "-1"))  # test hook (SIGKILL tests)
     peak, _ = peak_flops(world.device, torch.bfloat16 if run.bf16 else torch.float32)
     t_start = time.perf_counter()
     last = {}
@@ -336,8 +340,6 @@ def fit(run: Run) -> dict:
                 bar.update(1)
         if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.max_steps:
             save_checkpoint(step)
-            if step == hang_after:
-                signal.pause()  # wait to be killed
     if bar is not None:
         bar.close()
     return finish(run, log, step, tokens_seen, last)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import ModelArgs
-from ..device import default_device
+from ..device import resolve_device
 from ..errors import LlamalabError
 from ..fast import has_cxx_compiler
 from ..model import Transformer, initial_value
@@ -60,8 +60,7 @@ class World:
 def init_distributed(device: str = "auto", tensor_parallel: int = 1) -> World:
     """Join the process group torchrun describes (RANK/WORLD_SIZE/...), or stay a single process; with
     tensor_parallel > 1, lay the ranks out as a (data-parallel × tensor-parallel) mesh."""
-    if device == "auto":
-        device = default_device().type
+    device = resolve_device(device).type
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
