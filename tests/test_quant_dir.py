@@ -6,7 +6,6 @@ group), checked against the GGUF path's blocks from the `gguf` package (Q8_0 / Q
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
