@@ -28,6 +28,8 @@ COMMANDS = {
     "perplexity": "perplexity",
     "quantize": "quantize",
     "demo": "demo",
+    "self-instruct": "self_instruct",
+    "judge": "judge",
 }
 
 

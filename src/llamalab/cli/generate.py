@@ -22,7 +22,12 @@ def add_sampling_arguments(p, max_new_tokens: int):
 
 
 def add_arguments(p):
-    p.add_argument("--prompt", required=True, help="the text to continue (with --chat: the user message)")
+    p.add_argument("--prompt", help="the text to continue (with --chat: the user message)")
+    p.add_argument("--input", metavar="FILE", help="answer every question of a JSONL file instead (id, question; "
+                   "or Alpaca records), batched, as chat turns; needs --out")
+    p.add_argument("--out", metavar="FILE.jsonl", help="with --input: the answers (id, model, answer), appended")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="with --input: answers decoding together")
+    p.add_argument("--name", help="with --input: the model's name in the answers (default: the checkpoint's)")
     add_sampling_arguments(p, max_new_tokens=128)
     p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop at this text (repeatable)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template as a user turn")
@@ -54,6 +59,13 @@ def sampling_kwargs(args) -> dict:
 def run(args):
     import sys
 
+    from llamalab.errors import LlamalabError
+
+    if (args.prompt is None) == (args.input is None) or bool(args.input) != bool(args.out):
+        raise LlamalabError("give --prompt TEXT, or --input FILE with --out FILE.jsonl")
+    if args.input:
+        return answer_input(args)
+
     from llamalab.chat import render_for
     from llamalab.generate import decode_text, generate, stream, stream_text
 
@@ -77,3 +89,22 @@ def run(args):
     if sys.stdout.isatty():
         sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+def answer_input(args):
+    """--input FILE --out FILE.jsonl: the model's answers to every question, batched on the engine."""
+    import sys
+
+    import torch
+
+    from llamalab.instruct.answers import answer_questions
+    from llamalab.instruct.backends import LocalModel
+    from llamalab.instruct.records import load_questions
+
+    questions = load_questions(args.input)
+    model = LocalModel(args.model, max_batch=args.batch_size, adapter=getattr(args, "adapter", None), device=args.device,
+                       dtype=getattr(torch, args.dtype) if args.dtype else None, template=args.template)
+    new = answer_questions(model, questions, args.out, name=args.name or model.name, system=args.system,
+                           max_tokens=args.max_new_tokens, **{k: v for k, v in sampling_kwargs(args).items()
+                                                              if k != "max_new_tokens"})
+    print(f"{args.out}: {new} answers written, {len(questions) - new} were there already", file=sys.stderr)
