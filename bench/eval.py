@@ -47,8 +47,8 @@ def flop_ratio(llm, requests) -> float:
     per_token = llm.block_flops
     head = 2 * llm.model.output.weight.numel()
     keys = list(dict.fromkeys((tuple(c), tuple(x)) for c, x in (llm.encode_pair(c, x) for c, x in requests)))
-    theirs = {(c, x[:-1]) if len(x) == 1 else (c, x): len(llm._sequence(c, x)) for c, x in keys}
-    rows = llm._pack(keys)
+    theirs = {(c, x[:-1]) if len(x) == 1 else (c, x): len(llm.sequence(c, x)) for c, x in keys}
+    rows = llm.pack(keys)
     ours = sum(len(r.tokens) for r in rows) * per_token + sum(len(x) for _, x in keys) * head
     return sum(theirs.values()) * (per_token + head) / ours
 
@@ -71,7 +71,9 @@ def main():
 
     from llamalab import assets
     from llamalab.eval import LLM, evaluate_task, get_task
-    from llamalab.eval.lm_eval_tasks import write_task_yamls
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the parity tests' lm-eval task files
+    from lm_eval_tasks import write_task_yamls
     from llamalab.formats import load
 
     data_dir, gguf = assets.path("benchmarks"), assets.path("smollm2")
@@ -81,7 +83,7 @@ def main():
 
     ckpt = load(gguf, dtype=getattr(torch, a.dtype))
     llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=a.batch_size)
-    ours, ours_s, items, theirs, theirs_s = {}, {}, {}, {}, {}
+    ours, ours_s, theirs, theirs_s = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         if not a.skip_lm_eval:
             import lm_eval
@@ -96,7 +98,7 @@ def main():
             start = time.perf_counter()
             task = get_task(t) if a.uncond else dataclasses.replace(get_task(t), uncond=False)
             r = evaluate_task(llm, task, data_dir, limit=a.limit)
-            ours_s[t], ours[t], items[t] = time.perf_counter() - start, r, r.n
+            ours_s[t], ours[t] = time.perf_counter() - start, r
             if not a.skip_lm_eval:
                 start = time.perf_counter()
                 out = lm_eval.simple_evaluate(model=hf, tasks=[names[t]], task_manager=tm, limit=a.limit,
@@ -105,24 +107,38 @@ def main():
                 theirs[t] = (out["results"][names[t]], out["samples"][names[t]])
             print(f"{t}: ours {ours_s[t]:.0f}s, lm-eval {theirs_s.get(t, float('nan')):.0f}s", file=sys.stderr)
 
+    report = compare(llm, ours, ours_s, theirs, theirs_s)
+    summary = print_report(report, ours_s, theirs_s)
+    if a.output:
+        Path(a.output).write_text(json.dumps({"tasks": report, "summary": summary}, indent=2))
+
+
+def compare(llm, ours: dict, ours_s: dict, theirs: dict, theirs_s: dict) -> dict:
+    """Per task: both sides' metrics and items/s, the largest per-request log-likelihood difference, the
+    speed-up and the FLOP ratio."""
     report = {}
-    for t in tasks:
-        m = ours[t].metrics
-        requests = [(c, x) for s in ours[t].samples for c, x in zip(s["contexts"], s["continuations"])]
-        line = {"items": items[t], "flop_ratio": flop_ratio(llm, requests),
+    for t, r in ours.items():
+        m, items = r.metrics, r.n
+        requests = [(c, x) for s in r.samples for c, x in zip(s["contexts"], s["continuations"])]
+        line = {"items": items, "flop_ratio": flop_ratio(llm, requests),
                 "ours": {k: v for k, v in m.items() if not k.endswith("_stderr")},
-                "ours_items_per_s": items[t] / ours_s[t]}
+                "ours_items_per_s": items / ours_s[t]}
         if t in theirs:
             res, samples = theirs[t]
             line["lm_eval"] = {k.split(",")[0]: v for k, v in res.items()
                                if k.split(",")[0] in ("acc", "acc_norm")}
-            line["lm_eval_items_per_s"] = items[t] / theirs_s[t]
-            ours_ll = {s["doc_id"]: s["loglikelihoods"] for s in ours[t].samples}
-            diffs = [abs(float(r[0]) - o) for s in samples
-                     for r, o in zip(s["filtered_resps"], ours_ll[s["doc_id"]])]
+            line["lm_eval_items_per_s"] = items / theirs_s[t]
+            ours_ll = {s["doc_id"]: s["loglikelihoods"] for s in r.samples}
+            diffs = [abs(float(x[0]) - o) for s in samples
+                     for x, o in zip(s["filtered_resps"], ours_ll[s["doc_id"]])]
             line["max_abs_ll_diff"] = max(diffs)
             line["speedup"] = theirs_s[t] / ours_s[t]
         report[t] = line
+    return report
+
+
+def print_report(report: dict, ours_s: dict, theirs_s: dict) -> dict:
+    """The comparison as a markdown table and a one-line total; returns the totals."""
     total_ours = sum(ours_s.values())
     print("\n| task | items | acc ours | acc lm-eval | acc_norm ours | acc_norm lm-eval | max |Δll| "
           "| items/s ours | items/s lm-eval | speed-up | FLOP ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -133,15 +149,14 @@ def main():
               f"{r.get('max_abs_ll_diff', float('nan')):.1e} | {r['ours_items_per_s']:.2f} | "
               f"{r.get('lm_eval_items_per_s', float('nan')):.2f} | {r.get('speedup', float('nan')):.2f}× | "
               f"{r['flop_ratio']:.2f}× |")
-    n = sum(items.values())
+    n = sum(r["items"] for r in report.values())
     summary = {"items": n, "ours_s": total_ours, "ours_items_per_s": n / total_ours}
     if theirs_s:
         total_theirs = sum(theirs_s.values())
         summary.update(lm_eval_s=total_theirs, lm_eval_items_per_s=n / total_theirs, speedup=total_theirs / total_ours)
         print(f"\nall tasks: {n} items, ours {n / total_ours:.2f} items/s ({total_ours:.0f} s), lm-eval HF "
               f"{n / total_theirs:.2f} items/s ({total_theirs:.0f} s): {total_theirs / total_ours:.2f}× faster")
-    if a.output:
-        Path(a.output).write_text(json.dumps({"tasks": report, "summary": summary}, indent=2))
+    return summary
 
 
 if __name__ == "__main__":

@@ -76,9 +76,63 @@ def test_convert_refuses_to_overwrite(state, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     fails(capsys, ["convert", str(tmp_path / "hf"), "--to", "meta", "--out", str(tmp_path / "out")], "--force")
-    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    assert main(["convert", str(tmp_path / "hf"), "--to", "meta", "--out", str(tmp_path / "out"), "--force"]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["consolidated.00.pth", "params.json"]
+    # --force replaces an earlier output, never a directory holding anything else
+    fails(capsys, ["convert", str(tmp_path / "hf"), "--to", "meta", "--out", str(tmp_path / "out"), "--force"],
+          "keep.txt")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["keep.txt"]
+    (tmp_path / "out" / "keep.txt").unlink()  # an empty directory is fine without --force
+    assert main(["convert", str(tmp_path / "hf"), "--to", "meta", "--out", str(tmp_path / "out")]) == 0
+    assert main(["convert", str(tmp_path / "hf"), "--to", "meta", "--out", str(tmp_path / "out"), "--shards", "2",
+                 "--force"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["consolidated.00.pth", "consolidated.01.pth",
+                                                                    "params.json"]
+    formats.save(state, ARGS, tmp_path / "m.gguf", "gguf")
+    fails(capsys, ["convert", str(tmp_path / "hf"), "--to", "gguf", "--out", str(tmp_path / "out"), "--force"],
+          "not a GGUF file")
+
+
+def test_force_never_deletes_the_input_or_the_current_directory(state, tmp_path, capsys, monkeypatch):
+    formats.save(state, ARGS, tmp_path / "m.gguf", "gguf")
+    formats.save(state, ARGS, tmp_path / "hf", "hf")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    fails(capsys, ["convert", "m.gguf", "--to", "hf", "--out", ".", "--force"], "current directory")
+    fails(capsys, ["convert", "hf", "--to", "hf", "--out", "hf", "--force"], "holds the input")
+    fails(capsys, ["convert", "hf/model.safetensors", "--to", "meta", "--out", "hf", "--force"], "holds the input")
+    fails(capsys, ["convert", "m.gguf", "--to", "gguf", "--out", "m.gguf", "--force"], "holds the input")
+    fails(capsys, ["convert", str(tmp_path / "hf"), "--to", "hf", "--out", str(tmp_path.parent), "--force"],
+          "current directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert formats.load_state("hf")[3] == "hf" and formats.load_state("m.gguf")[3] == "gguf"
+
+
+def test_failed_write_keeps_the_old_output(state, tmp_path, monkeypatch):
+    formats.save(state, ARGS, tmp_path / "hf", "hf")
+    formats.save(state, ARGS, tmp_path / "out", "meta")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    def disk_full(tensors, directory, **_):  # fault injection: the writer dies halfway through
+        (directory / "model-00001-of-00002.safetensors").write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(formats.hf, "save_torch_state_dict", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        formats.convert(tmp_path / "hf", tmp_path / "out", "hf", force=True, log=None)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]  # no temporaries left
+
+
+def test_outputs_get_the_users_umask(state, tmp_path):
+    old = os.umask(0o027)
+    try:
+        formats.save(state, ARGS, tmp_path / "hf", "hf")
+        formats.convert(tmp_path / "hf", tmp_path / "m.gguf", "gguf", log=None)
+        formats.convert(tmp_path / "hf", tmp_path / "meta", "meta", log=None)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert modes.pop("hf") == modes.pop("meta") == 0o750
+    assert set(modes.values()) == {0o640}, modes  # model.safetensors too (safetensors itself writes 0600)
 
 
 def test_truncated_safetensors(state, tmp_path, capsys):

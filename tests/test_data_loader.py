@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from llamalab.data.loader import TokenLoader
-from llamalab.data.shards import write_token_dataset
 from llamalab.errors import LlamalabError
+from token_data import write_token_dataset
 
 # The paper's Table 1 sampling proportions (LLaMA paper, Table 1), the reference for the share test.
 TABLE1 = {"CommonCrawl": 67.0, "C4": 15.0, "Github": 4.5, "Wikipedia": 4.5, "Books": 4.5,

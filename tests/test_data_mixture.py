@@ -5,9 +5,9 @@ import pytest
 
 from llamalab.cli import main
 from llamalab.data.loader import TokenLoader
-from llamalab.data.mixture import PRESETS, TABLE1, parse_mixture, report
-from llamalab.data.shards import write_token_dataset
+from llamalab.data.mixture import MIXTURES, TABLE1, parse_mixture, report
 from llamalab.errors import LlamalabError
+from token_data import write_token_dataset
 
 # LLaMA paper, Table 1, transcribed: (sampling proportion %, disk size GB, epochs).
 PAPER = {"CommonCrawl": (67.0, 3300, 1.10), "C4": (15.0, 783, 1.06), "GitHub": (4.5, 328, 0.64),
@@ -17,7 +17,7 @@ PAPER = {"CommonCrawl": (67.0, 3300, 1.10), "C4": (15.0, 783, 1.06), "GitHub": (
 
 def test_llama_preset_is_table1():
     assert parse_mixture("llama") == {k: v[0] for k, v in PAPER.items()}
-    assert sum(PRESETS["llama"].values()) == pytest.approx(100.0)
+    assert sum(MIXTURES["llama"].values()) == pytest.approx(100.0)
     assert {k: (r.weight, r.disk_gb, r.epochs) for k, r in TABLE1.items()} == PAPER
 
 

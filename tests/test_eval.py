@@ -16,9 +16,9 @@ import yaml
 from llamalab.config import ModelArgs
 from llamalab.eval import LLM, evaluate_task, get_task
 from llamalab.eval import scoring
-from llamalab.eval.lm_eval_tasks import write_task_yamls
 from llamalab.eval.tasks import build_items
 from llamalab.model import Transformer
+from lm_eval_tasks import write_task_yamls
 from tiny import random_state
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -226,8 +226,8 @@ def test_packed_loglikelihoods_equal_one_request_at_a_time():
     tokenizer = SimpleNamespace(bos_id=None, eos_id=0)
     llm = LLM(model, tokenizer, batch_size=3, max_length=max_length, progress=False)
     keys = list(dict.fromkeys((tuple(c), tuple(x)) for c, x in requests))
-    rows = llm._pack(keys)
-    assert sum(len(r.tokens) for r in rows) < sum(len(llm._sequence(*k)) for k in keys) - 40  # it shares
+    rows = llm.pack(keys)
+    assert sum(len(r.tokens) for r in rows) < sum(len(llm.sequence(*k)) for k in keys) - 40  # it shares
     got = llm.loglikelihood_tokens(requests)
     assert [g for _, g in got] == [g for _, g in expected] and expected[7][1]
     assert [s for s, _ in got] == pytest.approx([s for s, _ in expected], abs=1e-4)

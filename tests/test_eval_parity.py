@@ -7,7 +7,7 @@ import os
 import pytest
 
 from llamalab.eval import LLM, evaluate_task, get_task
-from llamalab.eval.lm_eval_tasks import write_task_yamls
+from lm_eval_tasks import write_task_yamls
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

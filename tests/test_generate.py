@@ -9,7 +9,7 @@ import torch
 
 from llamalab.config import ModelArgs
 from llamalab.errors import LlamalabError
-from llamalab.generate import Session, _split_stop, generate, stream
+from llamalab.generate import Session, split_stop, generate, stream
 from llamalab.model import Transformer
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=101, multiple_of=32, max_seq_len=96)
@@ -106,7 +106,7 @@ def test_context_overflow_is_an_error_unless_truncating(model):
 
 
 def test_stop_string_split():
-    assert _split_stop("hello wor", ["world"], final=False) == ("hello ", "wor", False)
-    assert _split_stop("hello world!", ["world"], final=False) == ("hello ", "", True)
-    assert _split_stop("a\n", ["\n\n"], final=False) == ("a", "\n", False)
-    assert _split_stop("a\n", ["\n\n"], final=True) == ("a\n", "", False)
+    assert split_stop("hello wor", ["world"], final=False) == ("hello ", "wor", False)
+    assert split_stop("hello world!", ["world"], final=False) == ("hello ", "", True)
+    assert split_stop("a\n", ["\n\n"], final=False) == ("a", "\n", False)
+    assert split_stop("a\n", ["\n\n"], final=True) == ("a\n", "", False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import llamalab
-from llamalab.chat import render_for
+from llamalab.chat_templates import render_for
 from llamalab.cli import main as cli_main
 from llamalab.generate import decode_text, generate, stream, stream_text
 from llamalab.tokenizer import load_tokenizer

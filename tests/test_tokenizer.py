@@ -16,7 +16,7 @@ import pytest
 
 from llamalab import assets
 from llamalab.errors import LlamalabError
-from llamalab.tokenizer import check_vocab, load_tokenizer, tokenizer_from_gguf_fields
+from llamalab.tokenizer import load_tokenizer, tokenizer_from_gguf_fields
 
 
 def llama_cpp_vectors():
@@ -252,13 +252,15 @@ def test_stream_decoder_equals_decode(which, request):
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
-def test_check_vocab(spm, smol):
-    check_vocab(spm, 32000)
-    check_vocab(spm, 32064)  # a padded embedding holds every id
-    with pytest.raises(LlamalabError, match="32000 tokens.*only 49152|49152 tokens"):
-        check_vocab(smol, 32000)
-    with pytest.raises(LlamalabError, match="32000 tokens"):
-        check_vocab(spm, 16000)
+def test_checkpoint_tokenizer_must_fit_the_embedding(llama_spm_gguf, smollm2_gguf):
+    from llamalab.formats import load_tokenizer_for
+
+    assert load_tokenizer_for("gguf", llama_spm_gguf, 32000).vocab_size == 32000
+    assert load_tokenizer_for("gguf", llama_spm_gguf, 32064).vocab_size == 32000  # a padded embedding holds every id
+    with pytest.raises(LlamalabError, match="49152 tokens but the model embeds only 32000"):
+        load_tokenizer_for("gguf", smollm2_gguf, 32000)
+    with pytest.raises(LlamalabError, match="32000 tokens but the model embeds only 16000"):
+        load_tokenizer_for("gguf", llama_spm_gguf, 16000)
 
 
 def test_bad_tokenizer_files(tmp_path, smollm2_gguf, smol):

@@ -8,8 +8,9 @@ import math
 import pytest
 
 from llamalab.errors import LlamalabError
-from llamalab.train.config import TrainConfig, load_config
+from llamalab.train import TrainConfig, load_config
 from llamalab.train.optim import lr_at, param_groups
+from token_data import write_token_dataset
 
 
 def paper_lr(t, peak, warmup, total, final_ratio):
@@ -94,7 +95,6 @@ def test_accumulation_equals_one_big_batch(tmp_path):
     """Gradient accumulation is exact: 2 micro-batches of 2 give the update of one batch of 4 (same rows)."""
     import numpy as np
 
-    from llamalab.data.shards import write_token_dataset
     from llamalab.train import train
 
     write_token_dataset(tmp_path / "d", {"a": np.random.default_rng(0).integers(0, 512, 20_000)}, vocab_size=512)

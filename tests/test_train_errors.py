@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llamalab.cli import main
-from llamalab.data.shards import write_token_dataset
+from token_data import write_token_dataset
 
 BASE = ["train", "model=tiny", "seq_len=32", "micro_batch_size=2", "max_steps=2", "warmup_steps=1",
         "progress=false", "export=false"]
@@ -56,7 +56,7 @@ def test_tokenizer_and_data_vocab_must_match_model(tmp_path, capsys, data, llama
           "has 32000 tokens but the model has vocab_size 512; set model.vocab_size=32000")
     write_token_dataset(tmp_path / "big", {"a": np.arange(5_000)}, vocab_size=8192)
     fails(capsys, BASE + [f"data={tmp_path / 'big'}", f"out_dir={tmp_path / 'out'}"],
-          "8192-token vocabulary but the model has vocab_size 512")
+          "tokenized with has 8192 tokens but the model embeds only 512; set model.vocab_size=8192")
     assert not (tmp_path / "out").exists()
 
 
@@ -77,3 +77,13 @@ def test_nan_loss_stops_naming_the_step(tmp_path, capsys, data):
           "at step 1; lower lr, raise warmup, or set nan_policy=skip")
     assert main(BASE + [f"data={data}", f"out_dir={tmp_path / 'skip'}", "init_std=1e30", "nan_policy=skip"]) == 0
     assert "update skipped (nan_policy=skip)" in capsys.readouterr().out
+
+
+def test_resuming_a_finished_run_exports_again(tmp_path, data):
+    """The export directory a run wrote is its own earlier output: a resumed run replaces it."""
+    argv = [a for a in BASE if a != "export=false"] + [f"data={data}", f"out_dir={tmp_path / 'out'}"]
+    assert main(argv) == 0
+    first = (tmp_path / "out" / "model" / "model.safetensors").stat().st_ino
+    assert main(argv + ["--resume"]) == 0
+    assert (tmp_path / "out" / "model" / "model.safetensors").stat().st_ino != first
+    assert sorted(p.name for p in (tmp_path / "out" / "model").iterdir()) == ["config.json", "model.safetensors"]

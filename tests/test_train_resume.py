@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llamalab.data.shards import write_token_dataset
+from token_data import write_token_dataset
 
 N = 4
 COMMON = ["model=tiny", "seq_len=32", "micro_batch_size=4", f"max_steps={2 * N}", "warmup_fraction=0.25",

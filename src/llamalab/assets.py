@@ -22,6 +22,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .atomic import sha256_file, write_text
 from .errors import LlamalabError
 
@@ -154,8 +156,6 @@ def _members(archive: Path):
 
 
 def fetch_package(pkg: Package, root: Path, archives: Path | None = None) -> dict[str, str]:
-    from tqdm import tqdm
-
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
         tmp = Path(tmp)

@@ -1,13 +1,25 @@
-"""Writes that never leave a half-written file: write a temp file beside the target, fsync, rename.
+"""Writes that never leave a half-written file or directory: write beside the target, then rename.
 
-Readers see the old content or the new one, never a mix; a crash leaves at most a stray `.name.*` temp.
+    write_text("results.json", text)           # a small file, in one call
+    with staged_file("model.gguf") as tmp:     # a file another library writes (torch.save, GGUFWriter, ...)
+        writer.write(tmp)
+    with staged_dir("model/") as tmp:          # a whole directory (a checkpoint, a shard set)
+        save_files_into(tmp)
+
+Readers see the old content or the new one, never a mix; a crash leaves at most a stray `.name.*`
+temporary. What is written gets the permissions the user's umask gives new files (some libraries create
+0600 files; a staged directory is normalized before it goes live). Whether a target may be replaced at
+all is the caller's decision (see `llamalab.formats.output` for checkpoints).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -17,22 +29,58 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(path, data: bytes) -> Path:
+@contextmanager
+def staged_file(path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; on success it is synced, given normal permissions and
+    renamed to `path`; on failure it is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:  # the writer closed it; its data must be on disk before the rename
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged_dir(path) -> Iterator[Path]:
+    """A new empty directory beside `path` to write into. When the block succeeds it takes `path`'s place:
+    an existing `path` is moved aside first and deleted only once the new directory is in place (put back
+    if that fails). When the block fails, the new directory is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        mask = _umask()
+        for f in [tmp, *tmp.rglob("*")]:
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
+        old = None
+        if path.exists() or path.is_symlink():
+            old = tmp.with_name(tmp.name + ".old")
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_bytes(path, data: bytes) -> Path:
+    with staged_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_text(path, text: str) -> Path:

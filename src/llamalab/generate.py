@@ -44,20 +44,20 @@ class TextStream:
             return ""
         if token in self.stop_ids:
             return self.finish()
-        ready, self.held, self.stopped = _split_stop(self.held + self.decoder.push(token), self.stop, final=False)
+        ready, self.held, self.stopped = split_stop(self.held + self.decoder.push(token), self.stop, final=False)
         return ready
 
     def finish(self) -> str:
         if self.stopped and not self.held:
             return ""
-        ready, _, _ = _split_stop(self.held + self.decoder.flush(), self.stop, final=True)
+        ready, _, _ = split_stop(self.held + self.decoder.flush(), self.stop, final=True)
         self.held, self.stopped = "", True
         return ready
 
 
-def _split_stop(text: str, stops: list[str], final: bool) -> tuple[str, str, bool]:
+def split_stop(text: str, stops: Iterable[str], final: bool) -> tuple[str, str, bool]:
     """(text safe to emit, text held back as a possible stop-string start, whether a stop string was hit)."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     if hits:
         return text[:min(hits)], "", True
     if final:
@@ -395,4 +395,4 @@ def decode_text(tokens: list[int], tokenizer, *, stop_ids: Iterable[int] = (), s
     """Non-streaming `stream_text`: decode up to the first stop id, cut at the first stop string."""
     stop_ids = set(stop_ids)
     end = next((i for i, t in enumerate(tokens) if t in stop_ids), len(tokens))
-    return _split_stop(tokenizer.decode(tokens[:end]), [s for s in stop if s], final=True)[0]
+    return split_stop(tokenizer.decode(tokens[:end]), stop, final=True)[0]

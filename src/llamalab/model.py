@@ -184,8 +184,15 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.tie_weights()
         # A plain attribute, not a buffer (as in Meta's reference): `model.to(torch.bfloat16)` would cast a
-        # complex buffer to real and silently drop the sines. It follows the input's device in forward.
+        # complex buffer to real and silently drop the sines. It moves with the parameters (`_apply`).
         self.freqs_cis = rope_cache(args)
+
+    def _apply(self, fn, recurse=True):
+        # Every move (`.to`, `.cuda`, `.to_empty`) comes through here, as for torch's own RNN modules: the
+        # rotary table follows the parameters to their device once per move, not once per forward.
+        super()._apply(fn, recurse)
+        self.init_buffers()
+        return self
 
     def tie_weights(self):
         """Share the output projection with the token embedding when the config says so
@@ -194,19 +201,16 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
 
     def init_buffers(self, device=None):
-        """Recompute the rotary table on `device` (after building on the meta device and `to_empty`)."""
+        """Recompute the rotary table on `device` (default: the parameters'), e.g. after
+        `load_state_dict(assign=True)` put parameters on a device without moving the module."""
         self.freqs_cis = rope_cache(self.args, device or self.tok_embeddings.weight.device)
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None):
-        """Fresh weights for pretraining: N(0, std), residual projections scaled by 1/sqrt(2·n_layers)."""
+        """Fresh weights for pretraining (see `initial_weights`)."""
         self.init_buffers()
-        for name, p in self.named_parameters():
-            if p.ndim == 1:
-                nn.init.ones_(p)
-            else:
-                scale = 1 / math.sqrt(2 * self.args.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
-                nn.init.normal_(p, mean=0.0, std=std * scale, generator=generator)
+        for p, value in initial_weights(self, std, generator):
+            p.copy_(value)
 
     def num_params(self) -> int:
         """Parameters counted once each (a tied embedding is one matrix)."""
@@ -230,8 +234,6 @@ class Transformer(nn.Module):
           pass their own). mask: boolean (B, 1, T, S), True = may attend; default causal.
         """
         B, T = tokens.shape
-        if self.freqs_cis.device != tokens.device:
-            self.freqs_cis = rope_cache(self.args, tokens.device)
         if positions is None and isinstance(pos, torch.Tensor):
             positions = pos[:, None]
         if positions is None:
@@ -248,3 +250,17 @@ class Transformer(nn.Module):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
             h = layer(h, freqs_cis, kv, pos, mask)
         return self.norm(h)
+
+
+def initial_weights(model: Transformer, std: float = 0.02, generator: torch.Generator | None = None):
+    """Each parameter with its initial value for pretraining, drawn in order on the CPU from `generator`,
+    so the draws are the same on any device and however the parameters are later sharded: norms 1,
+    weight matrices N(0, std), the residual projections (wo, w2) scaled by 1/sqrt(2·n_layers) (GPT-2)."""
+    for name, p in model.named_parameters():
+        value = torch.empty(p.shape, dtype=p.dtype)
+        if p.ndim == 1:
+            value.fill_(1.0)
+        else:
+            scale = 1 / math.sqrt(2 * model.args.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
+            nn.init.normal_(value, mean=0.0, std=std * scale, generator=generator)
+        yield p, value

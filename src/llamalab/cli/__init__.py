@@ -1,6 +1,10 @@
 """`llamalab <subcommand>`: each subcommand lives in `llamalab/cli/<name>.py` and is a thin call into
-one library function. A module defines `HELP`, `add_arguments(parser)` and `run(args) -> int | None`,
-and imports heavy dependencies (torch, ...) inside `run`, so `llamalab --help` stays instant.
+one library function. A module defines `HELP`, `add_arguments(parser)` and `run(args) -> int | None`.
+
+Imports: modules import what they use at the top, with one exception that the whole package follows —
+library code that loads torch, numpy or another heavy library (gguf, pyarrow, protobuf, matplotlib,
+transformers, lm-eval) is imported inside the function that needs it when the module is on a path that
+must stay light: here, where every subcommand is imported to build `--help`, and in `llamalab/__init__`.
 """
 
 from __future__ import annotations
@@ -37,12 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamalab", description="The LLaMA paper, end to end.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"{__name__}.{module_name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{module_name}":
-                continue  # subcommand not built yet
-            raise
+        module = importlib.import_module(f"{__name__}.{module_name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 HELP = "Fetch the real test material (SmolLM2 GGUF, LLaMA vocab, benchmarks) into the asset cache."
 
 
@@ -11,8 +13,6 @@ def add_arguments(p):
 
 
 def run(args):
-    from pathlib import Path
-
     from .. import assets
 
     if args.action == "path":

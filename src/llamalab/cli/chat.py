@@ -1,17 +1,22 @@
+import sys
+
+from ..errors import LlamalabError
+from .common import (add_chat_arguments, add_compile_argument, add_model_arguments, add_sampling_arguments,
+                     load_checkpoint, sampling_kwargs)
+
 HELP = "Chat with a model in the terminal (streams answers; /reset clears the conversation, /exit quits)."
 
 
 def add_arguments(p):
-    from .generate import add_sampling_arguments
-
+    add_model_arguments(p)
     add_sampling_arguments(p, max_new_tokens=512)
+    add_chat_arguments(p)
+    add_compile_argument(p)
     p.add_argument("--context", type=int, metavar="N",
                    help="conversation length in tokens kept in the KV cache (default: min(model's, 4096))")
 
 
 def _read(prompt: str, interactive: bool):
-    import sys
-
     if interactive:
         return input(prompt)  # line editing; raises EOFError on Ctrl-D
     line = sys.stdin.readline()
@@ -21,13 +26,8 @@ def _read(prompt: str, interactive: bool):
 
 
 def run(args):
-    import sys
-
-    from llamalab.chat import render_for, resolve_template
-    from llamalab.errors import LlamalabError
-    from llamalab.generate import Session, stream_text
-
-    from .generate import load_checkpoint, sampling_kwargs
+    from ..chat_templates import render_for, resolve_template
+    from ..generate import Session, stream_text
 
     if args.template:
         resolve_template(args.template)  # a bad name fails before the (slow) load

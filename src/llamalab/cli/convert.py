@@ -1,3 +1,7 @@
+import re
+
+from ..errors import LlamalabError
+
 HELP = "Convert a checkpoint between formats: GGUF, HF safetensors, Meta .pth (any to any)."
 
 DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
@@ -14,14 +18,12 @@ def add_arguments(p):
                    "or f16 with --dtype f16)")
     p.add_argument("--max-shard-size", default="5GB", help="--to hf: split safetensors files larger than "
                    "this (e.g. 5GB, 500MB; default 5GB)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true", help="replace --out if it holds an earlier output (a GGUF "
+                   "file, or a directory of checkpoint files only); never the input or the current directory")
 
 
 def parse_size(text: str) -> int:
     """'5GB' → 5·10⁹ bytes (decimal units, as transformers' max_shard_size)."""
-    import re
-
-    from ..errors import LlamalabError
 
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
     if not m:
@@ -31,36 +33,10 @@ def parse_size(text: str) -> int:
 
 
 def run(args):
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     import torch
 
-    from ..errors import LlamalabError
-    from ..formats import load_state, load_tokenizer_for, save, tokenizer_source
+    from ..formats import convert
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise LlamalabError(f"{out} already exists; pass --force to replace it")
-    if args.shards < 1 or (args.shards > 1 and args.to != "meta"):
-        raise LlamalabError("--shards N (N >= 1) applies to --to meta only")
-    state, cfg, extra, fmt, path = load_state(args.src)
-    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else state["tok_embeddings.weight"].dtype
-    options = {"hf": {"dtype": dtype, "max_shard_size": parse_size(args.max_shard_size)}, "meta": {"dtype": dtype, "shards": args.shards},
-               "gguf": {"gguf_type": args.gguf_type or ("f16" if dtype == torch.float16 else "f32")}}[args.to]
-    tokenizer_src = tokenizer_source(fmt, path)  # a directory's files are copied, a GGUF vocab copied verbatim
-    if fmt == "gguf" and args.to != "gguf":  # already read with the tensors
-        tokenizer_src = load_tokenizer_for(fmt, path, cfg.vocab_size, extra)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # same filesystem: rename is atomic
-    try:
-        target = tmp / out.name if args.to == "gguf" else tmp / "out"
-        save(state, cfg, target, args.to, tokenizer_src=tokenizer_src, **options)
-        if out.exists():  # --force
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(target, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"wrote {out} ({args.to}, {sum(v.numel() for v in state.values()):,} params, from {fmt} {path})")
+    convert(args.src, args.out, args.to, dtype=getattr(torch, DTYPES[args.dtype]) if args.dtype else None,
+            shards=args.shards, gguf_type=args.gguf_type, max_shard_size=parse_size(args.max_shard_size),
+            force=args.force)

@@ -1,3 +1,5 @@
+from collections import Counter
+
 HELP = "Show a checkpoint's format, config, parameter count and tensors (GGUF file, HF or Meta directory)."
 
 
@@ -8,8 +10,6 @@ def add_arguments(p):
 
 
 def run(args):
-    from collections import Counter
-
     from ..formats import expected_shapes, load_state, load_tokenizer_for
 
     state, cfg, extra, fmt, path = load_state(args.path, lazy=True)  # shapes only: instant for any size

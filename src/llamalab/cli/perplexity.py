@@ -1,28 +1,25 @@
+import json
+import sys
+from pathlib import Path
+
+from ..errors import LlamalabError
+from .common import add_model_arguments, load_checkpoint
+
 HELP = "Perplexity of a model on a text file (sliding windows, Hugging Face's strided recipe)."
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="checkpoint: .gguf file, HF or Meta directory, or hub id")
+    add_model_arguments(p)
     p.add_argument("--input", required=True, metavar="FILE", help="UTF-8 text file ('-' = standard input)")
     p.add_argument("--context", type=int, default=512, metavar="N", help="window length in tokens (default 512)")
     p.add_argument("--stride", type=int, metavar="N",
                    help="window step; each window scores the tokens past the previous one (default context/2)")
     p.add_argument("--batch", type=int, default=1, metavar="B", help="windows per forward pass")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="dequantize to this dtype (default: quantized weights stay quantized, else float32)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 def run(args):
-    import json
-    import sys
-    from pathlib import Path
-
-    from llamalab.errors import LlamalabError
-    from llamalab.perplexity import perplexity
-
-    from .generate import load_checkpoint
+    from ..perplexity import perplexity
 
     if args.input == "-":
         text = sys.stdin.read()

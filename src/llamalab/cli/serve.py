@@ -1,10 +1,12 @@
+from .common import add_model_arguments, load_checkpoint
+
 HELP = "Serve a model over HTTP with OpenAI's API (chat/completions, streaming, continuous batching) and a chat page."
 
 SERVER_PACKAGES = ("fastapi", "uvicorn", "sse_starlette", "prometheus_client")
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="checkpoint: .gguf file, HF or Meta directory, or hub id")
+    add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0 = any free one; the address is printed)")
     p.add_argument("--max-batch", type=int, default=8, metavar="N", help="sequences decoding together (default 8)")
@@ -22,9 +24,6 @@ def add_arguments(p):
                    help="on Ctrl-C / SIGTERM, seconds to let requests in flight finish (default 30)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log level (debug also logs every request)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="dequantize to this dtype (default: quantized weights stay quantized, else float32)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
 
 
 def _check(args):
@@ -47,11 +46,9 @@ def run(args):
     import os
     from pathlib import Path
 
-    from llamalab.chat import resolve_template
-    from llamalab.serve.app import Settings
-    from llamalab.serve.server import bind, serve
-
-    from .generate import load_checkpoint
+    from ..chat_templates import resolve_template
+    from ..serve.app import Settings
+    from ..serve.server import bind, serve
 
     _check(args)
     if args.template:

@@ -1,3 +1,8 @@
+import argparse
+import sys
+
+from ..errors import LlamalabError
+
 HELP = "Tokenize text: print the pieces, or the token ids (any tokenizer.model / tokenizer.json / GGUF / checkpoint dir)."
 
 EPILOG = """examples:
@@ -8,8 +13,6 @@ EPILOG = """examples:
 
 
 def add_arguments(p):
-    import argparse
-
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     p.add_argument("text", nargs="?", help="the text; `-` reads it from stdin")
@@ -25,10 +28,8 @@ def add_arguments(p):
 
 
 def run(args):
-    import sys
-
-    from ..errors import LlamalabError
-    from ..tokenizer import json_text, load_tokenizer
+    from ..data.text import iter_texts
+    from ..tokenizer import load_tokenizer
 
     if (args.text is None) == (args.jsonl is None):
         raise LlamalabError("give exactly one of TEXT (`-` for stdin) or --jsonl FILE")
@@ -36,12 +37,7 @@ def run(args):
     opts = dict(bos=args.bos, eos=args.eos, special=not args.no_special)
 
     if args.jsonl:
-        texts = []
-        with (sys.stdin if args.jsonl == "-" else _open(args.jsonl)) as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                texts.append(json_text(line, f"{args.jsonl}:{n}"))
+        texts = list(iter_texts(args.jsonl, fmt=".jsonl"))
         for start in range(0, len(texts), 4096):
             batch = tok.encode_batch(texts[start:start + 4096], **opts)
             sys.stdout.write("".join(" ".join(map(str, ids)) + "\n" for ids in batch))
@@ -51,12 +47,3 @@ def run(args):
     ids = tok.encode(text, **opts)
     print(" ".join(map(str, ids)) if args.ids else " ".join(tok.id_to_piece(i) for i in ids))
     return 0
-
-
-def _open(path):
-    from ..errors import LlamalabError
-
-    try:
-        return open(path, encoding="utf-8")
-    except OSError as e:
-        raise LlamalabError(f"cannot read {path}: {e.strerror}") from None

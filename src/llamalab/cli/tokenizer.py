@@ -1,3 +1,5 @@
+import argparse
+
 HELP = "Train LLaMA's tokenizer (SentencePiece BPE, split digits, byte fallback), inspect or export one."
 
 EPILOG = """examples:
@@ -7,8 +9,6 @@ EPILOG = """examples:
 
 
 def add_arguments(p):
-    import argparse
-
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -1,3 +1,8 @@
+import argparse
+
+from ..errors import LlamalabError
+from ..train import TrainConfig
+
 HELP = "Pretrain a LLaMA model with the paper's recipe (works unchanged under torchrun)."
 
 EPILOG = """examples:
@@ -7,10 +12,6 @@ EPILOG = """examples:
 
 
 def add_arguments(p):
-    import argparse
-
-    from ..train.config import TrainConfig
-
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     p.add_argument("--config", help="YAML or TOML file of TrainConfig keys (a bundled name such as `demo` also works)")
@@ -22,8 +23,6 @@ def add_arguments(p):
 
 
 def parse_overrides(args) -> list[tuple[str, str]]:
-    from ..errors import LlamalabError
-
     pairs = [(k[4:], v) for k, v in vars(args).items() if k.startswith("set_") and v is not None]
     for item in args.overrides:
         key, sep, value = item.partition("=")
@@ -39,7 +38,8 @@ def run(args):
     cfg = load_config(resolve_config_path(args.config) if args.config else None, parse_overrides(args))
     summary = train(cfg, resume=args.resume)
     if summary.get("loss_png"):
-        print(f"done: step {summary['step']}, loss {summary['loss']:.4f}"
-              + (f", held-out loss {summary['val_loss']:.4f}" if summary.get("val_loss") is not None else ""))
+        losses = [f"{name} {summary[key]:.4f}" for key, name in (("loss", "loss"), ("val_loss", "held-out loss"))
+                  if summary.get(key) is not None]  # none when a finished run is resumed
+        print(f"done: step {summary['step']}" + "".join(f", {x}" for x in losses))
         print(f"  metrics   {summary['out_dir']}/metrics.jsonl\n  loss plot {summary['loss_png']}\n"
               f"  checkpoints {summary['out_dir']}/ckpt/" + (f"\n  model     {summary['model_dir']}" if summary.get("model_dir") else ""))

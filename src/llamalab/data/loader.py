@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import LlamalabError
+from .mixture import check_mixture
 from .shards import read_manifest
 
 
@@ -96,11 +97,7 @@ class TokenLoader:
         available = manifest["sources"]
         if mixture is None:  # natural mixture: proportional to size
             mixture = {k: float(v["tokens" if split == "train" else "val_tokens"]) for k, v in available.items()}
-        unknown = sorted(set(mixture) - set(available))
-        if unknown:
-            raise LlamalabError(f"mixture names unknown source(s) {unknown}; the dataset has {sorted(available)}")
-        if any(w < 0 for w in mixture.values()) or sum(mixture.values()) <= 0:
-            raise LlamalabError(f"mixture weights must be non-negative with a positive sum, got {mixture}")
+        check_mixture(mixture, available)
         names = sorted(k for k, w in mixture.items() if w > 0)
         total = sum(mixture[k] for k in names)
         self.mixture = {k: mixture[k] / total for k in names}

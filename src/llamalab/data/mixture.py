@@ -32,15 +32,15 @@ TABLE1 = {
 }
 TABLE1_TOKENS = 1.4e12  # the 33B/65B models' training tokens, the budget Table 1's epochs refer to
 
-PRESETS: dict[str, dict[str, float]] = {
+MIXTURES: dict[str, dict[str, float]] = {
     "llama": {name: row.weight for name, row in TABLE1.items()},
 }
 
 
 def parse_mixture(spec: str) -> dict[str, float]:
     """A preset name (`llama`) or `name=weight,name=weight,...`."""
-    if spec in PRESETS:
-        return dict(PRESETS[spec])
+    if spec in MIXTURES:
+        return dict(MIXTURES[spec])
     mixture = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, eq, value = part.partition("=")
@@ -50,10 +50,19 @@ def parse_mixture(spec: str) -> dict[str, float]:
             mixture[name.strip()] = float(value)
         except ValueError:
             raise LlamalabError(f"bad mixture entry {part!r}: write name=weight,name=weight "
-                                f"or a preset ({', '.join(PRESETS)})") from None
-    if not mixture or any(w < 0 for w in mixture.values()) or sum(mixture.values()) <= 0:
-        raise LlamalabError(f"mixture {spec!r} needs non-negative weights with a positive sum")
+                                f"or a preset ({', '.join(MIXTURES)})") from None
+    check_mixture(mixture)
     return mixture
+
+
+def check_mixture(mixture: dict[str, float], available=None) -> None:
+    """Weights must be non-negative with a positive sum, and (given the dataset's `available` source
+    names) name only sources the dataset has."""
+    if available is not None and (unknown := sorted(set(mixture) - set(available))):
+        raise LlamalabError(f"mixture names unknown source(s) {unknown} that the dataset lacks; "
+                            f"it has {sorted(available)}")
+    if not mixture or any(w < 0 for w in mixture.values()) or sum(mixture.values()) <= 0:
+        raise LlamalabError(f"mixture weights must be non-negative with a positive sum, got {mixture}")
 
 
 @dataclass(frozen=True)
@@ -79,9 +88,9 @@ def report(mixture: dict[str, float], manifest, total_tokens: float) -> list[Row
     """Per source: share of the mixture, tokens sampled when training on total_tokens, and the
     resulting epochs (Table 1's last column)."""
     available = source_tokens(manifest)
-    missing = sorted(set(mixture) - set(available))
-    if missing:
-        raise LlamalabError(f"mixture names source(s) {missing} that the dataset lacks; it has {sorted(available)}")
+    check_mixture(mixture, available)
+    if total_tokens <= 0:
+        raise LlamalabError(f"the training budget must be positive, got {total_tokens} tokens (--tokens)")
     total_weight = sum(mixture.values())
     rows = []
     for name, weight in mixture.items():
@@ -90,6 +99,16 @@ def report(mixture: dict[str, float], manifest, total_tokens: float) -> list[Row
         sampled = share * total_tokens
         rows.append(Row(name, share, tokens, sampled, sampled / tokens if tokens else float("inf")))
     return rows
+
+
+def format_table1() -> str:
+    """The paper's Table 1 as printed, for reference."""
+    lines = [f"LLaMA paper, Table 1 (epochs for {TABLE1_TOKENS:.1e} training tokens)",
+             f"{'source':16s} {'sampling':>9s} {'disk':>9s} {'epochs':>7s}"]
+    for name, row in TABLE1.items():
+        disk = f"{row.disk_gb / 1000:.1f} TB" if row.disk_gb >= 1000 else f"{row.disk_gb:.0f} GB"
+        lines.append(f"{name:16s} {row.weight:8.1f}% {disk:>9s} {row.epochs:7.2f}")
+    return "\n".join(lines)
 
 
 def format_report(rows: list[Row]) -> str:

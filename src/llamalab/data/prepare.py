@@ -2,9 +2,9 @@
 
     prepare({"prose": [Path("books/")], "code": [Path("code.jsonl.gz")]}, "tokenizer.model", "data/")
 
-Inputs: plain text files (one document per file), `.jsonl` (one document per line, its `text_field`),
-`.parquet` and `.arrow` tables (a `text_field` column); any of them `.gz`/`.xz`/`.bz2` compressed;
-directories are walked recursively. Worker processes tokenize batches of documents (the tokenizer's
+Inputs (read by `text.iter_texts`): plain text files (one document per file), `.jsonl` (one document per
+line, its `text_field`), `.parquet` and `.arrow` tables (a `text_field` column); any of them
+`.gz`/`.xz`/`.bz2` compressed; directories are walked recursively. Worker processes tokenize batches of documents (the tokenizer's
 own batch encoder); every document gets EOS appended (and BOS prepended when the tokenizer adds one).
 A document goes to the held-out split when a hash of its text falls below `val_fraction`, so the split
 is deterministic and independent of file order.
@@ -17,14 +17,10 @@ A dataset has one tokenizer: preparing into it with another one is refused.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
 import json
-import lzma
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import time
 from collections import deque
@@ -32,95 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from ..atomic import sha256_file, staged_dir
 from ..errors import LlamalabError
-from ..atomic import sha256_file
+from ..tokenizer import load_tokenizer
 from .shards import MANIFEST, VERSION, read_manifest, token_dtype, write_manifest, write_shard
+from .text import expand_inputs, iter_texts
 
-_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
-_JSONL = {".jsonl", ".ndjson", ".json"}
-_TABLES = {".parquet", ".arrow"}
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-
-
-# ---------------------------------------------------------------- reading documents
-def _kind(path: Path) -> tuple[str, str | None]:
-    """(format suffix, compression suffix) of a file name."""
-    suffixes = [s.lower() for s in path.suffixes]
-    comp = suffixes.pop() if suffixes and suffixes[-1] in _OPENERS else None
-    return (suffixes[-1] if suffixes else ""), comp
-
-
-REPORTS = {"stats.json"}  # written beside the data it describes (`data clean`'s report): not a document
-
-
-def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files named, and every non-hidden file below directories named (reports aside), in a stable order."""
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.name not in REPORTS
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise LlamalabError(f"input not found: {p}")
-    return files
-
-
-def read_documents(path: Path, text_field: str = "text"):
-    """Yield the documents (str) in one input file."""
-    fmt, comp = _kind(path)
-    try:
-        if fmt in _TABLES:
-            yield from _read_table(path, fmt, comp, text_field)
-            return
-        opener = _OPENERS.get(comp, open)
-        with opener(path, "rt", encoding="utf-8") as f:
-            if fmt not in _JSONL:
-                yield f.read()
-                return
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    yield obj if isinstance(obj, str) else obj[text_field]
-                except (ValueError, KeyError, TypeError):
-                    raise LlamalabError(f"{path}:{lineno}: expected a JSON object with a string field "
-                                        f"{text_field!r} (choose the field with --text-field)") from None
-    except UnicodeDecodeError as e:
-        raise LlamalabError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it or leave it out") from None
-    except (OSError, EOFError, lzma.LZMAError) as e:
-        raise LlamalabError(f"cannot read {path}: {e}") from None
-
-
-def _read_table(path: Path, fmt: str, comp: str | None, text_field: str):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def source():
-        return pa.BufferReader(_OPENERS[comp](path, "rb").read()) if comp else pa.memory_map(str(path))
-
-    try:
-        if fmt == ".parquet":
-            table = pq.ParquetFile(source())
-            names = table.schema_arrow.names
-            batches = table.iter_batches(columns=[text_field]) if text_field in names else iter(())
-        else:  # arrow IPC: file format, else stream format (what `datasets.save_to_disk` writes)
-            try:
-                reader = pa.ipc.open_file(source())
-                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-            except pa.ArrowInvalid:
-                reader = pa.ipc.open_stream(source())
-                batches = iter(reader)
-            names = reader.schema.names
-        if text_field not in names:
-            raise LlamalabError(f"{path}: no column {text_field!r} (columns: {names}); choose one with --text-field")
-        for batch in batches:
-            yield from (t for t in batch.column(text_field).to_pylist() if t is not None)
-    except (pa.ArrowException, OSError) as e:
-        raise LlamalabError(f"cannot read table {path}: {e}") from None
+# What the shards of a dataset depend on: the vocabulary files and tokenizer_config.json (add_bos). The other
+# tokenizer files (tokenizer.TOKENIZER_FILES: special-tokens map, chat template, generation config) are left
+# out, so datasets prepared before stay valid.
+_ENCODING_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
 # ---------------------------------------------------------------- tokenizing (in worker processes)
@@ -131,7 +50,6 @@ def _init_worker(tokenizer, val_fraction: float, pooled: bool = True) -> None:
     """Set up tokenizing in this process; `tokenizer` is a path (worker processes) or a Tokenizer."""
     if pooled:  # the processes are the parallelism: one thread each
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from ..tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
     if pooled and hasattr(tok, "num_threads"):
@@ -163,7 +81,7 @@ def _tokenize(docs: list[str]) -> tuple[np.ndarray, np.ndarray, int, int]:
 def tokenizer_identity(path: Path) -> dict:
     """The tokenizer's file(s) and sha256: what the shards depend on."""
     path = Path(path)
-    files = sorted(f for f in path.iterdir() if f.name in _TOKENIZER_FILES or f.suffix == ".gguf") \
+    files = sorted(f for f in path.iterdir() if f.name in _ENCODING_FILES or f.suffix == ".gguf") \
         if path.is_dir() else [path]
     h = hashlib.sha256()
     for f in files:
@@ -211,7 +129,6 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
             progress: bool = True, log=print) -> dict:
     """Tokenize and pack each source into `<out>/<source>/`; returns the manifest. Sources whose
     inputs, tokenizer and settings are unchanged since the last run are skipped ("up to date")."""
-    from ..tokenizer import load_tokenizer
 
     if not sources:
         raise LlamalabError("no sources given: pass --source NAME=PATH[,PATH...]")
@@ -220,6 +137,10 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
             raise LlamalabError(f"bad source name {name!r}: use letters, digits, '-' or '_'")
     if not 0 <= val_fraction < 1:
         raise LlamalabError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if workers is not None and workers < 1:
+        raise LlamalabError(f"--workers must be at least 1, got {workers}")
+    if shard_tokens < 1:
+        raise LlamalabError(f"--shard-tokens must be positive, got {shard_tokens}")
     tokenizer = Path(tokenizer)
     tok = load_tokenizer(tokenizer)
     if tok.eos_id is None:
@@ -275,7 +196,7 @@ def _shards_present(root: Path, entry: dict, dtype: np.dtype) -> bool:
 def _batches(files: list[Path], text_field: str, batch_docs: int, max_chars: int = 1 << 20):
     batch, chars = [], 0
     for f in files:
-        for doc in read_documents(f, text_field):
+        for doc in iter_texts(f, text_field):
             if not doc:
                 continue
             batch.append(doc)
@@ -289,55 +210,48 @@ def _batches(files: list[Path], text_field: str, batch_docs: int, max_chars: int
 
 def _build_source(name, files, tokenizer, tok, out, dtype, *, workers, text_field, val_fraction, shard_tokens,
                   batch_docs, progress) -> dict:
-    from tqdm import tqdm
+    """Tokenize one source's files into `<out>/<name>/`, which an earlier build leaves as it was until this
+    one is complete. Returns the source's manifest entry (without inputs and fingerprint)."""
 
-    tmp = out / f".{name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    train = _ShardWriter(tmp, name, "shard", shard_tokens, dtype)
-    val = _ShardWriter(tmp, name, "val", shard_tokens, dtype)
     docs = [0, 0]
     workers = max(1, workers or os.cpu_count() or 1)
     bar = tqdm(desc=name, unit=" docs", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     start = time.perf_counter()
+    with staged_dir(out / name) as tmp:
+        train = _ShardWriter(tmp, name, "shard", shard_tokens, dtype)
+        val = _ShardWriter(tmp, name, "val", shard_tokens, dtype)
 
-    def consume(result):
-        t, v, nt, nv = result
-        train.add(t)
-        val.add(v)
-        docs[0] += nt
-        docs[1] += nv
-        bar.update(nt + nv)
-        bar.set_postfix_str(f"{(train.tokens + val.tokens) / (time.perf_counter() - start):,.0f} tok/s", refresh=False)
+        def consume(result):
+            t, v, nt, nv = result
+            train.add(t)
+            val.add(v)
+            docs[0] += nt
+            docs[1] += nv
+            bar.update(nt + nv)
+            bar.set_postfix_str(f"{(train.tokens + val.tokens) / (time.perf_counter() - start):,.0f} tok/s",
+                                refresh=False)
 
-    try:
-        if workers == 1:
-            _init_worker(tok, val_fraction, pooled=False)  # the backend's own threads
-            for batch in _batches(files, text_field, batch_docs):
-                consume(_tokenize(batch))
-        else:
-            # fork: workers need nothing from the parent but the tokenizer path, and spawn cannot start
-            # workers when the main program is not a file (python -c, stdin, notebooks)
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(workers, _init_worker, (str(tokenizer), val_fraction)) as pool:
-                pending = deque()  # bounded read-ahead, results consumed in order
+        try:
+            if workers == 1:
+                _init_worker(tok, val_fraction, pooled=False)  # the backend's own threads
                 for batch in _batches(files, text_field, batch_docs):
-                    pending.append(pool.apply_async(_tokenize, (batch,)))
-                    if len(pending) >= 4 * workers:
+                    consume(_tokenize(batch))
+            else:
+                # fork: workers need nothing from the parent but the tokenizer path, and spawn cannot start
+                # workers when the main program is not a file (python -c, stdin, notebooks)
+                ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+                with ctx.Pool(workers, _init_worker, (str(tokenizer), val_fraction)) as pool:
+                    pending = deque()  # bounded read-ahead, results consumed in order
+                    for batch in _batches(files, text_field, batch_docs):
+                        pending.append(pool.apply_async(_tokenize, (batch,)))
+                        if len(pending) >= 4 * workers:
+                            consume(pending.popleft().get())
+                    while pending:
                         consume(pending.popleft().get())
-                while pending:
-                    consume(pending.popleft().get())
+        finally:
+            bar.close()
         if docs[0] + docs[1] == 0:
             raise LlamalabError(f"source {name!r} is empty: no documents in {', '.join(map(str, files))}")
         shards, val_shards = train.close(), val.close()
-        final = out / name
-        old = out / f".{name}.old{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"documents": docs[0], "tokens": train.tokens, "shards": shards,
             "val_documents": docs[1], "val_tokens": val.tokens, "val_shards": val_shards}

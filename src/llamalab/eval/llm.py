@@ -20,14 +20,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..generate import Engine
 from ..model import Transformer
+from ..sampling import Sampler
 
 HEAD_CHUNK = 256  # scored positions per output-head slice
 PACK_TOKENS = 512  # widest packed row (a question with its choices is far shorter; CPU is fastest at a few hundred)
 
 
 @dataclass
-class _Row:
+class PackedRow:
     """One packed row: a prefix tree of request sequences laid out branch after branch."""
     tokens: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # rotary position = depth in the tree
@@ -77,7 +79,7 @@ class LLM:
         from tqdm.auto import tqdm
 
         keys = [(tuple(c), tuple(x)) for c, x in requests]
-        rows = self._pack(list(dict.fromkeys(keys)))  # deduplicated, first-seen order
+        rows = self.pack(list(dict.fromkeys(keys)))  # deduplicated, first-seen order
         rows.sort(key=lambda r: -len(r.tokens))
         results: dict = {}
         with tqdm(total=len(keys), desc=desc, disable=not self.progress, unit="req", dynamic_ncols=True) as bar:
@@ -87,12 +89,12 @@ class LLM:
                 bar.update(len(out))
         return [results[k] for k in keys]
 
-    def _sequence(self, ctx: tuple, cont: tuple) -> tuple:
+    def sequence(self, ctx: tuple, cont: tuple) -> tuple:
         """The tokens the model reads for one request (lm-eval's window): the last max_length tokens of
         context + continuation but its last token; the last len(cont) positions predict the continuation."""
         return (ctx + cont)[:-1][-self.max_length:]
 
-    def _pack(self, requests: list[tuple[tuple, tuple]]) -> list[_Row]:
+    def pack(self, requests: list[tuple[tuple, tuple]]) -> list[PackedRow]:
         """Requests as prefix trees: in lexicographic order each sequence shares its longest common prefix
         with the one before it, so a row holds that prefix once (the choices of a question share their
         context; WinoGrande's two sentences share the words before the blank; few-shot prompts share the
@@ -101,9 +103,9 @@ class LLM:
         PACK_TOKENS (a single longer sequence gets a row of its own)."""
         args = self.model.args
         per_pair = 4 * args.n_heads * args.head_dim * args.n_layers  # attention FLOPs of one (query, key)
-        rows: list[_Row] = []
+        rows: list[PackedRow] = []
         row, prev, path = None, (), []
-        for key, seq in sorted(((k, self._sequence(*k)) for k in requests), key=lambda ks: ks[1]):
+        for key, seq in sorted(((k, self.sequence(*k)) for k in requests), key=lambda ks: ks[1]):
             shared = 0
             if row is not None:
                 while shared < min(len(seq), len(prev)) and seq[shared] == prev[shared]:
@@ -111,7 +113,7 @@ class LLM:
             new = len(seq) - shared
             if (row is None or shared == 0 or len(row.tokens) + new > max(PACK_TOKENS, row.first)
                     or shared * self.block_flops < 2 * len(row.tokens) * new * per_pair):
-                row, shared, new, path = _Row(), 0, len(seq), []
+                row, shared, new, path = PackedRow(), 0, len(seq), []
                 rows.append(row)
             path = path[:shared]
             row.branches.append((list(path), len(row.tokens), len(row.tokens) + new))
@@ -123,7 +125,7 @@ class LLM:
             prev = seq
         return rows
 
-    def _rows(self, rows: list[_Row]) -> dict:
+    def _rows(self, rows: list[PackedRow]) -> dict:
         """One forward for a batch of packed rows, right-padded. Each token attends to the tokens of its own
         sequence before it (its ancestors in the row's tree), at the positions it would have alone; the output
         head and log-softmax run only on the positions that predict continuation tokens."""
@@ -168,9 +170,6 @@ class LLM:
         Runs on the decoding engine with continuous batching: `batch_size` slots, a finished request's
         slot is refilled with the next prompt (longest first) while the others keep decoding."""
         from tqdm.auto import tqdm
-
-        from ..generate import Engine
-        from ..sampling import Sampler
 
         gen = torch.Generator(device=self.device)
         if seed is not None:

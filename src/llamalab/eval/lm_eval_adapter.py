@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 
+from ..device import default_device
+from ..formats import load
 from .llm import LLM
 
 
@@ -25,10 +27,9 @@ class LlamalabLM(LM):
                  batch_size=16, max_length: int | None = None, max_gen_toks: int = 256, llm: LLM | None = None, **_):
         super().__init__()
         if llm is None:
-            from ..formats import load
 
             if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
-                device = "cuda" if torch.cuda.is_available() else "cpu"  # lm-eval's CLI passes cuda by default
+                device = default_device()  # lm-eval's CLI passes cuda by default
             ckpt = load(pretrained, device=device, dtype=getattr(torch, dtype))
             llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=int(batch_size), max_length=max_length)
         self.llm = llm
@@ -43,8 +44,6 @@ class LlamalabLM(LM):
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
-        from lm_eval.utils import simple_parse_args_string
-
         return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     @classmethod
@@ -79,6 +78,7 @@ class LlamalabLM(LM):
             for i, t in zip(idx, texts):
                 out[i] = t
         return out
+
 
 if __name__ == "__main__":
     from lm_eval.__main__ import cli_evaluate

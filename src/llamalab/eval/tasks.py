@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import LlamalabError
+from . import scoring
+from .mbpp_prompts import MBPP_FEWSHOT
 
 FETCH_HINT = "run `llamalab assets fetch` (or pass --data-dir DIR holding hf_datasets/ and oe_eval_tasks/)"
 
@@ -92,6 +94,9 @@ class Task:
     until: tuple[str, ...] = ()
     max_new_tokens: int = 256
     metrics: tuple[str, ...] = ("acc", "acc_norm")
+    score: Callable[[str, GenerateItem], dict[str, float]] | None = None  # generate: (generation, item) → metrics
+    # generate tasks with maj@k: (k sampled generations, item) → (the majority answer, 1.0 if it is right)
+    majority: Callable[[list[str], GenerateItem], tuple[str, float]] | None = None
 
 
 def fewshot_prefix(examples: list[tuple[str, str]], description: str = "", target_delimiter: str = " ",
@@ -183,6 +188,10 @@ def _mmlu_item(doc, shots=5, pool=()):
 # ---------------------------------------------------------------------------------------------------
 # closed-book question answering (greedy, exact match)
 
+def exact_match_score(regexes_to_ignore=()) -> Callable[[str, GenerateItem], dict[str, float]]:
+    return lambda text, item: {"exact_match": scoring.exact_match(text, item.targets, regexes_to_ignore)}
+
+
 def _nq_item(doc, shots=0, pool=()):
     examples = [(f"Q: {d['question']}?\nA:", d["answer"][0]) for d in pool[:shots]]
     prefix = "Answer these questions:\n\n" + fewshot_prefix(examples, fewshot_delimiter="\n")
@@ -219,9 +228,22 @@ GSM8K_COT_EXEMPLARS = [
 
 
 def _gsm8k_item(doc, shots=8, pool=()):
-    examples = [(f"Q: {q}\nA:", a) for q, a in GSM8K_COT_EXEMPLARS[:shots]]
+    examples = [(f"Q: {q}\nA:", a) for q, a in pool[:shots]]
     return GenerateItem(fewshot_prefix(examples) + f"Q: {doc['question']}\nA:",
                         [doc["answer"].split("####")[-1].strip()])
+
+
+def _gsm8k_score(text: str, item: GenerateItem) -> dict[str, float]:
+    """lm-eval's two filters: the strict "The answer is N" and the flexible last number in the text."""
+    target = item.targets[0]
+    return {"exact_match_strict": scoring.gsm8k_match(scoring.gsm8k_extract(text), target),
+            "exact_match_flexible": scoring.gsm8k_match(scoring.gsm8k_extract(text, flexible=True), target)}
+
+
+def _gsm8k_majority(samples: list[str], item: GenerateItem) -> tuple[str, float]:
+    """maj@k (Minerva): the most common flexible answer among the samples."""
+    answer = scoring.majority_vote([scoring.gsm8k_extract(s, flexible=True) for s in samples])
+    return answer, scoring.gsm8k_match(answer, item.targets[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -229,9 +251,6 @@ def _gsm8k_item(doc, shots=8, pool=()):
 
 def _humaneval_item(doc, shots=0, pool=()):
     return CodeItem(doc["prompt"], doc["prompt"], f"\n{doc['test']}\ncheck({doc['entry_point']})\n")
-
-
-MBPP_FEWSHOT_IDS = (2, 3, 4)  # lm-eval's three exemplars (task ids 2..4 of the prompt split)
 
 
 def _mbpp_question(doc) -> str:
@@ -248,7 +267,6 @@ def _mbpp_item(doc, shots=3, pool=()):
 
 
 def _mbpp_fewshot(data_dir: Path) -> list[dict]:
-    from .mbpp_prompts import MBPP_FEWSHOT
     return MBPP_FEWSHOT
 
 
@@ -283,11 +301,13 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("mmlu", "choice", lambda d: _mmlu_docs(d, "test"), _mmlu_item, default_shots=5,
          fewshot_docs=lambda d: _mmlu_docs(d, "dev"), metrics=("acc",)),
     Task("nq_open", "generate", lambda d: hf_split(d, "nq_open/none"), _nq_item,
-         until=("\n", ".", ","), max_new_tokens=32, metrics=("exact_match",)),
+         until=("\n", ".", ","), max_new_tokens=32, metrics=("exact_match",),
+         score=exact_match_score((scoring.NQ_ARTICLES,))),
     Task("triviaqa", "generate", lambda d: hf_split(d, "trivia_qa/rc.wikipedia.nocontext"), _triviaqa_item,
-         until=("\n", ".", ","), max_new_tokens=32, metrics=("exact_match",)),
+         until=("\n", ".", ","), max_new_tokens=32, metrics=("exact_match",), score=exact_match_score()),
     Task("gsm8k", "generate", _oe("gsm8k", "gold_bpb_5shot"), _gsm8k_item, default_shots=8,
-         until=("Q:", "</s>", "<|im_end|>"), max_new_tokens=256, metrics=("exact_match", "maj@k")),
+         fewshot_docs=lambda d: GSM8K_COT_EXEMPLARS, until=("Q:", "</s>", "<|im_end|>"), max_new_tokens=256,
+         metrics=("exact_match", "maj@k"), score=_gsm8k_score, majority=_gsm8k_majority),
     Task("humaneval", "code", _human_eval, _humaneval_item,
          until=("\nclass", "\ndef", "\n#", "\nif", "\nprint"), max_new_tokens=512, metrics=("pass@1",)),
     Task("mbpp", "code", _oe("codex_mbpp", "gold_bpb_0shot"), _mbpp_item, default_shots=3,
@@ -313,8 +333,7 @@ def build_items(task: Task, data_dir: Path, shots: int | None = None, limit: int
         docs = docs[:limit]
     pool = []
     if shots:
-        if task.fewshot_docs is not None:
-            pool = task.fewshot_docs(Path(data_dir))
-        elif task.name not in ("gsm8k",):
+        if task.fewshot_docs is None:
             raise LlamalabError(f"task {task.name} has no few-shot split here; use --shots 0")
+        pool = task.fewshot_docs(Path(data_dir))
     return docs, [task.item(doc, shots, pool) for doc in docs]

@@ -13,27 +13,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
 
 from ..config import ModelArgs
 from ..errors import LlamalabError
 from ..model import Transformer
+from ..quant import GroupCodes, build_quantized
+from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_gguf_fields
+from . import gguf, hf, meta
+from .output import check_output
 
-FORMATS = ("gguf", "hf", "meta")
+MODULES = {"gguf": gguf, "hf": hf, "meta": meta}
+FORMATS = tuple(MODULES)
 
 
 @dataclass
 class Checkpoint:
     model: Transformer
     args: ModelArgs
-    tokenizer: object | None  # llamalab.tokenizer.Tokenizer
+    tokenizer: Tokenizer | None
     format: str  # "gguf" | "hf" | "meta"
     metadata: dict = field(default_factory=dict)
     path: Path | None = None
-
-
-def _format_module(fmt: str):
-    from . import gguf, hf, meta
-    return {"gguf": gguf, "hf": hf, "meta": meta}[fmt]
 
 
 def detect_format(path: Path) -> tuple[str, Path]:
@@ -65,7 +66,6 @@ def resolve(path_or_id) -> Path:
         return path
     if isinstance(path_or_id, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", path_or_id):
         try:
-            from huggingface_hub import snapshot_download
             return Path(snapshot_download(path_or_id, allow_patterns=[
                 "*.json", "*.safetensors", "tokenizer.model", "*.gguf"]))
         except Exception as e:
@@ -98,8 +98,8 @@ def check_state(state: dict[str, torch.Tensor], args: ModelArgs, where) -> None:
                                 f"implies {shape}; config and weights disagree")
 
 
-def build_model(state: dict[str, torch.Tensor], args: ModelArgs, *, device="cpu",
-                dtype=torch.float32) -> Transformer:
+def model_from_state(state: dict[str, torch.Tensor], args: ModelArgs, *, device="cpu",
+                     dtype=torch.float32) -> Transformer:
     """The Transformer whose parameters are these tensors (cast to dtype, moved to device)."""
     with torch.device("meta"):
         model = Transformer(args)
@@ -110,44 +110,18 @@ def build_model(state: dict[str, torch.Tensor], args: ModelArgs, *, device="cpu"
     return model.eval()
 
 
-def tokenizer_source(fmt: str, path: Path) -> Path | None:
-    """Where a checkpoint's tokenizer lives: the GGUF file itself, or its directory if it has tokenizer files."""
-    if fmt == "gguf":
-        return path
-    for name in ("tokenizer.json", "tokenizer.model"):
-        if (path / name).is_file():
-            return path
-    return None
-
-
-def load_tokenizer_for(fmt: str, path: Path, vocab_size: int, extra: dict | None = None):
-    """The checkpoint's tokenizer, or None when it ships none. `extra` from `load_state` saves
-    re-reading a GGUF file (its tokenizer.* fields are already there)."""
+def load_tokenizer_for(fmt: str, path: Path, vocab_size: int, extra: dict | None = None) -> Tokenizer | None:
+    """The checkpoint's tokenizer, or None when it ships none; it must fit the model's `vocab_size`.
+    `extra` from `load_state` saves re-reading a GGUF file (its tokenizer.* fields are already there)."""
     fields = (extra or {}).get("tokenizer_fields")
     if fields is not None:
-        from ..tokenizer import tokenizer_from_gguf_fields
         tok = tokenizer_from_gguf_fields(fields, source=str(path)) if "tokenizer.ggml.tokens" in fields else None
     else:
-        tok = as_tokenizer(tokenizer_source(fmt, path))
-    if tok is not None and tok.vocab_size > vocab_size:
-        raise LlamalabError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model embeds only "
-                            f"{vocab_size}; tokenizer and weights do not belong together")
+        tok = find_tokenizer(path)
+    if tok is not None:
+        check_vocab(tok.vocab_size, vocab_size, what=f"{path}: the tokenizer",
+                    fix="tokenizer and weights do not belong together")
     return tok
-
-
-def as_tokenizer(src):
-    """A Tokenizer from a Tokenizer, a path (.gguf file, tokenizer file or directory), or None."""
-    if src is None or not isinstance(src, (str, Path)):
-        return src  # already a Tokenizer
-    src = Path(src)
-    if src.is_file() and src.suffix == ".gguf":
-        from .gguf import _reader
-        if "tokenizer.ggml.tokens" not in _reader(src).fields:
-            return None
-    elif src.is_dir() and tokenizer_source("hf", src) is None:
-        return None
-    from ..tokenizer import load_tokenizer
-    return load_tokenizer(src)
 
 
 def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False
@@ -157,7 +131,7 @@ def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False
     quantized: quantized matrices stay quantized (`llamalab.quant.GroupCodes`) where the format has them."""
     fmt, path = detect_format(resolve(path_or_id))
     options = {"quantized": True} if quantized and fmt == "gguf" else {}
-    state, args, extra = _format_module(fmt).load_state(path, lazy=lazy, **options)
+    state, args, extra = MODULES[fmt].load_state(path, lazy=lazy, **options)
     check_state(state, args, path)
     return state, args, extra, fmt, path
 
@@ -168,22 +142,55 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
     dtype None: quantized weights stay quantized and run as such (`llamalab.quant`), the rest is float32;
     a dtype dequantizes everything to it."""
     state, args, extra, fmt, path = load_state(path_or_id, quantized=dtype is None)
-    from ..quant import GroupCodes, build_quantized
     if any(isinstance(v, GroupCodes) for v in state.values()):
         model = build_quantized(state, args, device=device)
     else:
-        model = build_model(state, args, device=device, dtype=dtype or torch.float32)
+        model = model_from_state(state, args, device=device, dtype=dtype or torch.float32)
     tok = load_tokenizer_for(fmt, path, args.vocab_size, extra) if tokenizer else None
     return Checkpoint(model=model, args=args, tokenizer=tok, format=fmt,
                       metadata=extra.get("metadata", {}), path=path)
 
 
-def save(state: dict[str, torch.Tensor], args: ModelArgs, out, fmt: str, tokenizer_src=None, **options) -> Path:
-    """Write our state dict as `fmt` ("hf" | "meta" | "gguf") to `out` (a directory; a file for gguf).
+def save(state: dict[str, torch.Tensor], args: ModelArgs, out, fmt: str, tokenizer_src=None, *,
+         force: bool = False, **options) -> Path:
+    """Write our state dict as `fmt` ("hf" | "meta" | "gguf") to `out` (a directory; a file for gguf),
+    atomically; `force` replaces an existing output (only a checkpoint, see `output.check_output`).
 
     tokenizer_src: the source checkpoint's tokenizer (a Tokenizer, a .gguf file or a directory with
-    tokenizer files), so the export carries it.
+    tokenizer files), so the export carries it. options: the format's own (`hf.save`, `meta.save`, `gguf.save`).
     """
     if fmt not in FORMATS:
         raise LlamalabError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return _format_module(fmt).save(state, args, out, tokenizer_src=tokenizer_src, **options)
+    return MODULES[fmt].save(state, args, out, tokenizer_src=tokenizer_src, force=force, **options)
+
+
+def convert(src, out, to: str, *, dtype: torch.dtype | None = None, shards: int = 1, gguf_type: str | None = None,
+            max_shard_size: int | str = 5 * 10**9, force: bool = False, log=print) -> Path:
+    """Convert the checkpoint `src` (a .gguf file, an HF or Meta directory, a hub id) to format `to` at `out`.
+
+        formats.convert("SmolLM2-135M-Instruct.Q4_1.gguf", "smol-hf", "hf")
+
+    dtype: of the written weights (default: the source's, float32 for quantized GGUF); shards: Meta
+    model-parallel files; gguf_type: f32 | f16 | q8_0 (default f16 for a float16 dtype, else f32);
+    max_shard_size: HF safetensors files. The tokenizer goes along: a directory's tokenizer files are
+    copied, a GGUF vocabulary copied into GGUF verbatim. The output is written beside `out` and takes its
+    place only when complete; `force` lets it replace an earlier output (never a directory holding other
+    files, the input or the current directory). Returns the path written; `log` gets one summary line.
+    """
+    if to not in FORMATS:
+        raise LlamalabError(f"unknown format {to!r}; choose one of {', '.join(FORMATS)}")
+    if shards < 1 or (shards > 1 and to != "meta"):
+        raise LlamalabError("shards (--shards N, N >= 1) applies to the meta format only")
+    fmt, path = detect_format(resolve(src))
+    check_output(out, to, force=force, inputs=[path])
+    state, args, extra, fmt, path = load_state(path)
+    dtype = dtype or state["tok_embeddings.weight"].dtype
+    options = {"hf": {"dtype": dtype, "max_shard_size": max_shard_size}, "meta": {"dtype": dtype, "shards": shards},
+               "gguf": {"gguf_type": gguf_type or ("f16" if dtype == torch.float16 else "f32")}}[to]
+    tokenizer_src = path  # a directory's tokenizer files are copied, a GGUF vocabulary copied into GGUF verbatim
+    if fmt == "gguf" and to != "gguf":  # already read with the tensors
+        tokenizer_src = load_tokenizer_for(fmt, path, args.vocab_size, extra)
+    written = save(state, args, out, to, tokenizer_src=tokenizer_src, force=force, **options)
+    if log:
+        log(f"wrote {written} ({to}, {sum(v.numel() for v in state.values()):,} params, from {fmt} {path})")
+    return written

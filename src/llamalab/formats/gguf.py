@@ -7,67 +7,30 @@ GGUF stores shapes innermost-first; the reader hands us numpy arrays already in 
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
+from gguf import GGML_QUANT_VERSION, GGUFWriter, LlamaFileType
+from gguf import GGMLQuantizationType as Q
+from gguf import GGUFValueType as V
+from gguf.quants import dequantize, quantize
 
+from ..atomic import staged_file
 from ..config import ModelArgs
 from ..errors import LlamalabError
+from ..quant import GGUF_TYPES, from_gguf
+from ..tokenizer import find_tokenizer, open_gguf
+from .names import name_maps
+from .output import check_output
 
-# GGUF tensor name → ours ({i} = layer index)
-NAMES = {
-    "token_embd.weight": "tok_embeddings.weight",
-    "output_norm.weight": "norm.weight",
-    "output.weight": "output.weight",
-    "blk.{i}.attn_norm.weight": "layers.{i}.attention_norm.weight",
-    "blk.{i}.attn_q.weight": "layers.{i}.attention.wq.weight",
-    "blk.{i}.attn_k.weight": "layers.{i}.attention.wk.weight",
-    "blk.{i}.attn_v.weight": "layers.{i}.attention.wv.weight",
-    "blk.{i}.attn_output.weight": "layers.{i}.attention.wo.weight",
-    "blk.{i}.ffn_norm.weight": "layers.{i}.ffn_norm.weight",
-    "blk.{i}.ffn_gate.weight": "layers.{i}.feed_forward.w1.weight",
-    "blk.{i}.ffn_down.weight": "layers.{i}.feed_forward.w2.weight",
-    "blk.{i}.ffn_up.weight": "layers.{i}.feed_forward.w3.weight",
-}
-
-
-def _name_map(table: dict[str, str]):
-    """Exact (regex-anchored) name translation; returns a function name → name or None."""
-    patterns = [(re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)") + "$"), dst)
-                for src, dst in table.items()]
-
-    def translate(name: str) -> str | None:
-        for pattern, dst in patterns:
-            m = pattern.match(name)
-            if m:
-                return dst.format(i=m.group(1)) if m.groups() else dst
-        return None
-    return translate
-
-
-to_ours = _name_map(NAMES)
-to_gguf = _name_map({v: k for k, v in NAMES.items()})
-
-
-def _reader(path: Path):
-    from gguf import GGUFReader
-
-    try:
-        return GGUFReader(path)
-    except Exception as e:  # the gguf package raises assorted errors on damaged files
-        raise LlamalabError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); "
-                            "is it truncated or still downloading?") from None
+to_ours, to_gguf = name_maps("gguf")
 
 
 def read_metadata(path: Path, reader=None) -> dict:
     """All key/values except the large tokenizer arrays (tokens, scores, merges, types).
     float32 values come back as their shortest decimal (1e-05, not 9.999999747378752e-06)."""
-    from gguf import GGUFValueType
-
-    reader = reader or _reader(path)
+    reader = reader or open_gguf(path)
     big = {"tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.merges",
            "tokenizer.ggml.token_type"}
     meta = {}
@@ -75,7 +38,7 @@ def read_metadata(path: Path, reader=None) -> dict:
         if k in big or k.startswith("GGUF."):
             continue
         value = f.contents()
-        meta[k] = float(str(np.float32(value))) if f.types == [GGUFValueType.FLOAT32] else value
+        meta[k] = float(str(np.float32(value))) if f.types == [V.FLOAT32] else value
     return meta
 
 
@@ -111,9 +74,6 @@ def args_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelArgs:
 
 
 def _to_torch(t) -> torch.Tensor:
-    from gguf import GGMLQuantizationType as Q
-    from gguf.quants import dequantize
-
     if t.tensor_type in (Q.F32, Q.F16):
         array = np.array(t.data)  # copy out of the memory map
     else:
@@ -129,15 +89,8 @@ def _to_torch(t) -> torch.Tensor:
 
 def _meta_tensor(t) -> torch.Tensor:
     """Shape and (dequantized) dtype only, on the meta device."""
-    from gguf import GGMLQuantizationType as Q
-
     dtype = {Q.F16: torch.float16, Q.BF16: torch.bfloat16}.get(t.tensor_type, torch.float32)
     return torch.empty(tuple(int(s) for s in reversed(t.shape)), dtype=dtype, device="meta")
-
-
-def _quant_types():
-    from ..quant import GGUF_TYPES
-    return GGUF_TYPES
 
 
 def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
@@ -145,7 +98,7 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
     lazy: tensors on the meta device (shapes and dtypes only, nothing read or dequantized).
     quantized: Q8_0/Q4_0/Q4_1 matrices stay quantized, as `llamalab.quant.GroupCodes`."""
     path = Path(path)
-    reader = _reader(path)
+    reader = open_gguf(path)
     meta = read_metadata(path, reader)
     state, unknown, qtypes = {}, [], {}
     for t in reader.tensors:
@@ -154,8 +107,7 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
             unknown.append(t.name)
             continue
         try:
-            if quantized and not lazy and t.tensor_type.name in _quant_types() and len(t.shape) == 2:
-                from ..quant import from_gguf
+            if quantized and not lazy and t.tensor_type.name in GGUF_TYPES and len(t.shape) == 2:
                 state[name] = from_gguf(t.data, t.tensor_type.name, tuple(int(s) for s in reversed(t.shape)))
             else:
                 state[name] = _meta_tensor(t) if lazy else _to_torch(t)
@@ -176,9 +128,6 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
 
 def _encode(w: torch.Tensor, gguf_type: str):
     """numpy data + GGML type for one tensor. Norms (1-D) stay F32, as llama.cpp does."""
-    from gguf import GGMLQuantizationType as Q
-    from gguf.quants import quantize
-
     array = w.detach().to(torch.float32).cpu().numpy()
     if w.ndim == 1 or gguf_type == "f32":
         return array, Q.F32
@@ -194,17 +143,13 @@ def _encode(w: torch.Tensor, gguf_type: str):
 
 def _add_tokenizer(writer, tokenizer_src):
     """tokenizer.* metadata: copied verbatim from a source GGUF file, else described by the Tokenizer."""
-    from gguf import GGUFValueType as V
-
-    from . import as_tokenizer
-
-    if not hasattr(tokenizer_src, "encode") and Path(tokenizer_src).suffix == ".gguf":
-        for key, f in _reader(Path(tokenizer_src)).fields.items():
+    if isinstance(tokenizer_src, (str, Path)) and Path(tokenizer_src).suffix == ".gguf":
+        for key, f in open_gguf(Path(tokenizer_src)).fields.items():
             if key.startswith("tokenizer."):
                 sub = f.types[-1] if f.types[0] == V.ARRAY else None
                 writer.add_key_value(key, f.contents(), f.types[0], sub_type=sub)
         return
-    tokenizer = as_tokenizer(tokenizer_src)
+    tokenizer = find_tokenizer(tokenizer_src)
     if tokenizer is None:
         return
     for key, value in tokenizer.gguf_metadata().items():
@@ -218,54 +163,50 @@ def _add_tokenizer(writer, tokenizer_src):
 
 
 def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str = "f32",
-         tokenizer_src=None, name: str | None = None) -> Path:
-    """Write a llama GGUF that llama.cpp and `gguf.GGUFReader` read.
+         tokenizer_src=None, name: str | None = None, force: bool = False) -> Path:
+    """Write a llama GGUF that llama.cpp and `gguf.GGUFReader` read, atomically (`force` replaces an
+    existing GGUF file, see `output`).
 
     tokenizer_src: a GGUF file whose tokenizer.* metadata is copied, or a Tokenizer / tokenizer directory
     (None: the file carries no vocabulary).
     """
-    from gguf import GGML_QUANT_VERSION, GGUFWriter, LlamaFileType
-
     file_types = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "q8_0": LlamaFileType.MOSTLY_Q8_0,
                   "q4_0": LlamaFileType.MOSTLY_Q4_0, "q4_1": LlamaFileType.MOSTLY_Q4_1}
     if gguf_type not in file_types:
         raise LlamalabError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(file_types)}")
     if args.rope_scaling:
         raise LlamalabError("writing rope scaling to GGUF is not supported (llama.cpp wants a rope_freqs tensor)")
+    check_output(out, "gguf", force=force)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    writer = GGUFWriter(tmp, "llama")
-    writer.add_name(name or out.stem)
-    writer.add_context_length(args.max_seq_len)
-    writer.add_embedding_length(args.dim)
-    writer.add_block_count(args.n_layers)
-    writer.add_feed_forward_length(args.hidden_dim)
-    writer.add_head_count(args.n_heads)
-    writer.add_head_count_kv(args.kv_heads)
-    writer.add_rope_dimension_count(args.head_dim)
-    writer.add_rope_freq_base(args.rope_theta)
-    writer.add_layer_norm_rms_eps(args.norm_eps)
-    writer.add_vocab_size(args.vocab_size)
-    writer.add_file_type(file_types[gguf_type])
-    writer.add_quantization_version(GGML_QUANT_VERSION)
-    if tokenizer_src is not None:
-        _add_tokenizer(writer, tokenizer_src)
-    for key, w in state.items():
-        if key == "output.weight" and args.tie_embeddings:
-            continue  # llama.cpp reuses token_embd.weight when output.weight is absent
-        gname = to_gguf(key)
-        if gname is None:
-            raise LlamalabError(f"cannot write tensor {key!r} to GGUF: not a llama parameter")
-        # 4-bit files keep the embedding (the output head too, when tied) at Q8_0, as llama.cpp does
-        kind = "q8_0" if gguf_type in ("q4_0", "q4_1") and key in ("tok_embeddings.weight", "output.weight") else gguf_type
-        data, qtype = _encode(w, kind)
-        writer.add_tensor(gname, data, raw_dtype=qtype if data.dtype == np.uint8 else None)  # uint8 = quantized blocks
-    try:
+    with staged_file(out) as tmp:
+        writer = GGUFWriter(tmp, "llama")
+        writer.add_name(name or out.stem)
+        writer.add_context_length(args.max_seq_len)
+        writer.add_embedding_length(args.dim)
+        writer.add_block_count(args.n_layers)
+        writer.add_feed_forward_length(args.hidden_dim)
+        writer.add_head_count(args.n_heads)
+        writer.add_head_count_kv(args.kv_heads)
+        writer.add_rope_dimension_count(args.head_dim)
+        writer.add_rope_freq_base(args.rope_theta)
+        writer.add_layer_norm_rms_eps(args.norm_eps)
+        writer.add_vocab_size(args.vocab_size)
+        writer.add_file_type(file_types[gguf_type])
+        writer.add_quantization_version(GGML_QUANT_VERSION)
+        if tokenizer_src is not None:
+            _add_tokenizer(writer, tokenizer_src)
+        for key, w in state.items():
+            if key == "output.weight" and args.tie_embeddings:
+                continue  # llama.cpp reuses token_embd.weight when output.weight is absent
+            gname = to_gguf(key)
+            if gname is None:
+                raise LlamalabError(f"cannot write tensor {key!r} to GGUF: not a llama parameter")
+            # 4-bit files keep the embedding (the output head too, when tied) at Q8_0, as llama.cpp does
+            embedding = key in ("tok_embeddings.weight", "output.weight")
+            data, qtype = _encode(w, "q8_0" if gguf_type in ("q4_0", "q4_1") and embedding else gguf_type)
+            writer.add_tensor(gname, data, raw_dtype=qtype if data.dtype == np.uint8 else None)  # uint8: quantized
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out

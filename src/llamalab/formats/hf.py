@@ -9,36 +9,21 @@ rows of wq/wk within each head so both compute the same attention (transformers'
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
+from huggingface_hub import save_torch_state_dict
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
+from ..atomic import staged_dir, write_text
 from ..config import ModelArgs
-from ..atomic import write_text
 from ..errors import LlamalabError
-from .gguf import _name_map
+from ..tokenizer import save_tokenizer
+from .names import name_maps
+from .output import check_output
 
-# HF name → ours
-NAMES = {
-    "model.embed_tokens.weight": "tok_embeddings.weight",
-    "model.norm.weight": "norm.weight",
-    "lm_head.weight": "output.weight",
-    "model.layers.{i}.input_layernorm.weight": "layers.{i}.attention_norm.weight",
-    "model.layers.{i}.self_attn.q_proj.weight": "layers.{i}.attention.wq.weight",
-    "model.layers.{i}.self_attn.k_proj.weight": "layers.{i}.attention.wk.weight",
-    "model.layers.{i}.self_attn.v_proj.weight": "layers.{i}.attention.wv.weight",
-    "model.layers.{i}.self_attn.o_proj.weight": "layers.{i}.attention.wo.weight",
-    "model.layers.{i}.post_attention_layernorm.weight": "layers.{i}.ffn_norm.weight",
-    "model.layers.{i}.mlp.gate_proj.weight": "layers.{i}.feed_forward.w1.weight",
-    "model.layers.{i}.mlp.down_proj.weight": "layers.{i}.feed_forward.w2.weight",
-    "model.layers.{i}.mlp.up_proj.weight": "layers.{i}.feed_forward.w3.weight",
-}
-to_ours = _name_map(NAMES)
-to_hf = _name_map({v: k for k, v in NAMES.items()})
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "chat_template.jinja", "generation_config.json")
+to_ours, to_hf = name_maps("hf")
 
 
 def meta_to_hf_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -115,9 +100,6 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
 
 
 def _read_safetensors(file: Path, lazy: bool = False) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     try:
         if not lazy:
             return load_file(file)
@@ -192,62 +174,24 @@ def _hf_state(state: dict[str, torch.Tensor], args: ModelArgs, dtype: torch.dtyp
     return out
 
 
-def _shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
-    shards, size = [{}], 0
-    for name, w in tensors.items():
-        nbytes = w.numel() * w.element_size()
-        if shards[-1] and size + nbytes > max_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = w
-        size += nbytes
-    return shards
-
-
 def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, tokenizer_src=None,
-         dtype: torch.dtype = torch.float32, max_shard_size: int = 5 * 10**9) -> Path:
-    """Write a directory `transformers.AutoModelForCausalLM.from_pretrained` loads.
+         dtype: torch.dtype = torch.float32, max_shard_size: int | str = 5 * 10**9, force: bool = False) -> Path:
+    """Write a directory `transformers.AutoModelForCausalLM.from_pretrained` loads, atomically (the
+    directory appears complete or not at all; `force` replaces an existing one, see `output`).
 
-    Shards into model-0000K-of-0000N.safetensors + index when larger than `max_shard_size` bytes.
+    Shards into model-0000K-of-0000N.safetensors + model.safetensors.index.json when larger than
+    `max_shard_size` (bytes, or "5GB"), as huggingface_hub's `save_torch_state_dict` lays them out.
     tokenizer_src: a Tokenizer, or a path (GGUF / tokenizer dir) to load one from; its files go along.
     """
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, "hf", force=force)
     tensors = _hf_state(state, args, dtype)
-    shards = _shards(tensors, max_shard_size)
-    if len(shards) == 1:
-        save_file(shards[0], out / "model.safetensors", metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for k, shard in enumerate(shards, 1):
-            name = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, out / name, metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(shard, name))
-        total = sum(w.numel() * w.element_size() for w in tensors.values())
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    tokenizer = _write_tokenizer(out, tokenizer_src)
-    (out / "config.json").write_text(json.dumps(config_from_args(args, dtype, tokenizer), indent=2) + "\n")
-    return out
-
-
-def _write_tokenizer(out: Path, tokenizer_src):
-    """Copy tokenizer files from a source directory as they are; else let the Tokenizer write its own.
-    Returns the Tokenizer (or None), for the special ids in config.json / generation_config.json."""
-    from . import as_tokenizer
-
-    tokenizer = as_tokenizer(tokenizer_src)
-    if tokenizer_src is not None and not hasattr(tokenizer_src, "encode") and Path(tokenizer_src).is_dir():
-        for name in TOKENIZER_FILES:
-            if (Path(tokenizer_src) / name).is_file() and not (out / name).exists():
-                shutil.copy2(Path(tokenizer_src) / name, out / name)
-    elif tokenizer is not None:
-        tokenizer.save(out)
-    if tokenizer is not None and not (out / "generation_config.json").exists():
-        gen = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
-        if tokenizer.pad_id is not None:
-            gen["pad_token_id"] = tokenizer.pad_id
-        write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
-    return tokenizer
+    with staged_dir(out) as tmp:
+        save_torch_state_dict(tensors, tmp, max_shard_size=max_shard_size)
+        tokenizer = save_tokenizer(tokenizer_src, tmp)
+        if tokenizer is not None and not (tmp / "generation_config.json").exists():
+            gen = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
+            if tokenizer.pad_id is not None:
+                gen["pad_token_id"] = tokenizer.pad_id
+            write_text(tmp / "generation_config.json", json.dumps(gen, indent=2) + "\n")
+        write_text(tmp / "config.json", json.dumps(config_from_args(args, dtype, tokenizer), indent=2) + "\n")
+    return Path(out)

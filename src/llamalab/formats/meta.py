@@ -12,7 +12,6 @@ each file holds a slice of every matrix, split as fairscale's layers split them:
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import zipfile
@@ -20,12 +19,13 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import staged_dir, write_text
 from ..config import ModelArgs
 from ..errors import LlamalabError
+from ..tokenizer import save_tokenizer
+from .output import check_output
 
 SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1, "tok_embeddings": 1}
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
 
 
 def split_dim(name: str) -> int | None:
@@ -149,27 +149,17 @@ def split_shards(state: dict[str, torch.Tensor], n: int) -> list[dict[str, torch
 
 
 def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, tokenizer_src=None, shards: int = 1,
-         dtype: torch.dtype | None = None) -> Path:
-    """params.json + consolidated.00.pth … (shards files). Tied embeddings are written as two copies
+         dtype: torch.dtype | None = None, force: bool = False) -> Path:
+    """params.json + consolidated.00.pth … (shards files), atomically (the directory appears complete or not
+    at all; `force` replaces an existing one, see `output`). Tied embeddings are written as two copies
     (Meta's model has no tying); reading back detects them as tied."""
-    import shutil
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, "meta", force=force)
     full = {k: (v if dtype is None else v.to(dtype)) for k, v in state.items()}
     if "output.weight" not in full:
         full["output.weight"] = full["tok_embeddings.weight"]
-    for k, shard in enumerate(split_shards(full, shards)):
-        tmp = out / f".consolidated.{k:02d}.pth.tmp"
-        torch.save(shard, tmp)
-        os.replace(tmp, out / f"consolidated.{k:02d}.pth")
-    (out / "params.json").write_text(json.dumps(params_from_args(args), indent=2) + "\n")
-    if tokenizer_src is not None:
-        from . import as_tokenizer
-        if not hasattr(tokenizer_src, "encode") and Path(tokenizer_src).is_dir():
-            for name in TOKENIZER_FILES:
-                if (Path(tokenizer_src) / name).is_file():
-                    shutil.copy2(Path(tokenizer_src) / name, out / name)
-        elif (tok := as_tokenizer(tokenizer_src)) is not None:
-            tok.save(out)
-    return out
+    with staged_dir(out) as tmp:
+        for k, shard in enumerate(split_shards(full, shards)):
+            torch.save(shard, tmp / f"consolidated.{k:02d}.pth")
+        write_text(tmp / "params.json", json.dumps(params_from_args(args), indent=2) + "\n")
+        save_tokenizer(tokenizer_src, tmp)
+    return Path(out)

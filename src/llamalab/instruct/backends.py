@@ -163,11 +163,12 @@ class LocalModel:
 
     def __init__(self, path: str, *, max_batch: int = 8, adapter: str | None = None, context: int = 2048,
                  device: str | None = None, dtype=None, template: str | None = None):
-        from ..chat import resolve_template
+        from ..chat_templates import resolve_template
+        from ..device import default_device
         from ..formats import load
         from ..generate import Engine
 
-        device = device or _default_device()
+        device = device or default_device()
         ckpt = load(path, device=device, dtype=dtype)
         if adapter:
             _attach_adapter(ckpt, adapter)
@@ -179,7 +180,7 @@ class LocalModel:
         self.name = Path(str(path).rstrip("/")).name.removesuffix(".gguf") + (f" + {Path(adapter).name}" if adapter else "")
 
     def encode(self, messages) -> list[int]:
-        from ..chat import render_for
+        from ..chat_templates import render_for
 
         return self.tokenizer.encode(render_for(self.tokenizer, list(messages), self.template), bos=False)
 
@@ -213,12 +214,6 @@ def decode_all(engine, tokenizer, jobs: list[tuple[list[int], Request]]) -> list
             out[running.pop(seq)] = Reply(seq.text, seq.finish_reason)
             engine.release(seq)
     return out
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _attach_adapter(ckpt, adapter: str) -> None:

@@ -30,7 +30,7 @@ def _source(src):
 def quantize_checkpoint(src, out, *, bits: int, group_size: int | None = None, symmetric: bool = False,
                         force: bool = False) -> Path:
     """Write the quantized checkpoint to `out` (atomically) and return its path."""
-    from ..formats import save, tokenizer_source
+    from ..formats import save
 
     if bits not in (8, 4):
         raise LlamalabError(f"--bits must be 8 or 4, got {bits}")
@@ -51,4 +51,4 @@ def quantize_checkpoint(src, out, *, bits: int, group_size: int | None = None, s
                                 "use a divisor of every layer's width (32 always works for LLaMA shapes)")
     out.parent.mkdir(parents=True, exist_ok=True)
     kind = "q8_0" if bits == 8 else ("q4_0" if symmetric else "q4_1")
-    return save(state, args, out, "gguf", tokenizer_src=tokenizer_source(fmt, path), gguf_type=kind)  # atomic
+    return save(state, args, out, "gguf", tokenizer_src=path, gguf_type=kind)  # atomic

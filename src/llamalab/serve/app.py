@@ -25,7 +25,7 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ..chat import render_for
+from ..chat_templates import render_for
 from ..errors import LlamalabError
 from ..generate import Engine
 from ..sampling import Sampler

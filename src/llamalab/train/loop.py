@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LlamalabError
+from ..tokenizer import check_vocab, load_tokenizer
 from . import checkpoint
-from .config import TrainConfig
 from .metrics import MetricsLog, mfu, peak_flops, plot_loss
 from .optim import build_optimizer, lr_at, set_lr
-from .parallel import all_reduce_mean, build_model, init_distributed
+from .parallel import all_reduce_mean, build_parallel_model, init_distributed
+from .run_config import TrainConfig
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -32,8 +33,8 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 
 def loss_function(compile: bool):
-    """`next_token_loss`, compiled with `compile: true` (the blocks are compiled in build_model), so the upcast,
-    log-softmax and its backward over the (tokens × vocab) logits run as fused loops, not separate passes."""
+    """`next_token_loss`, compiled with `compile: true` (the blocks are compiled in build_parallel_model), so
+    the upcast, log-softmax and its backward over the (tokens × vocab) logits run as fused loops."""
     return torch.compile(next_token_loss, fullgraph=True) if compile else next_token_loss
 
 
@@ -55,12 +56,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         raise LlamalabError("config: no `data` given; point it at a directory written by `llamalab data prepare`")
     loader = TokenLoader(cfg.data, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, mixture=cfg.mixture,
                          seed=cfg.seed, rank=world.rank, world_size=world.world_size)
-    if loader.vocab_size is not None and loader.vocab_size > args.vocab_size:
-        raise LlamalabError(f"the data in {cfg.data} was tokenized with a {loader.vocab_size}-token vocabulary but "
-                            f"the model has vocab_size {args.vocab_size}; set model.vocab_size={loader.vocab_size}")
+    if loader.vocab_size is not None:
+        check_vocab(loader.vocab_size, args.vocab_size, fix=f"set model.vocab_size={loader.vocab_size}",
+                    what=f"the vocabulary the data in {cfg.data} was tokenized with")
     if cfg.tokenizer:
-        from ..tokenizer import load_tokenizer
-
         tok_size = load_tokenizer(cfg.tokenizer).vocab_size
         if tok_size != args.vocab_size:
             raise LlamalabError(f"tokenizer {cfg.tokenizer} has {tok_size} tokens but the model has vocab_size "
@@ -74,9 +73,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
 
     # --- model and optimizer ---
     torch.manual_seed(cfg.seed)
-    model, train_model = build_model(args, world=world, parallel=cfg.parallel,
-                                     activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
-                                     bf16=bf16, std=cfg.init_std, seed=cfg.seed)
+    model, train_model = build_parallel_model(args, world=world, parallel=cfg.parallel,
+                                              activation_checkpointing=cfg.activation_checkpointing,
+                                              compile=cfg.compile, bf16=bf16, std=cfg.init_std, seed=cfg.seed)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
     n_params = model.num_params()  # FSDP2 shards are DTensors: numel() is the global size
     warmup = cfg.warmup_steps_resolved
@@ -229,6 +228,6 @@ def export(model, args, out: Path, tokenizer, world) -> Path:
 
         state = {k.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", ""): v.float()
                  for k, v in state.items()}
-        save(state, args, out, "hf", Path(tokenizer) if tokenizer else None)
+        save(state, args, out, "hf", Path(tokenizer) if tokenizer else None, force=True)  # a resumed run re-exports
     return out
 

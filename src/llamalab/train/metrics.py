@@ -1,14 +1,13 @@
-"""What a run reports: a metrics JSONL, a progress bar with ETA and live loss, a loss-curve PNG, and MFU."""
+"""What a run reports: a metrics JSONL, a loss-curve PNG, and MFU (the progress bar is the loop's)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from ..atomic import write_text
+from ..atomic import staged_file, write_text
 
 # Dense peak FLOP/s per device (bf16 tensor cores on GPUs). Unknown GPUs get no MFU.
 _GPU_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
@@ -85,7 +84,6 @@ def plot_loss(records: list[dict], out: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp)
+    with staged_file(out) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, out)

@@ -9,7 +9,6 @@ Everything works under `torchrun` (gloo on CPU, nccl on CUDA) and in a plain sin
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -18,9 +17,10 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import ModelArgs
+from ..device import default_device
 from ..errors import LlamalabError
 from ..fast import has_cxx_compiler
-from ..model import Transformer
+from ..model import Transformer, initial_weights
 
 
 @dataclass
@@ -42,7 +42,7 @@ class World:
 def init_distributed(device: str = "auto") -> World:
     """Join the process group torchrun describes (RANK/WORLD_SIZE/...), or stay a single process."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device().type
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
@@ -92,27 +92,20 @@ def apply_fsdp(model: Transformer, mixed_precision: bool) -> None:
 
 @torch.no_grad()
 def init_weights(model: Transformer, std: float, generator: torch.Generator) -> None:
-    """The same draws as `Transformer.init_weights` in one process, also when parameters are FSDP2 shards:
-    each full tensor is drawn on CPU from the seeded generator, and each rank keeps its own shard."""
+    """`Transformer.init_weights` also when parameters are FSDP2 shards: each rank keeps its own shard of
+    every full tensor drawn by `initial_weights` (so any world size starts from the same model)."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     model.init_buffers()
-    n_layers = model.args.n_layers
-    for name, p in model.named_parameters():
-        full = torch.empty(p.shape, dtype=p.dtype)
-        if p.ndim == 1:
-            full.fill_(1.0)
-        else:
-            scale = 1 / math.sqrt(2 * n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
-            nn.init.normal_(full, mean=0.0, std=std * scale, generator=generator)
+    for p, full in initial_weights(model, std, generator):
         if isinstance(p, DTensor):
             p.to_local().copy_(distribute_tensor(full.to(p.device), p.device_mesh, p.placements).to_local())
         else:
             p.copy_(full)
 
 
-def build_model(args: ModelArgs, *, world: World, parallel: str, activation_checkpointing: bool,
-                compile: bool, bf16: bool, std: float, seed: int) -> tuple[Transformer, nn.Module]:
+def build_parallel_model(args: ModelArgs, *, world: World, parallel: str, activation_checkpointing: bool,
+                         compile: bool, bf16: bool, std: float, seed: int) -> tuple[Transformer, nn.Module]:
     """(model, train_model): `model` is the Transformer (its state dict names are Meta's); `train_model` is
     what the forward pass calls (the DDP wrapper, or the model itself)."""
     with torch.device("meta"):

@@ -18,6 +18,8 @@ import os
 import shutil
 from pathlib import Path
 
+from ...atomic import staged_file
+
 CORPUS_DIR = Path(__file__).resolve().parent
 CATEGORIES = ("prose", "reference", "qa", "code")
 
@@ -43,9 +45,7 @@ def demo_sources(cache_dir: str | Path | None = None) -> dict[str, Path]:
     for name, src in files.items():
         dest = root / f"{name}.jsonl"
         if not dest.is_file():
-            tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-            with lzma.open(src, "rb") as fin, open(tmp, "wb") as fout:
+            with staged_file(dest) as tmp, lzma.open(src, "rb") as fin, open(tmp, "wb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
-            os.replace(tmp, dest)
         out[name] = dest
     return out

@@ -3,7 +3,7 @@
 `write_task_yamls(data_dir, out_dir)` writes one small YAML per task that `include`s the stock YAML
 shipped inside the installed `lm_eval` and only swaps the data source for the local arrow file, so
 `lm_eval --include_path out_dir --tasks local_arc_easy,...` evaluates the same items we do.
-Used by the parity tests and the throughput bench; needs `lm-eval` installed.
+Used by the parity tests and the throughput bench (bench/eval.py); needs `lm-eval` installed.
 """
 
 from __future__ import annotations

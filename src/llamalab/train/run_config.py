@@ -8,17 +8,12 @@ the CLI can build its `--key value` options instantly.
 from __future__ import annotations
 
 import dataclasses
-import json
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
 
 from ..config import ModelArgs, get_preset
 from ..errors import LlamalabError
@@ -188,7 +183,3 @@ _STR_KEYS = {"tokenizer", "data", "out_dir", "dtype", "device", "parallel", "nan
 def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]] = ()) -> TrainConfig:
     d = read_config_file(path) if path else {}
     return TrainConfig.from_dict(apply_overrides(d, list(overrides)))
-
-
-def dumps(cfg: TrainConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=2)

@@ -16,6 +16,10 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from .errors import LlamalabError
 
 # Stanford Alpaca, train.py PROMPT_DICT (the response follows "### Response:" directly)
@@ -93,9 +97,6 @@ TEMPLATES = {"alpaca": alpaca, "llama-2": llama2, "chatml": chatml}
 @lru_cache(maxsize=16)
 def compile_jinja(source: str):
     """A Jinja chat template compiled the way transformers compiles it (sandboxed, trim/lstrip blocks)."""
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
@@ -121,7 +122,6 @@ def render(messages: list[dict], template: str, add_generation_prompt: bool = Tr
             raise LlamalabError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
     if template in TEMPLATES:
         return TEMPLATES[template](messages, add_generation_prompt=add_generation_prompt, **variables)
-    import jinja2
     try:
         return compile_jinja(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                               **variables)

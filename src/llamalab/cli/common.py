@@ -1,0 +1,58 @@
+"""Options several subcommands share (not a subcommand itself): the checkpoint to load, sampling, chat."""
+
+from ..errors import LlamalabError
+
+
+def add_model_arguments(p, *, keep_quantized: bool = True):
+    """--model, --dtype, --device: which checkpoint, loaded how. keep_quantized: without --dtype, a
+    quantized checkpoint runs quantized (else the default dequantizes to float32)."""
+    p.add_argument("--model", required=True, help="checkpoint: .gguf file, HF or Meta directory, or hub id")
+    if keep_quantized:
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                       help="dequantize to this dtype (default: quantized weights stay quantized, else float32)")
+    else:
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+
+
+def add_sampling_arguments(p, max_new_tokens: int):
+    """How tokens are picked, and how many."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most probable tokens")
+    p.add_argument("--top-p", type=float, metavar="P", help="nucleus: smallest set with total probability >= P")
+    p.add_argument("--min-p", type=float, metavar="P", help="drop tokens less than P x the top probability")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R", help="HF/CTRL penalty, e.g. 1.1")
+    p.add_argument("--seed", type=int, metavar="S", help="seed for reproducible sampling")
+
+
+def add_compile_argument(p):
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (pays off after the first ~100 tokens)")
+
+
+def add_chat_arguments(p):
+    """--system, --template: how a conversation becomes a prompt."""
+    p.add_argument("--system", metavar="TEXT", help="system prompt (chat)")
+    p.add_argument("--template", metavar="NAME",
+                   help="chat template: alpaca, llama-2, chatml, a Jinja file; default: the checkpoint's own")
+
+
+def load_checkpoint(args):
+    """The checkpoint of --model on --device (default: the GPU if there is one), which must carry a tokenizer."""
+    import torch
+
+    from ..device import default_device
+    from ..formats import load
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None  # None: quantized weights stay quantized
+    ckpt = load(args.model, device=args.device or default_device(), dtype=dtype)
+    if ckpt.tokenizer is None:
+        raise LlamalabError(f"{args.model}: no tokenizer found with the checkpoint "
+                            f"(put tokenizer.model or tokenizer.json next to it)")
+    return ckpt
+
+
+def sampling_kwargs(args) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
