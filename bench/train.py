@@ -76,7 +76,7 @@ def main():
     ours.init_weights(0.02, torch.Generator().manual_seed(0))
     if opts.compile:  # exactly what `llamalab train` does with compile: true
         apply_compile(ours)
-    our_loss = loss_function(opts.compile)
+    our_loss = loss_function(opts.compile, reduction="mean")
     theirs = hf_model(args)
     if opts.compile_reference:
         theirs.compile()

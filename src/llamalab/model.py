@@ -37,7 +37,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_frequencies(args: ModelArgs) -> torch.Tensor:
-    """θ_i = base^(-2i/d) for i < d/2, with Llama-3.1-style scaling when the config asks for it."""
+    """θ_i = base^(-2i/d) for i < d/2, scaled when the config asks: `linear` position interpolation (Chen et al.
+    2023: position m is read as m / factor, i.e. every θ_i / factor) or Llama-3.1's `llama3` kind."""
     d = args.head_dim
     freqs = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
     scaling = args.rope_scaling or {}
@@ -51,6 +52,8 @@ def rope_frequencies(args: ModelArgs) -> torch.Tensor:
         scaled = torch.where(wavelen > old_len / low, freqs / factor, freqs)
         medium = (wavelen <= old_len / low) & (wavelen >= old_len / high)
         freqs = torch.where(medium, (1 - smooth) * freqs / factor + smooth * freqs, scaled)
+    elif kind == "linear":
+        freqs = freqs / scaling["factor"]
     elif kind not in (None, "default"):
         raise ValueError(f"unsupported rope scaling {scaling!r}")
     return freqs.float()
@@ -218,9 +221,12 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int | torch.Tensor = 0,
                 positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
-        """Logits (B, T, vocab) for tokens (B, T); `last_only`: for the last position only (generation)."""
+                last_only: bool = False, select: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab) for tokens (B, T); `last_only`: for the last position only (generation);
+        `select`: a boolean (B, T) mask, logits (N, vocab) for its N True positions only."""
         h = self.hidden_states(tokens, cache=cache, pos=pos, positions=positions, mask=mask)
+        if select is not None:
+            return self.output(h[select])
         return self.output(h[:, -1:] if last_only else h)
 
     def hidden_states(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int | torch.Tensor = 0,
@@ -253,14 +259,18 @@ class Transformer(nn.Module):
 
 
 def initial_weights(model: Transformer, std: float = 0.02, generator: torch.Generator | None = None):
-    """Each parameter with its initial value for pretraining, drawn in order on the CPU from `generator`,
-    so the draws are the same on any device and however the parameters are later sharded: norms 1,
-    weight matrices N(0, std), the residual projections (wo, w2) scaled by 1/sqrt(2·n_layers) (GPT-2)."""
+    """Each parameter with its initial value for pretraining (`initial_value`), drawn in order on the CPU from
+    `generator`, so the draws are the same on any device and however the parameters are later sharded."""
     for name, p in model.named_parameters():
-        value = torch.empty(p.shape, dtype=p.dtype)
-        if p.ndim == 1:
-            value.fill_(1.0)
-        else:
-            scale = 1 / math.sqrt(2 * model.args.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
-            nn.init.normal_(value, mean=0.0, std=std * scale, generator=generator)
-        yield p, value
+        yield p, initial_value(name, p.shape, p.dtype, model.args.n_layers, std, generator)
+
+
+def initial_value(name: str, shape, dtype, n_layers: int, std: float = 0.02,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """The init rule for the parameter `name`: norms 1, weight matrices N(0, std), the residual projections
+    (wo, w2) scaled by 1/sqrt(2·n_layers) (GPT-2)."""
+    value = torch.empty(shape, dtype=dtype)
+    if len(shape) == 1:
+        return value.fill_(1.0)
+    scale = 1 / math.sqrt(2 * n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
+    return nn.init.normal_(value, mean=0.0, std=std * scale, generator=generator)

@@ -28,6 +28,8 @@ COMMANDS = {
     "serve": "serve",
     "data": "data",
     "train": "train",
+    "finetune": "finetune",
+    "lora": "lora",
     "eval": "eval",
     "perplexity": "perplexity",
     "quantize": "quantize",

@@ -1,14 +1,15 @@
 import sys
 
 from ..errors import LlamalabError
-from .common import (add_chat_arguments, add_compile_argument, add_model_arguments, add_sampling_arguments,
-                     load_checkpoint, sampling_kwargs)
+from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
+                     add_sampling_arguments, load_checkpoint, sampling_kwargs)
 
 HELP = "Chat with a model in the terminal (streams answers; /reset clears the conversation, /exit quits)."
 
 
 def add_arguments(p):
     add_model_arguments(p)
+    add_adapter_argument(p)
     add_sampling_arguments(p, max_new_tokens=512)
     add_chat_arguments(p)
     add_compile_argument(p)

@@ -1,6 +1,36 @@
-"""Options several subcommands share (not a subcommand itself): the checkpoint to load, sampling, chat."""
+"""Options several subcommands share (not a subcommand itself): the checkpoint to load, sampling, chat, and
+a run's config keys (train, finetune)."""
+
+import argparse
 
 from ..errors import LlamalabError
+
+
+def add_config_arguments(p, cls, epilog: str, config_help: str, renamed: dict | None = None, skip=()):
+    """--config, --resume, key=value overrides, and a --flag for every key of the config class `cls`
+    (`--max_steps` and `--max-steps` alike; `renamed` gives some keys another flag)."""
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = epilog
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint of the run")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (model.<field>=... too)")
+    group = p.add_argument_group("config keys (each overrides the file)")
+    for key in cls.keys():
+        if key not in skip:
+            flag = (renamed or {}).get(key, key)
+            names = dict.fromkeys([f"--{flag.replace('_', '-')}", f"--{flag}"])
+            group.add_argument(*names, dest=f"set_{key}", metavar="V", default=None)
+
+
+def parse_overrides(args) -> list[tuple[str, str]]:
+    """The (key, value) pairs of the --key flags and the key=value arguments, in that order."""
+    pairs = [(k[4:], v) for k, v in vars(args).items() if k.startswith("set_") and v is not None]
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise LlamalabError(f"cannot read override {item!r}: write key=value or --key value")
+        pairs.append((key, value))
+    return pairs
 
 
 def add_model_arguments(p, *, keep_quantized: bool = True):
@@ -31,6 +61,11 @@ def add_compile_argument(p):
                    help="torch.compile the decode step (pays off after the first ~100 tokens)")
 
 
+def add_adapter_argument(p):
+    """--adapter: a LoRA adapter (ours or peft's) applied to the --model checkpoint by `load_checkpoint`."""
+    p.add_argument("--adapter", metavar="DIR", help="a LoRA adapter directory (ours or peft's) to run the model with")
+
+
 def add_chat_arguments(p):
     """--system, --template: how a conversation becomes a prompt."""
     p.add_argument("--system", metavar="TEXT", help="system prompt (chat)")
@@ -39,14 +74,19 @@ def add_chat_arguments(p):
 
 
 def load_checkpoint(args):
-    """The checkpoint of --model on --device (default: the GPU if there is one), which must carry a tokenizer."""
+    """The checkpoint of --model on --device (default: the GPU if there is one), which must carry a tokenizer,
+    with the LoRA adapter of --adapter (where the subcommand has that option) applied."""
     import torch
 
     from ..device import default_device
+    from ..finetune.merge import attach_adapter
     from ..formats import load
 
-    dtype = getattr(torch, args.dtype) if args.dtype else None  # None: quantized weights stay quantized
+    # an adapter needs float weights to attach to: without --dtype, its base is dequantized to float32
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if getattr(args, "adapter", None) else None)
     ckpt = load(args.model, device=args.device or default_device(), dtype=dtype)
+    if getattr(args, "adapter", None):
+        attach_adapter(ckpt, args.adapter)
     if ckpt.tokenizer is None:
         raise LlamalabError(f"{args.model}: no tokenizer found with the checkpoint "
                             f"(put tokenizer.model or tokenizer.json next to it)")

@@ -1,10 +1,11 @@
-from .common import add_model_arguments
+from .common import add_adapter_argument, add_model_arguments
 
 HELP = "Evaluate a checkpoint on the paper's benchmarks (lm-evaluation-harness prompts and metrics)."
 
 
 def add_arguments(p):
     add_model_arguments(p, keep_quantized=False)  # float32 by default, as lm-eval runs the reference
+    add_adapter_argument(p)
     p.add_argument("--tasks", required=True,
                    help="comma-separated: arc_easy,arc_challenge,hellaswag,piqa,siqa,winogrande,openbookqa,"
                         "boolq,nq_open,triviaqa,mmlu,gsm8k,humaneval,mbpp,lambada")
@@ -29,7 +30,7 @@ def run(args):
     from ..eval import evaluate
     from ..eval.report import samples_jsonl
 
-    report = evaluate(args.model, args.tasks.split(","), data_dir=args.data_dir, shots=args.shots, limit=args.limit,
+    report = evaluate(args.model, args.tasks.split(","), adapter=args.adapter, data_dir=args.data_dir, shots=args.shots, limit=args.limit,
                       batch_size=args.batch_size, samples=args.samples, temperature=args.temperature,
                       maj_k=args.maj_k, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
                       seed=args.seed)

@@ -1,8 +1,8 @@
 import sys
 
 from ..errors import LlamalabError
-from .common import (add_chat_arguments, add_compile_argument, add_model_arguments, add_sampling_arguments,
-                     load_checkpoint, sampling_kwargs)
+from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
+                     add_sampling_arguments, load_checkpoint, sampling_kwargs)
 
 HELP = "Continue a prompt with a model (greedy or sampled); prints only the continuation, streamed."
 
@@ -15,6 +15,7 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="with --input: answers decoding together")
     p.add_argument("--name", help="with --input: the model's name in the answers (default: the checkpoint's)")
     add_model_arguments(p)
+    add_adapter_argument(p)
     add_sampling_arguments(p, max_new_tokens=128)
     add_chat_arguments(p)
     add_compile_argument(p)

@@ -1,7 +1,5 @@
-import argparse
-
-from ..errors import LlamalabError
 from ..train import TrainConfig
+from .common import add_config_arguments, parse_overrides
 
 HELP = "Pretrain a LLaMA model with the paper's recipe (works unchanged under torchrun)."
 
@@ -12,24 +10,8 @@ EPILOG = """examples:
 
 
 def add_arguments(p):
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = EPILOG
-    p.add_argument("--config", help="YAML or TOML file of TrainConfig keys (a bundled name such as `demo` also works)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in out_dir")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (model.<field>=... too)")
-    group = p.add_argument_group("config keys (each overrides the file)")
-    for key in TrainConfig.keys():
-        group.add_argument(f"--{key}", dest=f"set_{key}", metavar="V", default=None)
-
-
-def parse_overrides(args) -> list[tuple[str, str]]:
-    pairs = [(k[4:], v) for k, v in vars(args).items() if k.startswith("set_") and v is not None]
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise LlamalabError(f"cannot read override {item!r}: write key=value or --key value")
-        pairs.append((key, value))
-    return pairs
+    add_config_arguments(p, TrainConfig, EPILOG, config_help="YAML or TOML file of TrainConfig keys (a bundled "
+                         "name such as `demo` also works)")
 
 
 def run(args):
@@ -40,6 +22,12 @@ def run(args):
     if summary.get("loss_png"):
         losses = [f"{name} {summary[key]:.4f}" for key, name in (("loss", "loss"), ("val_loss", "held-out loss"))
                   if summary.get(key) is not None]  # none when a finished run is resumed
-        print(f"done: step {summary['step']}" + "".join(f", {x}" for x in losses))
+        before = summary.get("val_loss_before")
+        print(f"done: step {summary['step']}" + "".join(f", {x}" for x in losses)
+              + (f" (before training: {before:.4f})" if before is not None else ""))
+        for key, v in summary.get("held_out", {}).items():  # "@512" (tokens) or "/code" (a source)
+            what = f"at {key[1:]} tokens" if key.startswith("@") else f"on {key[1:]}"
+            print(f"  held-out loss {what}: " + (f"{v['before']:.4f} before → " if v["before"] is not None else "")
+                  + f"{v['after']:.4f}")
         print(f"  metrics   {summary['out_dir']}/metrics.jsonl\n  loss plot {summary['loss_png']}\n"
               f"  checkpoints {summary['out_dir']}/ckpt/" + (f"\n  model     {summary['model_dir']}" if summary.get("model_dir") else ""))

@@ -89,6 +89,15 @@ def tokenizer_identity(path: Path) -> dict:
     return {"path": str(path.resolve()), "sha256": h.hexdigest() if path.is_dir() else sha256_file(path)}
 
 
+def vocab_fingerprint(tok) -> str:
+    """sha256 of the vocabulary itself (every piece in id order, the special ids): equal for one tokenizer
+    whatever file carries it (a GGUF, a tokenizer.json, a checkpoint's directory)."""
+    h = hashlib.sha256(f"{tok.vocab_size} {tok.bos_id} {tok.eos_id}\0".encode())
+    for i in range(tok.vocab_size):
+        h.update(tok.id_to_piece(i).encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
+
+
 @dataclass
 class _ShardWriter:
     tmp: Path            # where shards are written before the swap
@@ -146,7 +155,8 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
     if tok.eos_id is None:
         raise LlamalabError(f"tokenizer {tokenizer} has no EOS token; documents need one to be packed")
     ident = {**tokenizer_identity(tokenizer), "kind": tok.kind, "vocab_size": tok.vocab_size,
-             "bos_id": tok.bos_id, "eos_id": tok.eos_id, "add_bos": bool(tok.add_bos)}
+             "bos_id": tok.bos_id, "eos_id": tok.eos_id, "add_bos": bool(tok.add_bos),
+             "vocab_sha256": vocab_fingerprint(tok)}
     dtype = token_dtype(tok.vocab_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

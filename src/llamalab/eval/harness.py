@@ -18,6 +18,7 @@ import torch
 from .. import assets
 from ..device import default_device
 from ..errors import LlamalabError
+from ..finetune.merge import attach_adapter
 from ..formats import Checkpoint, load
 from . import scoring
 from .llm import LLM
@@ -62,12 +63,13 @@ class EvalReport:
         return markdown_table(self.results, Path(str(self.config["model"])).name)
 
 
-def evaluate(model, tasks: list[str], *, data_dir=None, shots: int | None = None, limit: int | None = None,
+def evaluate(model, tasks: list[str], *, adapter=None, data_dir=None, shots: int | None = None, limit: int | None = None,
              batch_size: int = 16, samples: int = 1, temperature: float | None = None, maj_k: int = 1,
              max_new_tokens: int | None = None, device=None, dtype: str = "float32", seed: int = 1234,
              progress: bool = True) -> EvalReport:
     """Evaluate `model` (a checkpoint path or hub id, or a loaded `Checkpoint`) on benchmark `tasks` (names,
-    see `tasks.TASKS`) with the data in `data_dir` (default: the asset cache). Everything a user can get
+    see `tasks.TASKS`), with the LoRA `adapter` directory applied if given, with the data in `data_dir` (default:
+    the asset cache). Everything a user can get
     wrong (task names, counts, missing data) fails before the model loads. One line per task goes to stderr."""
     tasks = [get_task(t.strip()) for t in tasks if t.strip()]
     if not tasks:
@@ -82,6 +84,8 @@ def evaluate(model, tasks: list[str], *, data_dir=None, shots: int | None = None
         task.docs(data_dir)
     ckpt = model if isinstance(model, Checkpoint) else load(model, device=device or default_device(),
                                                                dtype=getattr(torch, dtype))
+    if adapter:
+        attach_adapter(ckpt, adapter)
     if ckpt.tokenizer is None:
         raise LlamalabError(f"{model} has no tokenizer; evaluation needs one next to the weights")
     llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=batch_size, progress=progress)
@@ -95,7 +99,8 @@ def evaluate(model, tasks: list[str], *, data_dir=None, shots: int | None = None
         records += r.samples
         shown = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items() if not k.endswith("_stderr"))
         print(f"{task.name}: {shown}  ({r.n} items, {seconds:.1f}s, {r.n / seconds:.2f} items/s)", file=sys.stderr)
-    config = {"model": str(ckpt.path if isinstance(model, Checkpoint) else model), "format": ckpt.format,
+    config = {"model": str(ckpt.path if isinstance(model, Checkpoint) else model), "adapter": adapter and str(adapter),
+              "format": ckpt.format,
               "tasks": [t.name for t in tasks], "shots": shots, "limit": limit, "batch_size": batch_size,
               "device": str(llm.device), "dtype": str(llm.dtype).removeprefix("torch."), "samples": samples,
               "temperature": temperature, "maj_k": maj_k, "seed": seed, "timing": timing}

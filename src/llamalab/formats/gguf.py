@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_VERSION, GGUFWriter, LlamaFileType
+from gguf import GGML_QUANT_VERSION, GGUFWriter, LlamaFileType, RopeScalingType
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
 from gguf.quants import dequantize, quantize
@@ -57,8 +57,12 @@ def args_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelArgs:
     if rope_dims != dim // n_heads:
         raise LlamalabError(f"{path}: partial rotary (rope.dimension_count {rope_dims} "
                             f"< head_dim {dim // n_heads}) is not supported")
-    if meta.get("llama.rope.scaling.type", "none") != "none":
-        raise LlamalabError(f"{path}: rope scaling {meta['llama.rope.scaling.type']!r} is not supported")
+    scaling = meta.get("llama.rope.scaling.type", "none")
+    if scaling not in ("none", "linear"):
+        raise LlamalabError(f"{path}: rope scaling {scaling!r} is not supported (only linear)")
+    rope_scaling = None
+    if scaling == "linear":  # position interpolation: llama.cpp's freq_scale = 1 / factor
+        rope_scaling = {"rope_type": "linear", "factor": float(need("rope.scaling.factor"))}
     return ModelArgs(
         dim=dim,
         n_layers=int(need("block_count")),
@@ -68,6 +72,7 @@ def args_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelArgs:
         ffn_dim=int(need("feed_forward_length")),
         norm_eps=float(need("attention.layer_norm_rms_epsilon")),
         rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+        rope_scaling=rope_scaling,
         max_seq_len=int(meta.get("llama.context_length", 2048)),
         tie_embeddings=False,  # set below from the tensors present
     )
@@ -174,8 +179,10 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
                   "q4_0": LlamaFileType.MOSTLY_Q4_0, "q4_1": LlamaFileType.MOSTLY_Q4_1}
     if gguf_type not in file_types:
         raise LlamalabError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(file_types)}")
-    if args.rope_scaling:
-        raise LlamalabError("writing rope scaling to GGUF is not supported (llama.cpp wants a rope_freqs tensor)")
+    kind = (args.rope_scaling or {}).get("rope_type", (args.rope_scaling or {}).get("type"))
+    if args.rope_scaling and kind != "linear":
+        raise LlamalabError(f"writing {kind} rope scaling to GGUF is not supported (llama.cpp wants a rope_freqs "
+                            f"tensor); linear scaling is")
     check_output(out, "gguf", force=force)
     out = Path(out)
     with staged_file(out) as tmp:
@@ -189,6 +196,9 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
         writer.add_head_count_kv(args.kv_heads)
         writer.add_rope_dimension_count(args.head_dim)
         writer.add_rope_freq_base(args.rope_theta)
+        if kind == "linear":  # position interpolation: llama.cpp's freq_scale = 1 / factor
+            writer.add_rope_scaling_type(RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(float(args.rope_scaling["factor"]))
         writer.add_layer_norm_rms_eps(args.norm_eps)
         writer.add_vocab_size(args.vocab_size)
         writer.add_file_type(file_types[gguf_type])

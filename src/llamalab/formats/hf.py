@@ -61,8 +61,8 @@ def args_from_config(cfg: dict, where) -> ModelArgs:
             kind = rope.get("rope_type", rope.get("type"))
             if kind in (None, "default"):
                 rope = None
-            elif kind != "llama3":
-                raise LlamalabError(f"{where}: rope scaling type {kind!r} is not supported (only 'llama3')")
+            elif kind not in ("llama3", "linear"):
+                raise LlamalabError(f"{where}: rope scaling type {kind!r} is not supported (only 'linear' and 'llama3')")
         return ModelArgs(
             dim=dim, n_layers=int(cfg["num_hidden_layers"]), n_heads=n_heads,
             n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),

@@ -168,8 +168,10 @@ class LocalModel:
         from ..formats import load
         from ..generate import Engine
 
-        device = device or default_device()
-        ckpt = load(path, device=device, dtype=dtype)
+        if adapter and dtype is None:  # an adapter needs float weights to attach to
+            import torch
+            dtype = torch.float32
+        ckpt = load(path, device=device or default_device(), dtype=dtype)
         if adapter:
             _attach_adapter(ckpt, adapter)
         if ckpt.tokenizer is None:

@@ -1,41 +1,10 @@
-"""Records from a JSON array or JSON Lines file, each with where it came from ("file:line" / "file[i]"),
-and the question files built on them."""
+"""Question files (for `generate --input` and `judge`), read as the instruction data is: a JSON array or
+JSON Lines, each record with where it came from ("file:line" / "file[i]") for the errors."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from ..errors import LlamalabError
-
-
-def read_records(path) -> list[tuple[str, object]]:
-    path = Path(path)
-    if not path.is_file():
-        raise LlamalabError(f"{path} not found (want a .json or .jsonl file of records)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise LlamalabError(f"{path}: not UTF-8 text (byte {e.start}); is it compressed or binary?") from None
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise LlamalabError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
-        out = [(f"{path}[{i}]", r) for i, r in enumerate(records)]
-    else:
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((f"{path}:{n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise LlamalabError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}); each line must be "
-                                    f"one JSON record") from None
-    if not out:
-        raise LlamalabError(f"{path}: no records (the file is empty)")
-    return out
+from ..finetune.records import read_records
 
 
 def load_questions(path) -> dict[str, dict]:

@@ -41,7 +41,7 @@ ASK = 8  # new tasks asked for per prompt
 
 def load_seed_tasks(path) -> list[dict]:
     """Alpaca records (instruction, optional input, output) from a JSON array or JSON Lines file."""
-    from .records import read_records
+    from ..finetune.records import read_records
 
     tasks = []
     for where, r in read_records(path):

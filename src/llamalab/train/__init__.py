@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 def resolve_config_path(name_or_path: str) -> Path:
     """A path, or the name of a bundled config (`demo`, `llama-7b`)."""
     path = Path(name_or_path)
-    if not path.exists() and (CONFIGS / f"{name_or_path}.yaml").exists():
+    if not path.is_file() and (CONFIGS / f"{name_or_path}.yaml").exists():
         return CONFIGS / f"{name_or_path}.yaml"
     return path
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ..config import ModelArgs
 from ..errors import LlamalabError
@@ -86,8 +86,22 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _options(trainable_only: bool) -> StateDictOptions | None:
+    """trainable_only: the model part holds only parameters with requires_grad (a LoRA run's adapters; the
+    frozen base is rebuilt from its own checkpoint)."""
+    return StateDictOptions(ignore_frozen_params=True, strict=False) if trainable_only else None
+
+
+def _state_dicts(model, optimizer, trainable_only: bool) -> tuple[dict, dict]:
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(trainable_only))
+    if trainable_only:  # torch keeps a frozen tied weight (output = embedding) all the same
+        keep = {n.replace("_checkpoint_wrapped_module.", "") for n, p in model.named_parameters() if p.requires_grad}
+        model_sd = {k: v for k, v in model_sd.items() if k in keep}
+    return model_sd, optim_sd
+
+
 def save(ckpt_dir: Path, step: int, *, model, optimizer, loader_state: dict, model_args: ModelArgs,
-         config: dict, world, keep_last: int) -> Path:
+         config: dict, world, keep_last: int, trainable_only: bool = False) -> Path:
     """Write checkpoint `step` atomically (all ranks call this)."""
     final = ckpt_dir / f"step-{step:06d}"
     tmp = ckpt_dir / f"step-{step:06d}.tmp"
@@ -95,7 +109,7 @@ def save(ckpt_dir: Path, step: int, *, model, optimizer, loader_state: dict, mod
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     world.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = _state_dicts(model, optimizer, trainable_only)
     with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
@@ -118,14 +132,15 @@ def save(ckpt_dir: Path, step: int, *, model, optimizer, loader_state: dict, mod
     return final
 
 
-def load(path: Path, *, model, optimizer, world) -> dict:
+def load(path: Path, *, model, optimizer, world, trainable_only: bool = False) -> dict:
     """Restore model, optimizer and this rank's RNG states in place; returns {"step", "loader"}."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = _state_dicts(model, optimizer, trainable_only)
     state = {"model": model_sd, "optim": optim_sd}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=_options(trainable_only))
     rng = path / f"rank-{world.rank:05d}.pt"
     if rng.exists():  # absent when resuming on more ranks than saved: the extra ranks keep their seed
         _set_rng_state(torch.load(rng, weights_only=False))

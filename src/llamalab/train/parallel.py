@@ -1,14 +1,18 @@
 """Distributed setup and the parallelisms, applied to the model from outside (torchtitan's order):
 
-    Transformer on the meta device → activation checkpointing → torch.compile → FSDP2 `fully_shard`
-    per block, then the root → materialize (`to_empty`) → seeded init (equal to a single-process init)
-    → DDP (for parallel=ddp)
+    Transformer on the meta device → (fine-tuning: LoRA layers) → activation checkpointing → torch.compile
+    → FSDP2 `fully_shard` per block, then the root → `to_empty` → initial values (a seeded draw equal to a
+    single-process init, or a checkpoint's tensors), each rank keeping its shard → DDP (for parallel=ddp)
 
-Everything works under `torchrun` (gloo on CPU, nccl on CUDA) and in a plain single process.
+and what the training loop does differently under each parallelism: the autocast policy, skipping DDP's
+gradient all-reduce during accumulation, the gradient norm of sharded parameters, and gathering a full
+state dict in the bare model's names. Everything works under `torchrun` (gloo on CPU, nccl on CUDA) and
+in a plain single process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -20,7 +24,7 @@ from ..config import ModelArgs
 from ..device import default_device
 from ..errors import LlamalabError
 from ..fast import has_cxx_compiler
-from ..model import Transformer, initial_weights
+from ..model import Transformer, initial_value
 
 
 @dataclass
@@ -53,6 +57,13 @@ def init_distributed(device: str = "auto") -> World:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
     return World(rank, world_size, local_rank, dev)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
@@ -90,14 +101,28 @@ def apply_fsdp(model: Transformer, mixed_precision: bool) -> None:
     fully_shard(model, **kw)
 
 
+def clean_name(name: str) -> str:
+    """A parameter name as the bare Transformer has it: without the activation-checkpointing and compile
+    wrappers' prefixes (the full-state-dict and checkpoint names are Meta's)."""
+    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
+
+
+def random_init(args: ModelArgs, std: float, generator: torch.Generator):
+    """`full_tensor` (see `materialize`) for pretraining: `model.initial_value`, drawn from `generator` in the
+    parameters' order (the draws of `Transformer.init_weights`)."""
+    return lambda name, shape, dtype: initial_value(name, shape, dtype, args.n_layers, std, generator)
+
+
 @torch.no_grad()
-def init_weights(model: Transformer, std: float, generator: torch.Generator) -> None:
-    """`Transformer.init_weights` also when parameters are FSDP2 shards: each rank keeps its own shard of
-    every full tensor drawn by `initial_weights` (so any world size starts from the same model)."""
+def materialize(model: nn.Module, full_tensor) -> None:
+    """Give every parameter its value, also when parameters are FSDP2 shards: `full_tensor(name, shape,
+    dtype)` computes each full tensor on CPU (a seeded draw, or a checkpoint's tensor), and each rank keeps
+    its own shard — so an N-rank model starts equal to the one-process model."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     model.init_buffers()
-    for p, full in initial_weights(model, std, generator):
+    for name, p in model.named_parameters():
+        full = full_tensor(clean_name(name), p.shape, p.dtype)
         if isinstance(p, DTensor):
             p.to_local().copy_(distribute_tensor(full.to(p.device), p.device_mesh, p.placements).to_local())
         else:
@@ -105,11 +130,15 @@ def init_weights(model: Transformer, std: float, generator: torch.Generator) -> 
 
 
 def build_parallel_model(args: ModelArgs, *, world: World, parallel: str, activation_checkpointing: bool,
-                         compile: bool, bf16: bool, std: float, seed: int) -> tuple[Transformer, nn.Module]:
+                         compile: bool, bf16: bool, full_tensor, adapt=None) -> tuple[Transformer, nn.Module]:
     """(model, train_model): `model` is the Transformer (its state dict names are Meta's); `train_model` is
-    what the forward pass calls (the DDP wrapper, or the model itself)."""
+    what the forward pass calls (the DDP wrapper, or the model itself). `full_tensor` gives each parameter
+    its initial value (see `materialize`); `adapt(model)` changes the model on the meta device before any
+    parallelism is applied (fine-tuning adds its LoRA layers there)."""
     with torch.device("meta"):
         model = Transformer(args)
+    if adapt is not None:
+        adapt(model)
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile:
@@ -121,10 +150,49 @@ def build_parallel_model(args: ModelArgs, *, world: World, parallel: str, activa
         apply_fsdp(model, mixed_precision=bf16)
     model.to_empty(device=world.device)
     model.tie_weights()
-    init_weights(model, std, torch.Generator().manual_seed(seed))
+    materialize(model, full_tensor)
     train_model = model
     if parallel == "ddp" and world.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[world.local_rank] if world.device.type == "cuda" else None)
     return model, train_model
+
+
+# ------------------------------------------------------- what the loop does differently under each parallelism
+
+def autocast(device: torch.device, bf16: bool, parallel: str):
+    """The forward pass's precision context: bf16 autocast, except under FSDP2, which casts parameters
+    through its MixedPrecisionPolicy instead (and fp32 runs need nothing)."""
+    if bf16 and parallel != "fsdp":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def no_sync(train_model: nn.Module, sync: bool):
+    """DDP all-reduces gradients in every backward; during gradient accumulation only the last micro-batch
+    needs to (`sync`). FSDP2 and single processes have nothing to skip."""
+    if sync or not hasattr(train_model, "no_sync"):
+        return contextlib.nullcontext()
+    return train_model.no_sync()
+
+
+def clip_grad_norm(parameters, max_norm: float) -> float:
+    """Clip the global gradient norm; returns the norm before clipping (under FSDP2 a DTensor, made whole)."""
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return norm.item()
+
+
+def full_state_dict(model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) state dict on CPU in the bare Transformer's names; every rank must call this
+    (FSDP2 gathers the shards), rank 0 uses the result. trainable_only: the parameters being trained."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
+    state = {clean_name(k): v for k, v in get_model_state_dict(model, options=options).items()}
+    if trainable_only:  # torch keeps a frozen tied weight (output = embedding) all the same
+        keep = {clean_name(n) for n, p in model.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in state.items() if k in keep}
+    return state

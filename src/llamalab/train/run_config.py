@@ -11,7 +11,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -21,12 +21,14 @@ from ..errors import LlamalabError
 
 @dataclass
 class TrainConfig:
-    # model: a preset name, or a mapping of ModelArgs fields (optionally with `preset` as the base)
-    model: Any = "tiny"
+    # model: a preset name, or a mapping of ModelArgs fields (optionally with `preset` as the base); default tiny.
+    # With init_from, the model is the checkpoint's and `model` may only change SAFE_OVERRIDES.
+    model: Any = None
     tokenizer: str | None = None  # tokenizer file/dir: checked against vocab_size, copied into the export
     # data: a directory (or manifest) written by `llamalab data prepare`
     data: str = ""
     mixture: dict | None = None  # source → sampling weight; None = the data's own proportions
+    init_from: str | None = None  # start from this checkpoint (anything `llamalab.load` reads) instead of random
     seq_len: int = 256
     micro_batch_size: int = 8
     batch_tokens: int | None = None  # global batch in tokens; None = micro_batch_size·seq_len·world_size
@@ -50,6 +52,8 @@ class TrainConfig:
     # bookkeeping
     eval_every: int = 0  # held-out loss every N steps (0 = only at the end)
     eval_batches: int = 8
+    eval_seq_lens: list | None = None  # also held-out loss at these lengths (what a context extension bought)
+    eval_per_source: bool = False  # also held-out loss of every source alone (e.g. forgetting the others)
     ckpt_every: int = 0  # 0 = only at the end
     keep_last: int = 3
     log_every: int = 1
@@ -59,10 +63,15 @@ class TrainConfig:
     export: bool = True  # write the final model as a HF directory into <out_dir>/model
     progress: bool = True  # tqdm progress bar
 
+    FLOAT_KEYS: ClassVar[tuple] = ("lr", "min_lr_ratio", "warmup_fraction", "weight_decay", "eps", "grad_clip",
+                                   "init_std")
+    STR_KEYS: ClassVar[set] = {"tokenizer", "init_from", "data", "out_dir", "dtype", "device", "parallel",
+                               "nan_policy"}
+
     def __post_init__(self):
         def bad(msg):
             raise LlamalabError(f"config: {msg}")
-        for k in _FLOAT_KEYS:  # YAML reads 3e-4 (no dot) as a string
+        for k in self.FLOAT_KEYS:  # YAML reads 3e-4 (no dot) as a string
             v = getattr(self, k)
             if v is not None and not isinstance(v, bool):
                 try:
@@ -72,6 +81,9 @@ class TrainConfig:
         for k in ("seq_len", "micro_batch_size", "max_steps", "eval_batches", "keep_last", "log_every"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
                 bad(f"{k} must be a positive integer, got {getattr(self, k)!r}")
+        if self.eval_seq_lens is not None and (not isinstance(self.eval_seq_lens, list) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in self.eval_seq_lens)):
+            bad(f"eval_seq_lens must be a list of positive integers such as [2048, 4096], got {self.eval_seq_lens!r}")
         if self.dtype not in ("auto", "bf16", "fp32"):
             bad(f"dtype must be auto, bf16 or fp32, got {self.dtype!r}")
         if self.parallel not in ("none", "ddp", "fsdp"):
@@ -92,7 +104,27 @@ class TrainConfig:
             return max(1, round(self.warmup_fraction * self.max_steps))
         return self.warmup_steps
 
+    def model_overrides(self) -> dict:
+        """With init_from: the ModelArgs fields `model` changes (only SAFE_OVERRIDES may be changed)."""
+        if self.model is None:
+            return {}
+        if not isinstance(self.model, dict):
+            raise LlamalabError(f"config: with init_from the model is the checkpoint's; `model` may only be a mapping "
+                                f"of {', '.join(SAFE_OVERRIDES)}, not {self.model!r}")
+        bad = sorted(set(self.model) - set(SAFE_OVERRIDES))
+        if bad:
+            raise LlamalabError(f"config: model.{bad[0]} cannot change when starting from a checkpoint (init_from): "
+                                f"it would change the shapes of the checkpoint's weights; only "
+                                f"{', '.join(SAFE_OVERRIDES)} can")
+        return dict(self.model)
+
     def model_args(self) -> ModelArgs:
+        """The model of a run from random weights (with init_from, see train.init_from.source_args)."""
+        if self.init_from:
+            self.model_overrides()
+            return ModelArgs()  # placeholder, never built: the checkpoint's config replaces it
+        if self.model is None:
+            return get_preset(DEFAULT_PRESET).replace(max_seq_len=max(get_preset(DEFAULT_PRESET).max_seq_len, self.seq_len))
         if isinstance(self.model, str):
             return get_preset(self.model).replace(max_seq_len=max(get_preset(self.model).max_seq_len, self.seq_len))
         if not isinstance(self.model, dict):
@@ -154,32 +186,36 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(d: dict, overrides: list[tuple[str, str]]) -> dict:
-    """Set `key` (or `model.field`) to each parsed value; unknown keys are an error listing the valid ones."""
+def apply_overrides(d: dict, overrides: list[tuple[str, str]], cls=None) -> dict:
+    """Set `key` (or `model.field`) to each parsed value; unknown keys are an error listing the valid ones.
+    `model.<field>` overrides apply after the others (whether init_from is set decides what they mean)."""
+    cls = cls or TrainConfig
     d = dict(d)
-    valid = TrainConfig.keys()
+    valid = cls.keys()
+    overrides = sorted(overrides, key=lambda kv: kv[0].startswith("model."))
     for key, text in overrides:
         key = key.replace("-", "_")
         top, _, sub = key.partition(".")
         if top not in valid or (sub and top != "model" and top != "mixture"):
             raise LlamalabError(f"unknown config key {key!r}; valid keys: {', '.join(valid)} (and model.<field>)")
         value = parse_value(text)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and top in _STR_KEYS:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and top in cls.STR_KEYS:
             value = text  # e.g. `--out_dir 1` stays a path
         if not sub:
             d[top] = value
             continue
         current = d.get(top)
         if top == "model" and not isinstance(current, dict):
-            current = {"preset": current or TrainConfig.model}
+            current = {"preset": current or DEFAULT_PRESET} if d.get("init_from") is None else {}
         d[top] = {**(current or {}), sub: value}
     return d
 
 
-_FLOAT_KEYS = ("lr", "min_lr_ratio", "warmup_fraction", "weight_decay", "eps", "grad_clip", "init_std")
-_STR_KEYS = {"tokenizer", "data", "out_dir", "dtype", "device", "parallel", "nan_policy"}
+DEFAULT_PRESET = "tiny"
+SAFE_OVERRIDES = ("rope_theta", "rope_scaling", "max_seq_len")  # what init_from runs may change in the model
 
 
-def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]] = ()) -> TrainConfig:
+def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]] = (), cls=None) -> TrainConfig:
+    cls = cls or TrainConfig
     d = read_config_file(path) if path else {}
-    return TrainConfig.from_dict(apply_overrides(d, list(overrides)))
+    return cls.from_dict(apply_overrides(d, list(overrides), cls))

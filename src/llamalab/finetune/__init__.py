@@ -1,0 +1,15 @@
+"""Instruction tuning (Alpaca / Vicuna style): full fine-tuning, LoRA and QLoRA on the pretraining loop,
+with adapters in peft's layout, merged into a checkpoint or attached at load time."""
+
+from __future__ import annotations
+
+from .config import FinetuneConfig
+
+
+def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict:
+    from .run import finetune as _finetune
+
+    return _finetune(cfg, resume=resume)
+
+
+__all__ = ["FinetuneConfig", "finetune"]

@@ -1,0 +1,149 @@
+"""LoRA adapters on disk, in peft's layout, so one adapter moves between llamalab, peft and transformers:
+
+    adapter_config.json          peft's LoraConfig (peft_type LORA, r, lora_alpha, target_modules, ...)
+    adapter_model.safetensors    base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight  (r × in)
+                                 base_model.model.model.layers.N.self_attn.q_proj.lora_B.weight  (out × r)
+
+Names are HF's module names and q/k rows are in HF's rotary layout (B's rows are permuted like the
+weights they add to, formats/hf.py); scale = lora_alpha / r (/ √r with use_rslora), per module with
+rank_pattern / alpha_pattern. Adapter features that change the math (DoRA, biases, modules_to_save, ...)
+are refused by name rather than ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from ..atomic import write_text
+from ..config import ModelArgs
+from ..errors import LlamalabError
+from ..formats.hf import hf_to_meta_rotary, meta_to_hf_rotary, to_hf, to_ours
+from .lora import ALL, Adapter, LoraSpec
+
+CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+PREFIX = "base_model.model."
+HF_TARGETS = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj", "w1": "gate_proj",
+              "w2": "down_proj", "w3": "up_proj"}
+# peft options that change what the adapter computes, and the value that means "not used"
+UNSUPPORTED = {"use_dora": False, "bias": "none", "lora_bias": False, "modules_to_save": None,
+               "fan_in_fan_out": False, "layer_replication": None, "trainable_token_indices": None,
+               "target_parameters": None, "use_qalora": False, "alora_invocation_tokens": None}
+
+
+def _rotary_heads(path: str, args: ModelArgs) -> int | None:
+    return args.n_heads if path.endswith("wq") else args.kv_heads if path.endswith("wk") else None
+
+
+def save_adapter(out, lora_state: dict[str, torch.Tensor], spec: LoraSpec, args: ModelArgs,
+                 base: str | None = None) -> Path:
+    """Write the LoRA parameters of a trained model (our names: `layers.N.attention.wq.lora_a.weight`, ...)."""
+    from safetensors.torch import save as save_bytes
+
+    from ..atomic import write_bytes
+
+    out = Path(out)
+    tensors = {}
+    for key, w in sorted(lora_state.items()):
+        path, kind = key.rsplit(".", 2)[0], {"lora_a": "lora_A", "lora_b": "lora_B"}[key.rsplit(".", 2)[1]]
+        heads = _rotary_heads(path, args)
+        if kind == "lora_B" and heads is not None:
+            w = meta_to_hf_rotary(w, heads)
+        module = to_hf(f"{path}.weight").removesuffix(".weight")
+        tensors[f"{PREFIX}{module}.{kind}.weight"] = w.float().contiguous()
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": spec.rank, "lora_alpha": spec.alpha,
+              "lora_dropout": spec.dropout, "target_modules": [HF_TARGETS[t] for t in spec.targets],
+              "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+              "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
+              "rank_pattern": {}, "alpha_pattern": {}, "base_model_name_or_path": base}
+    write_bytes(out / WEIGHTS, save_bytes(tensors, metadata={"format": "pt"}))
+    write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """peft's rank_pattern / alpha_pattern: the first key that matches the end of the module's name."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?{key}$", module):
+            return value
+    return default
+
+
+def read_config(adapter_dir) -> dict:
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / CONFIG).is_file() or not (adapter_dir / WEIGHTS).is_file():
+        raise LlamalabError(f"{adapter_dir}: not a LoRA adapter directory (want {CONFIG} and {WEIGHTS}, as "
+                            f"`llamalab finetune --lora-rank R` and peft's save_pretrained write them)")
+    try:
+        config = json.loads((adapter_dir / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise LlamalabError(f"{adapter_dir / CONFIG}: cannot read JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
+        raise LlamalabError(f"{adapter_dir / CONFIG}: peft_type {config.get('peft_type')!r} is not LORA")
+    for key, off in UNSUPPORTED.items():
+        value = config.get(key, off)
+        if value != off and value:  # None, False, [] and {} all mean "not used"
+            raise LlamalabError(f"{adapter_dir / CONFIG}: {key}={config.get(key)!r} is not supported (plain LoRA "
+                                f"on linear layers only)")
+    for key in ("r", "lora_alpha"):
+        if not isinstance(config.get(key), (int, float)) or config[key] <= 0:
+            raise LlamalabError(f"{adapter_dir / CONFIG}: {key} must be a positive number, got {config.get(key)!r}")
+    return config
+
+
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LlamalabError(f"{file}: not a readable safetensors file ({e})") from None
+
+
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.lora_(?P<kind>[AB])(?:\.[\w-]+)?\.weight$")
+
+
+def load_adapter(adapter_dir, args: ModelArgs) -> Adapter:
+    """An adapter directory (ours or peft's) as an Adapter for a base with `args`: every tensor is checked
+    against the base's layer shapes, so an adapter for another model is refused, not silently misapplied."""
+    adapter_dir = Path(adapter_dir)
+    config = read_config(adapter_dir)
+    tensors = _read_tensors(adapter_dir / WEIGHTS)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, w in tensors.items():
+        m = _KEY.match(key)
+        ours = to_ours(m.group("module") + ".weight") if m else None
+        if ours is None or ours.rsplit(".", 2)[-2] not in ALL:
+            raise LlamalabError(f"{adapter_dir / WEIGHTS}: tensor {key!r} is not a LoRA matrix of a LLaMA linear "
+                                f"layer (q/k/v/o_proj, gate/up/down_proj)")
+        parts.setdefault(ours.removesuffix(".weight"), {})[m.group("kind")] = w
+    from ..formats import expected_shapes
+
+    shapes = expected_shapes(args)
+    layers = {}
+    for path, ab in sorted(parts.items()):
+        if set(ab) != {"A", "B"}:
+            raise LlamalabError(f"{adapter_dir / WEIGHTS}: {path} has lora_{''.join(ab)} but not both A and B")
+        a, b = ab["A"], ab["B"]
+        want = shapes.get(f"{path}.weight")
+        if want is None or a.ndim != 2 or b.ndim != 2 or a.shape[1] != want[1] or b.shape[0] != want[0] \
+                or a.shape[0] != b.shape[1]:
+            raise LlamalabError(
+                f"{adapter_dir}: the adapter's {path} has A {tuple(a.shape)} and B {tuple(b.shape)} but the base's "
+                f"layer is {want or 'absent'} (out × in); this adapter was trained on a model of another shape")
+        hf_module = to_hf(f"{path}.weight").removesuffix(".weight")
+        r = _pattern_value(config.get("rank_pattern"), hf_module, config["r"])
+        alpha = _pattern_value(config.get("alpha_pattern"), hf_module, config["lora_alpha"])
+        scale = alpha / (math.sqrt(r) if config.get("use_rslora") else r)
+        heads = _rotary_heads(path, args)
+        if heads is not None:
+            b = hf_to_meta_rotary(b, heads)
+        layers[path] = (a.float(), b.float(), float(scale))
+    if not layers:
+        raise LlamalabError(f"{adapter_dir / WEIGHTS}: holds no LoRA matrices")
+    return Adapter(layers, config)

@@ -1,0 +1,105 @@
+"""`FinetuneConfig`: a TrainConfig (the same loop, checkpoints, parallelism) plus instruction data, LoRA and
+QLoRA, with fine-tuning's defaults: Stanford Alpaca's recipe (3 epochs, cosine to zero, 3% warm-up, no
+weight decay, lr 2e-5 for full fine-tuning) and QLoRA's lr 2e-4 for adapters. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..errors import LlamalabError
+from ..train.run_config import TrainConfig
+
+QUANTIZE = ("nf4", "int8")
+NOT_FOR_FINETUNING = ("tokenizer", "mixture", "batch_tokens", "init_std", "eval_seq_lens", "eval_batches",
+                      "eval_per_source")  # the validation split is evaluated whole
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    init_from: str | None = None  # the checkpoint to fine-tune (`llamalab finetune --model`)
+    data: str = ""  # a JSON / JSONL file of instruction records
+    format: str = "auto"  # auto | alpaca | sharegpt | messages | completion
+    template: str | None = None  # chat template: the checkpoint's own, or alpaca | llama-2 | chatml | a Jinja file
+    val_split: float = 0.05  # fraction of the records held out for the validation loss and sample answers
+    epochs: float = 3.0  # sets max_steps when max_steps is 0
+    seq_len: int | None = None  # longer examples are cut (and counted); None: min(1024, the model's context)
+    micro_batch_size: int = 4
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float | None = None  # None: 2e-4 with LoRA, 2e-5 for full fine-tuning
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 0
+    warmup_fraction: float | None = 0.03
+    max_steps: int = 0  # 0: epochs × examples / batch
+    weight_decay: float = 0.0
+    lora_rank: int | None = None  # None: full fine-tuning
+    lora_alpha: float | None = None  # None: 2 × rank
+    lora_dropout: float = 0.05
+    lora_targets: str = "q,k,v,o"  # q,k,v,o,w1,w2,w3 (or gate,down,up) or all
+    quantize_base: str | None = None  # nf4 (QLoRA) | int8: the frozen base in low precision (needs LoRA)
+    samples: int = 2  # held-out instructions answered before and after training, in the report
+    out_dir: str = "runs/finetune"
+
+    FLOAT_KEYS: ClassVar[tuple] = TrainConfig.FLOAT_KEYS + ("val_split", "epochs", "lora_alpha", "lora_dropout")
+    STR_KEYS: ClassVar[set] = TrainConfig.STR_KEYS | {"format", "template", "lora_targets", "quantize_base"}
+
+    def __post_init__(self):
+        if not self.init_from:
+            raise LlamalabError("config: fine-tuning needs a model to start from (--model CHECKPOINT)")
+        if not self.data:
+            raise LlamalabError("config: no instruction data given (--data FILE.json or .jsonl)")
+        if self.lr is None:
+            self.lr = 2e-4 if self.lora_rank is not None else 2e-5
+        if self.batch_tokens is not None:
+            raise LlamalabError("config: fine-tuning batches are counted in examples: use micro_batch_size and "
+                                "grad_accum, not batch_tokens")
+        for key in ("tokenizer", "mixture", "eval_seq_lens"):
+            if getattr(self, key) is not None:
+                raise LlamalabError(f"config: {key} does not apply to fine-tuning (the checkpoint brings its "
+                                    f"tokenizer; the data is one instruction file)")
+        if not isinstance(self.grad_accum, int) or self.grad_accum < 1:
+            raise LlamalabError(f"config: grad_accum must be a positive integer, got {self.grad_accum!r}")
+        if self.quantize_base not in (None, *QUANTIZE):
+            raise LlamalabError(f"config: quantize_base must be one of {', '.join(QUANTIZE)}, got {self.quantize_base!r}")
+        if self.quantize_base and self.lora_rank is None:
+            raise LlamalabError(f"config: quantize_base={self.quantize_base} freezes the base in low precision, so "
+                                f"it needs LoRA adapters to train: add --lora-rank R")
+        if self.quantize_base and self.parallel == "fsdp":
+            raise LlamalabError("config: a quantized base with parallel=fsdp is not supported; use parallel=ddp")
+        if not isinstance(self.samples, int) or self.samples < 0:
+            raise LlamalabError(f"config: samples must be a non-negative integer, got {self.samples!r}")
+        if self.max_steps == 0 and not self.epochs > 0:
+            raise LlamalabError(f"config: epochs must be positive, got {self.epochs}")
+        self.lora_spec()
+        if self.max_steps == 0 or self.seq_len is None:  # resolved once model and data are read; check the rest
+            dataclasses.replace(self, max_steps=self.max_steps or 10**9, seq_len=self.seq_len or 1024)
+            return
+        super().__post_init__()
+
+    def lora_spec(self):
+        """The LoRA settings (a LoraSpec), or None for full fine-tuning."""
+        if self.lora_rank is None:
+            return None
+        from .lora import LoraSpec, parse_targets
+
+        rank = self.lora_rank
+        alpha = self.lora_alpha if self.lora_alpha is not None else (2.0 * rank if isinstance(rank, int) else 1.0)
+        return LoraSpec(rank=self.lora_rank, alpha=alpha, dropout=self.lora_dropout,
+                        targets=parse_targets(self.lora_targets))
+
+    def with_context(self, max_seq_len: int) -> "FinetuneConfig":
+        """seq_len, when not given, from the model's context."""
+        return self if self.seq_len else dataclasses.replace(self, seq_len=min(1024, max_seq_len))
+
+    def with_steps(self, train_examples: int, world_size: int) -> "FinetuneConfig":
+        """max_steps from `epochs` once the number of training examples is known."""
+        if self.max_steps:
+            return self
+        per_step = self.micro_batch_size * self.grad_accum * world_size
+        return dataclasses.replace(self, max_steps=max(1, math.ceil(self.epochs * train_examples / per_step)))
+
+    def accumulation_steps(self, world_size: int) -> int:
+        return self.grad_accum

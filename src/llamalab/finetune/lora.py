@@ -1,0 +1,172 @@
+"""LoRA (Hu et al. 2021): a frozen linear layer W plus a trainable low-rank update,
+
+    y = W x + (α / r) · B A x        A: r × in (Kaiming-uniform, as nn.Linear), B: out × r (zero)
+
+so training starts exactly at the base model and only A and B — r·(in + out) numbers per layer — train.
+`LoRALinear` wraps any base layer (an nn.Linear, or QLoRA's 4-bit NF4 one from qlora.py). Targets are the
+block's linear layers: q, k, v, o (attention.wq/wk/wv/wo) and w1, w2, w3 (SwiGLU gate/down/up); `all` is
+all seven. Adapters in a file use peft's layout (adapter.py); here everything has our names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import LlamalabError
+
+ALL = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+ALIASES = {"q": "wq", "k": "wk", "v": "wv", "o": "wo", "gate": "w1", "down": "w2", "up": "w3",
+           "q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo", "gate_proj": "w1", "down_proj": "w2",
+           "up_proj": "w3", **{n: n for n in ALL}}
+PARENT = {"wq": "attention", "wk": "attention", "wv": "attention", "wo": "attention",
+          "w1": "feed_forward", "w2": "feed_forward", "w3": "feed_forward"}
+
+
+def parse_targets(spec) -> tuple[str, ...]:
+    """"q,k,v,o" / "all" / ["q_proj", "w1"] → our module names, in block order."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip() for n in names if n.strip()]
+    if names == ["all"]:
+        return ALL
+    unknown = [n for n in names if n not in ALIASES]
+    if unknown or not names:
+        raise LlamalabError(f"unknown LoRA target(s) {unknown or names}; use q,k,v,o,w1,w2,w3 (or gate,down,up, "
+                            f"HF's q_proj..., or all)")
+    chosen = {ALIASES[n] for n in names}
+    return tuple(n for n in ALL if n in chosen)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    rank: int
+    alpha: float
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("wq", "wk", "wv", "wo")
+
+    def __post_init__(self):
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise LlamalabError(f"LoRA rank must be a positive integer, got {self.rank!r} (leave --lora-rank out "
+                                f"for full fine-tuning)")
+        if not 0 <= self.dropout < 1:
+            raise LlamalabError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if self.alpha <= 0:
+            raise LlamalabError(f"LoRA alpha must be positive, got {self.alpha}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+class LoRALinear(nn.Module):
+    """base(x) + lora_b(scale · lora_a(dropout(x))). Only lora_a and lora_b train."""
+
+    def __init__(self, base: nn.Module, in_features: int, out_features: int, rank: int, scale: float,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.base = base
+        self.lora_a = nn.Linear(in_features, rank, bias=False)
+        self.lora_b = nn.Linear(rank, out_features, bias=False)
+        self.scale = scale
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.base(x)
+        z = self.lora_a(self.dropout(x)) * self.scale  # scaling the r-wide side: r/out times the work of peft's
+        # h + z Bᵀ as one matmul-accumulate (addmm), not a matmul, then a scale and an add over the wide output
+        return torch.addmm(h.flatten(0, -2), z.flatten(0, -2), self.lora_b.weight.t()).view(h.shape)
+
+
+def target_modules(model: nn.Module, targets) -> list[tuple[str, nn.Module, str]]:
+    """[(module path, parent module, attribute)] of the target linears of every block."""
+    out = []
+    for i, block in enumerate(model.layers):
+        for name in targets:
+            parent = getattr(block, PARENT[name])
+            out.append((f"layers.{i}.{PARENT[name]}.{name}", parent, name))
+    return out
+
+
+def apply_lora(model: nn.Module, spec: LoraSpec) -> list[str]:
+    """Freeze every parameter of `model` and wrap the target linears in LoRALinear (works on the meta
+    device, before parallelisms are applied). Returns the wrapped module paths."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped = []
+    for path, parent, attr in target_modules(model, spec.targets):
+        base = getattr(parent, attr)
+        lora = LoRALinear(base, base.in_features, base.out_features, spec.rank, spec.scale, spec.dropout)
+        lora.to(device=base.weight.device, dtype=base.weight.dtype)
+        setattr(parent, attr, lora)
+        wrapped.append(path)
+    return wrapped
+
+
+def lora_init(base_tensor, generator: torch.Generator):
+    """`full_tensor` (see train.parallel.materialize) for a LoRA-wrapped model: A drawn as nn.Linear and peft
+    draw it (Kaiming-uniform, a=√5), B zero, and every base parameter from `base_tensor` under its own name."""
+    def full_tensor(name: str, shape, dtype) -> torch.Tensor:
+        if name.endswith("lora_a.weight"):
+            return nn.init.kaiming_uniform_(torch.empty(shape, dtype=dtype), a=math.sqrt(5), generator=generator)
+        if name.endswith("lora_b.weight"):
+            return torch.zeros(shape, dtype=dtype)
+        return base_tensor(name.replace(".base.", "."), shape, dtype)
+    return full_tensor
+
+
+def count_trainable(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a tied matrix counts once."""
+    params = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def expected_trainable(args, spec: LoraSpec) -> int:
+    """The formula: n_layers · Σ_targets r · (in + out)."""
+    shapes = {"wq": (args.dim, args.n_heads * args.head_dim), "wk": (args.dim, args.kv_heads * args.head_dim),
+              "wv": (args.dim, args.kv_heads * args.head_dim), "wo": (args.n_heads * args.head_dim, args.dim),
+              "w1": (args.dim, args.hidden_dim), "w2": (args.hidden_dim, args.dim), "w3": (args.dim, args.hidden_dim)}
+    return args.n_layers * sum(spec.rank * (shapes[t][0] + shapes[t][1]) for t in spec.targets)
+
+
+@dataclass
+class Adapter:
+    """A LoRA adapter in our names and layout: module path → (A, B, scale)."""
+
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+    config: dict  # peft's adapter_config.json fields
+
+    def delta(self, path: str) -> torch.Tensor:
+        """scale · B A: what the adapter adds to the weight of module `path`, in fp32."""
+        a, b, scale = self.layers[path]
+        return (b.float() @ a.float()) * scale
+
+
+@torch.no_grad()
+def merge_into_state(state: dict[str, torch.Tensor], adapter: Adapter) -> dict[str, torch.Tensor]:
+    """W ← W + scale · B A for every adapted weight (in fp32, stored back in W's dtype); a new dict."""
+    out = dict(state)
+    for path in adapter.layers:
+        w = state[f"{path}.weight"]
+        out[f"{path}.weight"] = (w.float() + adapter.delta(path)).to(w.dtype)
+    return out
+
+
+@torch.no_grad()
+def attach(model: nn.Module, adapter: Adapter, merge: bool = True) -> None:
+    """Run `model` with `adapter`: folded into the weights in memory when they are plain floating-point
+    tensors (no cost per token), else as LoRALinear layers around them."""
+    for path, (a, b, scale) in adapter.layers.items():
+        _, block, parent_name, attr = path.split(".")
+        parent = getattr(model.layers[int(block)], parent_name)
+        base = getattr(parent, attr)
+        w = base.weight
+        if merge and type(w) in (torch.Tensor, nn.Parameter) and w.is_floating_point():
+            w.add_(adapter.delta(path).to(w.device, w.dtype))
+            continue
+        lora = LoRALinear(base, a.shape[1], b.shape[0], a.shape[0], scale)
+        lora.lora_a.weight.copy_(a)
+        lora.lora_b.weight.copy_(b)
+        setattr(parent, attr, lora.to(w.device))
