@@ -130,10 +130,9 @@ WORDS = ("river mountain violin tomato glacier lantern compass harbor orchard me
 def teacher(messages):
     """Numbered new tasks for an instruction prompt (fresh words each time), a short answer otherwise."""
     prompt = messages[-1]["content"]
-    if "new tasks for the list" in prompt:
+    if "new tasks about" in prompt:
         rng = random.Random(prompt)
-        first = int(prompt.split("numbered ")[1].split(" ")[0])
-        return "\n".join(f"{first + i}. Compare a {' and a '.join(rng.sample(WORDS, 3))} for a {rng.choice(WORDS)} "
+        return "\n".join(f"{1 + i}. Compare a {' and a '.join(rng.sample(WORDS, 3))} for a {rng.choice(WORDS)} "
                          f"{rng.choice(WORDS)}." for i in range(8))
     return f"An answer to: {prompt}"
 

@@ -35,8 +35,15 @@ BANNED = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "
           "plot", "go to", "video", "audio", "music", "flowchart", "diagram")
 REFUSALS = ("as an ai", "as a language model", "i'm sorry", "i am sorry", "i cannot", "i can't", "i'm unable",
             "i am unable")
-SEED_SHOWN, GENERATED_SHOWN = 6, 2  # examples per prompt, as in self-instruct: 6 human-written + 2 machine
-ASK = 8  # new tasks asked for per prompt
+SEED_SHOWN, GENERATED_SHOWN = 4, 2  # examples per prompt (self-instruct: 6 + 2; a small teacher copies fewer)
+ASK = 5  # new tasks asked for per prompt
+# each prompt names a topic, drawn at random: a small teacher otherwise copies the examples or drifts into the
+# same few subjects, and the ROUGE-L filter then drops most of what it writes
+TOPICS = ("cooking", "travel", "history", "physics", "biology", "health", "personal finance", "sports", "animals",
+          "music", "school", "work and careers", "the weather", "geography", "grammar", "mathematics", "programming",
+          "gardening", "family life", "art", "the ocean", "space", "cars", "books", "movies", "friendship",
+          "shopping", "the environment", "technology", "chemistry", "holidays", "fitness", "pets", "language learning",
+          "city life", "farming", "emails and letters", "puzzles", "economics", "philosophy")
 
 
 def load_seed_tasks(path) -> list[dict]:
@@ -66,13 +73,12 @@ def shown(task: dict) -> str:
     return " ".join(text.split())
 
 
-def instruction_request(examples: list[dict], *, temperature: float, top_p: float, seed: int,
-                        max_tokens: int = 384) -> Request:
+def instruction_request(examples: list[dict], topic: str, *, temperature: float, top_p: float, seed: int,
+                        max_tokens: int = 200) -> Request:
     listed = "\n".join(f"{i}. {shown(t)}" for i, t in enumerate(examples, 1))
-    prompt = (f"Here is a list of tasks that people ask an assistant to do:\n\n{listed}\n\n"
-              f"Write {ASK} new tasks for the list, numbered {len(examples) + 1} to {len(examples) + ASK}. Make each one "
-              f"different from the others and from the list: a question to answer, something to write, explain, "
-              f"classify, rewrite or solve. Write one task per line, and do not answer them.")
+    prompt = (f"Here are examples of tasks that people give to an assistant:\n\n{listed}\n\n"
+              f"Now write {ASK} new tasks in the same style. Every new task must be about {topic}, and different "
+              f"from the examples. Number them 1 to {ASK}, one per line. Write only the tasks, not their answers.")
     return Request(({"role": "user", "content": prompt},), max_tokens=max_tokens, temperature=temperature,
                    top_p=top_p, seed=seed)
 
@@ -97,7 +103,9 @@ def parse_instructions(text: str) -> list[str]:
         if not m:
             continue
         item = LABEL.sub("", m.group(2).strip())
-        item = item.replace("**", "").strip().strip('"“”').strip()
+        item = item.replace("**", "").strip()
+        if len(item) > 1 and item[0] in '"“' and item[-1] in '"”':
+            item = item[1:-1].strip()
         if item:
             items.append(" ".join(item.split()))
     return items
@@ -165,7 +173,9 @@ def self_instruct(teacher, seed_tasks: list[dict], out, *, n: int, temperature: 
         raise LlamalabError(f"--n must be >= 1, got {n}")
     with Journal(out) as journal:
         done = journal.records
-        pool = Pool([t["instruction"] for t in seed_tasks] + [r.get("instruction", "") for r in done])
+        # the seed tasks as shown (with their inputs) too: a teacher copying an example with its input is caught
+        pool = Pool(list(dict.fromkeys([t["instruction"] for t in seed_tasks] + [shown(t) for t in seed_tasks]
+                                       + [r.get("instruction", "") for r in done])))
         rng = random.Random(f"{seed}-{len(done)}")  # a resumed run does not replay the first run's prompts
         stats = Counter(resumed=len(done))
         bar = tqdm(total=n, initial=min(len(done), n), desc="self-instruct", unit="pair", disable=not progress,
@@ -190,7 +200,8 @@ def _round(teacher, seed_tasks, done, pool, journal, rng, stats, n, temperature,
         examples = rng.sample(seed_tasks, min(SEED_SHOWN, len(seed_tasks)))
         examples += rng.sample(done, min(GENERATED_SHOWN, len(done)))
         rng.shuffle(examples)
-        requests.append(instruction_request(examples, temperature=temperature, top_p=top_p, seed=rng.randrange(2**31)))
+        requests.append(instruction_request(examples, rng.choice(TOPICS), temperature=temperature, top_p=top_p,
+                                            seed=rng.randrange(2**31)))
     candidates = []
     for reply in teacher.chat(requests):
         stats["instruction requests"] += 1
