@@ -130,7 +130,7 @@ WORDS = ("river mountain violin tomato glacier lantern compass harbor orchard me
 def teacher(messages):
     """Numbered new tasks for an instruction prompt (fresh words each time), a short answer otherwise."""
     prompt = messages[-1]["content"]
-    if "new tasks about" in prompt:
+    if "Write only the tasks, not their answers" in prompt:
         rng = random.Random(prompt)
         return "\n".join(f"{1 + i}. Compare a {' and a '.join(rng.sample(WORDS, 3))} for a {rng.choice(WORDS)} "
                          f"{rng.choice(WORDS)}." for i in range(8))
