@@ -163,8 +163,9 @@ def self_instruct(teacher, seed_tasks: list[dict], out, *, n: int, temperature: 
                   answer_temperature: float = 0.7, answer_max_tokens: int = 256, seed: int = 0,
                   patience: int = 20, progress: bool = True) -> dict:
     """Append teacher-made Alpaca records to `out` until it holds `n`; the counts of what was kept and why
-    the rest was dropped. Each round sends `teacher.concurrency` instruction requests, filters what comes
-    back, asks for answers to the survivors together and appends the answered pairs."""
+    the rest was dropped. Each round sends `teacher.concurrency` instruction requests when fewer new tasks are
+    waiting than records are missing, then asks for answers to the waiting tasks together and appends the
+    answered pairs."""
     from tqdm.auto import tqdm
 
     if not seed_tasks:
@@ -172,64 +173,77 @@ def self_instruct(teacher, seed_tasks: list[dict], out, *, n: int, temperature: 
     if n < 1:
         raise LlamalabError(f"--n must be >= 1, got {n}")
     with Journal(out) as journal:
-        done = journal.records
-        # the seed tasks as shown (with their inputs) too: a teacher copying an example with its input is caught
-        pool = Pool(list(dict.fromkeys([t["instruction"] for t in seed_tasks] + [shown(t) for t in seed_tasks]
-                                       + [r.get("instruction", "") for r in done])))
-        rng = random.Random(f"{seed}-{len(done)}")  # a resumed run does not replay the first run's prompts
-        stats = Counter(resumed=len(done))
-        bar = tqdm(total=n, initial=min(len(done), n), desc="self-instruct", unit="pair", disable=not progress,
-                   dynamic_ncols=True)
+        run = Run(teacher, seed_tasks, journal, random.Random(f"{seed}-{len(journal.records)}"),
+                  dict(temperature=temperature, top_p=top_p), dict(temperature=answer_temperature,
+                                                                   max_tokens=answer_max_tokens))
+        bar = tqdm(total=n, initial=min(len(journal.records), n), desc="self-instruct", unit="pair",
+                   disable=not progress, dynamic_ncols=True)
         idle = 0
-        while len(done) < n:
-            kept = _round(teacher, seed_tasks, done, pool, journal, rng, stats, n, temperature, top_p,
-                          answer_temperature, answer_max_tokens)
+        while len(journal.records) < n:
+            kept = run.round(n - len(journal.records))
             bar.update(kept)
             idle = 0 if kept else idle + 1
             if idle >= patience:
-                raise LlamalabError(f"the teacher wrote no usable task in {patience} rounds in a row ({_summary(stats)}); "
-                                    f"{len(done)} pairs are in {out}. Try a stronger teacher or another --temperature")
+                raise LlamalabError(f"the teacher wrote no usable task in {patience} rounds in a row "
+                                    f"({', '.join(f'{k} {v}' for k, v in run.stats.items())}); {len(journal.records)} "
+                                    f"pairs are in {out}. Try a stronger teacher or another --temperature")
         bar.close()
-    return dict(stats, total=len(done))
+    return dict(run.stats, total=len(journal.records))
 
 
-def _round(teacher, seed_tasks, done, pool, journal, rng, stats, n, temperature, top_p, answer_temperature,
-           answer_max_tokens) -> int:
-    requests = []
-    for _ in range(teacher.concurrency):
-        examples = rng.sample(seed_tasks, min(SEED_SHOWN, len(seed_tasks)))
-        examples += rng.sample(done, min(GENERATED_SHOWN, len(done)))
-        rng.shuffle(examples)
-        requests.append(instruction_request(examples, rng.choice(TOPICS), temperature=temperature, top_p=top_p,
-                                            seed=rng.randrange(2**31)))
-    candidates = []
-    for reply in teacher.chat(requests):
-        stats["instruction requests"] += 1
-        items = parse_instructions(reply.text)
-        if reply.finish_reason == "length" and items:
-            items.pop()  # the last task may be cut mid-sentence
-        stats["parsed"] += len(items)
-        for item in items:
-            why = pool.reject(item)
+class Run:
+    """One self-instruct run's state: the pool, the new tasks waiting for an answer, the counts."""
+
+    def __init__(self, teacher, seed_tasks, journal, rng, ask: dict, answer: dict):
+        self.teacher, self.seed_tasks, self.journal, self.rng = teacher, seed_tasks, journal, rng
+        self.ask, self.answer = ask, answer
+        done = journal.records
+        # the seed tasks as shown (with their inputs) too: a teacher copying an example with its input is caught
+        self.pool = Pool(list(dict.fromkeys([t["instruction"] for t in seed_tasks] + [shown(t) for t in seed_tasks]
+                                            + [r.get("instruction", "") for r in done])))
+        self.waiting: list[dict] = []  # new tasks that passed the filters, not answered yet (lost on a kill)
+        self.stats = Counter(resumed=len(done))
+
+    def round(self, missing: int) -> int:
+        """New tasks if fewer than `missing` wait, answers to up to max(missing, concurrency) of them; how many
+        records were appended (never more than `missing`)."""
+        if len(self.waiting) < missing:
+            self.waiting += self.new_tasks()
+        batch = self.waiting[:max(missing, self.teacher.concurrency)]
+        del self.waiting[:len(batch)]
+        replies = self.teacher.chat([answer_request(t, seed=self.rng.randrange(2**31), **self.answer) for t in batch])
+        kept = 0
+        for task, reply in zip(batch, replies):
+            why = reject_answer(reply)
             if why:
-                stats[f"dropped: {why}"] += 1
-            else:
-                pool.add(item)
-                candidates.append({"instruction": item, "input": ""})
-    candidates = candidates[:max(0, n - len(done))]
-    answers = teacher.chat([answer_request(c, temperature=answer_temperature, seed=rng.randrange(2**31),
-                                           max_tokens=answer_max_tokens) for c in candidates])
-    kept = 0
-    for task, reply in zip(candidates, answers):
-        why = reject_answer(reply)
-        if why:
-            stats[f"dropped: {why}"] += 1
-            continue
-        journal.append({**task, "output": reply.text.strip()})
-        stats["kept"] += 1
-        kept += 1
-    return kept
+                self.stats[f"dropped: {why}"] += 1
+            elif kept < missing:
+                self.journal.append({**task, "output": reply.text.strip()})
+                self.stats["kept"] += 1
+                kept += 1
+        return kept
 
-
-def _summary(stats: Counter) -> str:
-    return ", ".join(f"{k} {v}" for k, v in stats.items())
+    def new_tasks(self) -> list[dict]:
+        """One instruction request per concurrent slot, each with its own examples and topic; the tasks that pass."""
+        requests = []
+        for _ in range(self.teacher.concurrency):
+            examples = self.rng.sample(self.seed_tasks, min(SEED_SHOWN, len(self.seed_tasks)))
+            examples += self.rng.sample(self.journal.records, min(GENERATED_SHOWN, len(self.journal.records)))
+            self.rng.shuffle(examples)
+            requests.append(instruction_request(examples, self.rng.choice(TOPICS), seed=self.rng.randrange(2**31),
+                                                **self.ask))
+        tasks = []
+        for reply in self.teacher.chat(requests):
+            self.stats["instruction requests"] += 1
+            items = parse_instructions(reply.text)
+            if reply.finish_reason == "length" and items:
+                items.pop()  # the last task may be cut mid-sentence
+            self.stats["parsed"] += len(items)
+            for item in items:
+                why = self.pool.reject(item)
+                if why:
+                    self.stats[f"dropped: {why}"] += 1
+                else:
+                    self.pool.add(item)
+                    tasks.append({"instruction": item, "input": ""})
+        return tasks
