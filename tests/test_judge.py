@@ -72,6 +72,10 @@ def test_verdict_and_rating_parsing():
     assert parse_verdict("A is vague. B is right. [[B]]") == "B"
     assert parse_verdict("At first I thought [[A]], but on reflection: [[C]]") == "C"  # the final one
     assert parse_verdict("Assistant A is better.") is None
+    assert parse_verdict("Assistant A is better.", bare=True) == "A"  # the reply to "one letter only"
+    assert parse_verdict("b", bare=True) == "B" and parse_verdict("Both are good.", bare=True) is None
+    assert parse_verdict("A's answer is longer", bare=True) is None
+    assert parse_rating("7", bare=True) == 7 and parse_rating("7") is None
     assert parse_rating("Good answer. Rating: [[7]]") == 7
     assert parse_rating("Rating: [[8.5/10]]") == 8.5
     assert parse_rating("Rating: 6") == 6

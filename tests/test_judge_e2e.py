@@ -3,7 +3,7 @@ teacher and the judge; self-instruct makes Alpaca pairs from the shipped seed ta
 LoRA adapter on them, `llamalab generate --input` answers questions with the base and with the adapter, and
 `llamalab judge` compares the two, pairwise in both orders.
 
-Kept small for a 2-core CI machine (8 pairs, a few steps, 3 questions); the same commands with `--n 50` are
+Kept small for a 2-core CI machine (4 pairs, 2 steps, 3 questions); the same commands with `--n 50` are
 the documented full run. SmolLM2-135M is a weak teacher and judge: the test checks that every stage runs on
 it and that every output has the format the next stage reads, not the quality of the data or the verdicts.
 """
@@ -18,7 +18,7 @@ from llamalab.cli import main as cli_main
 from llamalab.judge import QUESTIONS
 from llamalab.serve.process import ServerProcess
 
-PAIRS = 8
+PAIRS = 4
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_self_instruct_finetune_judge_on_a_real_server(server, smollm2_gguf, tmp
     url = f"{server.url}/v1"
     pairs = tmp_path / "pairs.jsonl"
     assert cli_main(["self-instruct", "--teacher", url, "--out", str(pairs), "--n", str(PAIRS),
-                     "--answer-max-tokens", "128", "--no-progress"]) == 0
+                     "--concurrency", "4", "--answer-max-tokens", "96", "--no-progress"]) == 0
     records = [json.loads(x) for x in pairs.read_text().splitlines()]
     assert len(records) == PAIRS
     assert all(set(r) == {"instruction", "input", "output"} and r["instruction"] and r["output"] for r in records)
@@ -64,14 +64,14 @@ def test_self_instruct_finetune_judge_on_a_real_server(server, smollm2_gguf, tmp
     for name, extra in (("base", []), ("tuned", ["--adapter", str(run / "adapter")])):
         answers[name] = tmp_path / f"{name}.jsonl"
         assert cli_main(["generate", "--model", str(smollm2_gguf), *extra, "--input", str(questions),
-                         "--out", str(answers[name]), "--name", name, "--max-new-tokens", "48"]) == 0
+                         "--out", str(answers[name]), "--name", name, "--max-new-tokens", "32"]) == 0
         got = [json.loads(x) for x in answers[name].read_text().splitlines()]
         assert [a["id"] for a in got] == ["writing-01", "reasoning-02", "coding-04"]
         assert all(a["model"] == name and a["answer"].strip() for a in got)
 
     out = tmp_path / "judge"
     assert cli_main(["judge", "--questions", str(questions), "--answers", str(answers["base"]), str(answers["tuned"]),
-                     "--judge", url, "--out", str(out), "--max-tokens", "96", "--bootstrap", "100",
+                     "--judge", url, "--out", str(out), "--max-tokens", "64", "--concurrency", "4", "--bootstrap", "100",
                      "--no-progress"]) == 0
     judgments = [json.loads(x) for x in (out / "judgments.jsonl").read_text().splitlines()]
     assert sorted((j["question_id"], tuple(j["models"])) for j in judgments) == sorted(

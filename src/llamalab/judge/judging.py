@@ -110,12 +110,12 @@ def _ask(judge_model, batch: list[dict], mode: str, max_tokens: int) -> list[dic
     replies = judge_model.chat([Request(j["messages"], max_tokens=max_tokens) for j in batch])
     retry = [i for i, r in enumerate(replies) if parse(r.text) is None]
     second = judge_model.chat([Request(retry_messages(batch[i]["messages"], replies[i].text, mode),
-                                       max_tokens=64) for i in retry])
+                                       max_tokens=16) for i in retry])
     again = dict(zip(retry, second))
     records = []
     for i, (j, reply) in enumerate(zip(batch, replies)):
         text = reply.text if i not in again else f"{reply.text}\n\n[retry]\n{again[i].text}"
-        value = parse(reply.text if i not in again else again[i].text)
+        value = parse(reply.text) if i not in again else parse(again[i].text, bare=True)
         record = {k: v for k, v in j.items() if k != "messages"}
         record.update({"judge": judge_model.name, "verdict" if mode == "pairwise" else "rating": value,
                        "malformed": i in again, "judgment": text})  # malformed: retried once

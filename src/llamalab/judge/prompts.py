@@ -22,8 +22,9 @@ SINGLE_SYSTEM = (
     "Weigh helpfulness, relevance, accuracy, depth and clarity. Start with a short explanation, then give a "
     "rating from 1 to 10 in exactly this format: \"Rating: [[5]]\".")
 REFERENCE_NOTE = " A reference answer is given: compare with it; an answer that contradicts it is wrong."
-PAIR_RETRY = "Give your final verdict now, in exactly this format: [[A]], [[B]] or [[C]]."
-SINGLE_RETRY = "Give your rating now, in exactly this format: Rating: [[5]] (a number from 1 to 10)."
+# asked once when a reply has no verdict; a bare letter or number is accepted as the answer to these
+PAIR_RETRY = "Which assistant's answer is better? Reply with one letter only: A, B, or C for a tie."
+SINGLE_RETRY = "Rate the answer from 1 to 10. Reply with the number only."
 
 
 def _reference(reference: str | None) -> str:
@@ -57,15 +58,21 @@ RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*(?:/\s*10\s*)?\]\]")
 RATING_LOOSE = re.compile(r"rating\s*[:=]?\s*\[?\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*\]?", re.IGNORECASE)
 
 
-def parse_verdict(text: str) -> str | None:
-    """"A", "B" or "C" (tie) from the last [[X]] in the reply; None if there is none."""
-    found = VERDICT.findall(text)
-    return found[-1] if found else None
+BARE_VERDICT = re.compile(r"^\W*(?:assistant\s+)?([ABC])\b(?!')", re.IGNORECASE)
+BARE_RATING = re.compile(r"^\W*(\d+(?:\.\d+)?)\b")
 
 
-def parse_rating(text: str) -> float | None:
-    """The last [[N]] (or "Rating: N") in the reply, if it is a grade from 1 to 10; else None."""
-    found = RATING.findall(text) or RATING_LOOSE.findall(text)
+def parse_verdict(text: str, bare: bool = False) -> str | None:
+    """"A", "B" or "C" (tie) from the last [[X]] in the reply; with bare=True (the reply to PAIR_RETRY) also a
+    reply that starts with the letter. None if there is none."""
+    found = VERDICT.findall(text) or (BARE_VERDICT.findall(text) if bare else [])
+    return found[-1].upper() if found else None
+
+
+def parse_rating(text: str, bare: bool = False) -> float | None:
+    """The last [[N]] (or "Rating: N") in the reply, if it is a grade from 1 to 10; with bare=True (the reply to
+    SINGLE_RETRY) also a reply that starts with the number. Else None."""
+    found = RATING.findall(text) or RATING_LOOSE.findall(text) or (BARE_RATING.findall(text) if bare else [])
     if not found:
         return None
     value = float(found[-1])
