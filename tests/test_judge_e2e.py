@@ -43,7 +43,7 @@ def test_self_instruct_finetune_judge_on_a_real_server(server, smollm2_gguf, tmp
     url = f"{server.url}/v1"
     pairs = tmp_path / "pairs.jsonl"
     assert cli_main(["self-instruct", "--teacher", url, "--out", str(pairs), "--n", str(PAIRS),
-                     "--concurrency", "4", "--answer-max-tokens", "96", "--no-progress"]) == 0
+                     "--concurrency", "4", "--answer-max-tokens", "160", "--no-progress"]) == 0
     records = [json.loads(x) for x in pairs.read_text().splitlines()]
     assert len(records) == PAIRS
     assert all(set(r) == {"instruction", "input", "output"} and r["instruction"] and r["output"] for r in records)
