@@ -1,12 +1,13 @@
-HELP = "Quantize a float checkpoint's weights to 8 or 4 bits (GGUF Q8_0 / Q4_1 / Q4_0, run directly by llamalab and llama.cpp)."
+HELP = ("Quantize a float checkpoint's weights to 8 or 4 bits: GGUF Q8_0 / Q4_1 / Q4_0 (run by llamalab and "
+        "llama.cpp) or a safetensors directory of group codes (group size 32, 64 or 128).")
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="float checkpoint: .gguf file, HF or Meta directory, or hub id")
     p.add_argument("--bits", type=int, required=True, help="8 (Q8_0) or 4 (Q4_1; Q4_0 with --symmetric)")
-    p.add_argument("--group-size", type=int, metavar="G", help="weights per scale (GGUF: 32, the default)")
+    p.add_argument("--group-size", type=int, metavar="G", help="weights per scale: 32 (default), 64 or 128; GGUF takes 32 only")
     p.add_argument("--symmetric", action="store_true", help="4 bits without a per-block minimum (Q4_0)")
-    p.add_argument("--out", required=True, help="output .gguf file")
+    p.add_argument("--out", required=True, help="output: a .gguf file, or a directory (HF-style safetensors with scales)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
@@ -15,4 +16,5 @@ def run(args):
 
     out = quantize_checkpoint(args.model, args.out, bits=args.bits, group_size=args.group_size,
                               symmetric=args.symmetric, force=args.force)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
+    print(f"wrote {out} ({size / 1e6:.1f} MB)")

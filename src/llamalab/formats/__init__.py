@@ -130,7 +130,7 @@ def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False
     lazy: tensors on the meta device (shapes and dtypes only), for inspecting a checkpoint cheaply.
     quantized: quantized matrices stay quantized (`llamalab.quant.GroupCodes`) where the format has them."""
     fmt, path = detect_format(resolve(path_or_id))
-    options = {"quantized": True} if quantized and fmt == "gguf" else {}
+    options = {"quantized": True} if quantized and fmt in ("gguf", "hf") else {}
     state, args, extra = MODULES[fmt].load_state(path, lazy=lazy, **options)
     check_state(state, args, path)
     return state, args, extra, fmt, path

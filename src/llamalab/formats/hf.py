@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from ..atomic import staged_dir, write_text
 from ..config import ModelArgs
 from ..errors import LlamalabError
+from ..quant.codes import SUFFIXES, GroupCodes, from_tensors, permute_rows, to_tensors
 from ..tokenizer import save_tokenizer
 from .names import name_maps
 from .output import check_output
@@ -96,7 +97,8 @@ def config_from_args(args: ModelArgs, dtype: torch.dtype, tokenizer=None) -> dic
 
 # ---------------------------------------------------------------------------------------------- read
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I8": torch.int8, "U8": torch.uint8}
 
 
 def _read_safetensors(file: Path, lazy: bool = False) -> dict[str, torch.Tensor]:
@@ -118,8 +120,32 @@ def _read_json(file: Path) -> dict:
         raise LlamalabError(f"{file}: cannot read JSON ({e})") from None
 
 
-def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
-    """Read an HF directory into our names and rotary layout. lazy: meta-device tensors (headers only)."""
+def _group_codes(state: dict, lazy: bool, quantized: bool, where) -> dict:
+    """Our quantized layout's `<module>.qweight/.scales/.zeros` → `<module>.weight` as GroupCodes (quantized),
+    else dequantized to float32; lazy: a meta tensor of the weight's shape."""
+    parts: dict[str, dict] = {}
+    for key in [k for k in state if k.rsplit(".", 1)[-1] in SUFFIXES]:
+        prefix, suffix = key.rsplit(".", 1)
+        parts.setdefault(prefix, {})[suffix] = state.pop(key)
+    for prefix, t in parts.items():
+        if lazy:
+            scale = t.get("scales", t["qweight"])
+            state[f"{prefix}.weight"] = torch.empty(scale.shape[0], t["qweight"].shape[1] * (
+                2 if t["qweight"].dtype == torch.uint8 else 1), device="meta")
+            continue
+        codes = from_tensors(t, f"{where}: {prefix}")
+        state[f"{prefix}.weight"] = codes if quantized else codes.dequantize()
+    return state
+
+
+def _rows(w, fn):
+    return permute_rows(w, fn) if isinstance(w, GroupCodes) else fn(w)
+
+
+def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
+    """Read an HF directory into our names and rotary layout. lazy: meta-device tensors (headers only).
+    A directory `llamalab quantize` wrote holds group codes: kept as `GroupCodes` with `quantized`, else
+    dequantized to float32."""
     path = Path(path)
     cfg = _read_json(path / "config.json")
     args = args_from_config(cfg, path / "config.json")
@@ -128,17 +154,19 @@ def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], Mo
         files = sorted(set(_read_json(index)["weight_map"].values()))
     else:
         files = sorted(p.name for p in path.glob("*.safetensors"))
-    state = {}
+    raw = {}
     for name in files:
         if not (path / name).is_file():
             raise LlamalabError(f"{path}: shard {name} named in {index.name} is missing")
-        for key, w in _read_safetensors(path / name, lazy).items():
-            ours = to_ours(key)
-            if ours is None:
-                if key.endswith("rotary_emb.inv_freq"):
-                    continue  # a buffer some old exports saved; recomputed from the config
-                raise LlamalabError(f"{path / name}: unexpected tensor {key!r} (not a LLaMA parameter)")
-            state[ours] = w
+        raw.update(_read_safetensors(path / name, lazy))
+    state = {}
+    for key, w in _group_codes(raw, lazy, quantized, path).items():  # a module's parts may lie in two shards
+        ours = to_ours(key)
+        if ours is None:
+            if key.endswith("rotary_emb.inv_freq"):
+                continue  # a buffer some old exports saved; recomputed from the config
+            raise LlamalabError(f"{path}: unexpected tensor {key!r} (not a LLaMA parameter)")
+        state[ours] = w
     for key, heads in (("wq", args.n_heads), ("wk", args.kv_heads)):
         for i in range(args.n_layers):
             name = f"layers.{i}.attention.{key}.weight"
@@ -147,9 +175,10 @@ def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], Mo
                 if w.shape[0] != heads * args.head_dim:
                     raise LlamalabError(f"{path}: tensor {name} has shape {tuple(w.shape)} but config.json "
                                         f"implies ({heads * args.head_dim}, {args.dim}); config and weights disagree")
-                state[name] = hf_to_meta_rotary(w, heads)
+                state[name] = _rows(w, lambda m: hf_to_meta_rotary(m, heads))
     if args.tie_embeddings and "output.weight" in state:
-        if lazy or torch.equal(state["output.weight"], state.get("tok_embeddings.weight", torch.empty(0))):
+        if lazy or isinstance(state["output.weight"], GroupCodes) or \
+                torch.equal(state["output.weight"], state.get("tok_embeddings.weight", torch.empty(0))):
             del state["output.weight"]
         else:
             raise LlamalabError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from embed_tokens")
@@ -167,21 +196,26 @@ def _hf_state(state: dict[str, torch.Tensor], args: ModelArgs, dtype: torch.dtyp
         if name is None:
             raise LlamalabError(f"cannot write tensor {key!r} to HF format: not a LLaMA parameter")
         if key.endswith("attention.wq.weight"):
-            w = meta_to_hf_rotary(w, args.n_heads)
+            w = _rows(w, lambda m: meta_to_hf_rotary(m, args.n_heads))
         elif key.endswith("attention.wk.weight"):
-            w = meta_to_hf_rotary(w, args.kv_heads)
-        out[name] = w.to(dtype).contiguous()
+            w = _rows(w, lambda m: meta_to_hf_rotary(m, args.kv_heads))
+        if isinstance(w, GroupCodes):  # `<module>.weight` → `<module>.qweight/.scales/.zeros`
+            out.update((f"{name.removesuffix('.weight')}.{k}", t) for k, t in to_tensors(w).items())
+        else:
+            out[name] = w.to(dtype).contiguous()
     return out
 
 
 def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, tokenizer_src=None,
-         dtype: torch.dtype = torch.float32, max_shard_size: int | str = 5 * 10**9, force: bool = False) -> Path:
+         dtype: torch.dtype = torch.float32, max_shard_size: int | str = 5 * 10**9, force: bool = False,
+         quantization_config: dict | None = None) -> Path:
     """Write a directory `transformers.AutoModelForCausalLM.from_pretrained` loads, atomically (the
     directory appears complete or not at all; `force` replaces an existing one, see `output`).
 
     Shards into model-0000K-of-0000N.safetensors + model.safetensors.index.json when larger than
     `max_shard_size` (bytes, or "5GB"), as huggingface_hub's `save_torch_state_dict` lays them out.
     tokenizer_src: a Tokenizer, or a path (GGUF / tokenizer dir) to load one from; its files go along.
+    `GroupCodes` values are written in our quantized layout, described by `quantization_config`.
     """
     check_output(out, "hf", force=force)
     tensors = _hf_state(state, args, dtype)
@@ -193,5 +227,8 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, tokenizer_src=
             if tokenizer.pad_id is not None:
                 gen["pad_token_id"] = tokenizer.pad_id
             write_text(tmp / "generation_config.json", json.dumps(gen, indent=2) + "\n")
-        write_text(tmp / "config.json", json.dumps(config_from_args(args, dtype, tokenizer), indent=2) + "\n")
+        cfg = config_from_args(args, dtype, tokenizer)
+        if quantization_config:
+            cfg["quantization_config"] = quantization_config
+        write_text(tmp / "config.json", json.dumps(cfg, indent=2) + "\n")
     return Path(out)

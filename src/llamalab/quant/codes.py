@@ -90,3 +90,44 @@ def quantize(w: torch.Tensor, bits: int, group_size: int) -> GroupCodes:
         q = torch.round((groups - lo[..., None]) / torch.where(scale == 0, 1, scale)[..., None]).clamp(0, 15)
         q, zero = q.to(torch.uint8), lo
     return GroupCodes(q.flatten(-2), scale.to(torch.float16), zero.to(torch.float16), bits, group_size)
+
+
+# ------------------------------------------------------------------ safetensors layout (`quantize` to a directory)
+# A quantized matrix `<module>.weight` is stored as three tensors (documented in docs/quantized-layout.md):
+#   <module>.qweight  8 bits: int8 (out, in);  4 bits: uint8 (out, in/2), column 2j in the low nibble, 2j+1 high
+#   <module>.scales   float16 (out, in/group_size)
+#   <module>.zeros    float16 (out, in/group_size)        w = qweight · scales + zeros, group-wise
+SUFFIXES = ("qweight", "scales", "zeros")
+
+
+def to_tensors(codes: GroupCodes) -> dict[str, torch.Tensor]:
+    q = codes.q
+    if codes.bits == 4:
+        q = q.to(torch.uint8)
+        q = q[:, 0::2] | (q[:, 1::2] << 4)
+    return {"qweight": q.contiguous(), "scales": codes.scale.to(torch.float16).contiguous(),
+            "zeros": codes.zero.to(torch.float16).contiguous()}
+
+
+def from_tensors(t: dict[str, torch.Tensor], where) -> GroupCodes:
+    """The inverse of `to_tensors`; bits and group size follow from the dtypes and shapes."""
+    missing = [s for s in SUFFIXES if s not in t]
+    if missing:
+        raise LlamalabError(f"{where}: quantized weight lacks {', '.join(missing)}")
+    q, scale, zero = t["qweight"], t["scales"], t["zeros"]
+    if q.dtype == torch.uint8:
+        q, bits = torch.stack([q & 0x0F, q >> 4], dim=-1).flatten(-2), 4
+    elif q.dtype == torch.int8:
+        bits = 8
+    else:
+        raise LlamalabError(f"{where}: qweight has dtype {q.dtype}; expected int8 (8 bits) or uint8 (4 bits packed)")
+    if q.ndim != 2 or scale.shape != zero.shape or scale.ndim != 2 or scale.shape[0] != q.shape[0] \
+            or scale.shape[1] == 0 or q.shape[1] % scale.shape[1]:
+        raise LlamalabError(f"{where}: qweight {tuple(q.shape)}, scales {tuple(scale.shape)} and zeros "
+                            f"{tuple(zero.shape)} do not fit together")
+    return GroupCodes(q, scale, zero, bits, q.shape[1] // scale.shape[1])
+
+
+def permute_rows(codes: GroupCodes, fn) -> GroupCodes:
+    """The same codes with their rows reordered by `fn` (a function of an (out, X) matrix)."""
+    return GroupCodes(fn(codes.q), fn(codes.scale), fn(codes.zero), codes.bits, codes.group_size)

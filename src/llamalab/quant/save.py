@@ -1,19 +1,27 @@
-"""`llamalab quantize`: a float checkpoint → 8- or 4-bit weights in a GGUF file.
+"""`llamalab quantize`: a float checkpoint → 8- or 4-bit weights, in a GGUF file or a safetensors directory.
 
 GGUF (a `.gguf` path): the block types llama.cpp runs — Q8_0 for 8 bits, Q4_1 (or Q4_0 with
 `symmetric`) for 4 bits; blocks are always 32 wide; norms stay F32; with 4 bits the embedding (and a
 tied output head) stays Q8_0, as llama.cpp's own quantizer does. The blocks come from the `gguf` package.
-(A safetensors-directory layout for other group sizes is not written yet.)
+
+A directory (any other path): an HF-style directory (config.json with a `quantization_config`,
+model.safetensors, the tokenizer) whose matrices are group codes with a group size of 32, 64 or 128
+(`codes.quantize`: 8 bits symmetric, 4 bits with a per-group minimum like Q4_1; the embedding at 8 bits
+when `bits` is 4); the layout is in docs/quantized-layout.md. `llamalab.load` reads both back quantized.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..errors import LlamalabError
-from .codes import BLOCK
+from .codes import BLOCK, quantize
 
 FLOAT_TYPES = {"F32", "F16", "BF16"}
+DIRECTORY_GROUPS = (32, 64, 128)
+EMBEDDINGS = ("tok_embeddings.weight", "output.weight")
 
 
 def _source(src):
@@ -21,34 +29,49 @@ def _source(src):
 
     state, args, extra, fmt, path = load_state(src)
     quantized = sorted({t for t in extra.get("tensor_types", {}).values() if t not in FLOAT_TYPES})
-    if quantized:
-        raise LlamalabError(f"{path} is already quantized ({', '.join(quantized)}); quantize a "
-                            f"float checkpoint (e.g. `llamalab convert {path} --to gguf --out model-f32.gguf` first)")
-    return state, args, extra, fmt, path
+    if quantized or "quantization_config" in extra.get("metadata", {}):
+        what = ", ".join(quantized) or extra["metadata"]["quantization_config"].get("quant_method", "quantized")
+        raise LlamalabError(f"{path} is already quantized ({what}); quantize a float checkpoint "
+                            f"(e.g. `llamalab convert {path} --to gguf --out model-f32.gguf` first)")
+    return state, args, fmt, path
+
+
+def _check(bits: int, group_size: int, gguf: bool, symmetric: bool) -> None:
+    if bits not in (8, 4):
+        raise LlamalabError(f"--bits must be 8 or 4, got {bits}")
+    if gguf and group_size != BLOCK:
+        raise LlamalabError(f"GGUF's quantized types use blocks of {BLOCK}; --group-size {group_size} is not "
+                            "available for GGUF output (write a directory for 64 or 128)")
+    if not gguf and group_size not in DIRECTORY_GROUPS:
+        raise LlamalabError(f"--group-size must be one of {', '.join(map(str, DIRECTORY_GROUPS))}, got {group_size}")
+    if not gguf and symmetric:
+        raise LlamalabError("--symmetric (Q4_0) applies to .gguf output only")
 
 
 def quantize_checkpoint(src, out, *, bits: int, group_size: int | None = None, symmetric: bool = False,
                         force: bool = False) -> Path:
-    """Write the quantized checkpoint to `out` (atomically) and return its path."""
+    """Write the quantized checkpoint to `out` (atomically) and return its path: a `.gguf` file, else an
+    HF-style directory of group codes."""
     from ..formats import save
 
-    if bits not in (8, 4):
-        raise LlamalabError(f"--bits must be 8 or 4, got {bits}")
     out = Path(out)
+    gguf = out.suffix == ".gguf"
+    group_size = group_size or BLOCK
+    _check(bits, group_size, gguf, symmetric)
     if out.exists() and not force:
         raise LlamalabError(f"{out} already exists; pass --force to replace it")
-    if out.suffix != ".gguf":
-        raise LlamalabError(f"--out {out}: quantized output is a .gguf file (a safetensors directory layout "
-                            "is not supported yet)")
-    group_size = group_size or BLOCK
-    if group_size != BLOCK:
-        raise LlamalabError(f"GGUF's quantized types use blocks of {BLOCK}; --group-size {group_size} is not "
-                            "available for GGUF output")
-    state, args, extra, fmt, path = _source(src)
+    state, args, fmt, path = _source(src)
     for name, w in state.items():  # every matrix must split into whole groups
         if w.ndim == 2 and w.shape[1] % group_size:
             raise LlamalabError(f"--group-size {group_size} does not divide the width {w.shape[1]} of {name}; "
                                 "use a divisor of every layer's width (32 always works for LLaMA shapes)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    kind = "q8_0" if bits == 8 else ("q4_0" if symmetric else "q4_1")
-    return save(state, args, out, "gguf", tokenizer_src=path, gguf_type=kind)  # atomic
+    if gguf:
+        kind = "q8_0" if bits == 8 else ("q4_0" if symmetric else "q4_1")
+        return save(state, args, out, "gguf", tokenizer_src=path, gguf_type=kind, force=force)  # atomic
+    codes = {k: quantize(w, 8 if k in EMBEDDINGS else bits, group_size) if w.ndim == 2 else w.float()
+             for k, w in state.items()}
+    config = {"quant_method": "llamalab", "format": "group-codes", "bits": bits, "group_size": group_size,
+              "embedding_bits": 8, "zero_point": bits == 4, "layout": "w = qweight * scales + zeros per group"}
+    return save(codes, args, out, "hf", tokenizer_src=path, dtype=torch.float32, force=force,
+                quantization_config=config)
