@@ -19,16 +19,14 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import write_text
+from ..atomic import staged_dir
 from ..config import ModelArgs
 from ..errors import LlamalabError
 from ..formats.hf import hf_to_meta_rotary, meta_to_hf_rotary, to_hf, to_ours
-from .lora import ALL, Adapter, LoraSpec
+from .lora import ALL, HF_NAMES, Adapter, LoraSpec
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."
-HF_TARGETS = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj", "w1": "gate_proj",
-              "w2": "down_proj", "w3": "up_proj"}
 # peft options that change what the adapter computes, and the value that means "not used"
 UNSUPPORTED = {"use_dora": False, "bias": "none", "lora_bias": False, "modules_to_save": None,
                "fan_in_fan_out": False, "layer_replication": None, "trainable_token_indices": None,
@@ -41,10 +39,9 @@ def _rotary_heads(path: str, args: ModelArgs) -> int | None:
 
 def save_adapter(out, lora_state: dict[str, torch.Tensor], spec: LoraSpec, args: ModelArgs,
                  base: str | None = None) -> Path:
-    """Write the LoRA parameters of a trained model (our names: `layers.N.attention.wq.lora_a.weight`, ...)."""
-    from safetensors.torch import save as save_bytes
-
-    from ..atomic import write_bytes
+    """Write the LoRA parameters of a trained model (our names: `layers.N.attention.wq.lora_a.weight`, ...) as
+    the directory `out`, whole or not at all (it replaces an earlier one: a resumed run writes it again)."""
+    from safetensors.torch import save_file
 
     out = Path(out)
     tensors = {}
@@ -56,12 +53,13 @@ def save_adapter(out, lora_state: dict[str, torch.Tensor], spec: LoraSpec, args:
         module = to_hf(f"{path}.weight").removesuffix(".weight")
         tensors[f"{PREFIX}{module}.{kind}.weight"] = w.float().contiguous()
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": spec.rank, "lora_alpha": spec.alpha,
-              "lora_dropout": spec.dropout, "target_modules": [HF_TARGETS[t] for t in spec.targets],
+              "lora_dropout": spec.dropout, "target_modules": [HF_NAMES[t] for t in spec.targets],
               "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
               "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
               "rank_pattern": {}, "alpha_pattern": {}, "base_model_name_or_path": base}
-    write_bytes(out / WEIGHTS, save_bytes(tensors, metadata={"format": "pt"}))
-    write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    with staged_dir(out) as tmp:
+        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out
 
 

@@ -17,13 +17,16 @@ import torch
 from torch import nn
 
 from ..errors import LlamalabError
+from ..formats.names import LAYER_TENSORS
 
-ALL = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
-ALIASES = {"q": "wq", "k": "wk", "v": "wv", "o": "wo", "gate": "w1", "down": "w2", "up": "w3",
-           "q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo", "gate_proj": "w1", "down_proj": "w2",
-           "up_proj": "w3", **{n: n for n in ALL}}
-PARENT = {"wq": "attention", "wk": "attention", "wv": "attention", "wo": "attention",
-          "w1": "feed_forward", "w2": "feed_forward", "w3": "feed_forward"}
+# a block's linear layers: ours ("wq") → its parent module ("attention") and HF's module name ("q_proj")
+LINEARS = {ours.split(".")[1]: (ours.split(".")[0], hf.split(".")[1]) for ours, (_, hf) in LAYER_TENSORS.items()
+           if "." in ours}
+ALL = tuple(LINEARS)  # wq, wk, wv, wo, w1, w2, w3
+PARENT = {name: parent for name, (parent, _) in LINEARS.items()}
+HF_NAMES = {name: hf for name, (_, hf) in LINEARS.items()}
+ALIASES = {**{n: n for n in ALL}, **{hf: n for n, hf in HF_NAMES.items()},
+           **{hf.removesuffix("_proj"): n for n, hf in HF_NAMES.items()}}  # q, k, v, o, gate, down, up
 
 
 def parse_targets(spec) -> tuple[str, ...]:
