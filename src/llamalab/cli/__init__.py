@@ -38,6 +38,8 @@ COMMANDS = {
     "demo": "demo",
     "plan": "plan",
     "experiment": "experiment",
+    "self-instruct": "self_instruct",
+    "judge": "judge",
 }
 
 

@@ -1,6 +1,7 @@
 import io
 import sys
 
+from ..errors import LlamalabError
 from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
                      add_sampling_arguments, load_checkpoint, sampling_kwargs)
 
@@ -8,7 +9,12 @@ HELP = "Continue a prompt with a model (greedy or sampled); prints only the cont
 
 
 def add_arguments(p):
-    p.add_argument("--prompt", required=True, help="the text to continue (with --chat: the user message)")
+    p.add_argument("--prompt", help="the text to continue (with --chat: the user message)")
+    p.add_argument("--input", metavar="FILE", help="instead: answer every question of a JSONL/JSON file (id, question; "
+                   "or Alpaca records) as a chat turn, batched; needs --out")
+    p.add_argument("--out", metavar="FILE.jsonl", help="with --input: the answers (id, model, answer), appended")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="with --input: answers decoding together")
+    p.add_argument("--name", help="with --input: the model's name in the answers (default: the checkpoint's)")
     add_model_arguments(p)
     add_adapter_argument(p)
     add_sampling_arguments(p, max_new_tokens=128)
@@ -24,11 +30,16 @@ def add_arguments(p):
 
 
 def run(args):
+    if (args.prompt is None) == (args.input is None) or bool(args.input) != bool(args.out):
+        raise LlamalabError("give --prompt TEXT, or --input FILE with --out FILE.jsonl")
+    if args.input:
+        return answer_input(args)
     from ..chat_templates import render_for
     from ..generate import decode_text, generate, stream, stream_text
 
     out = sys.stdout
     if args.tensor_parallel > 1:
+        args.dtype = args.dtype or "float32"  # the shards are float weights (quantized layers do not shard)
         from ..train.parallel import init_distributed
 
         if not init_distributed(args.device or "auto").is_main:  # every rank decodes the same tokens; rank 0 prints
@@ -57,3 +68,20 @@ def run(args):
     if out.isatty():
         out.write("\n")
     out.flush()
+
+
+def answer_input(args):
+    """--input FILE --out FILE.jsonl: the model's answers to every question, batched on the engine."""
+    import torch
+
+    from ..instruct.answers import answer_questions
+    from ..instruct.backends import LocalModel
+    from ..instruct.records import load_questions
+
+    questions = load_questions(args.input)
+    model = LocalModel(args.model, max_batch=args.batch_size, adapter=getattr(args, "adapter", None), device=args.device,
+                       dtype=getattr(torch, args.dtype) if args.dtype else None, template=args.template)
+    sampling = {k: v for k, v in sampling_kwargs(args).items() if k != "max_new_tokens"}
+    new = answer_questions(model, questions, args.out, name=args.name or model.name, system=args.system,
+                           max_tokens=args.max_new_tokens, **sampling)
+    print(f"{args.out}: {new} answers written, {len(questions) - new} were there already", file=sys.stderr)
