@@ -39,3 +39,11 @@ def test_bad_numbers(capsys, flag, value):
 def test_a_missing_model_is_one_line(capsys):
     code, err = run(capsys, "--port", "0")
     assert code == 2 and "does-not-matter.gguf" in err and "Traceback" not in err
+
+
+def test_an_adapter_that_does_not_fit_is_one_line(capsys, smollm2_gguf, tmp_path):
+    """--adapter goes through the same loader as generate/chat/eval: a directory without an adapter is refused
+    after the model loads, before the server starts."""
+    code = main(["serve", "--model", str(smollm2_gguf), "--port", "0", "--adapter", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and str(tmp_path) in err and len(err.strip().splitlines()) == 1, err
