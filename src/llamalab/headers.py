@@ -34,8 +34,8 @@ class _Cursor:
         self.buf, self.path, self.pos, self.order, self.items = buf, path, 0, "<", 0
 
     def fail(self, what: str):
-        raise LlamalabError(f"{self.path}: damaged GGUF header at byte {self.pos}: {what}; "
-                            "the file is truncated or not a GGUF checkpoint (download it again)")
+        raise LlamalabError(f"{self.path}: not a readable GGUF file (header byte {self.pos}: {what}); "
+                            "is it truncated or still downloading?")
 
     @property
     def left(self) -> int:
@@ -91,7 +91,7 @@ def check_gguf(path) -> None:
     with open(path, "rb") as f:
         size = f.seek(0, 2)
         if size < 24:
-            raise LlamalabError(f"{path}: {size} bytes is too short for a GGUF file; is it truncated?")
+            raise LlamalabError(f"{path}: not a readable GGUF file ({size} bytes); is it truncated?")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             _walk(_Cursor(buf, path), size)
 
