@@ -44,12 +44,11 @@ def _check_prompts(model: Transformer, prompts: list[list[int]], max_new_tokens:
 
 
 def new_cache(model: Transformer, batch_size: int, max_len: int) -> KVCache:
-    """An empty KV cache for `model`'s weights' device and dtype. Under tensor parallelism (DTensor weights) a
-    process caches only the key/value heads it computes."""
-    w = model.layers[0].attention.wk.weight
-    rows = (w.to_local() if hasattr(w, "to_local") else w).shape[0]
-    return KVCache.allocate(model.args, batch_size, max_len, w.device, model.tok_embeddings.weight.dtype,
-                            kv_heads=rows // model.args.head_dim)
+    """An empty KV cache for `model`'s weights' device and dtype. Under tensor parallelism (DTensor weights
+    sharded over a mesh of tp processes) a process caches only the 1/tp of the key/value heads it computes."""
+    w = model.tok_embeddings.weight
+    tp = w.device_mesh.size() if hasattr(w, "device_mesh") else 1
+    return KVCache.allocate(model.args, batch_size, max_len, w.device, w.dtype, kv_heads=model.args.kv_heads // tp)
 
 
 @torch.inference_mode()
