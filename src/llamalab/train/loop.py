@@ -299,6 +299,10 @@ def extra_held_out(run: Run) -> dict:
 def fit(run: Run) -> dict:
     """Train `run` to cfg.max_steps (resuming from run.resume_from if set); returns a summary dict."""
     cfg, world = run.cfg, run.world
+    if run.resume_from is not None and not cfg.export:  # a finished run with nothing to export: touch nothing
+        done = checkpoint.read_meta(run.resume_from)["step"]
+        if done >= cfg.max_steps:
+            return {"step": done, "out_dir": str(run.out)}
     step, tokens_seen, log = begin(run)
 
     def save_checkpoint(at: int):
