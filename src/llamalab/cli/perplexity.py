@@ -1,6 +1,5 @@
 import json
 import sys
-from pathlib import Path
 
 from ..errors import LlamalabError
 from .common import add_model_arguments, load_checkpoint
@@ -19,18 +18,10 @@ def add_arguments(p):
 
 
 def run(args):
+    from ..data.text import read_text
     from ..perplexity import perplexity
 
-    if args.input == "-":
-        text = sys.stdin.read()
-    else:
-        path = Path(args.input)
-        if not path.is_file():
-            raise LlamalabError(f"{path}: no such file")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise LlamalabError(f"{path}: not UTF-8 text (byte {e.start}); convert it first") from None
+    text = sys.stdin.read() if args.input == "-" else read_text(args.input, f"{args.input}: no such file")
     ckpt = load_checkpoint(args)
     if args.context > ckpt.args.max_seq_len:  # before tokenizing a large file
         raise LlamalabError(f"--context {args.context} is larger than the model's context of {ckpt.args.max_seq_len}")

@@ -29,6 +29,18 @@ JSONL = {".jsonl", ".ndjson", ".json"}
 TABLES = {".parquet", ".arrow"}
 
 
+def read_text(path, missing: str) -> str:
+    """The whole of a UTF-8 text file. A missing file is the error `missing` (what the caller expected there);
+    bytes that are not UTF-8 are one clear error too."""
+    path = Path(path)
+    if not path.is_file():
+        raise LlamalabError(missing)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LlamalabError(f"{path}: not UTF-8 text (byte {e.start}); is it compressed or binary?") from None
+
+
 def input_format(path: Path) -> tuple[str, str | None]:
     """(format suffix, compression suffix or None) of a file name: `a.jsonl.gz` → (".jsonl", ".gz")."""
     suffixes = [s.lower() for s in Path(path).suffixes]

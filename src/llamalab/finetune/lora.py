@@ -173,5 +173,6 @@ def attach(model: nn.Module, adapter: Adapter, merge: bool = True) -> None:
         lora.lora_a.weight.copy_(a)
         lora.lora_b.weight.copy_(b)
         act = model.norm.weight  # the activations' device and dtype; the base layer stays as it is
-        lora.lora_a.to(act.device, act.dtype), lora.lora_b.to(act.device, act.dtype)
+        for matrix in (lora.lora_a, lora.lora_b):
+            matrix.to(act.device, act.dtype)
         setattr(parent, attr, lora)

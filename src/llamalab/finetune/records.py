@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..data.text import read_text
 from ..errors import LlamalabError
 
 FORMATS = ("alpaca", "sharegpt", "messages", "completion")
@@ -27,12 +28,7 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 def read_records(path) -> list[tuple[str, object]]:
     """[(where, record)] of a JSON array or JSON Lines file; `where` is "file:line" or "file[record]"."""
     path = Path(path)
-    if not path.is_file():
-        raise LlamalabError(f"instruction data {path} not found (want a .json or .jsonl file of records)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise LlamalabError(f"{path}: not UTF-8 text (byte {e.start}); is it compressed or binary?") from None
+    text = read_text(path, f"instruction data {path} not found (want a .json or .jsonl file of records)")
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
