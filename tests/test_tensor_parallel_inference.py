@@ -68,7 +68,7 @@ def test_eval_tp3_gives_the_one_process_choices_and_generations(smollm2, tmp_pat
     assert p.stderr.count("arc_easy: acc") == 1
 
 
-def test_serve_tp3_answers_like_one_process_and_stops_cleanly(smollm2, tmp_path):
+def test_serve_tp3_answers_like_one_process_and_stops_cleanly(smollm2, tmp_path, monkeypatch):
     """A greedy chat request and a seeded sampled completion (rank 0 sends the seed with the operation;
     every rank samples the same token), then SIGTERM to rank 0: it drains, tells the others, all exit 0."""
     one = {"chat": in_process("generate", "--model", str(smollm2), "--no-stream",
@@ -76,13 +76,9 @@ def test_serve_tp3_answers_like_one_process_and_stops_cleanly(smollm2, tmp_path)
            "sampled": in_process("generate", "--model", str(smollm2), "--no-stream",
                                  "--prompt", "The capital of France is", "--max-new-tokens", str(N),
                                  "--temperature", "0.8", "--seed", "3")}
-    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        server = ServerProcess(smollm2, "--max-batch", "2", "--context", "256", "--no-ui",
-                               "--served-model-name", "smol", tensor_parallel=3, log=tmp_path / "server.log")
-    finally:
-        os.environ.pop("OMP_NUM_THREADS") if env["OMP_NUM_THREADS"] is None else os.environ.update(env)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # 3 processes on 2 cores
+    server = ServerProcess(smollm2, "--max-batch", "2", "--context", "256", "--no-ui", "--served-model-name", "smol",
+                           tensor_parallel=3, log=tmp_path / "server.log")
     try:
         chat = httpx.post(f"{server.url}/v1/chat/completions", timeout=300, json={
             "model": "smol", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": N, "temperature": 0})
