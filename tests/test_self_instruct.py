@@ -7,6 +7,7 @@ server cannot be made to fail on demand. The whole loop on a real `llamalab serv
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -21,7 +22,7 @@ from llamalab.cli import main as cli_main
 from llamalab.instruct import SEED_TASKS
 from llamalab.instruct.backends import Reply
 from llamalab.instruct.journal import Journal
-from llamalab.instruct.self_instruct import Pool, load_seed_tasks, parse_instructions, reject_answer
+from llamalab.instruct.self_instruct import Pool, answer_request, load_seed_tasks, parse_instructions, reject_answer
 
 from scripted_endpoint import ScriptedEndpoint
 
@@ -86,6 +87,13 @@ def test_answer_filters():
     assert reject_answer(Reply("Paris.", "stop")) is None
 
 
+def test_answers_are_asked_for_in_fewer_than_100_words_as_alpaca_asks():
+    request = answer_request({"instruction": "Translate the sentence into French.", "input": "Good night."},
+                             temperature=0.7, seed=1, max_tokens=256)
+    assert request.messages == ({"role": "user", "content": "Translate the sentence into French.\n\nGood night."
+                                 "\n\nAnswer in fewer than 100 words."},)
+
+
 def test_seed_file_shipped_and_bad_seed_files(tmp_path, capsys):
     seeds = load_seed_tasks(SEED_TASKS)
     assert len(seeds) == 40 and all(t["instruction"] and t["output"] for t in seeds)
@@ -135,6 +143,27 @@ def teacher(messages):
         return "\n".join(f"{1 + i}. Compare a {' and a '.join(rng.sample(WORDS, 3))} for a {rng.choice(WORDS)} "
                          f"{rng.choice(WORDS)}." for i in range(8))
     return f"An answer to: {prompt}"
+
+
+def test_a_round_answers_waiting_tasks_and_asks_for_the_missing_ones_in_one_batch(tmp_path, capsys):
+    """A teacher writing 2 usable tasks per reply; --n 20 at concurrency 4. Round 1: 4 instruction requests (one
+    per slot; nothing waits yet) → 8 tasks, 2 per request. Round 2: the 8 answers and ceil(12 / 2) = 6 instruction
+    requests in one batch → 12 tasks. Round 3: their 12 answers, nothing short. 10 instruction requests, 30 in all."""
+    names = itertools.count()
+
+    def two_tasks(messages):  # tasks of new words only: none is a near duplicate of another
+        if "Write only the tasks, not their answers" in messages[-1]["content"]:
+            return "\n".join(f"{i}. Describe the items {' '.join(f'w{next(names)}' for _ in range(4))}." for i in (1, 2))
+        return "A short answer."
+
+    out = tmp_path / "pairs.jsonl"
+    with ScriptedEndpoint(two_tasks) as endpoint:
+        assert cli_main(["self-instruct", "--teacher", endpoint.url, "--out", str(out), "--n", "20",
+                         "--concurrency", "4", "--no-progress"]) == 0
+        sent = [r["messages"][-1]["content"] for r in endpoint.requests]
+    assert len(sent) == 30 and sum("Write only the tasks" in x for x in sent) == 10
+    assert "10 instruction requests, 20 tasks parsed; dropped: none" in capsys.readouterr().out
+    assert len({json.loads(x)["instruction"] for x in out.read_text().splitlines()}) == 20
 
 
 def run_cli(*args):
