@@ -35,12 +35,17 @@ def test_parse_numbered_lists_in_the_forms_small_models_write():
 **11.** Write a limerick about a cat.
 Task 12: Describe the smell of rain.
 ### 13. Instruction: "Convert 5 miles to kilometres."
+*14. Plan a picnic for four people.
+- 15) Name a fruit that is red inside.
+(16). Explain what a verb is.
 - not numbered, not a task line
-14.
+- 3 cups of flour, not a task line either
+17.
 Hope this helps!"""
     assert parse_instructions(reply) == ["Name three rivers in Africa.", "Explain how a rainbow forms.",
                                          "Write a limerick about a cat.", "Describe the smell of rain.",
-                                         "Convert 5 miles to kilometres."]
+                                         "Convert 5 miles to kilometres.", "Plan a picnic for four people.",
+                                         "Name a fruit that is red inside.", "Explain what a verb is."]
     assert parse_instructions("I cannot help with that.") == []
 
 

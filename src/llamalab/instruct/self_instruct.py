@@ -95,13 +95,14 @@ def answer_request(task: dict, *, temperature: float, seed: int, max_tokens: int
                    seed=seed)
 
 
-ITEM = re.compile(r"^\s*(?:#{1,6}\s*)?(?:\*\*)?\s*(?:(?:task|instruction|question)\s*)?(\d{1,3})\s*[.):]\s*(?:\*\*)?\s*(.*)$",
-                  re.IGNORECASE)
+ITEM = re.compile(r"^\s*(?:#{1,6}\s*)?(?:[-*•]\s*)?(?:\*\*)?\s*(?:(?:task|instruction|question)\s*)?\(?(\d{1,3})\s*"
+                  r"(?:\)\s*[.:]?|[.:])\s*(?:\*\*)?\s*(.*)$", re.IGNORECASE)
 LABEL = re.compile(r"^(?:\*\*)?\s*(?:new\s+)?(?:task|instruction|question)\s*(?:\d+)?\s*[:.-]\s*(?:\*\*)?\s*", re.IGNORECASE)
 
 
 def parse_instructions(text: str) -> list[str]:
-    """The tasks in a teacher's reply: numbered lines ("9. ...", "9) ...", "**9.** ...", "Task 9: ..."),
+    """The tasks in a teacher's reply: numbered lines ("9. ...", "9) ...", "(9) ...", "**9.** ...", "* 9. ...",
+    "Task 9: ..."),
     cleaned of Markdown, labels and quotes. A last item the token limit may have cut is the caller's call."""
     items = []
     for line in text.splitlines():
