@@ -121,6 +121,7 @@ class Engine:
         self.seen: torch.Tensor | None = None  # (max_batch, V) tokens seen, for repetition penalties
         self._views: dict[int, KVCache] = {}
         self._positions = torch.arange(self.max_len + 1, device=self.device)
+        model.ensure_positions(self.max_len + 1)  # steps pass positions as a tensor: size the rotary table now
         self._forward = model
         if compile:
             from .fast import compiled_step
