@@ -289,6 +289,8 @@ def _check_context(model: Transformer, prompts: list[list[int]], max_new_tokens:
     """The prompts, left-truncated to fit the context when asked (else a prompt too long is an error)."""
     if truncate not in (None, "left"):
         raise LlamalabError(f"unknown truncation policy {truncate!r}; use 'left' or none")
+    if max_new_tokens < 1:  # before the engine sizes its cache from it
+        raise LlamalabError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     limit = model.args.max_seq_len
     room = limit - max_new_tokens
     longest = max((len(p) for p in prompts), default=0)
