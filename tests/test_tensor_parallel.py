@@ -39,11 +39,12 @@ def tiny_checkpoint(tmp_path_factory, smollm2_gguf):
     return out
 
 
-def cli(*args, nproc=1, timeout=240):
+def cli(*args, nproc=1, timeout=240, command="generate", input=None):
+    """`llamalab COMMAND ARGS` in a subprocess; with nproc > 1 under torchrun (gloo: the CPU)."""
     launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
               if nproc > 1 else [sys.executable])
-    return subprocess.run([*launch, "-m", "llamalab", "generate", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run([*launch, "-m", "llamalab", command, *args], capture_output=True, text=True,
+                          timeout=timeout, input=input, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_generate_tp2_prints_the_one_process_continuation(tiny_checkpoint):

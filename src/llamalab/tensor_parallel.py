@@ -17,7 +17,9 @@ from the tensor shapes, so `model.py` knows nothing of this.
 from __future__ import annotations
 
 import contextlib
+import json
 
+import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -98,6 +100,22 @@ def shard_for_inference(model: nn.Module, tp: int) -> nn.Module:
     device = model.tok_embeddings.weight.device
     apply_tensor_parallel(model, init_device_mesh(device.type, (tp,)))
     return model
+
+
+def share(obj, device: torch.device | str = "cpu"):
+    """Rank 0's `obj` (plain JSON data: the next chat turn, the next engine operation) on every rank of the
+    launch; `obj` is ignored elsewhere. Sent as JSON text (a length, then the bytes), never pickled. Without a
+    process group, `obj` itself. NCCL needs `device` to be this rank's GPU."""
+    if not dist.is_initialized():
+        return obj
+    main = dist.get_rank() == 0
+    data = json.dumps(obj).encode() if main else b""
+    size = torch.tensor([len(data)], dtype=torch.long, device=device)
+    dist.broadcast(size, src=0)
+    buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if main
+           else torch.empty(int(size), dtype=torch.uint8, device=device))
+    dist.broadcast(buf, src=0)
+    return obj if main else json.loads(buf.cpu().numpy().tobytes())
 
 
 def device_mesh(device_type: str, world_size: int, tp: int) -> DeviceMesh:

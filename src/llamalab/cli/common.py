@@ -113,6 +113,41 @@ def context_length(args, model_context: int | None = None, default: int = 2048) 
     return context
 
 
+def add_tensor_parallel_argument(p):
+    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                   help="shard the weights and KV cache by heads over N processes (torchrun --nproc_per_node N)")
+
+
+def load_sharded(args):
+    """`load_checkpoint`, under --tensor-parallel N sharded by heads over the N processes of a torchrun launch:
+    every process loads the whole checkpoint and keeps its shard. (checkpoint, whether this process is the one
+    that talks to the user: rank 0). Unseeded sampling gets a seed drawn by rank 0, so that every rank samples
+    the same tokens from the same logits."""
+    tp = getattr(args, "tensor_parallel", 1)
+    if tp < 1:
+        raise LlamalabError(f"--tensor-parallel must be >= 1, got {tp}")
+    if tp == 1:
+        return load_checkpoint(args), True
+    if getattr(args, "compile", False):
+        raise LlamalabError("--compile does not combine with --tensor-parallel yet (torch.compile fails on the "
+                            "sharded model); drop one of them")
+    if getattr(args, "adapter", None):
+        raise LlamalabError("--adapter does not combine with --tensor-parallel (LoRA layers are not sharded): "
+                            "fold it in first with `llamalab lora merge` and serve the merged checkpoint")
+    import random
+
+    from ..tensor_parallel import shard_for_inference, share
+    from ..train.parallel import init_distributed
+
+    args.dtype = args.dtype or "float32"  # the shards are float weights: a quantized file is dequantized
+    world = init_distributed(args.device or "auto")
+    ckpt = load_checkpoint(args)
+    shard_for_inference(ckpt.model, tp)
+    if (getattr(args, "temperature", None) or 0) > 0 and getattr(args, "seed", 0) is None:
+        args.seed = share(random.getrandbits(63), world.device)
+    return ckpt, world.is_main
+
+
 def sampling_kwargs(args) -> dict:
     return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)

@@ -1,4 +1,4 @@
-from .common import add_adapter_argument, add_model_arguments
+from .common import add_adapter_argument, add_model_arguments, add_tensor_parallel_argument, load_sharded
 
 HELP = "Evaluate a checkpoint on the paper's benchmarks (lm-evaluation-harness prompts and metrics)."
 
@@ -23,17 +23,27 @@ def add_arguments(p):
     p.add_argument("--maj-k", type=int, default=1, help="gsm8k: also report maj@k over k samples")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default: per task)")
     p.add_argument("--seed", type=int, default=1234)
+    add_tensor_parallel_argument(p)
 
 
 def run(args):
+    import contextlib
+    import io
+
     from ..atomic import write_text
     from ..eval import evaluate
     from ..eval.report import samples_jsonl
 
-    report = evaluate(args.model, args.tasks.split(","), adapter=args.adapter, data_dir=args.data_dir,
-                      shots=args.shots, limit=args.limit, batch_size=args.batch_size, samples=args.samples, temperature=args.temperature,
-                      maj_k=args.maj_k, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
-                      seed=args.seed)
+    model, main = args.model, True
+    if args.tensor_parallel > 1:  # every rank runs the whole evaluation on its shard; rank 0 reports
+        model, main = load_sharded(args)
+    with contextlib.nullcontext() if main else contextlib.redirect_stderr(io.StringIO()):
+        report = evaluate(model, args.tasks.split(","), adapter=args.adapter, data_dir=args.data_dir,
+                          shots=args.shots, limit=args.limit, batch_size=args.batch_size, samples=args.samples,
+                          temperature=args.temperature, maj_k=args.maj_k, max_new_tokens=args.max_new_tokens,
+                          device=args.device, dtype=args.dtype, seed=args.seed, progress=main)
+    if not main:
+        return
     if args.output:
         write_text(args.output, report.to_json())
     if args.log_samples:

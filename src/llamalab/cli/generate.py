@@ -3,7 +3,7 @@ import sys
 
 from ..errors import LlamalabError
 from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
-                     add_sampling_arguments, load_checkpoint, sampling_kwargs)
+                     add_sampling_arguments, add_tensor_parallel_argument, load_sharded, sampling_kwargs)
 
 HELP = "Continue a prompt with a model (greedy or sampled); prints only the continuation, streamed."
 
@@ -25,30 +25,21 @@ def add_arguments(p):
     p.add_argument("--no-stream", action="store_true", help="print the text once, at the end")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence/turn tokens")
     p.add_argument("--truncate", choices=["left"], help="drop the oldest prompt tokens if the context is too small")
-    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
-                   help="shard the weights and KV cache by heads over N processes (torchrun --nproc_per_node N)")
+    add_tensor_parallel_argument(p)
 
 
 def run(args):
     if (args.prompt is None) == (args.input is None) or bool(args.input) != bool(args.out):
         raise LlamalabError("give --prompt TEXT, or --input FILE with --out FILE.jsonl")
     if args.input:
+        if args.tensor_parallel > 1:
+            raise LlamalabError("--input does not combine with --tensor-parallel yet; use --prompt")
         return answer_input(args)
     from ..chat_templates import render_for
     from ..generate import decode_text, generate, stream, stream_text
 
-    out = sys.stdout
-    if args.tensor_parallel > 1:
-        args.dtype = args.dtype or "float32"  # the shards are float weights (quantized layers do not shard)
-        from ..train.parallel import init_distributed
-
-        if not init_distributed(args.device or "auto").is_main:  # every rank decodes the same tokens; rank 0 prints
-            out = io.StringIO()
-    ckpt = load_checkpoint(args)
-    if args.tensor_parallel > 1:
-        from ..tensor_parallel import shard_for_inference
-
-        shard_for_inference(ckpt.model, args.tensor_parallel)
+    ckpt, main = load_sharded(args)
+    out = sys.stdout if main else io.StringIO()  # every rank decodes the same tokens; rank 0 prints
     tok = ckpt.tokenizer
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])

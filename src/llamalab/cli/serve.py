@@ -1,4 +1,5 @@
-from .common import add_adapter_argument, add_model_arguments, context_length, load_checkpoint
+from .common import (add_adapter_argument, add_model_arguments, add_tensor_parallel_argument, context_length,
+                     load_sharded)
 
 HELP = "Serve a model over HTTP with OpenAI's API (chat/completions, streaming, continuous batching) and a chat page."
 
@@ -26,6 +27,7 @@ def add_arguments(p):
                    help="on Ctrl-C / SIGTERM, seconds to let requests in flight finish (default 30)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log level (debug also logs every request)")
+    add_tensor_parallel_argument(p)
 
 
 def _check(args):
@@ -49,14 +51,15 @@ def run(args):
     from pathlib import Path
 
     from ..chat_templates import resolve_template
-    from ..serve.app import Settings
+    from ..serve.app import Settings, new_engine
     from ..serve.server import bind, serve
 
     _check(args)
     if args.template:
         resolve_template(args.template)  # a bad name fails before the (slow) load
-    sock = bind(args.host, args.port)  # so does a busy port
-    ckpt = load_checkpoint(args)
+    leader = os.environ.get("RANK", "0") == "0"  # under --tensor-parallel only rank 0 listens
+    sock = bind(args.host, args.port) if leader else None  # so does a busy port
+    ckpt, _ = load_sharded(args)
     template = None
     if args.template or ckpt.tokenizer.chat_template:
         template = resolve_template(args.template, ckpt.tokenizer)
@@ -64,5 +67,10 @@ def run(args):
         name=args.served_model_name or Path(args.model.rstrip("/")).name.removesuffix(".gguf"),
         max_batch=args.max_batch, max_queue=args.max_queue,
         context=context_length(args, ckpt.args.max_seq_len, 2048),
-        api_key=args.api_key or os.environ.get("LLAMALAB_API_KEY") or None, template=template, ui=not args.no_ui)
+        api_key=args.api_key or os.environ.get("LLAMALAB_API_KEY") or None, template=template, ui=not args.no_ui,
+        mirrored=args.tensor_parallel > 1)
+    if not leader:  # run the engine operations of rank 0's server on this rank's shard
+        from ..serve.mirror import follow
+
+        return follow(new_engine(ckpt.model, settings), ckpt.tokenizer)
     serve(ckpt.model, ckpt.tokenizer, settings, sock, drain_timeout=args.drain_timeout, log_level=args.log_level)

@@ -182,7 +182,7 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
         _check_inside(path, name, index.name if index.is_file() else "the directory")
         raw.update(_read_safetensors(path / name, lazy))
     state, stored = {}, {}
-    for key, w in _group_codes(raw, lazy, quantized, path, stored).items():  # a module's parts may lie in two shards
+    for key, w in _group_codes(raw, lazy, quantized, path, stored).items():  # a module's parts: maybe two shards
         ours = to_ours(key)
         if ours is None:
             if key.endswith("rotary_emb.inv_freq"):

@@ -48,6 +48,11 @@ class Settings:
     api_key: str | None = None
     template: str | None = None  # chat template: name / Jinja source; None = the checkpoint's own
     ui: bool = True              # the chat page at /
+    mirrored: bool = False       # tensor parallelism: the other ranks run every engine operation too (`mirror`)
+
+
+def new_engine(model, settings: Settings) -> Engine:
+    return Engine(model, max_batch=settings.max_batch, max_len=min(settings.context, model.args.max_seq_len))
 
 
 class Service:
@@ -56,7 +61,11 @@ class Service:
     def __init__(self, model, tokenizer, settings: Settings):
         self.tokenizer, self.settings = tokenizer, settings
         self.metrics = Metrics()
-        engine = Engine(model, max_batch=settings.max_batch, max_len=min(settings.context, model.args.max_seq_len))
+        engine = new_engine(model, settings)
+        if settings.mirrored:
+            from .mirror import Leader
+
+            engine = Leader(engine)
         self.context = engine.max_len
         self.scheduler = Scheduler(engine, tokenizer, max_queue=settings.max_queue, metrics=self.metrics)
 
@@ -122,6 +131,8 @@ def create_app(model, tokenizer, settings: Settings) -> FastAPI:
         service.scheduler.start(loop)
         yield
         service.scheduler.stop()
+        if service.settings.mirrored:
+            service.scheduler.engine.close()  # the other ranks return
 
     app = FastAPI(title="llamalab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service

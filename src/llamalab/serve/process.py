@@ -3,6 +3,7 @@
     with ServerProcess(model, "--max-batch", "8") as server:   # a free port; waits until it answers
         server.url, server.metrics(), server.log()
     # leaving the block sends SIGTERM: the server drains and exits
+    ServerProcess(model, tensor_parallel=3)   # under torchrun, 3 processes, weights sharded by heads
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ from ..errors import LlamalabError
 
 
 class ServerProcess:
-    def __init__(self, model, *args: str, log: Path | None = None, startup_timeout: float = 300):
+    def __init__(self, model, *args: str, log: Path | None = None, startup_timeout: float = 300,
+                 tensor_parallel: int = 1):
         self.log_path = Path(log) if log else Path(tempfile.mkstemp(prefix="llamalab-serve-", suffix=".log")[1])
         self._log = open(self.log_path, "w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "llamalab", "serve", "--model", str(model), "--port", "0",
-                                      *args], stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        launch = [sys.executable]
+        if tensor_parallel > 1:
+            launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(tensor_parallel)]
+            args = (*args, "--tensor-parallel", str(tensor_parallel))
+        self.proc = subprocess.Popen([*launch, "-m", "llamalab", "serve", "--model", str(model), "--port", "0", *args],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.url = self._wait_for_address(startup_timeout)
 
     def __enter__(self):
