@@ -252,7 +252,8 @@ class Transformer(nn.Module):
           pos may also be a (B,) tensor when T == 1: row b writes slot pos[b] (and is at rotary
           position pos[b] unless `positions` says otherwise); then `mask` (B, 1, 1, S) is required.
         positions: rotary positions (B, T); default pos..pos+T-1 for every row (left-padded batches
-          pass their own; the rotary table must already cover them: `ensure_positions`). mask: boolean (B, 1, T, S), True = may attend; default causal.
+          pass their own; the rotary table must already cover them: `ensure_positions`).
+        mask: boolean (B, 1, T, S), True = may attend; default causal.
         """
         B, T = tokens.shape
         if positions is None and isinstance(pos, torch.Tensor):
