@@ -121,6 +121,7 @@ class Engine:
         self.seen: torch.Tensor | None = None  # (max_batch, V) tokens seen, for repetition penalties
         self._views: dict[int, KVCache] = {}
         self._positions = torch.arange(self.max_len + 1, device=self.device)
+        model.ensure_positions(self.max_len + 1)  # steps pass positions as a tensor: size the rotary table now
         self._forward = model
         if compile:
             from .fast import compiled_step
@@ -288,6 +289,8 @@ def _check_context(model: Transformer, prompts: list[list[int]], max_new_tokens:
     """The prompts, left-truncated to fit the context when asked (else a prompt too long is an error)."""
     if truncate not in (None, "left"):
         raise LlamalabError(f"unknown truncation policy {truncate!r}; use 'left' or none")
+    if max_new_tokens < 1:  # before the engine sizes its cache from it
+        raise LlamalabError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     limit = model.args.max_seq_len
     room = limit - max_new_tokens
     longest = max((len(p) for p in prompts), default=0)

@@ -92,6 +92,27 @@ def load_checkpoint(args):
     return ckpt
 
 
+def context_length(args, model_context: int | None = None, default: int = 2048) -> int | None:
+    """The tokens per sequence the KV cache holds (`--context N`; the cache is allocated up front): N in 1..the
+    model's context, default min(model's, `default`); `--max-new-tokens`, where the command has it, in 1..N-1
+    (an answer leaves room for a message). Before the model is loaded (model_context None) only the lower
+    bounds are checked, so a bad number fails at once."""
+    context, new = args.context, getattr(args, "max_new_tokens", None)
+    if context is not None and context < 1:
+        raise LlamalabError(f"--context must be >= 1, got {context}")
+    if new is not None and new < 1:
+        raise LlamalabError(f"--max-new-tokens must be >= 1, got {new}")
+    if model_context is None:
+        return None
+    if context is not None and context > model_context:
+        raise LlamalabError(f"--context {context} is larger than the model's context of {model_context} tokens")
+    context = context or min(model_context, default)
+    if new is not None and new >= context:
+        raise LlamalabError(f"--max-new-tokens {new} leaves no room for a message in the context of {context} "
+                            f"tokens; lower it below {context}")
+    return context
+
+
 def add_tensor_parallel_argument(p):
     p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                    help="shard the weights and KV cache by heads over N processes (torchrun --nproc_per_node N)")
