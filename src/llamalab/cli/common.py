@@ -79,13 +79,10 @@ def load_checkpoint(args):
     import torch
 
     from ..device import resolve_device
-    from ..finetune.merge import attach_adapter
     from ..formats import load
 
     dtype = getattr(torch, args.dtype) if args.dtype else None  # None: quantized weights stay quantized
-    ckpt = load(args.model, device=str(resolve_device(args.device)), dtype=dtype)
-    if getattr(args, "adapter", None):
-        attach_adapter(ckpt, args.adapter)
+    ckpt = load(args.model, device=str(resolve_device(args.device)), dtype=dtype, adapter=getattr(args, "adapter", None))
     if ckpt.tokenizer is None:
         raise LlamalabError(f"{args.model}: no tokenizer found with the checkpoint "
                             f"(put tokenizer.model or tokenizer.json next to it)")
