@@ -94,7 +94,15 @@ def new_cache(model: Transformer, batch_size: int, max_len: int) -> KVCache:
     weights) a process caches only the key/value heads it computes."""
     norm, wk = model.norm.weight, getattr(model.layers[0].attention.wk, "weight", None)  # quantized: no .weight
     kv_heads = wk.to_local().shape[0] // model.args.head_dim if hasattr(wk, "to_local") else None
-    return KVCache.allocate(model.args, batch_size, max_len, norm.device, norm.dtype, kv_heads=kv_heads)
+    try:
+        return KVCache.allocate(model.args, batch_size, max_len, norm.device, norm.dtype, kv_heads=kv_heads)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        args = model.args
+        size = 2 * args.n_layers * batch_size * max_len * (kv_heads or args.kv_heads) * args.head_dim * norm.element_size()
+        raise LlamalabError(f"not enough memory on {norm.device} for a KV cache of {batch_size} x {max_len} positions "
+                            f"({size / 2**30:.1f} GiB); lower --context or the batch size") from None
 
 
 class Engine:

@@ -111,3 +111,12 @@ def test_context_flags_are_bounded_by_the_model(capsys, tiny_hf):
              "max_new_tokens must be >= 1, got -3")
     one_line(capsys, ["generate", *model[:2], "--prompt", "hi", "--max-new-tokens", "200"],
              "exceeds the model's context of 128 tokens")
+
+
+def test_a_context_the_model_allows_but_memory_cannot_hold_is_one_line(huge_hf):
+    """--context within the header's claim (2^33) but far beyond memory: the up-front KV cache allocation fails
+    with one line naming its size, under RLIMIT_AS, not with torch's allocator traceback."""
+    p = cli("chat", "--model", str(huge_hf), "--template", "llama-2", "--context", str(2**32), stdin=b"Hello\n")
+    err = p.stderr.decode().strip()
+    assert p.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "not enough memory" in err and "lower --context" in err, err
