@@ -139,6 +139,16 @@ class Engine:
     def max_batch(self) -> int:
         return len(self.slots)
 
+    def warm_up(self) -> None:
+        """Run the decode step once for a batch of one and once for two, so that a compiled step is compiled
+        before the first real sequence arrives (a server's first clients do not wait for it)."""
+        seqs = []
+        for _ in range(min(2, self.free_slots())):
+            seqs.append(self.add([0], max_new_tokens=2))
+            self.step()
+        for seq in seqs:
+            self.release(seq)
+
     def free_slots(self) -> int:
         return sum(s is None for s in self.slots)
 

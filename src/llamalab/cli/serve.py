@@ -1,5 +1,5 @@
-from .common import (add_adapter_argument, add_model_arguments, add_tensor_parallel_argument, context_length,
-                     load_sharded)
+from .common import (add_adapter_argument, add_compile_argument, add_model_arguments, add_tensor_parallel_argument,
+                     context_length, load_sharded)
 
 HELP = "Serve a model over HTTP with OpenAI's API (chat/completions, streaming, continuous batching) and a chat page."
 
@@ -27,6 +27,7 @@ def add_arguments(p):
                    help="on Ctrl-C / SIGTERM, seconds to let requests in flight finish (default 30)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log level (debug also logs every request)")
+    add_compile_argument(p)
     add_tensor_parallel_argument(p)
 
 
@@ -68,7 +69,7 @@ def run(args):
         max_batch=args.max_batch, max_queue=args.max_queue,
         context=context_length(args, ckpt.args.max_seq_len, 2048),
         api_key=args.api_key or os.environ.get("LLAMALAB_API_KEY") or None, template=template, ui=not args.no_ui,
-        mirrored=args.tensor_parallel > 1)
+        mirrored=args.tensor_parallel > 1, compile=args.compile)
     if not leader:  # run the engine operations of rank 0's server on this rank's shard
         from ..serve.mirror import follow
 
