@@ -2,6 +2,9 @@
 
     python bench/decode.py [--max-new-tokens 128] [--batch 1 8] [--compile] [--skip-llama-cpp]
 
+--compile adds rows for our decode step through torch.compile (`llamalab.fast`: at batch 1 on CPU every
+float projection becomes a fused matrix-vector product that streams its weights once).
+
 One run, same prompt, same token count, greedy, end-of-sequence ignored, SmolLM2-135M-Instruct:
 - ours: the F32 GGUF (`llamalab convert --to gguf`) as fp32 and bf16; a Q8_0 GGUF (`llamalab quantize
   --bits 8`) and the asset's Q4_1 GGUF run quantized (int8 / int4).
@@ -97,7 +100,8 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--rounds", type=int, default=3, help="median of this many runs per row")
-    ap.add_argument("--compile", action="store_true", help="our decode step through torch.compile")
+    ap.add_argument("--compile", action="store_true",
+                    help="also our decode step through torch.compile (rows marked 'compiled')")
     ap.add_argument("--skip-llama-cpp", action="store_true")
     ap.add_argument("--skip-transformers", action="store_true")
     args = ap.parse_args()
@@ -132,9 +136,11 @@ def main():
     for name, (path, dtype) in ours.items():
         model = llamalab.load(path, dtype=dtype, tokenizer=False).model
         nbytes = weight_bytes(model)
-        for batch in args.batch:
-            time_ours(model, prompt, 8, batch, args.compile)  # warm-up (and compilation)
-            record(f"llamalab {name}", batch, lambda: time_ours(model, prompt, n, batch, args.compile), nbytes)
+        for compiled in (False, True) if args.compile else (False,):
+            for batch in args.batch:
+                time_ours(model, prompt, 8, batch, compiled)  # warm-up (and compilation)
+                record(f"llamalab {name}" + " compiled" * compiled, batch,
+                       lambda: time_ours(model, prompt, n, batch, compiled), nbytes)
         del model
 
     if not args.skip_transformers:
@@ -166,13 +172,17 @@ def main():
     pairs = [("llamalab fp32", "transformers fp32"), ("llamalab bf16", "transformers bf16"),
              ("llamalab fp32", "llama.cpp F32"), ("llamalab int8", "llama.cpp Q8_0"),
              ("llamalab int4", "llama.cpp Q4_1")]
+    pairs += [(a + " compiled", b) for a, b in pairs]
     for a, b in pairs:
         if (a, 1) in rows and (b, 1) in rows:
-            print(f"  {a:15s} / {b:18s} {rows[(a, 1)][1] / rows[(b, 1)][1]:5.2f}x  "
+            print(f"  {a:24s} / {b:18s} {rows[(a, 1)][1] / rows[(b, 1)][1]:5.2f}x  "
                   f"({rows[(a, 1)][0] / rows[(b, 1)][0]:.2f}x)")
     same = reference_tokens.get(("llamalab fp32", 1)) == reference_tokens.get(("transformers fp32", 1))
     if ("transformers fp32", 1) in reference_tokens:
         print(f"fp32 greedy tokens identical to transformers: {same}")
+    if ("llamalab fp32 compiled", 1) in reference_tokens:
+        same = reference_tokens[("llamalab fp32 compiled", 1)] == reference_tokens[("llamalab fp32", 1)]
+        print(f"fp32 greedy tokens of the compiled step identical to eager: {same}")
 
 
 if __name__ == "__main__":

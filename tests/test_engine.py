@@ -79,3 +79,18 @@ def test_slots_and_context_are_bounded(model):
 def test_compiled_decode_step_equals_eager(model):
     eager = generate(model, PROMPTS[:3], max_new_tokens=12)
     assert generate(model, PROMPTS[:3], max_new_tokens=12, compile=True) == eager
+
+
+@pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_batch_of_one_runs_its_projections_as_fused_matrix_vector_products(model):
+    """At batch 1 every projection, the output head included, leaves BLAS for inductor's fused
+    multiply-and-sum (`llamalab.fast`), and greedy decoding is unchanged."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # compile afresh (no cached graph), so the count is this test's
+    counters.clear()
+    eager = generate(model, PROMPTS[:1], max_new_tokens=12)
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        assert generate(model, PROMPTS[:1], max_new_tokens=12, compile=True) == eager
+    projections = model.args.n_layers * 7 + 1  # wq wk wv wo w1 w2 w3 per layer, and the head
+    assert counters["inductor"]["decompose_mm"] >= projections

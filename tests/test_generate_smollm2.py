@@ -11,6 +11,7 @@ import torch
 import llamalab
 from llamalab.chat_templates import render_for
 from llamalab.cli import main as cli_main
+from llamalab.fast import has_cxx_compiler
 from llamalab.generate import decode_text, generate, stream, stream_text
 from llamalab.tokenizer import load_tokenizer
 
@@ -115,3 +116,13 @@ def test_stream_text_never_splits_a_character(asset):
     pieces = list(stream_text(iter(ids), tok))
     assert "".join(pieces) == tok.decode(ids)
     assert not any("\ufffd" in p for p in pieces)
+
+
+@pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_fast_path_equals_transformers_one_prompt_at_a_time(ours, raw_case, hf_smollm2):
+    """The decode step through torch.compile at batch 1 (projections as fused matrix-vector products, see
+    `llamalab.fast`): a raw prompt and a chat prompt give transformers' greedy tokens."""
+    tok = ours.tokenizer
+    chat = tok.encode(render_for(tok, CHATS[2]), bos=False)
+    for prompt, expected in [(raw_case[0][1], raw_case[1][1]), (chat, hf_greedy(hf_smollm2, [chat])[0])]:
+        assert list(stream(ours.model, prompt, max_new_tokens=N, compile=True)) == expected

@@ -49,3 +49,56 @@ def test_meta_device_build_then_materialize():
     model.init_weights()
     out = model(torch.zeros(1, 5, dtype=torch.long))
     assert out.shape == (1, 5, args.vocab_size) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("scaling", [None, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 1024}])
+def test_rotary_table_matches_transformers(scaling):
+    """`rope_cache` against transformers' LlamaRotaryEmbedding for SmolLM2's shape (θ 100000, head_dim 64), over
+    its whole 8192-position context. transformers computes θ_j in float32 (we in float64, then round), so
+    angles m·θ_j differ by up to ~m·θ_j·2^-23: measured max 1e-4 at m = 8191; a wrong frequency or pairing is O(1)."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from llamalab.model import rope_cache
+
+    args = PRESETS["smollm2-135m"].replace(rope_scaling=scaling)
+    config = LlamaConfig(hidden_size=args.dim, num_attention_heads=args.n_heads, head_dim=args.head_dim,
+                         max_position_embeddings=args.max_seq_len,
+                         rope_parameters={"rope_type": "default", **(scaling or {}), "rope_theta": args.rope_theta})
+    cos, sin = LlamaRotaryEmbedding(config)(torch.zeros(1), torch.arange(args.max_seq_len)[None])
+    table, half = rope_cache(args), args.head_dim // 2  # HF's cos/sin repeat the half-width angles twice
+    torch.testing.assert_close(table.real, cos[0, :, :half], atol=5e-4, rtol=0)
+    torch.testing.assert_close(table.imag, sin[0, :, :half], atol=5e-4, rtol=0)
+
+
+def test_rotary_table_grows_with_the_positions_used():
+    """max_seq_len is a header value (a hostile GGUF may claim 2^32 positions): the model's table starts empty,
+    grows when a forward needs more positions (or `ensure_positions` asks), never past max_seq_len, and every
+    entry is bit for bit that of the whole table (`rope_cache` of max_seq_len)."""
+    from llamalab.generate import Engine
+    from llamalab.model import rope_cache
+
+    args = PRESETS["tiny"].replace(max_seq_len=3000)
+    whole = torch.view_as_real(rope_cache(args))
+    model = Transformer(args).eval()
+    model.init_weights(generator=torch.Generator().manual_seed(0))
+    assert len(model.freqs_cis) == 0
+
+    def same_as_whole():
+        n = len(model.freqs_cis)
+        return torch.equal(torch.view_as_real(model.freqs_cis), whole[:n])
+
+    with torch.no_grad():
+        model(torch.zeros(1, 5, dtype=torch.long))
+        assert len(model.freqs_cis) == 5 and same_as_whole()
+        cache = KVCache.allocate(args, batch_size=1, max_len=300)
+        for t in range(5, 300, 37):  # decoding with integer positions: the table at least doubles each time
+            model(torch.zeros(1, 1, dtype=torch.long), cache=cache, pos=t)
+        assert 300 - 37 <= len(model.freqs_cis) <= 2 * 300 and same_as_whole()
+    Engine(model, max_len=1500)  # its steps pass positions as a tensor: it sizes the table up front
+    assert len(model.freqs_cis) == 1501 and same_as_whole()
+    model.ensure_positions(10**12)
+    assert len(model.freqs_cis) == args.max_seq_len and same_as_whole()
+    model.to(torch.bfloat16)  # a move recomputes the table for the same positions
+    assert len(model.freqs_cis) == args.max_seq_len and same_as_whole()

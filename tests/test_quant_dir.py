@@ -31,12 +31,18 @@ def f32_gguf(tmp_path_factory):
 
 
 @pytest.mark.parametrize("bits, group", [(8, 32), (4, 32), (4, 64)])
-def test_directory_round_trip(f32_gguf, tmp_path, bits, group):
+def test_directory_round_trip(f32_gguf, tmp_path, capsys, bits, group):
     out = tmp_path / f"q{bits}g{group}"
     assert main(["quantize", "--model", str(f32_gguf), "--bits", str(bits), "--group-size", str(group),
                  "--out", str(out)]) == 0
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
     assert cfg["bits"] == bits and cfg["group_size"] == group and cfg["quant_method"] == "llamalab"
+    capsys.readouterr()
+    assert main(["info", str(out), "--tensors"]) == 0  # what is stored, not what it dequantizes to
+    shown = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines() if line.startswith("  "))
+    assert shown["layers.1.feed_forward.w2.weight"].endswith(f"int{bits} (group {group})")
+    assert shown["tok_embeddings.weight"].endswith(f"int8 (group {group})")  # the embedding keeps 8 bits
+    assert shown["layers.1.ffn_norm.weight"].endswith("float32")
     source, _, _, _, _ = load_state(f32_gguf)
     codes, _, _, fmt, _ = load_state(out, quantized=True)
     assert fmt == "hf" and set(codes) == set(source)

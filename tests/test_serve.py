@@ -3,9 +3,9 @@
 Expected answers come from `llamalab generate` (the CLI, in this process) on the same checkpoint, whose
 greedy tokens are checked against transformers in test_generate_smollm2.py.
 
-The main server runs the weights dequantized to float32, as does its reference: float32 matmuls give a
-sequence the same logits to ~1e-6 whatever the batch, so concurrent answers can be compared with lone
-ones token for token. The quantized default (bfloat16 activations in the int4 kernel) is checked
+The main server runs the weights dequantized to float32, as does its reference, with its decode step compiled
+(`--compile`; the reference decodes eagerly): float32 matmuls give a sequence the same logits to ~1e-6 whatever
+the batch and whichever kernel, so concurrent answers can be compared with lone ones token for token. The quantized default (bfloat16 activations in the int4 kernel) is checked
 against `llamalab generate` on a lone request, where the batch is the same on both sides.
 """
 
@@ -30,7 +30,7 @@ SLOTS, QUEUE = 8, 64
 @pytest.fixture(scope="module")
 def server(smollm2_gguf, tmp_path_factory):
     s = ServerProcess(smollm2_gguf, "--max-batch", str(SLOTS), "--max-queue", str(QUEUE), "--context", "512",
-                      "--served-model-name", "smol", "--dtype", "float32",
+                      "--served-model-name", "smol", "--dtype", "float32", "--compile",
                       log=tmp_path_factory.mktemp("serve") / "server.log")
     yield s
     assert s.stop() == 0, s.log()

@@ -94,7 +94,15 @@ def new_cache(model: Transformer, batch_size: int, max_len: int) -> KVCache:
     weights) a process caches only the key/value heads it computes."""
     norm, wk = model.norm.weight, getattr(model.layers[0].attention.wk, "weight", None)  # quantized: no .weight
     kv_heads = wk.to_local().shape[0] // model.args.head_dim if hasattr(wk, "to_local") else None
-    return KVCache.allocate(model.args, batch_size, max_len, norm.device, norm.dtype, kv_heads=kv_heads)
+    try:
+        return KVCache.allocate(model.args, batch_size, max_len, norm.device, norm.dtype, kv_heads=kv_heads)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        args = model.args
+        size = 2 * args.n_layers * batch_size * max_len * (kv_heads or args.kv_heads) * args.head_dim * norm.element_size()
+        raise LlamalabError(f"not enough memory on {norm.device} for a KV cache of {batch_size} x {max_len} positions "
+                            f"({size / 2**30:.1f} GiB); lower --context or the batch size") from None
 
 
 class Engine:
@@ -121,6 +129,7 @@ class Engine:
         self.seen: torch.Tensor | None = None  # (max_batch, V) tokens seen, for repetition penalties
         self._views: dict[int, KVCache] = {}
         self._positions = torch.arange(self.max_len + 1, device=self.device)
+        model.ensure_positions(self.max_len + 1)  # steps pass positions as a tensor: size the rotary table now
         self._forward = model
         if compile:
             from .fast import compiled_step
@@ -129,6 +138,16 @@ class Engine:
     @property
     def max_batch(self) -> int:
         return len(self.slots)
+
+    def warm_up(self) -> None:
+        """Run the decode step once for a batch of one and once for two, so that a compiled step is compiled
+        before the first real sequence arrives (a server's first clients do not wait for it)."""
+        seqs = []
+        for _ in range(min(2, self.free_slots())):
+            seqs.append(self.add([0], max_new_tokens=2))
+            self.step()
+        for seq in seqs:
+            self.release(seq)
 
     def free_slots(self) -> int:
         return sum(s is None for s in self.slots)
@@ -288,6 +307,8 @@ def _check_context(model: Transformer, prompts: list[list[int]], max_new_tokens:
     """The prompts, left-truncated to fit the context when asked (else a prompt too long is an error)."""
     if truncate not in (None, "left"):
         raise LlamalabError(f"unknown truncation policy {truncate!r}; use 'left' or none")
+    if max_new_tokens < 1:  # before the engine sizes its cache from it
+        raise LlamalabError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     limit = model.args.max_seq_len
     room = limit - max_new_tokens
     longest = max((len(p) for p in prompts), default=0)

@@ -59,10 +59,13 @@ def rope_frequencies(args: ModelArgs) -> torch.Tensor:
     return freqs.float()
 
 
-def rope_cache(args: ModelArgs, device=None) -> torch.Tensor:
-    """e^(i·m·θ_j) for every position m < max_seq_len: a complex (max_seq_len, head_dim/2) tensor."""
+def rope_cache(args: ModelArgs, device=None, length: int | None = None) -> torch.Tensor:
+    """e^(i·m·θ_j) for every position m < length (default max_seq_len): a complex (length, head_dim/2) tensor.
+    Each entry is computed on its own (m·θ_j, then cos and sin), so the table for n positions is the first n
+    rows of any longer one, bit for bit."""
     freqs = rope_frequencies(args).to(device)
-    angles = torch.outer(torch.arange(args.max_seq_len, device=device, dtype=torch.float32), freqs)
+    n = args.max_seq_len if length is None else length
+    angles = torch.outer(torch.arange(n, device=device, dtype=torch.float32), freqs)
     return torch.polar(torch.ones_like(angles), angles)
 
 
@@ -189,7 +192,9 @@ class Transformer(nn.Module):
         self.tie_weights()
         # A plain attribute, not a buffer (as in Meta's reference): `model.to(torch.bfloat16)` would cast a
         # complex buffer to real and silently drop the sines. It moves with the parameters (`_apply`).
-        self.freqs_cis = rope_cache(args)
+        # It covers the positions used so far and grows on demand (`ensure_positions`): max_seq_len is a
+        # header value, and 2^33 positions of a tiny model's table would be terabytes.
+        self.freqs_cis = rope_cache(args, length=0)
 
     def _apply(self, fn, recurse=True):
         # Every move (`.to`, `.cuda`, `.to_empty`) comes through here, as for torch's own RNN modules: the
@@ -207,7 +212,16 @@ class Transformer(nn.Module):
     def init_buffers(self, device=None):
         """Recompute the rotary table on `device` (default: the parameters'), e.g. after
         `load_state_dict(assign=True)` put parameters on a device without moving the module."""
-        self.freqs_cis = rope_cache(self.args, device or self.tok_embeddings.weight.device)
+        self.freqs_cis = rope_cache(self.args, device or self.tok_embeddings.weight.device, len(self.freqs_cis))
+
+    def ensure_positions(self, n: int) -> None:
+        """Extend the rotary table to positions 0..n-1 (never past max_seq_len), recomputed as `rope_cache`
+        computes it. A forward with an integer `pos` extends it itself; a caller passing `positions` as a
+        tensor calls this first (reading the tensor's largest position would wait for the device every
+        step), and before any `torch.compile`d forward, which must not see the table change."""
+        n = min(n, self.args.max_seq_len)
+        if n > len(self.freqs_cis):
+            self.freqs_cis = rope_cache(self.args, self.freqs_cis.device, n)
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None):
@@ -238,7 +252,8 @@ class Transformer(nn.Module):
           pos may also be a (B,) tensor when T == 1: row b writes slot pos[b] (and is at rotary
           position pos[b] unless `positions` says otherwise); then `mask` (B, 1, 1, S) is required.
         positions: rotary positions (B, T); default pos..pos+T-1 for every row (left-padded batches
-          pass their own). mask: boolean (B, 1, T, S), True = may attend; default causal.
+          pass their own; the rotary table must already cover them: `ensure_positions`).
+        mask: boolean (B, 1, T, S), True = may attend; default causal.
         """
         B, T = tokens.shape
         if positions is None and isinstance(pos, torch.Tensor):
@@ -246,6 +261,8 @@ class Transformer(nn.Module):
         if positions is None:
             if pos + T > self.args.max_seq_len:
                 raise ValueError(f"sequence of {pos + T} positions exceeds max_seq_len {self.args.max_seq_len}")
+            if pos + T > len(self.freqs_cis):  # at least double: decoding one token at a time extends it rarely
+                self.ensure_positions(max(pos + T, 2 * len(self.freqs_cis)))
             freqs_cis = self.freqs_cis[pos:pos + T][None, :, None]
         else:
             freqs_cis = self.freqs_cis[positions][:, :, None]

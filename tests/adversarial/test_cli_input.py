@@ -13,7 +13,8 @@ import pytest
 from token_data import write_token_dataset
 
 MEMORY = 3 << 30  # address space for the child: loading SmolLM2 fits in 2 GB
-NO_SPACE = "mount -t tmpfs -o size=64k tmpfs \"$1\" && mount -t tmpfs -o ro tmpfs \"$2\" && shift 2 && exec \"$@\""
+NO_SPACE = ("full=$1; mount -t tmpfs -o size=64k tmpfs \"$1\" && mount -t tmpfs -o ro tmpfs \"$2\" && shift 2 || exit 1; "
+            "\"$@\"; code=$?; ls -A \"$full\"; exit $code")
 
 
 def cli(*args, stdin: bytes = b"", wrap=(), timeout=120) -> subprocess.CompletedProcess:
@@ -72,7 +73,8 @@ def test_tiny_temperature_is_greedy(temperature):
 @pytest.fixture
 def no_space(tmp_path):
     """(wrapper, full dir, read-only dir): run a command in a mount namespace of our own where `full` is a
-    64 KiB tmpfs and `readonly` a read-only one (an unprivileged user namespace: no root needed)."""
+    64 KiB tmpfs and `readonly` a read-only one (an unprivileged user namespace: no root needed); what the
+    command leaves on `full` is listed on its standard output."""
     unshare = shutil.which("unshare")
     assert unshare, "util-linux's unshare is needed to make a full and a read-only filesystem for this test"
     full, readonly = tmp_path / "full", tmp_path / "readonly"
@@ -83,8 +85,10 @@ def no_space(tmp_path):
 
 def test_writes_to_a_full_disk_or_a_read_only_directory(smollm2_gguf, llama_spm_gguf, no_space, tmp_path):
     wrap, full, readonly = no_space
-    one_line_error(cli("convert", str(smollm2_gguf), "--to", "hf", "--out", str(full / "hf"), wrap=wrap), "convert",
-                   "No space left on device", str(full / "hf"))
+    for to in ("hf", "meta", "gguf"):  # torch.save (meta) reports a full disk as "unexpected pos"
+        p = cli("convert", str(smollm2_gguf), "--to", to, "--out", str(full / to), wrap=wrap)
+        one_line_error(p, "convert", "No space left on device", str(full / to))
+        assert p.stdout == b"", p.stdout  # nothing half-written is left on the full filesystem
     write_token_dataset(tmp_path / "data", {"a": np.random.default_rng(0).integers(0, 512, 5_000)}, vocab_size=512)
     train = ("train", "model=tiny", "seq_len=32", "micro_batch_size=2", "max_steps=2", "warmup_steps=1",
              "progress=false", f"data={tmp_path / 'data'}")

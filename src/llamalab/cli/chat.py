@@ -2,7 +2,8 @@ import sys
 
 from ..errors import LlamalabError
 from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
-                     add_sampling_arguments, add_tensor_parallel_argument, load_sharded, sampling_kwargs)
+                     add_sampling_arguments, add_tensor_parallel_argument, context_length, load_sharded,
+                     sampling_kwargs)
 
 HELP = "Chat with a model in the terminal (streams answers; /reset clears the conversation, /exit quits)."
 
@@ -14,7 +15,8 @@ def add_arguments(p):
     add_chat_arguments(p)
     add_compile_argument(p)
     p.add_argument("--context", type=int, metavar="N",
-                   help="conversation length in tokens kept in the KV cache (default: min(model's, 4096))")
+                   help="conversation length in tokens kept in the KV cache, at most the model's "
+                   "(default: min(model's, 4096))")
     add_tensor_parallel_argument(p)
 
 
@@ -36,13 +38,14 @@ def run(args):
     from ..generate import Session, stream_text
     from ..tensor_parallel import share
 
+    context_length(args)  # so do bad numbers
     if args.template:
         resolve_template(args.template)  # a bad name fails before the (slow) load
     ckpt, main = load_sharded(args)  # under --tensor-parallel: rank 0 reads and prints, every rank decodes
     out = sys.stdout if main else open(os.devnull, "w")
     tok = ckpt.tokenizer
     template = resolve_template(args.template, tok)  # fail now, not at the first message
-    session = Session(ckpt.model, max_len=args.context or min(ckpt.args.max_seq_len, 4096), compile=args.compile)
+    session = Session(ckpt.model, max_len=context_length(args, ckpt.args.max_seq_len, 4096), compile=args.compile)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     interactive = main and sys.stdin.isatty()

@@ -79,17 +79,35 @@ def load_checkpoint(args):
     import torch
 
     from ..device import resolve_device
-    from ..finetune.merge import attach_adapter
     from ..formats import load
 
     dtype = getattr(torch, args.dtype) if args.dtype else None  # None: quantized weights stay quantized
-    ckpt = load(args.model, device=str(resolve_device(args.device)), dtype=dtype)
-    if getattr(args, "adapter", None):
-        attach_adapter(ckpt, args.adapter)
+    ckpt = load(args.model, device=str(resolve_device(args.device)), dtype=dtype, adapter=getattr(args, "adapter", None))
     if ckpt.tokenizer is None:
         raise LlamalabError(f"{args.model}: no tokenizer found with the checkpoint "
                             f"(put tokenizer.model or tokenizer.json next to it)")
     return ckpt
+
+
+def context_length(args, model_context: int | None = None, default: int = 2048) -> int | None:
+    """The tokens per sequence the KV cache holds (`--context N`; the cache is allocated up front): N in 1..the
+    model's context, default min(model's, `default`); `--max-new-tokens`, where the command has it, in 1..N-1
+    (an answer leaves room for a message). Before the model is loaded (model_context None) only the lower
+    bounds are checked, so a bad number fails at once."""
+    context, new = args.context, getattr(args, "max_new_tokens", None)
+    if context is not None and context < 1:
+        raise LlamalabError(f"--context must be >= 1, got {context}")
+    if new is not None and new < 1:
+        raise LlamalabError(f"--max-new-tokens must be >= 1, got {new}")
+    if model_context is None:
+        return None
+    if context is not None and context > model_context:
+        raise LlamalabError(f"--context {context} is larger than the model's context of {model_context} tokens")
+    context = context or min(model_context, default)
+    if new is not None and new >= context:
+        raise LlamalabError(f"--max-new-tokens {new} leaves no room for a message in the context of {context} "
+                            f"tokens; lower it below {context}")
+    return context
 
 
 def add_tensor_parallel_argument(p):

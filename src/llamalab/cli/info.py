@@ -14,7 +14,9 @@ def run(args):
 
     state, cfg, extra, fmt, path = load_state(args.path, lazy=True)  # shapes only: instant for any size
     meta = extra.get("metadata", {})
-    types = extra.get("tensor_types") or {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()}
+    # how each tensor is stored: the file's own types where it has them (GGUF's Q4_1, a quantized directory's
+    # int4 groups), else the dtype
+    types = {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()} | extra.get("tensor_types", {})
     print(f"format      {fmt}")
     print(f"path        {path}")
     if meta.get("general.name"):

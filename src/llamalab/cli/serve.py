@@ -1,4 +1,5 @@
-from .common import add_adapter_argument, add_model_arguments, add_tensor_parallel_argument, load_sharded
+from .common import (add_adapter_argument, add_compile_argument, add_model_arguments, add_tensor_parallel_argument,
+                     context_length, load_sharded)
 
 HELP = "Serve a model over HTTP with OpenAI's API (chat/completions, streaming, continuous batching) and a chat page."
 
@@ -14,7 +15,8 @@ def add_arguments(p):
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="sequences waiting for a slot; more requests get 429 (default 64)")
     p.add_argument("--context", type=int, metavar="N",
-                   help="tokens per sequence, prompt + answer (default: min(model's, 2048)); sets the KV-cache size")
+                   help="tokens per sequence, prompt + answer, at most the model's (default: min(model's, 2048)); "
+                   "sets the KV-cache size")
     p.add_argument("--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on /v1 "
                    "(default: $LLAMALAB_API_KEY if set)")
     p.add_argument("--served-model-name", metavar="NAME", help="the model id clients use (default: the file's name)")
@@ -25,6 +27,7 @@ def add_arguments(p):
                    help="on Ctrl-C / SIGTERM, seconds to let requests in flight finish (default 30)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log level (debug also logs every request)")
+    add_compile_argument(p)
     add_tensor_parallel_argument(p)
 
 
@@ -64,9 +67,9 @@ def run(args):
     settings = Settings(
         name=args.served_model_name or Path(args.model.rstrip("/")).name.removesuffix(".gguf"),
         max_batch=args.max_batch, max_queue=args.max_queue,
-        context=args.context or min(ckpt.args.max_seq_len, 2048),
+        context=context_length(args, ckpt.args.max_seq_len, 2048),
         api_key=args.api_key or os.environ.get("LLAMALAB_API_KEY") or None, template=template, ui=not args.no_ui,
-        mirrored=args.tensor_parallel > 1)
+        mirrored=args.tensor_parallel > 1, compile=args.compile)
     if not leader:  # run the engine operations of rank 0's server on this rank's shard
         from ..serve.mirror import follow
 

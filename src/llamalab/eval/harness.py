@@ -74,7 +74,8 @@ def evaluate(model, tasks: list[str], *, adapter=None, data_dir=None, shots: int
     tasks = [get_task(t.strip()) for t in tasks if t.strip()]
     if not tasks:
         raise LlamalabError("no tasks given; name at least one task, e.g. --tasks arc_easy")
-    for name, v in (("limit", limit), ("batch_size", batch_size), ("samples", samples), ("maj_k", maj_k)):
+    for name, v in (("limit", limit), ("batch_size", batch_size), ("samples", samples), ("maj_k", maj_k),
+                    ("max_new_tokens", max_new_tokens)):
         if v is not None and v < 1:
             raise LlamalabError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
     data_dir = Path(data_dir) if data_dir else assets.path("benchmarks")

@@ -147,6 +147,7 @@ class LLM:
                 owner += [len(keys)] * len(nodes)
                 keys.append(key)
         dev = self.device
+        self.model.ensure_positions(T)  # every position is < T
         h = self.model.hidden_states(tokens.to(dev), positions=positions.to(dev), mask=mask[:, None].to(dev))
         h = h.flatten(0, 1)[torch.tensor(index, device=dev)]
         targets, owner = torch.tensor(targets, device=dev), torch.tensor(owner, device=dev)

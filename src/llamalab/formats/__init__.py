@@ -156,19 +156,25 @@ def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False
     return state, args, extra, fmt, path
 
 
-def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = True) -> Checkpoint:
+def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = True,
+         adapter=None) -> Checkpoint:
     """Load a .gguf file, an HF directory, a Meta directory, or a hub id into our Transformer.
 
     dtype None: quantized weights stay quantized and run as such (`llamalab.quant`), the rest is float32;
-    a dtype dequantizes everything to it."""
+    a dtype dequantizes everything to it. adapter: a LoRA adapter directory (peft's layout) to run with
+    the weights, unmerged (`llamalab lora merge` folds one in for good)."""
     state, args, extra, fmt, path = load_state(path_or_id, quantized=dtype is None)
     if any(isinstance(v, GroupCodes) for v in state.values()):
         model = build_quantized(state, args, device=device)
     else:
         model = model_from_state(state, args, device=device, dtype=dtype or torch.float32)
     tok = load_tokenizer_for(fmt, path, args.vocab_size, extra) if tokenizer else None
-    return Checkpoint(model=model, args=args, tokenizer=tok, format=fmt,
-                      metadata=extra.get("metadata", {}), path=path)
+    ckpt = Checkpoint(model=model, args=args, tokenizer=tok, format=fmt, metadata=extra.get("metadata", {}), path=path)
+    if adapter:
+        from ..finetune.merge import attach_adapter
+
+        attach_adapter(ckpt, adapter)
+    return ckpt
 
 
 def save(state: dict[str, torch.Tensor], args: ModelArgs, out, fmt: str, tokenizer_src=None, *,

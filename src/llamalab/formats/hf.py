@@ -123,21 +123,21 @@ def _read_json(file: Path) -> dict:
         raise LlamalabError(f"{file}: cannot read JSON ({e})") from None
 
 
-def _group_codes(state: dict, lazy: bool, quantized: bool, where) -> dict:
+def _group_codes(state: dict, lazy: bool, quantized: bool, where, types: dict) -> dict:
     """Our quantized layout's `<module>.qweight/.scales/.zeros` → `<module>.weight` as GroupCodes (quantized),
-    else dequantized to float32; lazy: a meta tensor of the weight's shape."""
+    else dequantized to float32; lazy: a meta tensor of the weight's shape. `types` gets how each is stored
+    (e.g. "int4 (group 32)": 4-bit codes with a scale and a minimum per group of 32 weights)."""
     parts: dict[str, dict] = {}
     for key in [k for k in state if k.rsplit(".", 1)[-1] in SUFFIXES]:
         prefix, suffix = key.rsplit(".", 1)
         parts.setdefault(prefix, {})[suffix] = state.pop(key)
     for prefix, t in parts.items():
+        codes = from_tensors(t, f"{where}: {prefix}")  # shapes only: meta tensors when lazy
+        types[f"{prefix}.weight"] = f"int{codes.bits} (group {codes.group_size})"
         if lazy:
-            scale = t.get("scales", t["qweight"])
-            state[f"{prefix}.weight"] = torch.empty(scale.shape[0], t["qweight"].shape[1] * (
-                2 if t["qweight"].dtype == torch.uint8 else 1), device="meta")
-            continue
-        codes = from_tensors(t, f"{where}: {prefix}")
-        state[f"{prefix}.weight"] = codes if quantized else codes.dequantize()
+            state[f"{prefix}.weight"] = torch.empty(codes.shape, device="meta")
+        else:
+            state[f"{prefix}.weight"] = codes if quantized else codes.dequantize()
     return state
 
 
@@ -181,8 +181,8 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
     for name in files:
         _check_inside(path, name, index.name if index.is_file() else "the directory")
         raw.update(_read_safetensors(path / name, lazy))
-    state = {}
-    for key, w in _group_codes(raw, lazy, quantized, path).items():  # a module's parts may lie in two shards
+    state, stored = {}, {}
+    for key, w in _group_codes(raw, lazy, quantized, path, stored).items():  # a module's parts: maybe two shards
         ours = to_ours(key)
         if ours is None:
             if key.endswith("rotary_emb.inv_freq"):
@@ -203,7 +203,8 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
             del state["output.weight"]
         else:
             raise LlamalabError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from embed_tokens")
-    return state, args, {"metadata": cfg}
+    types = {to_ours(k): t for k, t in stored.items() if to_ours(k) in state}  # (not a tied output's)
+    return state, args, {"metadata": cfg, **({"tensor_types": types} if types else {})}
 
 
 # --------------------------------------------------------------------------------------------- write

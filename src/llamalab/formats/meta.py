@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import staged_dir, write_text
+from ..atomic import refused_write, staged_dir, write_text
 from ..config import ModelArgs
 from ..errors import LlamalabError
 from ..tokenizer import save_tokenizer
@@ -161,7 +161,13 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, tokenizer_src=
         full["output.weight"] = full["tok_embeddings.weight"]
     with staged_dir(out) as tmp:
         for k, shard in enumerate(split_shards(full, shards)):
-            torch.save(shard, tmp / f"consolidated.{k:02d}.pth")
+            try:
+                torch.save(shard, tmp / f"consolidated.{k:02d}.pth")
+            except RuntimeError:  # torch.save hides the errno of a full disk ("unexpected pos ...")
+                refusal = refused_write(out)
+                if refusal is None:
+                    raise
+                raise refusal from None
         write_text(tmp / "params.json", json.dumps(params_from_args(args), indent=2) + "\n")
         save_tokenizer(tokenizer_src, tmp)
     return Path(out)

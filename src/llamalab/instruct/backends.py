@@ -165,13 +165,11 @@ class LocalModel:
                  device: str | None = None, dtype=None, template: str | None = None):
         from ..chat_templates import resolve_template
         from ..device import resolve_device
-        from ..finetune.merge import attach_adapter
         from ..formats import load
         from ..generate import Engine
 
-        ckpt = load(path, device=str(resolve_device(device)), dtype=dtype)  # dtype None: quantized stays quantized
-        if adapter:
-            attach_adapter(ckpt, adapter)
+        # dtype None: quantized stays quantized
+        ckpt = load(path, device=str(resolve_device(device)), dtype=dtype, adapter=adapter)
         if ckpt.tokenizer is None:
             raise LlamalabError(f"{path}: no tokenizer found with the checkpoint (put tokenizer.json next to it)")
         self.tokenizer, self.template = ckpt.tokenizer, resolve_template(template, ckpt.tokenizer)

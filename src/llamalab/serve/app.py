@@ -49,10 +49,16 @@ class Settings:
     template: str | None = None  # chat template: name / Jinja source; None = the checkpoint's own
     ui: bool = True              # the chat page at /
     mirrored: bool = False       # tensor parallelism: the other ranks run every engine operation too (`mirror`)
+    compile: bool = False        # the decode step through torch.compile, compiled before the first request
 
 
 def new_engine(model, settings: Settings) -> Engine:
-    return Engine(model, max_batch=settings.max_batch, max_len=min(settings.context, model.args.max_seq_len))
+    engine = Engine(model, max_batch=settings.max_batch, max_len=min(settings.context, model.args.max_seq_len),
+                    compile=settings.compile)
+    if settings.compile:
+        log.info("compiling the decode step (the first time takes a while; torch caches it on disk)")
+        engine.warm_up()
+    return engine
 
 
 class Service:
