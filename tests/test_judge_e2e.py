@@ -16,6 +16,7 @@ import json
 import pytest
 
 from llamalab.cli import main as cli_main
+from llamalab.instruct import SEED_TASKS
 from llamalab.judge import QUESTIONS
 from llamalab.serve.process import ServerProcess
 
@@ -49,6 +50,16 @@ def test_self_instruct_finetune_judge_on_a_real_server(server, smollm2_gguf, tmp
     assert len(records) == PAIRS
     assert all(set(r) == {"instruction", "input", "output"} and r["instruction"] and r["output"] for r in records)
     assert len({r["instruction"] for r in records}) == PAIRS
+    # the paper's filters, checked on the output with Google's rouge-score: no instruction is a near duplicate
+    # (ROUGE-L F >= 0.7) of a seed task or of another one (F is symmetric), each has 3-150 words
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    seeds = [json.loads(x)["instruction"] for x in SEED_TASKS.read_text().splitlines()]
+    for i, r in enumerate(records):
+        others = seeds + [o["instruction"] for o in records[:i]]
+        assert scorer.score_multi(others, r["instruction"])["rougeL"].fmeasure < 0.7, r
+        assert 3 <= len(r["instruction"].split()) <= 150, r
     print(capsys.readouterr().out)
 
     run = tmp_path / "ft"
