@@ -170,9 +170,8 @@ def self_instruct(teacher, seed_tasks: list[dict], out, *, n: int, temperature: 
                   answer_temperature: float = 0.7, answer_max_tokens: int = 256, seed: int = 0,
                   patience: int = 20, progress: bool = True) -> dict:
     """Append teacher-made Alpaca records to `out` until it holds `n`; the counts of what was kept and why
-    the rest was dropped. Each round sends `teacher.concurrency` instruction requests when fewer new tasks are
-    waiting than records are missing, then asks for answers to the waiting tasks together and appends the
-    answered pairs."""
+    the rest was dropped. Each round is one batch for the teacher: answers to the new tasks waiting, and
+    instruction requests for the tasks still missing (`Run.round`); the answered pairs that pass are appended."""
     from tqdm.auto import tqdm
 
     if not seed_tasks:
