@@ -4,7 +4,7 @@ LoRA adapter on them, `llamalab generate --input` answers questions with the bas
 `llamalab judge` compares the two, pairwise in both orders.
 
 The issue's 50 pairs, through the paper's filters; the rest kept small for a 2-core CI machine (2 fine-tuning
-steps, 3 questions). The client keeps the server's 8 batch slots busy (--concurrency 8 = --max-batch 8).
+steps, 3 questions). --concurrency 8 matches the server's 8 batch slots (--max-batch 8).
 SmolLM2-135M is a weak teacher and judge: the test checks that every stage runs on it and that every output
 has the format the next stage reads, not the quality of the data or the verdicts.
 """

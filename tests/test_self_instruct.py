@@ -7,7 +7,6 @@ server cannot be made to fail on demand. The whole loop on a real `llamalab serv
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import random
@@ -148,27 +147,6 @@ def teacher(messages):
         return "\n".join(f"{1 + i}. Compare a {' and a '.join(rng.sample(WORDS, 3))} for a {rng.choice(WORDS)} "
                          f"{rng.choice(WORDS)}." for i in range(8))
     return f"An answer to: {prompt}"
-
-
-def test_a_round_answers_waiting_tasks_and_asks_for_the_missing_ones_in_one_batch(tmp_path, capsys):
-    """A teacher writing 2 usable tasks per reply; --n 20 at concurrency 4. Round 1: 4 instruction requests (one
-    per slot; nothing waits yet) → 8 tasks, 2 per request. Round 2: the 8 answers and ceil(12 / 2) = 6 instruction
-    requests in one batch → 12 tasks. Round 3: their 12 answers, nothing short. 10 instruction requests, 30 in all."""
-    names = itertools.count()
-
-    def two_tasks(messages):  # tasks of new words only: none is a near duplicate of another
-        if "Write only the tasks, not their answers" in messages[-1]["content"]:
-            return "\n".join(f"{i}. Describe the items {' '.join(f'w{next(names)}' for _ in range(4))}." for i in (1, 2))
-        return "A short answer."
-
-    out = tmp_path / "pairs.jsonl"
-    with ScriptedEndpoint(two_tasks) as endpoint:
-        assert cli_main(["self-instruct", "--teacher", endpoint.url, "--out", str(out), "--n", "20",
-                         "--concurrency", "4", "--no-progress"]) == 0
-        sent = [r["messages"][-1]["content"] for r in endpoint.requests]
-    assert len(sent) == 30 and sum("Write only the tasks" in x for x in sent) == 10
-    assert "10 instruction requests, 20 tasks parsed; dropped: none" in capsys.readouterr().out
-    assert len({json.loads(x)["instruction"] for x in out.read_text().splitlines()}) == 20
 
 
 def run_cli(*args):

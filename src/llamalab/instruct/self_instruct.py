@@ -20,7 +20,6 @@ until the file holds `n` records and never rewrites what is there. A kill loses 
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from collections import Counter
@@ -170,8 +169,9 @@ def self_instruct(teacher, seed_tasks: list[dict], out, *, n: int, temperature: 
                   answer_temperature: float = 0.7, answer_max_tokens: int = 256, seed: int = 0,
                   patience: int = 20, progress: bool = True) -> dict:
     """Append teacher-made Alpaca records to `out` until it holds `n`; the counts of what was kept and why
-    the rest was dropped. Each round is one batch for the teacher: answers to the new tasks waiting, and
-    instruction requests for the tasks still missing (`Run.round`); the answered pairs that pass are appended."""
+    the rest was dropped. Each round sends `teacher.concurrency` instruction requests when fewer new tasks are
+    waiting than records are missing, then asks for answers to the waiting tasks together and appends the
+    answered pairs."""
     from tqdm.auto import tqdm
 
     if not seed_tasks:
@@ -209,19 +209,15 @@ class Run:
                                             + [r.get("instruction", "") for r in done])))
         self.waiting: list[dict] = []  # new tasks that passed the filters, not answered yet (lost on a kill)
         self.stats = Counter(resumed=len(done))
-        self.asked = self.found = 0  # instruction requests sent and new tasks they brought that passed the filters
 
     def round(self, missing: int) -> int:
-        """Answers to up to max(missing, concurrency) waiting tasks and, in the same batch, instruction requests
-        for the new tasks still short of `missing`: the teacher decodes both together, and the new tasks wait
-        for the next round. How many records were appended (never more than `missing`)."""
+        """New tasks if fewer than `missing` wait, answers to up to max(missing, concurrency) of them; how many
+        records were appended (never more than `missing`)."""
+        if len(self.waiting) < missing:
+            self.waiting += self.new_tasks()
         batch = self.waiting[:max(missing, self.teacher.concurrency)]
         del self.waiting[:len(batch)]
-        short = missing - len(batch)
-        asks = [self.instruction_request() for _ in range(self.requests_for(short, len(batch)))] if short > 0 else []
-        replies = self.teacher.chat([answer_request(t, seed=self.rng.randrange(2**31), **self.answer) for t in batch]
-                                    + asks)
-        self.waiting += self.new_tasks(replies[len(batch):])
+        replies = self.teacher.chat([answer_request(t, seed=self.rng.randrange(2**31), **self.answer) for t in batch])
         kept = 0
         for task, reply in zip(batch, replies):
             why = reject_answer(reply)
@@ -233,32 +229,18 @@ class Run:
                 kept += 1
         return kept
 
-    def requests_for(self, short: int, answering: int) -> int:
-        """How many instruction requests should bring `short` new tasks: one per free concurrent slot at first,
-        then as many as this run's new tasks per request promise (enough to fill the slots the `answering`
-        requests leave free, at most four per slot), so a round is one long batch rather than several short
-        ones that wait for their slowest request."""
-        slots = self.teacher.concurrency
-        fill = max(slots - answering, 1)
-        if not self.asked:
-            return fill
-        per_request = self.found / self.asked
-        wanted = math.ceil(short / per_request) if per_request else 4 * slots
-        return min(max(wanted, fill), 4 * slots)
-
-    def instruction_request(self) -> Request:
-        """A request for new tasks with its own examples (seed and generated) and topic."""
-        examples = self.rng.sample(self.seed_tasks, min(SEED_SHOWN, len(self.seed_tasks)))
-        examples += self.rng.sample(self.journal.records, min(GENERATED_SHOWN, len(self.journal.records)))
-        self.rng.shuffle(examples)
-        return instruction_request(examples, self.rng.choice(TOPICS), seed=self.rng.randrange(2**31), **self.ask)
-
-    def new_tasks(self, replies) -> list[dict]:
-        """The tasks in the teacher's replies to instruction requests that pass the filters (and join the pool)."""
+    def new_tasks(self) -> list[dict]:
+        """One instruction request per concurrent slot, each with its own examples and topic; the tasks that pass."""
+        requests = []
+        for _ in range(self.teacher.concurrency):
+            examples = self.rng.sample(self.seed_tasks, min(SEED_SHOWN, len(self.seed_tasks)))
+            examples += self.rng.sample(self.journal.records, min(GENERATED_SHOWN, len(self.journal.records)))
+            self.rng.shuffle(examples)
+            requests.append(instruction_request(examples, self.rng.choice(TOPICS), seed=self.rng.randrange(2**31),
+                                                **self.ask))
         tasks = []
-        for reply in replies:
+        for reply in self.teacher.chat(requests):
             self.stats["instruction requests"] += 1
-            self.asked += 1
             items = parse_instructions(reply.text)
             if reply.finish_reason == "length" and items:
                 items.pop()  # the last task may be cut mid-sentence
@@ -270,5 +252,4 @@ class Run:
                 else:
                     self.pool.add(item)
                     tasks.append({"instruction": item, "input": ""})
-                    self.found += 1
         return tasks
