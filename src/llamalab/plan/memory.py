@@ -155,7 +155,7 @@ def memory_plan(args: ModelArgs, *, seq_len: int, micro_batch: int, dtype: str =
     fused = parallel != "fsdp" if fused_adamw is None else fused_adamw  # the trainer's choice (train/optim.py)
     weights = gradients = FP32 * local
     optimizer = 2 * FP32 * local + (FP32 * len(shapes) if fused else 0)  # fused AdamW keeps `step` on device
-    rope = 8 * args.max_seq_len * args.head_dim // 2  # complex64 table (model.rope_cache)
+    rope = 8 * min(seq_len, args.max_seq_len) * args.head_dim // 2  # complex64 table: the positions trained on
     buffers = buffers_ac = rope
     linear = matmul_params(args) // tp
     block = sum(math.prod(s) for n, s in shapes if n.startswith("layers.0.")) // tp
