@@ -54,9 +54,10 @@ class QuantLinear(nn.Module):
             q = codes.q.to(torch.int16)
             halves = [_int4pack((q >> 4) + 8, 16 * scale, torch.zeros_like(scale)),
                       _int4pack(q & 15, scale, zero + 8 * scale)]
-        for i, (packed, sz) in enumerate(halves):
-            self.register_buffer(f"packed{i}", packed, persistent=False)
-            self.register_buffer(f"sz{i}", sz, persistent=False)
+        # the halves stacked in one tensor each: a compiled step checks every buffer of the model on each call,
+        # and two buffers per layer cost half of four
+        self.register_buffer("packed", torch.stack([p for p, _ in halves]), persistent=False)
+        self.register_buffer("sz", torch.stack([sz for _, sz in halves]), persistent=False)
         self.halves = len(halves)
 
     def _codes(self) -> GroupCodes:
@@ -66,9 +67,9 @@ class QuantLinear(nn.Module):
         if not self.kernel:
             return F.linear(x, self._codes().dequantize(x.dtype))
         flat = x.reshape(-1, self.in_features).to(COMPUTE)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed0, self.group_size, self.sz0)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed[0], self.group_size, self.sz[0])
         if self.halves == 2:
-            y = y + torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed1, self.group_size, self.sz1)
+            y = y + torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed[1], self.group_size, self.sz[1])
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def rows(self, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
@@ -77,12 +78,11 @@ class QuantLinear(nn.Module):
             return self._codes().rows(index, dtype)
         out = 0
         for i in range(self.halves):
-            out = out + _packed_rows(getattr(self, f"packed{i}"), getattr(self, f"sz{i}"), index,
-                                     self.in_features, self.group_size)
+            out = out + _packed_rows(self.packed[i], self.sz[i], index, self.in_features, self.group_size)
         return out.to(dtype)
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
-        return self.rows(torch.arange(self.out_features, device=self.sz0.device if self.kernel else self.q.device),
+        return self.rows(torch.arange(self.out_features, device=self.sz.device if self.kernel else self.q.device),
                          dtype)
 
     def extra_repr(self) -> str:
