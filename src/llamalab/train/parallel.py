@@ -101,7 +101,7 @@ def apply_activation_checkpointing(model: Transformer) -> None:
 def apply_compile(model: Transformer) -> None:
     """Compile each block separately (identical blocks share one compiled graph; compile stays fast)."""
     for block in model.layers:
-        block.compile(fullgraph=True)
+        block.compile(fullgraph=True, options={"fallback_random": True})
 
 
 def apply_fsdp(model: Transformer, mixed_precision: bool, mesh=None) -> None:
