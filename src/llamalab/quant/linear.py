@@ -1,12 +1,14 @@
 """Layers that keep their weights as group-wise integer codes and run them without a float copy.
 
 `QuantLinear` on CPU runs PyTorch's int4 weight-only matmul (`_weight_int4pack_mm_for_cpu`, the fastest
-of the weight-only kernels PyTorch ships for x86 — see bench/quant_kernels.py), whose weights are
+of the weight-only kernels PyTorch ships for x86 CPUs), whose weights are
 w = (p - 8) · s + z, p in 0..15, with s, z per group in the activation dtype (bfloat16: its fast path):
 - 4-bit codes map onto it exactly: p = q, s = scale, z = zero + 8 · scale.
-- 8-bit codes are split into two 4-bit halves, q = 16 · hi + lo (hi = q >> 4 in -8..7, lo = q & 15):
-  w = (hi + 8 - 8) · 16·scale + (lo - 8) · scale + 8·scale + zero — two int4 matmuls whose sum is
-  the int8 product, same bytes as int8, group-wise like Q8_0 (PyTorch's int8 kernel is per-channel only).
+- 8-bit codes are split into 4-bit halves, q = 16 · hi + lo (hi = q >> 4 in -8..7, lo = q & 15), and each group
+  of g codes becomes two groups of the kernel's, g high nibbles (p = hi + 8, s = 16·scale, z = 0) then g low
+  ones (p = lo, s = scale, z = zero + 8·scale), against the group's activations twice: one int4 matmul of twice
+  the width is the int8 product exactly — the same bytes as int8, group-wise like Q8_0 (PyTorch's int8 kernel
+  is per-channel only), one kernel call per layer.
 Elsewhere (CUDA, ...) the codes are dequantized per call to the activation dtype and run by F.linear.
 Activations enter in bfloat16 and the result returns in the input's dtype.
 """
