@@ -60,7 +60,9 @@ def test_lora_run_report_adapter_merge_and_generate(base, data, tmp_path, capsys
     assert ex["train"]["truncated"] > 0  # FAQ answers are longer than 96 tokens: cut, and counted
     assert report["trainable_params"] == expected_trainable(ARGS, LoraSpec(4, 8.0, targets=("wq", "wk", "wv", "wo", "w1", "w2", "w3")))
     assert report["total_params"] == report["trainable_params"] + sum(v.numel() for v in random_state(ARGS).values())
-    assert report["val_loss_after"] < report["val_loss_before"] - 0.05  # a random model learns slowly; SmolLM2 tests show more
+    # a random model learns slowly (over seeds 0-11 this run lowers it by 0.03-0.09, with LoRA dropout's masks
+    # from torch's or from our generator alike); SmolLM2 tests show more
+    assert report["val_loss_after"] < report["val_loss_before"] - 0.02
     assert records(out)[0] == {"step": 0, "val_loss": report["val_loss_before"], "tokens": 0}
     assert len(report["samples"]) == 1 and {"before", "after", "instruction"} <= set(report["samples"][0])
     assert "validation loss:" in printed and "trainable of" in printed and (out / "loss.png").is_file()

@@ -13,7 +13,7 @@ import torch
 from llamalab.config import get_preset
 from llamalab.errors import LlamalabError
 from llamalab.finetune.adapter import load_adapter, save_adapter
-from llamalab.finetune.lora import (ALL, LoraSpec, apply_lora, attach, count_trainable, expected_trainable,
+from llamalab.finetune.lora import (ALL, Dropout, LoraSpec, apply_lora, attach, count_trainable, expected_trainable,
                                     lora_init, merge_into_state, parse_targets)
 from llamalab.formats import model_from_state
 from llamalab.train import parallel
@@ -174,3 +174,34 @@ def test_quantized_base_computes_with_its_dequantized_weights(kind):
     grads = {n: p.grad is not None for n, p in model.named_parameters()}
     assert all(has == ("lora_" in n) for n, has in grads.items()) and any(grads.values())
     assert frozen_bytes(model) < (0.5 if kind == "nf4" else 0.6) * full  # the 512×64 embedding stays fp32
+
+
+def test_dropout_drops_p_of_the_elements_independently_and_scales_the_rest():
+    """LoRA's dropout against what inverted dropout must be: P(zero) = p per element (p rounded to 2⁻¹⁵) for
+    every position of the four that share a 64-bit draw, neighbours independent (P(both kept) = (1-p)²), the
+    kept ones scaled to keep the mean, the gradient the mask times that scale; identity in eval mode."""
+    n, sigmas = 400_000, 5
+    torch.manual_seed(0)
+    for p in (0.05, 0.5):
+        drop = Dropout(p).train()
+        p_eff = round(p * 2**15) / 2**15
+        assert abs(p_eff - p) <= 2**-16
+        x = torch.ones(n, requires_grad=True)
+        y = drop(x)
+        kept = y != 0
+        assert torch.equal(y[kept], torch.full((int(kept.sum()),), 1 / (1 - p_eff)))
+        for lane in range(4):  # each 16-bit lane of a draw, the last one included (its top bit is not random)
+            rate = 1 - kept[lane::4].float().mean().item()
+            assert abs(rate - p_eff) < sigmas * (p_eff * (1 - p_eff) / (n / 4)) ** 0.5, (p, lane, rate)
+        pairs = (kept[0::2] & kept[1::2]).float().mean().item()  # neighbours in one draw and across draws
+        assert abs(pairs - (1 - p_eff) ** 2) < sigmas * (0.25 / (n / 2)) ** 0.5, (p, pairs)
+        y.sum().backward()
+        assert torch.equal(x.grad, y.detach())  # d(mask · scale · x)/dx = mask · scale = y for x = 1
+    a, b = Dropout(0.5).train()(torch.ones(1000)), Dropout(0.5).train()(torch.ones(1000))
+    assert not torch.equal(a, b)  # a new mask each call
+    torch.manual_seed(7)
+    a = Dropout(0.3).train()(torch.ones(999))
+    torch.manual_seed(7)
+    assert torch.equal(a, Dropout(0.3).train()(torch.ones(999)))  # torch's generator: seeded runs repeat
+    x = torch.randn(3, 5)
+    assert torch.equal(Dropout(0.5).eval()(x), x)

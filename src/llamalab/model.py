@@ -69,14 +69,16 @@ def rope_cache(args: ModelArgs, device=None, length: int | None = None) -> torch
     return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rotary(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Rotate each adjacent pair (x_2j, x_2j+1) of every head, read as the complex number x_2j + i·x_2j+1,
-    by the angle m·θ_j: one complex multiply (Su et al. 2021; Meta's reference formulation).
+    by the angle m·θ_j (Su et al. 2021; Meta's reference formulation): the complex multiply written out in
+    reals, so that a compiled step fuses it (inductor has no complex kernels) and eager needs no complex copy.
 
-    x: (B, T, H, head_dim); freqs_cis: complex (B or 1, T, 1, head_dim/2).
+    x: (B, T, H, head_dim); rotation: (B or 1, T, 1, head_dim/2, 2), the rotary table viewed as real (cos, sin).
     """
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(pairs * freqs_cis).flatten(-2).type_as(x)
+    re, im = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = rotation.unbind(-1)
+    return torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1).flatten(-2).type_as(x)
 
 
 @dataclass
@@ -115,11 +117,11 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x, freqs_cis, kv=None, pos: int = 0, mask=None):
+    def forward(self, x, rotation, kv=None, pos: int = 0, mask=None):
         B, T, _ = x.shape
         # heads counted from the projections' widths: a tensor-parallel rank computes only its share of them
-        q = apply_rotary(self.wq(x).view(B, T, -1, self.head_dim), freqs_cis)
-        k = apply_rotary(self.wk(x).view(B, T, -1, self.head_dim), freqs_cis)
+        q = apply_rotary(self.wq(x).view(B, T, -1, self.head_dim), rotation)
+        k = apply_rotary(self.wk(x).view(B, T, -1, self.head_dim), rotation)
         v = self.wv(x).view(B, T, -1, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if kv is not None and isinstance(pos, torch.Tensor):
@@ -176,8 +178,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args.dim, args.hidden_dim)
 
-    def forward(self, x, freqs_cis, kv=None, pos: int = 0, mask=None):
-        h = x + self.attention(self.attention_norm(x), freqs_cis, kv, pos, mask)
+    def forward(self, x, rotation, kv=None, pos: int = 0, mask=None):
+        h = x + self.attention(self.attention_norm(x), rotation, kv, pos, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -263,16 +265,15 @@ class Transformer(nn.Module):
                 raise ValueError(f"sequence of {pos + T} positions exceeds max_seq_len {self.args.max_seq_len}")
             if pos + T > len(self.freqs_cis):  # at least double: decoding one token at a time extends it rarely
                 self.ensure_positions(max(pos + T, 2 * len(self.freqs_cis)))
-            freqs_cis = self.freqs_cis[pos:pos + T][None, :, None]
-        else:
-            freqs_cis = self.freqs_cis[positions][:, :, None]
+        table = torch.view_as_real(self.freqs_cis)  # (positions, head_dim/2, 2): cos, sin
+        rotation = table[pos:pos + T][None, :, None] if positions is None else table[positions][:, :, None]
         if mask is None and cache is not None and not isinstance(pos, torch.Tensor) and pos > 0 and T > 1:
             # a chunk after a cached prefix: query i (slot pos+i) sees slots 0..pos+i
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=tokens.device).tril(diagonal=pos)
         h = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
-            h = layer(h, freqs_cis, kv, pos, mask)
+            h = layer(h, rotation, kv, pos, mask)
         return self.norm(h)
 
 

@@ -52,7 +52,7 @@ def block_plan(sequence_parallel: bool) -> dict[str, ParallelStyle]:
     norm = SequenceParallel() if sequence_parallel else ReplicateParallel()
     return {
         "attention_norm": norm,
-        # Attention.forward(x, freqs_cis, kv, pos, mask): only x is distributed
+        # Attention.forward(x, rotation, kv, pos, mask): only x is distributed
         "attention": PrepareModuleInput(input_layouts=(seq, None, None, None, None),
                                         desired_input_layouts=(Replicate(), None, None, None, None)),
         "attention.wq": ColwiseParallel(),

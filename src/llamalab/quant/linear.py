@@ -1,12 +1,14 @@
 """Layers that keep their weights as group-wise integer codes and run them without a float copy.
 
 `QuantLinear` on CPU runs PyTorch's int4 weight-only matmul (`_weight_int4pack_mm_for_cpu`, the fastest
-of the weight-only kernels PyTorch ships for x86 — see bench/quant_kernels.py), whose weights are
+of the weight-only kernels PyTorch ships for x86 CPUs), whose weights are
 w = (p - 8) · s + z, p in 0..15, with s, z per group in the activation dtype (bfloat16: its fast path):
 - 4-bit codes map onto it exactly: p = q, s = scale, z = zero + 8 · scale.
-- 8-bit codes are split into two 4-bit halves, q = 16 · hi + lo (hi = q >> 4 in -8..7, lo = q & 15):
-  w = (hi + 8 - 8) · 16·scale + (lo - 8) · scale + 8·scale + zero — two int4 matmuls whose sum is
-  the int8 product, same bytes as int8, group-wise like Q8_0 (PyTorch's int8 kernel is per-channel only).
+- 8-bit codes are split into 4-bit halves, q = 16 · hi + lo (hi = q >> 4 in -8..7, lo = q & 15), and each group
+  of g codes becomes two groups of the kernel's, g high nibbles (p = hi + 8, s = 16·scale, z = 0) then g low
+  ones (p = lo, s = scale, z = zero + 8·scale), against the group's activations twice: one int4 matmul of twice
+  the width is the int8 product exactly — the same bytes as int8, group-wise like Q8_0 (PyTorch's int8 kernel
+  is per-channel only), one kernel call per layer.
 Elsewhere (CUDA, ...) the codes are dequantized per call to the activation dtype and run by F.linear.
 Activations enter in bfloat16 and the result returns in the input's dtype.
 """
@@ -49,16 +51,15 @@ class QuantLinear(nn.Module):
             return
         scale, zero = codes.scale.float(), codes.zero.float()
         if codes.bits == 4:
-            halves = [_int4pack(codes.q, scale, zero + 8 * scale)]
-        else:
-            q = codes.q.to(torch.int16)
-            halves = [_int4pack((q >> 4) + 8, 16 * scale, torch.zeros_like(scale)),
-                      _int4pack(q & 15, scale, zero + 8 * scale)]
-        # the halves stacked in one tensor each: a compiled step checks every buffer of the model on each call,
-        # and two buffers per layer cost half of four
-        self.register_buffer("packed", torch.stack([p for p, _ in halves]), persistent=False)
-        self.register_buffer("sz", torch.stack([sz for _, sz in halves]), persistent=False)
-        self.halves = len(halves)
+            p, s, z = codes.q, scale, zero + 8 * scale
+        else:  # each group of g codes becomes a group of high nibbles then a group of low nibbles: width 2·in
+            q = codes.q.to(torch.int16).unflatten(-1, (-1, codes.group_size))
+            p = torch.stack([(q >> 4) + 8, q & 15], dim=-2).flatten(-3)
+            s = torch.stack([16 * scale, scale], dim=-1).flatten(-2)
+            z = torch.stack([torch.zeros_like(scale), zero + 8 * scale], dim=-1).flatten(-2)
+        packed, sz = _int4pack(p, s, z)
+        self.register_buffer("packed", packed, persistent=False)
+        self.register_buffer("sz", sz, persistent=False)
 
     def _codes(self) -> GroupCodes:
         return GroupCodes(self.q, self.scale, self.zero, self.bits, self.group_size)
@@ -67,19 +68,20 @@ class QuantLinear(nn.Module):
         if not self.kernel:
             return F.linear(x, self._codes().dequantize(x.dtype))
         flat = x.reshape(-1, self.in_features).to(COMPUTE)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed[0], self.group_size, self.sz[0])
-        if self.halves == 2:
-            y = y + torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed[1], self.group_size, self.sz[1])
+        if self.bits == 8:  # every group of activations twice, against the high then the low nibbles
+            flat = flat.unflatten(-1, (-1, 1, self.group_size)).expand(-1, -1, 2, -1).flatten(-3)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.sz)
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def rows(self, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
         """Dequantized weight rows W[index] → (*index.shape, in_features)."""
         if not self.kernel:
             return self._codes().rows(index, dtype)
-        out = 0
-        for i in range(self.halves):
-            out = out + _packed_rows(self.packed[i], self.sz[i], index, self.in_features, self.group_size)
-        return out.to(dtype)
+        width = self.in_features * (2 if self.bits == 8 else 1)
+        w = _packed_rows(self.packed, self.sz, index, width, self.group_size)
+        if self.bits == 8:  # high and low halves of each group back to one weight
+            w = w.unflatten(-1, (-1, 2, self.group_size)).sum(-2).flatten(-2)
+        return w.to(dtype)
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         return self.rows(torch.arange(self.out_features, device=self.sz.device if self.kernel else self.q.device),
