@@ -15,7 +15,7 @@ Exits 1 if any stream is wrong or fails.
 
 "Correct" is token-for-token equal to the lone answer. The started server runs float32 weights by default,
 where a row's logits are the same to ~1e-6 whatever the batch; with `--dtype as-stored` (the quantized
-GGUF's int4 kernel, bfloat16 activations) batched logits differ from lone ones in the third digit, so
+GGUF's kernels, activations rounded to bfloat16 or 8 bits) batched logits differ from lone ones in the third digit, so
 long greedy answers can part ways at near-ties: the count of such streams is then reported, not a failure.
 """
 

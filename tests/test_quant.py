@@ -1,6 +1,7 @@
 """Weight-only quantization: GGUF block decoding against the `gguf` package, the CPU kernels against a
-float matmul of the same codes, `llamalab quantize` output read back by `gguf`'s reader, resident memory
-of the quantized SmolLM2, and bad input."""
+float matmul of the same codes (the int8 one against the `gguf` package's Q8_0 rounding of the activations,
+which is llama.cpp's), the int8 kernel's build and its fallbacks, `llamalab quantize` output read back by
+`gguf`'s reader, resident memory of the quantized SmolLM2, and bad input."""
 
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from llamalab.cli import main
 from llamalab.config import ModelArgs
 from llamalab.formats import save
 from llamalab.generate import generate
-from llamalab.quant import QuantLinear, from_gguf, quantize
+from llamalab.quant import QuantLinear, cpu_kernel, from_gguf, quantize
 from tiny import random_state
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=64,
@@ -31,13 +32,79 @@ def test_gguf_blocks_decode_like_the_gguf_package(kind):
     codes = from_gguf(blocks, kind, w.shape)
     assert torch.equal(codes.dequantize(), torch.from_numpy(dequantize(blocks, Q[kind])))  # bit-exact
     x = torch.randn(5, 96)
-    ref = x @ codes.dequantize().t()
     lin = QuantLinear(codes)
-    assert lin.kernel  # the int4 CPU kernel, not the fallback
-    # bfloat16 activations and scales: within bfloat16 precision of the float product
-    assert (lin(x) - ref).abs().max() <= 0.02 * ref.abs().max()
-    rows = torch.tensor([[3, 64, 127]])  # embedding rows straight from the packed layout
+    if kind == "Q8_0":  # llama.cpp's Q8_0 × Q8_0: the activations as the gguf package rounds them to Q8_0 blocks
+        assert lin.path == "int8"
+        x8 = torch.from_numpy(dequantize(gguf_quantize(x.numpy(), Q.Q8_0), Q.Q8_0))
+        ref = (x8.double() @ codes.dequantize().double().t()).float()
+        assert torch.allclose(lin(x), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    else:  # bfloat16 activations and scales: within bfloat16 precision of the float product
+        assert lin.path == "int4pack"
+        ref = x @ codes.dequantize().t()
+        assert (lin(x) - ref).abs().max() <= 0.02 * ref.abs().max()
+    rows = torch.tensor([[3, 64, 127]])  # embedding rows straight from the layer's layout
     assert torch.allclose(lin.rows(rows), codes.dequantize()[rows], rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("shape, group", [((200, 576), 32), ((6, 256), 64), ((130, 1536), 128)])
+def test_int8_kernel_against_its_definition(shape, group):
+    """Every row block and tail (200 = 50 blocks of 4; 6 and 130 leave tails), group sizes above the block;
+    a batch row's result equals the same row alone (decoding batched = one by one), bit for bit."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import dequantize, quantize as gguf_quantize
+
+    codes = quantize(torch.randn(shape), 8, group)
+    lin = QuantLinear(codes)
+    assert lin.path == "int8"
+    x = torch.randn(7, shape[1]) * torch.logspace(-3, 2, 7)[:, None]  # block scales far apart
+    x[3, :32] = 0  # an all-zero block: d = 0
+    x8 = torch.from_numpy(dequantize(gguf_quantize(x.numpy(), Q.Q8_0), Q.Q8_0))
+    ref = x8.double() @ codes.dequantize().double().t()
+    y = lin(x)
+    assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-6 * ref.abs().amax(1, keepdim=True).max().item())
+    assert all(torch.equal(lin(x[i:i + 1]), y[i:i + 1]) for i in range(7))
+    xb = x.bfloat16()  # other dtypes and shapes: computed in float32, returned in the input's dtype
+    assert torch.equal(lin(xb.view(7, 1, -1)), lin(xb.float()).bfloat16().view(7, 1, -1))
+
+
+def test_int8_codes_the_kernel_cannot_take_go_through_the_int4_route(monkeypatch):
+    codes = quantize(torch.randn(64, 128), 8, 32)
+    x = torch.randn(3, 128)
+    for odd in (codes.q.clone(), codes.zero.clone()):
+        if odd.dtype == torch.int8:  # -128: the kernel's sign trick cannot negate it
+            odd[5, 7] = -128
+            c = type(codes)(odd, codes.scale, codes.zero, 8, 32)
+        else:  # an asymmetric int8 layout
+            odd[2, 1] = 0.5
+            c = type(codes)(codes.q, codes.scale, odd, 8, 32)
+        lin = QuantLinear(c)
+        assert lin.path == "int4pack"
+        ref = x @ c.dequantize().t()
+        assert (lin(x) - ref).abs().max() <= 0.02 * ref.abs().max()
+    monkeypatch.setattr(cpu_kernel, "available", lambda: False)  # no compiler: the int4 route (bfloat16 scales)
+    lin = QuantLinear(codes)
+    assert lin.path == "int4pack" and torch.allclose(lin.dequantize(), codes.dequantize(), rtol=1e-2, atol=1e-2)
+
+
+BUILD = """
+import torch
+from llamalab.quant import QuantLinear, cpu_kernel, quantize
+print(QuantLinear(quantize(torch.randn(64, 64), 8, 32)).path, len(list(cpu_kernel._cache_dir().glob("*.so"))))
+"""
+
+
+def test_int8_kernel_builds_once_and_falls_back_without_a_compiler(tmp_path):
+    env = {**__import__("os").environ, "LLAMALAB_CACHE": str(tmp_path)}
+    run = lambda **extra: subprocess.run([sys.executable, "-c", BUILD], capture_output=True, text=True,
+                                         timeout=600, env={**env, **extra})
+    first, again = run(), run()
+    assert first.stdout.split() == ["int8", "1"] and "compiling" in first.stderr, first.stderr
+    assert again.stdout.split() == ["int8", "1"] and again.stderr == ""  # from the cache
+    assert not list((tmp_path / "kernels").glob("*.tmp"))
+    broken = run(LLAMALAB_CACHE=str(tmp_path / "other"), CXX="/bin/false")
+    assert broken.stdout.split() == ["int4pack", "0"]
+    notice = broken.stderr.splitlines()  # the build announced, then why it failed and what runs instead
+    assert len(notice) == 2 and "could not build the CPU kernel" in notice[1] and "false exited" in notice[1], notice
 
 
 @pytest.mark.parametrize("bits", [8, 4])

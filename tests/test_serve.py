@@ -5,7 +5,7 @@ greedy tokens are checked against transformers in test_generate_smollm2.py.
 
 The main server runs the weights dequantized to float32, as does its reference, with its decode step compiled
 (`--compile`; the reference decodes eagerly): float32 matmuls give a sequence the same logits to ~1e-6 whatever
-the batch and whichever kernel, so concurrent answers can be compared with lone ones token for token. The quantized default (bfloat16 activations in the int4 kernel) is checked
+the batch and whichever kernel, so concurrent answers can be compared with lone ones token for token. The quantized default (activations rounded for the int4 and int8 kernels) is checked
 against `llamalab generate` on a lone request, where the batch is the same on both sides.
 """
 

@@ -2,7 +2,8 @@
 and our safetensors layout, and the layers that run them without dequantizing the whole model.
 
     codes.py   GroupCodes: the one canonical form (q, scale, zero per group); GGUF block decoding; RTN
-    linear.py  QuantLinear / QuantEmbedding: the CPU int4 kernel (8 bits as two 4-bit halves), fallback
+    linear.py  QuantLinear / QuantEmbedding: our int8 kernel, PyTorch's int4 one, the dequantizing fallback
+    cpu_kernel.py, int8_linear.cpp   the int8 kernel (llama.cpp's Q8_0 arithmetic), built once per machine
     model.py   build_quantized(state, args): a Transformer from a state dict holding codes
     save.py    quantize a float checkpoint to a .gguf file or a safetensors directory
 """

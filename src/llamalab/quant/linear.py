@@ -1,16 +1,19 @@
 """Layers that keep their weights as group-wise integer codes and run them without a float copy.
 
-`QuantLinear` on CPU runs PyTorch's int4 weight-only matmul (`_weight_int4pack_mm_for_cpu`, the fastest
-of the weight-only kernels PyTorch ships for x86 CPUs), whose weights are
-w = (p - 8) · s + z, p in 0..15, with s, z per group in the activation dtype (bfloat16: its fast path):
-- 4-bit codes map onto it exactly: p = q, s = scale, z = zero + 8 · scale.
-- 8-bit codes are split into 4-bit halves, q = 16 · hi + lo (hi = q >> 4 in -8..7, lo = q & 15), and each group
-  of g codes becomes two groups of the kernel's, g high nibbles (p = hi + 8, s = 16·scale, z = 0) then g low
-  ones (p = lo, s = scale, z = zero + 8·scale), against the group's activations twice: one int4 matmul of twice
-  the width is the int8 product exactly — the same bytes as int8, group-wise like Q8_0 (PyTorch's int8 kernel
-  is per-channel only), one kernel call per layer.
-Elsewhere (CUDA, ...) the codes are dequantized per call to the activation dtype and run by F.linear.
-Activations enter in bfloat16 and the result returns in the input's dtype.
+`QuantLinear` runs y = x Wᵀ one of three ways (`path`):
+- "int8" (CPU, 8-bit symmetric codes in groups of a multiple of 32: Q8_0, `quantize --bits 8`): our kernel
+  (`int8_linear.cpp`, built once per machine by `cpu_kernel`), llama.cpp's Q8_0 arithmetic: the activations
+  rounded to 8 bits per block of 32, integer dot products, float32 scales and sums.
+- "int4pack" (CPU, 4-bit codes; 8-bit ones where the kernel cannot be built): PyTorch's int4 weight-only
+  matmul (`_weight_int4pack_mm_for_cpu`), whose weights are w = (p - 8) · s + z, p in 0..15, with s, z per
+  group in bfloat16 (its fast path):
+  - 4-bit codes map onto it exactly: p = q, s = scale, z = zero + 8 · scale.
+  - 8-bit codes are split into 4-bit halves, q = 16 · hi + lo, and each group of g codes becomes two groups of
+    the kernel's, g high nibbles (p = hi + 8, s = 16·scale, z = 0) then g low ones (p = lo, s = scale,
+    z = zero + 8·scale), against the group's activations twice: one int4 matmul of twice the width is the
+    int8 product exactly.
+  Activations enter in bfloat16 and the result returns in the input's dtype.
+- "dequantize" (CUDA, odd shapes): the codes are dequantized per call to the activation dtype, run by F.linear.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernel
 from .codes import GroupCodes
 
+INT8_BLOCK = 32  # the int8 kernel's group sizes are multiples of its activation block
 KERNEL_GROUPS = (32, 64, 128, 256)  # group sizes the int4 CPU kernel takes
 PACK_ROWS = 64  # the kernel packs weight rows in tiles of 64
 COMPUTE = torch.bfloat16
@@ -43,12 +48,19 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = codes.shape
         self.bits, self.group_size = codes.bits, codes.group_size
-        self.kernel = (codes.q.device.type == "cpu" and codes.group_size in KERNEL_GROUPS
-                       and self.out_features % PACK_ROWS == 0)
-        if not self.kernel:  # generic path: keep the codes, dequantize per call
+        cpu = codes.q.device.type == "cpu"
+        if cpu and codes.bits == 8 and codes.group_size % INT8_BLOCK == 0 and not codes.zero.any() \
+                and codes.q.min() > -128 and cpu_kernel.available():
+            self.path = "int8"
+            self.register_buffer("q", codes.q.contiguous(), persistent=False)
+            self.register_buffer("scale", codes.scale.float().contiguous(), persistent=False)
+            return
+        if not (cpu and codes.group_size in KERNEL_GROUPS and self.out_features % PACK_ROWS == 0):
+            self.path = "dequantize"  # keep the codes, dequantize per call
             for name in ("q", "scale", "zero"):
                 self.register_buffer(name, getattr(codes, name), persistent=False)
             return
+        self.path = "int4pack"
         scale, zero = codes.scale.float(), codes.zero.float()
         if codes.bits == 4:
             p, s, z = codes.q, scale, zero + 8 * scale
@@ -62,10 +74,15 @@ class QuantLinear(nn.Module):
         self.register_buffer("sz", sz, persistent=False)
 
     def _codes(self) -> GroupCodes:
-        return GroupCodes(self.q, self.scale, self.zero, self.bits, self.group_size)
+        zero = torch.zeros_like(self.scale) if self.path == "int8" else self.zero
+        return GroupCodes(self.q, self.scale, zero, self.bits, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.kernel:
+        if self.path == "int8":
+            flat = x.reshape(-1, self.in_features).float().contiguous()
+            y = torch.ops.llamalab.int8_linear(flat, self.q, self.scale, self.group_size)
+            return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        if self.path == "dequantize":
             return F.linear(x, self._codes().dequantize(x.dtype))
         flat = x.reshape(-1, self.in_features).to(COMPUTE)
         if self.bits == 8:  # every group of activations twice, against the high then the low nibbles
@@ -75,7 +92,7 @@ class QuantLinear(nn.Module):
 
     def rows(self, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
         """Dequantized weight rows W[index] → (*index.shape, in_features)."""
-        if not self.kernel:
+        if self.path != "int4pack":
             return self._codes().rows(index, dtype)
         width = self.in_features * (2 if self.bits == 8 else 1)
         w = _packed_rows(self.packed, self.sz, index, width, self.group_size)
@@ -84,12 +101,11 @@ class QuantLinear(nn.Module):
         return w.to(dtype)
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
-        return self.rows(torch.arange(self.out_features, device=self.sz.device if self.kernel else self.q.device),
-                         dtype)
+        device = (self.sz if self.path == "int4pack" else self.q).device
+        return self.rows(torch.arange(self.out_features, device=device), dtype)
 
     def extra_repr(self) -> str:
-        kernel = "int4pack" if self.kernel else "dequantize"
-        return f"{self.in_features}, {self.out_features}, bits={self.bits}, group_size={self.group_size}, {kernel}"
+        return f"{self.in_features}, {self.out_features}, bits={self.bits}, group_size={self.group_size}, {self.path}"
 
 
 def _packed_rows(packed, sz, index, K: int, g: int) -> torch.Tensor:

@@ -1,0 +1,104 @@
+"""`torch.ops.llamalab.int8_linear`: the CPU matmul of group-wise int8 codes (`int8_linear.cpp`), built on
+first use.
+
+PyTorch ships no CPU kernel for group-wise int8 weights (its int8 one is per-channel; routed through its int4
+one, as two nibbles, Q8_0 decoded at ~0.6× llama.cpp). `int8_linear.cpp` does llama.cpp's integer dot products.
+It is compiled once per CPU type with the C++ compiler torch.compile uses (`-march=native`: VNNI where the
+CPU has it), cached under ~/.cache/llamalab/kernels (or $LLAMALAB_CACHE/kernels) and loaded as a torch op,
+so compiled graphs call it like an aten kernel. Without a compiler, or if the build
+fails, `available()` is False (with one notice on stderr) and `QuantLinear` runs int8 codes through PyTorch's
+int4 kernel instead; LLAMALAB_CPU_KERNEL=0 chooses that path deliberately.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("int8_linear.cpp")
+
+
+def _compiler() -> str | None:
+    return next(filter(None, map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++"))), None)
+
+
+def _cpu() -> str:
+    """What the build depends on beyond the source: the CPU's model and instruction-set flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({line for line in info if line.split(":")[0].strip() in
+                                  ("model name", "flags", "Features", "CPU part")}))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("LLAMALAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llamalab"
+    return Path(root) / "kernels"
+
+
+def _command(cxx: str, out: Path) -> list[str]:
+    from torch.utils.cpp_extension import include_paths
+
+    lib = Path(torch.__file__).parent / "lib"
+    # this machine's instructions (VNNI where present); torch's own OpenMP runtime, already loaded
+    native = [] if sys.platform == "darwin" else ["-march=native", "-fopenmp"]
+    return [cxx, str(SOURCE), "-o", str(out), "-shared", "-fPIC", "-O3", "-std=c++17", *native,
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+            *(f"-I{p}" for p in include_paths()), f"-L{lib}", f"-Wl,-rpath,{lib}", "-lc10", "-ltorch_cpu"]
+
+
+def _build(cxx: str) -> Path:
+    """The shared library for this source, compiler, torch and CPU type: from the cache, else compiled
+    into a temporary file and renamed into place (concurrent builds each write whole files)."""
+    key = hashlib.sha256(b"\0".join(s.encode() for s in (
+        SOURCE.read_text(), cxx, torch.__version__, _cpu()))).hexdigest()[:16]
+    lib = _cache_dir() / f"int8_linear-{key}.so"
+    if lib.exists():
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    print("llamalab: compiling the CPU kernel for int8 weights (once per machine, ~10 s)", file=sys.stderr)
+    fd, tmp = tempfile.mkstemp(dir=lib.parent, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        run = subprocess.run(_command(cxx, Path(tmp)), capture_output=True, text=True)
+        if run.returncode:
+            last = (run.stderr.strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(f"{Path(cxx).name} exited with status {run.returncode}: {last}")
+        os.replace(tmp, lib)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return lib
+
+
+@functools.cache
+def available() -> bool:
+    """Is `torch.ops.llamalab.int8_linear` loaded (building it if needed)?"""
+    if os.environ.get("LLAMALAB_CPU_KERNEL", "1") == "0":
+        return False
+    cxx = _compiler()
+    if cxx is None:
+        print("llamalab: no C++ compiler found (set CXX or install g++); int8 layers run through PyTorch's "
+              "int4 kernel, which is slower", file=sys.stderr)
+        return False
+    try:
+        torch.ops.load_library(_build(cxx))
+    except (OSError, RuntimeError) as e:
+        print(f"llamalab: could not build the CPU kernel for int8 weights ({e}); int8 layers run through "
+              "PyTorch's int4 kernel, which is slower", file=sys.stderr)
+        return False
+
+    @torch.library.register_fake("llamalab::int8_linear")
+    def _(x, q, scale, group_size):
+        return x.new_empty(x.shape[0], q.shape[0])
+
+    return True
