@@ -44,9 +44,13 @@ def _widen_decomposition() -> None:
         decompose.cpu_max_other_dimension_decomposition = WIDEST
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile on CPU would use (CXX, else g++, c++, clang++), if there is one."""
+    return next(filter(None, map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++"))), None)
+
+
 def has_cxx_compiler() -> bool:
-    """torch.compile on CPU generates C++: is there a compiler for it (CXX, else g++, c++, clang++)?"""
-    return any(map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++")))
+    return cxx_compiler() is not None
 
 
 def compiled_step(model: Transformer):

@@ -16,7 +16,6 @@ import functools
 import hashlib
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,11 +23,9 @@ from pathlib import Path
 
 import torch
 
+from ..fast import cxx_compiler
+
 SOURCE = Path(__file__).with_name("int8_linear.cpp")
-
-
-def _compiler() -> str | None:
-    return next(filter(None, map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++"))), None)
 
 
 def _cpu() -> str:
@@ -85,7 +82,7 @@ def available() -> bool:
     """Is `torch.ops.llamalab.int8_linear` loaded (building it if needed)?"""
     if os.environ.get("LLAMALAB_CPU_KERNEL", "1") == "0":
         return False
-    cxx = _compiler()
+    cxx = cxx_compiler()
     if cxx is None:
         print("llamalab: no C++ compiler found (set CXX or install g++); int8 layers run through PyTorch's "
               "int4 kernel, which is slower", file=sys.stderr)
