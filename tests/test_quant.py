@@ -86,6 +86,37 @@ def test_int8_codes_the_kernel_cannot_take_go_through_the_int4_route(monkeypatch
     assert lin.path == "int4pack" and torch.allclose(lin.dequantize(), codes.dequantize(), rtol=1e-2, atol=1e-2)
 
 
+VARIANT = """
+import sys, torch
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize, quantize as gguf_quantize
+from llamalab.fast import cxx_compiler
+from llamalab.quant import cpu_kernel, quantize
+torch.ops.load_library(cpu_kernel._build(cxx_compiler(), sys.argv[1]))
+torch.manual_seed(0)
+codes = quantize(torch.randn(130, 256), 8, 64)
+x = torch.randn(5, 256) * torch.logspace(-2, 1, 5)[:, None]
+y = torch.ops.llamalab.int8_linear(x, codes.q, codes.scale.float(), 64)
+x8 = torch.from_numpy(dequantize(gguf_quantize(x.numpy(), Q.Q8_0), Q.Q8_0))
+ref = x8.double() @ codes.dequantize().double().t()
+rows = all(torch.equal(torch.ops.llamalab.int8_linear(x[i:i + 1].contiguous(), codes.q, codes.scale.float(), 64),
+                       y[i:i + 1]) for i in range(5))
+print(((y.double() - ref).abs().max() / ref.abs().max()).item(), rows)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64" or not cpu_kernel.cxx_compiler(),
+                    reason="the instruction-set variants are x86's")
+@pytest.mark.parametrize("march", ["x86-64", "haswell"])
+def test_int8_kernel_variants_without_vnni(march, tmp_path):
+    """The kernel's other code paths, built for older x86 CPUs: plain loops (x86-64: no AVX2) and AVX2
+    without VNNI (haswell), each against the gguf package's Q8_0 product."""
+    env = {**__import__("os").environ, "LLAMALAB_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", VARIANT, march], capture_output=True, text=True, timeout=600, env=env)
+    error, rows = out.stdout.split()
+    assert float(error) < 1e-5 and rows == "True", out.stderr
+
+
 BUILD = """
 import torch
 from llamalab.quant import QuantLinear, cpu_kernel, quantize

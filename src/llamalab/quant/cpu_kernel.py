@@ -43,22 +43,23 @@ def _cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _command(cxx: str, out: Path) -> list[str]:
+def _command(cxx: str, out: Path, march: str) -> list[str]:
     from torch.utils.cpp_extension import include_paths
 
     lib = Path(torch.__file__).parent / "lib"
     # this machine's instructions (VNNI where present); torch's own OpenMP runtime, already loaded
-    native = [] if sys.platform == "darwin" else ["-march=native", "-fopenmp"]
+    native = [] if sys.platform == "darwin" else [f"-march={march}", "-fopenmp"]
     return [cxx, str(SOURCE), "-o", str(out), "-shared", "-fPIC", "-O3", "-std=c++17", *native,
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
             *(f"-I{p}" for p in include_paths()), f"-L{lib}", f"-Wl,-rpath,{lib}", "-lc10", "-ltorch_cpu"]
 
 
-def _build(cxx: str) -> Path:
+def _build(cxx: str, march: str = "native") -> Path:
     """The shared library for this source, compiler, torch and CPU type: from the cache, else compiled
-    into a temporary file and renamed into place (concurrent builds each write whole files)."""
+    into a temporary file and renamed into place (concurrent builds each write whole files). `march`: the
+    instruction set (the tests build the AVX2 and the portable variants too)."""
     key = hashlib.sha256(b"\0".join(s.encode() for s in (
-        SOURCE.read_text(), cxx, torch.__version__, _cpu()))).hexdigest()[:16]
+        SOURCE.read_text(), cxx, torch.__version__, _cpu(), march))).hexdigest()[:16]
     lib = _cache_dir() / f"int8_linear-{key}.so"
     if lib.exists():
         return lib
@@ -67,7 +68,7 @@ def _build(cxx: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=lib.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        run = subprocess.run(_command(cxx, Path(tmp)), capture_output=True, text=True)
+        run = subprocess.run(_command(cxx, Path(tmp), march), capture_output=True, text=True)
         if run.returncode:
             last = (run.stderr.strip().splitlines() or ["no message"])[-1]
             raise RuntimeError(f"{Path(cxx).name} exited with status {run.returncode}: {last}")
