@@ -65,6 +65,8 @@ def test_int8_kernel_against_its_definition(shape, group):
     assert all(torch.equal(lin(x[i:i + 1]), y[i:i + 1]) for i in range(7))
     xb = x.bfloat16()  # other dtypes and shapes: computed in float32, returned in the input's dtype
     assert torch.equal(lin(xb.view(7, 1, -1)), lin(xb.float()).bfloat16().view(7, 1, -1))
+    x[2, 40], x[4, 3] = float("nan"), float("inf")  # non-finite activations spread as in a float product
+    assert lin(x)[[2, 4]].isnan().all() and not lin(x)[[0, 1, 3, 5, 6]].isnan().any()
 
 
 def test_int8_codes_the_kernel_cannot_take_go_through_the_int4_route(monkeypatch):

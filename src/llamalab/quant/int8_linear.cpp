@@ -35,15 +35,20 @@ constexpr int ROWS = 4;        // rows per register block
 constexpr int64_t PREFETCH_ROWS = 16;
 
 // x (M, K) → xq (M, K) int8 and dx (M, K/32) as llama.cpp's quantize_row_q8_0_ref: per block d = max|x| / 127,
-// xq = round(x · (1/d)) half away from zero, d kept as float16
+// xq = round(x · (1/d)) half away from zero, d kept as float16. A block holding NaN or ±inf gets d = NaN, so
+// that the outputs it reaches are NaN, as a float product's would be.
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* xq, float* dx) {
   for (int64_t b = 0; b < M * K / BLOCK; ++b) {
     const float* v = x + b * BLOCK;
     float amax = 0.f;
-    for (int j = 0; j < BLOCK; ++j) amax = std::max(amax, std::fabs(v[j]));
-    const float d = amax / 127.f, inv = d > 0.f ? 1.f / d : 0.f;
-    dx[b] = static_cast<float>(c10::Half(d));  // a block_q8_0 holds d as float16
-    for (int j = 0; j < BLOCK; ++j) xq[b * BLOCK + j] = static_cast<int8_t>(std::round(v[j] * inv));
+    bool finite = true;
+    for (int j = 0; j < BLOCK; ++j) {
+      finite = finite && std::isfinite(v[j]);
+      amax = std::max(amax, std::fabs(v[j]));
+    }
+    const float d = amax / 127.f, inv = finite && d > 0.f ? 1.f / d : 0.f;
+    dx[b] = finite ? static_cast<float>(c10::Half(d)) : NAN;  // a block_q8_0 holds d as float16
+    for (int j = 0; j < BLOCK; ++j) xq[b * BLOCK + j] = finite ? static_cast<int8_t>(std::round(v[j] * inv)) : 0;
   }
 }
 
