@@ -39,8 +39,7 @@ def _cpu() -> str:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("LLAMALAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llamalab"
-    return Path(root) / "kernels"
+    return Path(os.environ.get("LLAMALAB_CACHE") or Path.home() / ".cache" / "llamalab") / "kernels"
 
 
 def _command(cxx: str, out: Path, march: str) -> list[str]:
