@@ -4,7 +4,8 @@
 - "int8" (CPU, 8-bit symmetric codes in groups of a multiple of 32: Q8_0, `quantize --bits 8`): our kernel
   (`int8_linear.cpp`, built once per machine by `cpu_kernel`), llama.cpp's Q8_0 arithmetic: the activations
   rounded to 8 bits per block of 32, integer dot products, float32 scales and sums.
-- "int4pack" (CPU, 4-bit codes; 8-bit ones where the kernel cannot be built): PyTorch's int4 weight-only
+- "int4pack" (CPU, 4-bit codes; 8-bit ones the int8 kernel cannot take — asymmetric, a code of -128 — or
+  where it cannot be built): PyTorch's int4 weight-only
   matmul (`_weight_int4pack_mm_for_cpu`), whose weights are w = (p - 8) · s + z, p in 0..15, with s, z per
   group in bfloat16 (its fast path):
   - 4-bit codes map onto it exactly: p = q, s = scale, z = zero + 8 · scale.
@@ -50,7 +51,7 @@ class QuantLinear(nn.Module):
         self.bits, self.group_size = codes.bits, codes.group_size
         cpu = codes.q.device.type == "cpu"
         if cpu and codes.bits == 8 and codes.group_size % INT8_BLOCK == 0 and not codes.zero.any() \
-                and codes.q.min() > -128 and cpu_kernel.available():
+                and not (codes.q == -128).any() and cpu_kernel.available():
             self.path = "int8"
             self.register_buffer("q", codes.q.contiguous(), persistent=False)
             self.register_buffer("scale", codes.scale.float().contiguous(), persistent=False)
