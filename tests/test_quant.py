@@ -3,6 +3,8 @@ float matmul of the same codes (the int8 one against the `gguf` package's Q8_0 r
 which is llama.cpp's), the int8 kernel's build and its fallbacks, `llamalab quantize` output read back by
 `gguf`'s reader, resident memory of the quantized SmolLM2, and bad input."""
 
+import os
+import platform
 import subprocess
 import sys
 
@@ -15,11 +17,20 @@ from llamalab.cli import main
 from llamalab.config import ModelArgs
 from llamalab.formats import save
 from llamalab.generate import generate
-from llamalab.quant import QuantLinear, cpu_kernel, from_gguf, quantize
+from llamalab.quant import GroupCodes, QuantLinear, cpu_kernel, from_gguf, quantize
 from tiny import random_state
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=64,
                  tie_embeddings=True)
+
+
+def q8_product(x: torch.Tensor, codes: GroupCodes) -> torch.Tensor:
+    """llama.cpp's Q8_0 × Q8_0 in float64: the activations as the gguf package rounds them to Q8_0 blocks."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import dequantize, quantize as gguf_quantize
+
+    x8 = torch.from_numpy(dequantize(gguf_quantize(x.numpy(), Q.Q8_0), Q.Q8_0))
+    return x8.double() @ codes.dequantize().double().t()
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1"])
@@ -35,8 +46,7 @@ def test_gguf_blocks_decode_like_the_gguf_package(kind):
     lin = QuantLinear(codes)
     if kind == "Q8_0" and cpu_kernel.available():  # llama.cpp's Q8_0 × Q8_0: activations rounded as gguf does
         assert lin.path == "int8"
-        x8 = torch.from_numpy(dequantize(gguf_quantize(x.numpy(), Q.Q8_0), Q.Q8_0))
-        ref = (x8.double() @ codes.dequantize().double().t()).float()
+        ref = q8_product(x, codes).float()
         assert torch.allclose(lin(x), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
     else:  # PyTorch's int4 route, bfloat16 activations and scales: within bfloat16 precision of the product
         assert lin.path == "int4pack"
@@ -54,16 +64,12 @@ NEEDS_KERNEL = pytest.mark.skipif(not cpu_kernel.cxx_compiler(), reason="the int
 def test_int8_kernel_against_its_definition(shape, group):
     """Every row block and tail (200 = 50 blocks of 4; 6 and 130 leave tails), group sizes above the block;
     a batch row's result equals the same row alone (decoding batched = one by one), bit for bit."""
-    from gguf import GGMLQuantizationType as Q
-    from gguf.quants import dequantize, quantize as gguf_quantize
-
     codes = quantize(torch.randn(shape), 8, group)
     lin = QuantLinear(codes)
     assert lin.path == "int8"
     x = torch.randn(7, shape[1]) * torch.logspace(-3, 2, 7)[:, None]  # block scales far apart
     x[3, :32] = 0  # an all-zero block: d = 0
-    x8 = torch.from_numpy(dequantize(gguf_quantize(x.numpy(), Q.Q8_0), Q.Q8_0))
-    ref = x8.double() @ codes.dequantize().double().t()
+    ref = q8_product(x, codes)
     y = lin(x)
     assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-6 * ref.abs().amax(1, keepdim=True).max().item())
     assert all(torch.equal(lin(x[i:i + 1]), y[i:i + 1]) for i in range(7))
@@ -77,13 +83,10 @@ def test_int8_kernel_against_its_definition(shape, group):
 def test_int8_codes_the_kernel_cannot_take_go_through_the_int4_route(monkeypatch):
     codes = quantize(torch.randn(64, 128), 8, 32)
     x = torch.randn(3, 128)
-    for odd in (codes.q.clone(), codes.zero.clone()):
-        if odd.dtype == torch.int8:  # -128: the kernel's sign trick cannot negate it
-            odd[5, 7] = -128
-            c = type(codes)(odd, codes.scale, codes.zero, 8, 32)
-        else:  # an asymmetric int8 layout
-            odd[2, 1] = 0.5
-            c = type(codes)(codes.q, codes.scale, odd, 8, 32)
+    q, zero = codes.q.clone(), codes.zero.clone()
+    q[5, 7] = -128  # the kernel's sign trick cannot negate it
+    zero[2, 1] = 0.5  # an asymmetric int8 layout
+    for c in (GroupCodes(q, codes.scale, codes.zero, 8, 32), GroupCodes(codes.q, codes.scale, zero, 8, 32)):
         lin = QuantLinear(c)
         assert lin.path == "int4pack"
         ref = x @ c.dequantize().t()
@@ -112,13 +115,13 @@ print(((y.double() - ref).abs().max() / ref.abs().max()).item(), rows)
 """
 
 
-@pytest.mark.skipif(__import__("platform").machine() != "x86_64" or not cpu_kernel.cxx_compiler(),
+@pytest.mark.skipif(platform.machine() != "x86_64" or not cpu_kernel.cxx_compiler(),
                     reason="the instruction-set variants are x86's")
 @pytest.mark.parametrize("march", ["x86-64", "haswell"])
 def test_int8_kernel_variants_without_vnni(march, tmp_path):
     """The kernel's other code paths, built for older x86 CPUs: plain loops (x86-64: no AVX2) and AVX2
     without VNNI (haswell), each against the gguf package's Q8_0 product."""
-    env = {**__import__("os").environ, "LLAMALAB_CACHE": str(tmp_path)}
+    env = {**os.environ, "LLAMALAB_CACHE": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", VARIANT, march], capture_output=True, text=True, timeout=600, env=env)
     error, rows = out.stdout.split()
     assert float(error) < 1e-5 and rows == "True", out.stderr
@@ -133,7 +136,7 @@ print(QuantLinear(quantize(torch.randn(64, 64), 8, 32)).path, len(list(cpu_kerne
 
 @NEEDS_KERNEL
 def test_int8_kernel_builds_once_and_falls_back_without_a_compiler(tmp_path):
-    env = {**__import__("os").environ, "LLAMALAB_CACHE": str(tmp_path)}
+    env = {**os.environ, "LLAMALAB_CACHE": str(tmp_path)}
     run = lambda **extra: subprocess.run([sys.executable, "-c", BUILD], capture_output=True, text=True,
                                          timeout=600, env={**env, **extra})
     first, again = run(), run()

@@ -75,7 +75,8 @@ class QuantLinear(nn.Module):
         self.register_buffer("sz", sz, persistent=False)
 
     def _codes(self) -> GroupCodes:
-        zero = torch.zeros_like(self.scale) if self.path == "int8" else self.zero
+        # the int8 path holds no zeros: a broadcast view, so an embedding lookup allocates none for the whole table
+        zero = self.scale.new_zeros(()).expand_as(self.scale) if self.path == "int8" else self.zero
         return GroupCodes(self.q, self.scale, zero, self.bits, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
