@@ -5,19 +5,10 @@ Missing material fails the test instead of skipping it: these tests are the poin
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from llamalab import assets
 from llamalab.errors import LlamalabError
-
-
-@pytest.fixture(scope="session", autouse=True)
-def torchrun_logs_in_pytest_tmp(tmp_path_factory):
-    """torchrun's agent makes a log directory per launch, `torchelastic_*` in the system temp directory unless
-    given --log-dir (env PET_LOG_DIR); the launches below inherit this one, inside pytest's pruned temp tree."""
-    os.environ.setdefault("PET_LOG_DIR", str(tmp_path_factory.mktemp("torchelastic")))
 
 
 def _asset(name: str):
