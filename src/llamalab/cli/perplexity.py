@@ -18,7 +18,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from ..data.text import read_text
+    from ..textio import read_text
     from ..perplexity import perplexity
 
     text = sys.stdin.read() if args.input == "-" else read_text(args.input, f"{args.input}: no such file")

@@ -34,7 +34,7 @@ from ..atomic import sha256_file, staged_dir
 from ..errors import LlamalabError
 from ..tokenizer import load_tokenizer
 from .shards import MANIFEST, VERSION, read_manifest, token_dtype, write_manifest, write_shard
-from .text import expand_inputs, iter_texts
+from ..textio import expand_inputs, iter_texts
 
 # What the shards of a dataset depend on: the vocabulary files and tokenizer_config.json (add_bos). The other
 # tokenizer files (tokenizer.TOKENIZER_FILES: special-tokens map, chat template, generation config) are left

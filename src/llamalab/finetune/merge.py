@@ -6,8 +6,8 @@ from __future__ import annotations
 from ..errors import LlamalabError
 from ..formats import FORMATS, load_state, load_tokenizer_for, save
 from ..formats.output import check_output
-from .adapter import load_adapter
-from .lora import attach, merge_into_state
+from ..formats.peft import load_adapter
+from ..formats.lora import attach, merge_into_state
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..data.text import read_text
+from ..textio import read_text
 from ..errors import LlamalabError
 
 FORMATS = ("alpaca", "sharegpt", "messages", "completion")

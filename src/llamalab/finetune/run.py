@@ -72,7 +72,7 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     full_tensor = source.full_tensor
     adapt = None
     if spec is not None:
-        from .lora import apply_lora, lora_init
+        from ..formats.lora import apply_lora, lora_init
 
         full_tensor = lora_init(source.full_tensor, torch.Generator().manual_seed(cfg.seed))
         adapt = lambda model: apply_lora(model, spec)  # noqa: E731
@@ -157,7 +157,7 @@ def _exporter(spec, source):
 
                 save({k: v.float() for k, v in state.items()}, run.args, out, "hf", source.tokenizer)
             return {"model_dir": str(out)}
-        from .adapter import save_adapter
+        from ..formats.peft import save_adapter
 
         state = parallel.full_state_dict(run.model, trainable_only=True)
         out = run.out / "adapter"

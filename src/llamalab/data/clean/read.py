@@ -29,7 +29,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import JsonlWriter
 
 from ...atomic import write_text
-from ..text import expand_inputs
+from ...textio import expand_inputs
 
 SPLIT_BYTES = 32 << 20          # uncompressed .jsonl files above this are read as several units
 MAX_BAD_LISTED = 1000           # bad records remembered per task (all are counted)

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from llamalab.cli import main
-from llamalab.data.text import expand_inputs, iter_texts
+from llamalab.textio import expand_inputs, iter_texts
 from llamalab.errors import LlamalabError
 
 DOCS = ["first document\nwith two lines", "second: 12 🦙", "  third\r\nends"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import LlamalabError
-from .codes import BLOCK, quantize
+from .errors import LlamalabError
+from .quant.codes import BLOCK, quantize
 
 FLOAT_TYPES = {"F32", "F16", "BF16"}
 DIRECTORY_GROUPS = (32, 64, 128)
@@ -25,7 +25,7 @@ EMBEDDINGS = ("tok_embeddings.weight", "output.weight")
 
 
 def _source(src):
-    from ..formats import load_state
+    from .formats import load_state
 
     state, args, extra, fmt, path = load_state(src)
     quantized = sorted({t for t in extra.get("tensor_types", {}).values() if t not in FLOAT_TYPES})
@@ -52,7 +52,7 @@ def quantize_checkpoint(src, out, *, bits: int, group_size: int | None = None, s
                         force: bool = False) -> Path:
     """Write the quantized checkpoint to `out` (atomically) and return its path: a `.gguf` file, else an
     HF-style directory of group codes."""
-    from ..formats import save
+    from .formats import save
 
     out = Path(out)
     gguf = out.suffix == ".gguf"

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ..errors import LlamalabError
+from .errors import LlamalabError
 
 COMPRESSION = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
 JSONL = {".jsonl", ".ndjson", ".json"}

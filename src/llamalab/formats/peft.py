@@ -22,7 +22,7 @@ import torch
 from ..atomic import staged_dir
 from ..config import ModelArgs
 from ..errors import LlamalabError
-from ..formats.hf import hf_to_meta_rotary, meta_to_hf_rotary, to_hf, to_ours
+from .hf import hf_to_meta_rotary, meta_to_hf_rotary, to_hf, to_ours
 from .lora import ALL, HF_NAMES, Adapter, LoraSpec
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -120,7 +120,7 @@ def load_adapter(adapter_dir, args: ModelArgs) -> Adapter:
             raise LlamalabError(f"{adapter_dir / WEIGHTS}: tensor {key!r} is not a LoRA matrix of a LLaMA linear "
                                 f"layer (q/k/v/o_proj, gate/up/down_proj)")
         parts.setdefault(ours.removesuffix(".weight"), {})[m.group("kind")] = w
-    from ..formats import expected_shapes
+    from . import expected_shapes
 
     shapes = expected_shapes(args)
     layers = {}
