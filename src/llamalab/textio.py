@@ -7,6 +7,7 @@
 Formats, told by the file name: plain text; JSON Lines (`.jsonl`, `.ndjson`, `.json`: a JSON string or
 an object with a string `field` per line, blank lines skipped); Parquet and Arrow tables (`.parquet`,
 `.arrow`: the `field` column); any of them `.gz`, `.xz` or `.bz2` compressed. `"-"` reads standard input.
+`read_records` reads a JSON array or JSON Lines file of records (instruction data, questions, answers).
 A bad record is one `LlamalabError` naming the file and line. This module depends on nothing but
 `errors`, so every layer may use it.
 """
@@ -180,3 +181,27 @@ def _table_texts(path: Path, fmt: str, comp: str | None, field: str) -> Iterator
             yield from (t for t in batch.column(field).to_pylist() if t is not None)
     except (pa.ArrowException, OSError) as e:
         raise LlamalabError(f"cannot read table {path}: {e}") from None
+
+
+def read_records(path) -> list[tuple[str, object]]:
+    """[(where, record)] of a JSON array or JSON Lines file; `where` is "file:line" or "file[record]"."""
+    path = Path(path)
+    text = read_text(path, f"instruction data {path} not found (want a .json or .jsonl file of records)")
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LlamalabError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+        return [(f"{path}[{i}]", r) for i, r in enumerate(records)]
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((f"{path}:{n}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise LlamalabError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}); each line must be "
+                                f"one JSON record") from None
+    if not out:
+        raise LlamalabError(f"{path}: no records (the file is empty)")
+    return out

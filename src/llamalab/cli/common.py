@@ -134,7 +134,7 @@ def load_sharded(args):
     import random
 
     from ..tensor_parallel import shard_for_inference, share
-    from ..train.parallel import init_distributed
+    from ..runtime.distributed import init_distributed
 
     args.dtype = args.dtype or "float32"  # the shards are float weights: a quantized file is dequantized
     world = init_distributed(args.device or "auto")

@@ -18,8 +18,8 @@ import torch
 from .. import assets
 from ..device import resolve_device
 from ..errors import LlamalabError
-from ..finetune.merge import attach_adapter
 from ..formats import Checkpoint, load
+from ..formats.peft import attach_adapter
 from . import scoring
 from .llm import LLM
 from .report import markdown_table, to_json

@@ -1,5 +1,5 @@
-"""Using an adapter: fold it into a base checkpoint and write a normal one (`llamalab lora merge`), or attach
-it to a loaded model (`--adapter` on generate, chat and eval)."""
+"""Folding an adapter into a base checkpoint and writing a normal one (`llamalab lora merge`); attaching one to a
+loaded model (`--adapter`) is `formats.peft.attach_adapter`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from ..errors import LlamalabError
 from ..formats import FORMATS, load_state, load_tokenizer_for, save
 from ..formats.output import check_output
 from ..formats.peft import load_adapter
-from ..formats.lora import attach, merge_into_state
+from ..formats.lora import merge_into_state
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
 
@@ -29,7 +29,3 @@ def merge_checkpoint(base, adapter_dir, out, fmt: str = "hf", *, force: bool = F
     save(merged, args, out, fmt, tokenizer_src=tokenizer, force=force, **options)
     return {"out": str(out), "format": fmt, "layers": len(adapter.layers), "base": str(path)}
 
-
-def attach_adapter(checkpoint, adapter_dir) -> None:
-    """Give a loaded `llamalab.load` checkpoint the adapter in `adapter_dir` (checked against its shapes)."""
-    attach(checkpoint.model, load_adapter(adapter_dir, checkpoint.args))

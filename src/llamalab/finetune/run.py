@@ -16,6 +16,7 @@ import torch
 
 from ..atomic import write_text
 from ..errors import LlamalabError
+from ..runtime.distributed import init_distributed
 from ..train import loop, parallel
 from ..train.init_from import load_source
 from ..train.optim import build_optimizer
@@ -43,7 +44,7 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     if cfg.tensor_parallel > 1:
         raise LlamalabError("fine-tuning with tensor_parallel is not supported yet (the LoRA layers are not "
                             "sharded); use parallel=fsdp or ddp")
-    world = parallel.init_distributed(cfg.device)
+    world = init_distributed(cfg.device)
     spec = cfg.lora_spec()
     template_name = cfg.template
     fmt, records = load_examples(cfg.data, cfg.format, alpaca_input=template_name == "alpaca")

@@ -23,6 +23,8 @@ from ..quant import GroupCodes, build_quantized
 from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_gguf_fields
 from . import gguf, hf, meta
 from .output import check_output
+from .peft import attach_adapter
+from .shapes import check_layers, check_state, expected_shapes
 
 MODULES = {"gguf": gguf, "hf": hf, "meta": meta}
 FORMATS = tuple(MODULES)
@@ -80,43 +82,6 @@ def resolve(path_or_id) -> Path:
     raise LlamalabError(f"{path}: no such file or directory; check the path (a hub id looks like org/name)")
 
 
-def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = Transformer(args)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if args.tie_embeddings:
-        del shapes["output.weight"]
-    return shapes
-
-
-def check_layers(state: dict[str, torch.Tensor], args: ModelArgs, where) -> None:
-    """The config's layer count and sizes against the tensors that exist, before a model (even on the meta
-    device) is built from it: a header claiming a million layers is refused here, not after building them."""
-    layers = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
-    if len(layers) != args.n_layers or (layers and max(layers) != args.n_layers - 1):
-        raise LlamalabError(f"{where}: the config says {args.n_layers} layers but the file holds tensors for "
-                            f"{len(layers)}; config and weights disagree")
-    embedding = state.get("tok_embeddings.weight")
-    if embedding is not None and tuple(embedding.shape) != (args.vocab_size, args.dim):
-        raise LlamalabError(f"{where}: token embedding has shape {tuple(embedding.shape)} but the config implies "
-                            f"({args.vocab_size}, {args.dim}); config and weights disagree")
-
-
-def check_state(state: dict[str, torch.Tensor], args: ModelArgs, where) -> None:
-    """Every tensor present, none extra, each with the shape the config implies."""
-    want = expected_shapes(args)
-    missing = [k for k in want if k not in state]
-    extra = [k for k in state if k not in want]
-    if missing:
-        raise LlamalabError(f"{where}: missing tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}")
-    if extra:
-        raise LlamalabError(f"{where}: unexpected tensors {extra[:4]}{' ...' if len(extra) > 4 else ''}")
-    for k, shape in want.items():
-        if tuple(state[k].shape) != shape:
-            raise LlamalabError(f"{where}: tensor {k} has shape {tuple(state[k].shape)} but the config "
-                                f"implies {shape}; config and weights disagree")
-
-
 def model_from_state(state: dict[str, torch.Tensor], args: ModelArgs, *, device="cpu",
                      dtype=torch.float32) -> Transformer:
     """The Transformer whose parameters are these tensors (cast to dtype, moved to device)."""
@@ -171,8 +136,6 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
     tok = load_tokenizer_for(fmt, path, args.vocab_size, extra) if tokenizer else None
     ckpt = Checkpoint(model=model, args=args, tokenizer=tok, format=fmt, metadata=extra.get("metadata", {}), path=path)
     if adapter:
-        from ..finetune.merge import attach_adapter
-
         attach_adapter(ckpt, adapter)
     return ckpt
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import ModelArgs, check_tensor_parallel
 from ..errors import LlamalabError
+from ..runtime.distributed import init_distributed
 from ..tensor_parallel import vocab_parallel_loss
 from ..tokenizer import check_vocab, load_tokenizer
 from . import checkpoint, parallel
@@ -130,7 +131,7 @@ def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
 def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
     """A pretraining run (or continued pretraining, with `init_from`): everything the user can get wrong is
     checked before a single file is written."""
-    world = parallel.init_distributed(cfg.device, cfg.tensor_parallel)
+    world = init_distributed(cfg.device, cfg.tensor_parallel)
     if cfg.parallel != "none" and world.world_size == 1 and world.is_main:
         print(f"note: parallel={cfg.parallel} in a single process (launch with torchrun --nproc_per_node N to use N ranks)")
     from ..data.loader import TokenLoader
