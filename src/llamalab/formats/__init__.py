@@ -12,6 +12,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from huggingface_hub import snapshot_download
@@ -108,9 +109,21 @@ def load_tokenizer_for(fmt: str, path: Path, vocab_size: int, extra: dict | None
     return tok
 
 
-def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False
-               ) -> tuple[dict[str, torch.Tensor], ModelArgs, dict, str, Path]:
-    """Tensors in our names + config, without building a model: (state, args, extra, format, path).
+class LoadedState(NamedTuple):
+    """A checkpoint's tensors in our names and its config, without a model (`load_state`)."""
+    state: dict[str, torch.Tensor]
+    args: ModelArgs
+    extra: dict        # the format's own: metadata, tensor types, a GGUF's tokenizer fields, ...
+    format: str        # "gguf" | "hf" | "meta"
+    path: Path         # the file or directory read
+
+    def tokenizer(self) -> Tokenizer | None:
+        """The checkpoint's tokenizer (checked against the vocabulary size), or None when it ships none."""
+        return load_tokenizer_for(self.format, self.path, self.args.vocab_size, self.extra)
+
+
+def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False) -> LoadedState:
+    """Tensors in our names + config, without building a model: `LoadedState(state, args, extra, format, path)`.
     lazy: tensors on the meta device (shapes and dtypes only), for inspecting a checkpoint cheaply.
     quantized: quantized matrices stay quantized (`llamalab.quant.GroupCodes`) where the format has them."""
     fmt, path = detect_format(resolve(path_or_id))
@@ -118,7 +131,7 @@ def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False
     state, args, extra = MODULES[fmt].load_state(path, lazy=lazy, **options)
     check_layers(state, args, path)
     check_state(state, args, path)
-    return state, args, extra, fmt, path
+    return LoadedState(state, args, extra, fmt, path)
 
 
 def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = True,
@@ -128,13 +141,13 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
     dtype None: quantized weights stay quantized and run as such (`llamalab.quant`), the rest is float32;
     a dtype dequantizes everything to it. adapter: a LoRA adapter directory (peft's layout) to run with
     the weights, unmerged (`llamalab lora merge` folds one in for good)."""
-    state, args, extra, fmt, path = load_state(path_or_id, quantized=dtype is None)
-    if any(isinstance(v, GroupCodes) for v in state.values()):
-        model = build_quantized(state, args, device=device)
+    src = load_state(path_or_id, quantized=dtype is None)
+    if any(isinstance(v, GroupCodes) for v in src.state.values()):
+        model = build_quantized(src.state, src.args, device=device)
     else:
-        model = model_from_state(state, args, device=device, dtype=dtype or torch.float32)
-    tok = load_tokenizer_for(fmt, path, args.vocab_size, extra) if tokenizer else None
-    ckpt = Checkpoint(model=model, args=args, tokenizer=tok, format=fmt, metadata=extra.get("metadata", {}), path=path)
+        model = model_from_state(src.state, src.args, device=device, dtype=dtype or torch.float32)
+    ckpt = Checkpoint(model=model, args=src.args, tokenizer=src.tokenizer() if tokenizer else None, format=src.format,
+                      metadata=src.extra.get("metadata", {}), path=src.path)
     if adapter:
         attach_adapter(ckpt, adapter)
     return ckpt
@@ -172,13 +185,14 @@ def convert(src, out, to: str, *, dtype: torch.dtype | None = None, shards: int 
         raise LlamalabError("shards (--shards N, N >= 1) applies to the meta format only")
     fmt, path = detect_format(resolve(src))
     check_output(out, to, force=force, inputs=[path])
-    state, args, extra, fmt, path = load_state(path)
+    src = load_state(path)
+    state, args = src.state, src.args
     dtype = dtype or state["tok_embeddings.weight"].dtype
     options = {"hf": {"dtype": dtype, "max_shard_size": max_shard_size}, "meta": {"dtype": dtype, "shards": shards},
                "gguf": {"gguf_type": gguf_type or ("f16" if dtype == torch.float16 else "f32")}}[to]
     tokenizer_src = path  # a directory's tokenizer files are copied, a GGUF vocabulary copied into GGUF verbatim
     if fmt == "gguf" and to != "gguf":  # already read with the tensors
-        tokenizer_src = load_tokenizer_for(fmt, path, args.vocab_size, extra)
+        tokenizer_src = src.tokenizer()
     written = save(state, args, out, to, tokenizer_src=tokenizer_src, force=force, **options)
     if log:
         log(f"wrote {written} ({to}, {sum(v.numel() for v in state.values()):,} params, from {fmt} {path})")
