@@ -25,7 +25,7 @@ from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_g
 from . import gguf, hf, meta
 from .output import check_output
 from .peft import attach_adapter
-from .shapes import check_layers, check_state, expected_shapes
+from .shapes import check_layers, check_state, expected_shapes  # noqa: F401  (formats.expected_shapes)
 
 MODULES = {"gguf": gguf, "hf": hf, "meta": meta}
 FORMATS = tuple(MODULES)

@@ -24,7 +24,6 @@ import shutil
 import time
 from pathlib import Path
 
-from ..atomic import write_bytes, write_text
 from ..config import ModelArgs, get_preset
 from ..errors import LlamalabError
 from .flops import count_params, inference_flops_per_token, training_flops_per_token
@@ -108,6 +107,7 @@ def plot(runs: dict[str, dict], analysis: dict, out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
+    from ..atomic import write_bytes
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), dpi=110)
     for name, r in runs.items():
@@ -233,6 +233,7 @@ def over_training(out: str | Path = "runs/over-training", *, corpus: str | Path 
               "micro_batch": micro_batch, "vocab_size": tok.vocab_size, "corpus": str(corpus) if corpus else "demo", "runs": runs,
               "analysis": analysis, "json": str(out / "over-training.json"), "png": str(out / "over-training.png"),
               "elapsed_s": time.perf_counter() - t_start}
+    from ..atomic import write_text
 
     write_text(out / "over-training.json", json.dumps(result, indent=2))
     plot(runs, analysis, out / "over-training.png",
