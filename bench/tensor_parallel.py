@@ -46,7 +46,7 @@ def decode(model_path: str, tp: int, max_new_tokens: int) -> tuple[list[list[int
 
 
 def worker(a):
-    from llamalab.train.parallel import init_distributed
+    from llamalab.runtime.distributed import init_distributed
 
     world = init_distributed()
     tokens, seconds = decode(a.model, a.tp, a.max_new_tokens)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llamalab.errors import LlamalabError
-from llamalab.fast import has_cxx_compiler
+from llamalab.device import has_cxx_compiler
 from llamalab.generate import Engine, generate
 from llamalab.sampling import Sampler
 from test_generate import model  # noqa: F401  (the small random model fixture)

@@ -20,8 +20,8 @@ import llamalab
 from llamalab.cli import main
 from llamalab.config import get_preset
 from llamalab.data.instructions import PAIRS
-from llamalab.finetune.adapter import load_adapter, save_adapter
-from llamalab.finetune.lora import LoraSpec, attach, expected_trainable
+from llamalab.formats.peft import load_adapter, save_adapter
+from llamalab.formats.lora import LoraSpec, attach, expected_trainable
 from llamalab.formats import save
 from llamalab.tokenizer import load_tokenizer
 from tiny import random_state

@@ -16,8 +16,8 @@ import torch
 import llamalab
 from llamalab.data.instructions import PAIRS
 from llamalab.finetune import FinetuneConfig, finetune
-from llamalab.finetune.lora import attach
-from llamalab.finetune.adapter import load_adapter
+from llamalab.formats.lora import attach
+from llamalab.formats.peft import load_adapter
 from llamalab.finetune.qlora import nf4_scaler_block, tensor_bytes
 
 # QLoRA paper, Appendix E: the 16 NF4 values

@@ -11,7 +11,7 @@ import torch
 import llamalab
 from llamalab.chat_templates import render_for
 from llamalab.cli import main as cli_main
-from llamalab.fast import has_cxx_compiler
+from llamalab.device import has_cxx_compiler
 from llamalab.generate import decode_text, generate, stream, stream_text
 from llamalab.tokenizer import load_tokenizer
 

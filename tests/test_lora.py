@@ -12,8 +12,8 @@ import torch
 
 from llamalab.config import get_preset
 from llamalab.errors import LlamalabError
-from llamalab.finetune.adapter import load_adapter, save_adapter
-from llamalab.finetune.lora import (ALL, Dropout, LoraSpec, apply_lora, attach, count_trainable, expected_trainable,
+from llamalab.formats.peft import load_adapter, save_adapter
+from llamalab.formats.lora import (ALL, Dropout, LoraSpec, apply_lora, attach, count_trainable, expected_trainable,
                                     lora_init, merge_into_state, parse_targets)
 from llamalab.formats import model_from_state
 from llamalab.train import parallel

@@ -100,7 +100,7 @@ VARIANT = """
 import sys, torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize as gguf_quantize
-from llamalab.fast import cxx_compiler
+from llamalab.device import cxx_compiler
 from llamalab.quant import cpu_kernel, quantize
 torch.ops.load_library(cpu_kernel._build(cxx_compiler(), sys.argv[1]))
 torch.manual_seed(0)

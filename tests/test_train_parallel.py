@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from llamalab.fast import has_cxx_compiler
+from llamalab.device import has_cxx_compiler
 from token_data import write_token_dataset
 
 COMMON = ["model=tiny", "seq_len=32", "max_steps=20", "warmup_fraction=0.1", "lr=3e-3", "eval_every=10",

@@ -26,9 +26,9 @@ from .data.corpus import DEMO_MIXTURE, demo_sources
 from .data.loader import TokenLoader
 from .data.prepare import prepare
 from .data.shards import read_manifest
-from .formats import load
 from .generate import decode_text, generate
 from .model import Transformer
+from .runtime import load_runnable
 from .tokenizer import load_tokenizer, train_tokenizer
 from .train import TrainConfig, load_config, resolve_config_path, train
 from .train.loop import next_token_loss
@@ -106,7 +106,7 @@ def run_demo(out="runs/demo", *, quick: bool = False, minutes: float = 8.5, step
 
 def show_results(cfg: TrainConfig, summary: dict) -> None:
     """Samples from the exported model, and its held-out perplexity next to the unigram baseline."""
-    ckpt = load(summary["model_dir"])
+    ckpt = load_runnable(summary["model_dir"], device="cpu", dtype="float32")
     torch.manual_seed(0)
     print("  samples (temperature 0.8, top-k 40):")
     for prompt in PROMPTS:

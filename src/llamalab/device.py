@@ -1,7 +1,11 @@
-"""Devices: the default (the GPU when torch sees one, else the CPU), and the one place a device name from
-the user (`--device`, `device:` in a config) becomes a torch.device."""
+"""Devices: the default (the GPU when torch sees one, else the CPU), the one place a device name from
+the user (`--device`, `device:` in a config) becomes a torch.device, and the C++ compiler that torch.compile
+on CPU and our int8 kernel need."""
 
 from __future__ import annotations
+
+import os
+import shutil
 
 import torch
 
@@ -37,3 +41,12 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     if device.index is not None and device.index >= count:
         raise LlamalabError(f"device {name!r} does not exist: this machine has {count} {device.type} device(s)")
     return device
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile on CPU would use (CXX, else g++, c++, clang++), if there is one."""
+    return next(filter(None, map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++"))), None)
+
+
+def has_cxx_compiler() -> bool:
+    return cxx_compiler() is not None

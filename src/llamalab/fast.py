@@ -17,12 +17,11 @@ The first steps pay the compilation (tens of seconds), so it is opt-in (`--compi
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 
 import torch
 
+from .device import has_cxx_compiler
 from .model import Transformer
 
 # One-row matmuls on CPU as fused multiply-and-sum, of any width (the default stops at 2048 columns, which
@@ -42,15 +41,6 @@ def _widen_decomposition() -> None:
         return
     if hasattr(decompose, "cpu_max_other_dimension_decomposition"):
         decompose.cpu_max_other_dimension_decomposition = WIDEST
-
-
-def cxx_compiler() -> str | None:
-    """The C++ compiler torch.compile on CPU would use (CXX, else g++, c++, clang++), if there is one."""
-    return next(filter(None, map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++"))), None)
-
-
-def has_cxx_compiler() -> bool:
-    return cxx_compiler() is not None
 
 
 def compiled_step(model: Transformer):

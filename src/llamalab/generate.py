@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import LlamalabError
+from .fast import compiled_step
 from .model import KVCache, Transformer
 from .sampling import Sampler
 
@@ -132,7 +133,6 @@ class Engine:
         model.ensure_positions(self.max_len + 1)  # steps pass positions as a tensor: size the rotary table now
         self._forward = model
         if compile:
-            from .fast import compiled_step
             self._forward = compiled_step(model)
 
     @property

@@ -18,8 +18,7 @@ import torch
 
 from .errors import LlamalabError
 from .model import Transformer
-
-HEAD_CHUNK = 512  # scored positions per output-head slice (bounds the (positions × vocab) logits)
+from .runtime.likelihood import token_logprobs
 
 
 @dataclass
@@ -92,8 +91,5 @@ def _score(model: Transformer, data: torch.Tensor, batch: list[tuple[int, int, i
                        for r, (b, e, first) in enumerate(batch)]).to(data.device)
     targets = torch.cat([data[first:e] for _, e, first in batch])
     h = h.flatten(0, 1)[index]
-    nll = 0.0
-    for j in range(0, len(index), HEAD_CHUNK):
-        logits = model.output(h[j:j + HEAD_CHUNK]).float()
-        nll += -torch.log_softmax(logits, -1).gather(-1, targets[j:j + HEAD_CHUNK, None]).sum().item()
-    return nll, len(index)
+    token_ll, _ = token_logprobs(model, h, targets)
+    return -token_ll.double().sum().item(), len(index)

@@ -57,7 +57,7 @@ def add_sampling_arguments(p, max_new_tokens: int):
 
 
 def add_adapter_argument(p):
-    """--adapter: a LoRA adapter (ours or peft's) applied to the --model checkpoint by `load_checkpoint`."""
+    """--adapter: a LoRA adapter (ours or peft's) applied to the --model checkpoint by `load_model`."""
     p.add_argument("--adapter", metavar="DIR", help="a LoRA adapter directory (ours or peft's) to run the model with")
 
 
@@ -73,20 +73,14 @@ def add_chat_arguments(p):
                    help="chat template: alpaca, llama-2, chatml, a Jinja file; default: the checkpoint's own")
 
 
-def load_checkpoint(args):
-    """The checkpoint of --model on --device (default: the GPU if there is one), which must carry a tokenizer,
-    with the LoRA adapter of --adapter (where the subcommand has that option) applied."""
-    import torch
+def load_model(args):
+    """`runtime.load_runnable` with this command's --model, --device, --dtype and, where it has them, --adapter,
+    --tensor-parallel, --threads, --template and --compile."""
+    from ..runtime import load_runnable
 
-    from ..device import resolve_device
-    from ..formats import load
-
-    dtype = getattr(torch, args.dtype) if args.dtype else None  # None: quantized weights stay quantized
-    ckpt = load(args.model, device=str(resolve_device(args.device)), dtype=dtype, adapter=getattr(args, "adapter", None))
-    if ckpt.tokenizer is None:
-        raise LlamalabError(f"{args.model}: no tokenizer found with the checkpoint "
-                            f"(put tokenizer.model or tokenizer.json next to it)")
-    return ckpt
+    return load_runnable(args.model, device=args.device, dtype=args.dtype, adapter=getattr(args, "adapter", None),
+                         tensor_parallel=getattr(args, "tensor_parallel", 1), threads=getattr(args, "threads", None),
+                         template=getattr(args, "template", None), compile=getattr(args, "compile", False))
 
 
 def context_length(args, model_context: int | None = None, default: int = 2048) -> int | None:
@@ -113,36 +107,6 @@ def context_length(args, model_context: int | None = None, default: int = 2048) 
 def add_tensor_parallel_argument(p):
     p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                    help="shard the weights and KV cache by heads over N processes (torchrun --nproc_per_node N)")
-
-
-def load_sharded(args):
-    """`load_checkpoint`, under --tensor-parallel N sharded by heads over the N processes of a torchrun launch:
-    every process loads the whole checkpoint and keeps its shard. (checkpoint, whether this process is the one
-    that talks to the user: rank 0). Unseeded sampling gets a seed drawn by rank 0, so that every rank samples
-    the same tokens from the same logits."""
-    tp = getattr(args, "tensor_parallel", 1)
-    if tp < 1:
-        raise LlamalabError(f"--tensor-parallel must be >= 1, got {tp}")
-    if tp == 1:
-        return load_checkpoint(args), True
-    if getattr(args, "compile", False):
-        raise LlamalabError("--compile does not combine with --tensor-parallel yet (torch.compile fails on the "
-                            "sharded model); drop one of them")
-    if getattr(args, "adapter", None):
-        raise LlamalabError("--adapter does not combine with --tensor-parallel (LoRA layers are not sharded): "
-                            "fold it in first with `llamalab lora merge` and serve the merged checkpoint")
-    import random
-
-    from ..tensor_parallel import shard_for_inference, share
-    from ..train.parallel import init_distributed
-
-    args.dtype = args.dtype or "float32"  # the shards are float weights: a quantized file is dequantized
-    world = init_distributed(args.device or "auto")
-    ckpt = load_checkpoint(args)
-    shard_for_inference(ckpt.model, tp)
-    if (getattr(args, "temperature", None) or 0) > 0 and getattr(args, "seed", 0) is None:
-        args.seed = share(random.getrandbits(63), world.device)
-    return ckpt, world.is_main
 
 
 def sampling_kwargs(args) -> dict:

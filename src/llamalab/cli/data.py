@@ -1,5 +1,6 @@
 from ..errors import LlamalabError
-from .data_clean import add_clean, add_train_quality, run_clean, run_train_quality
+from .data_clean import add_clean, run_clean
+from .data_quality import add_train_quality, run_train_quality
 
 HELP = ("Clean raw text (the paper's §2.1 pipeline), train the quality classifier, prepare pretraining data "
         "(tokenize + pack shards) and report mixtures (epochs per source, Table 1).")
@@ -15,7 +16,7 @@ def add_arguments(p):
     pp.add_argument("--source", action="append", default=[], metavar="NAME=PATH[,PATH...]",
                     help="a named source: files or directories (walked recursively) of .jsonl (a document "
                          "per line), .parquet/.arrow (a document per row), or plain text (a document per "
-                         "file), optionally .gz/.xz/.bz2; repeat for each source")
+                         "file), optionally .gz/.xz/.bz2/.zst; repeat for each source")
     pp.add_argument("--demo", action="store_true",
                     help="add the embedded demo corpus as sources prose, reference, qa, code")
     pp.add_argument("--tokenizer", required=True, help="tokenizer.model, tokenizer.json, .gguf or a directory")
@@ -40,31 +41,15 @@ def add_arguments(p):
     pm.add_argument("--tokens", type=float, default=None, help="training tokens (e.g. 1.4e12)")
 
 
-def _parse_sources(specs):
-    sources = {}
-    for spec in specs:
-        name, eq, paths = spec.partition("=")
-        if not eq or not name or not paths:
-            raise LlamalabError(f"bad --source {spec!r}: write NAME=PATH[,PATH...]")
-        if name in sources:
-            raise LlamalabError(f"source {name!r} given twice; list its paths comma-separated in one --source")
-        sources[name] = [p for p in paths.split(",") if p]
-    return sources
-
-
 def run(args):
     if args.data_command == "clean":
         return run_clean(args)
     if args.data_command == "train-quality":
         return run_train_quality(args)
     if args.data_command == "prepare":
-        from ..data.corpus import demo_sources
-        from ..data.prepare import prepare
+        from ..data.prepare import parse_sources, prepare
 
-        sources = _parse_sources(args.source)
-        for name, path in (demo_sources() if args.demo else {}).items():
-            sources.setdefault(name, [path])
-        manifest = prepare(sources, args.tokenizer, args.out, workers=args.workers, text_field=args.text_field,
+        manifest = prepare(parse_sources(args.source, demo=args.demo), args.tokenizer, args.out, workers=args.workers, text_field=args.text_field,
                            val_fraction=args.val_fraction, shard_tokens=args.shard_tokens,
                            progress=not args.no_progress)
         total = sum(s["tokens"] for s in manifest["sources"].values())

@@ -1,5 +1,5 @@
-"""`llamalab data clean` and `llamalab data train-quality`: their options and calls (the `data` subcommand's
-other actions are in data.py)."""
+"""`llamalab data clean`: its options and call (the `data` subcommand's other actions are in data.py and
+data_quality.py)."""
 
 import os
 
@@ -47,18 +47,6 @@ def add_clean(sub):
     pc.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_train_quality(sub):
-    pq = sub.add_parser(
-        "train-quality", help="train the quality classifier (linear, hashed n-grams) used by `data clean`",
-        description="Fit the paper's linear quality classifier: logistic regression on hashed word uni- and "
-                    "bigrams, positives (e.g. pages cited by Wikipedia) against negatives (random pages).",
-        epilog="example: llamalab data train-quality --positive refs.jsonl --negative crawl.jsonl.gz --out q.npz")
-    pq.add_argument("--positive", nargs="+", required=True, metavar="PATH", help="good documents (files/dirs)")
-    pq.add_argument("--negative", nargs="+", required=True, metavar="PATH", help="other documents (files/dirs)")
-    pq.add_argument("--out", required=True, help="model file to write (.npz)")
-    pq.add_argument("--text-field", default="text", help="field/column holding the text")
-
-
 def run_clean(args):
     os.environ.setdefault("TQDM_DISABLE", "1")  # datatrove's inner bars (read at import); ours is explicit
     from ..data.clean import clean, require
@@ -83,16 +71,3 @@ def run_clean(args):
                    benchmarks=args.benchmarks, slurm={"partition": args.slurm_partition, "time": args.slurm_time},
                    keep_work=args.keep_work, progress=not args.no_progress)
     clean(args.input, args.output, opts)
-
-
-def run_train_quality(args):
-    from ..data.clean import require
-
-    require()
-    from ..data.clean.quality import read_texts, save, train
-
-    positive, negative = read_texts(args.positive, args.text_field), read_texts(args.negative, args.text_field)
-    result = train(positive, negative)
-    save(args.out, result)
-    print(f"{args.out}: {result['positive']:,} positive, {result['negative']:,} negative documents; held-out "
-          f"accuracy {result['held_out_accuracy']:.3f} on {result['held_out']:,}")

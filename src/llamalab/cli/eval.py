@@ -1,4 +1,4 @@
-from .common import add_adapter_argument, add_model_arguments, add_tensor_parallel_argument, load_sharded
+from .common import add_adapter_argument, add_model_arguments, add_tensor_parallel_argument, load_model
 
 HELP = "Evaluate a checkpoint on the paper's benchmarks (lm-evaluation-harness prompts and metrics)."
 
@@ -36,12 +36,14 @@ def run(args):
 
     model, main = args.model, True
     if args.tensor_parallel > 1:  # every rank runs the whole evaluation on its shard; rank 0 reports
-        model, main = load_sharded(args)
+        model = load_model(args)
+        main = model.is_main
     with contextlib.nullcontext() if main else contextlib.redirect_stderr(io.StringIO()):
         report = evaluate(model, args.tasks.split(","), adapter=args.adapter, data_dir=args.data_dir,
                           shots=args.shots, limit=args.limit, batch_size=args.batch_size, samples=args.samples,
                           temperature=args.temperature, maj_k=args.maj_k, max_new_tokens=args.max_new_tokens,
-                          device=args.device, dtype=args.dtype, seed=args.seed, progress=main)
+                          device=args.device, dtype=args.dtype, seed=args.seed, progress=main,
+                          threads=getattr(args, "threads", None))
     if not main:
         return
     if args.output:

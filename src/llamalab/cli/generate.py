@@ -3,7 +3,7 @@ import sys
 
 from ..errors import LlamalabError
 from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
-                     add_sampling_arguments, add_tensor_parallel_argument, load_sharded, sampling_kwargs)
+                     add_sampling_arguments, add_tensor_parallel_argument, load_model, sampling_kwargs)
 
 HELP = "Continue a prompt with a model (greedy or sampled); prints only the continuation, streamed."
 
@@ -31,31 +31,19 @@ def add_arguments(p):
 def run(args):
     if (args.prompt is None) == (args.input is None) or bool(args.input) != bool(args.out):
         raise LlamalabError("give --prompt TEXT, or --input FILE with --out FILE.jsonl")
+    if args.input and args.tensor_parallel > 1:
+        raise LlamalabError("--input does not combine with --tensor-parallel yet; use --prompt")
     if args.input:
-        if args.tensor_parallel > 1:
-            raise LlamalabError("--input does not combine with --tensor-parallel yet; use --prompt")
         return answer_input(args)
-    from ..chat_templates import render_for
-    from ..generate import decode_text, generate, stream, stream_text
+    from ..runtime import complete
 
-    ckpt, main = load_sharded(args)
-    out = sys.stdout if main else io.StringIO()  # every rank decodes the same tokens; rank 0 prints
-    tok = ckpt.tokenizer
-    if args.chat:
-        messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        text = render_for(tok, messages + [{"role": "user", "content": args.prompt}], args.template)
-        prompt = tok.encode(text, bos=False)  # the template places BOS itself
-    else:
-        prompt = tok.encode(args.prompt, bos=tok.add_bos)
-    stop_ids = () if args.ignore_eos else tok.stop_ids
-    kw = dict(sampling_kwargs(args), stop_ids=stop_ids, truncate=args.truncate, compile=args.compile)
-    if args.no_stream:
-        tokens = generate(ckpt.model, [prompt], **kw)[0]
-        out.write(decode_text(tokens, tok, stop_ids=stop_ids, stop=args.stop))
-    else:
-        for piece in stream_text(stream(ckpt.model, prompt, **kw), tok, stop_ids=stop_ids, stop=args.stop):
-            out.write(piece)
-            out.flush()
+    rt = load_model(args)
+    out = sys.stdout if rt.is_main else io.StringIO()  # every rank decodes the same tokens; rank 0 prints
+    for piece in complete(rt, args.prompt, chat=args.chat, system=args.system, stop=args.stop,
+                          ignore_eos=args.ignore_eos, truncate=args.truncate, streaming=not args.no_stream,
+                          **sampling_kwargs(args)):
+        out.write(piece)
+        out.flush()
     if out.isatty():
         out.write("\n")
     out.flush()
@@ -63,15 +51,12 @@ def run(args):
 
 def answer_input(args):
     """--input FILE --out FILE.jsonl: the model's answers to every question, batched on the engine."""
-    import torch
-
     from ..instruct.answers import answer_questions
-    from ..instruct.backends import LocalModel
+    from ..instruct.local import LocalModel
     from ..instruct.records import load_questions
 
-    questions = load_questions(args.input)
-    model = LocalModel(args.model, max_batch=args.batch_size, adapter=getattr(args, "adapter", None), device=args.device,
-                       dtype=getattr(torch, args.dtype) if args.dtype else None, template=args.template)
+    questions = load_questions(args.input)  # a bad file fails before the (slow) load
+    model = LocalModel(load_model(args), max_batch=args.batch_size)
     sampling = {k: v for k, v in sampling_kwargs(args).items() if k != "max_new_tokens"}
     new = answer_questions(model, questions, args.out, name=args.name or model.name, system=args.system,
                            max_tokens=args.max_new_tokens, **sampling)

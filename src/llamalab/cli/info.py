@@ -10,9 +10,10 @@ def add_arguments(p):
 
 
 def run(args):
-    from ..formats import expected_shapes, load_state, load_tokenizer_for
+    from ..formats import expected_shapes, load_state
 
-    state, cfg, extra, fmt, path = load_state(args.path, lazy=True)  # shapes only: instant for any size
+    src = load_state(args.path, lazy=True)
+    state, cfg, extra, fmt, path = src.state, src.args, src.extra, src.format, src.path  # shapes only: instant for any size
     meta = extra.get("metadata", {})
     # how each tensor is stored: the file's own types where it has them (GGUF's Q4_1, a quantized directory's
     # int4 groups), else the dtype
@@ -29,7 +30,7 @@ def run(args):
     print(f"            vocab_size={cfg.vocab_size} norm_eps={cfg.norm_eps:g} rope_theta={cfg.rope_theta:g} "
           f"rope_scaling={cfg.rope_scaling} max_seq_len={cfg.max_seq_len} tie_embeddings={cfg.tie_embeddings}")
     print("dtypes      " + ", ".join(f"{t}: {n}" for t, n in Counter(types.values()).most_common()))
-    tok = load_tokenizer_for(fmt, path, cfg.vocab_size, extra)
+    tok = src.tokenizer()
     if tok is not None:
         print(f"tokenizer   {type(tok).__name__}: {tok.vocab_size} tokens, bos={tok.bos_token!r} "
               f"eos={tok.eos_token!r} add_bos={tok.add_bos} chat_template={'yes' if tok.chat_template else 'no'}")

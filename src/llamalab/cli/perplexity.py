@@ -2,7 +2,7 @@ import json
 import sys
 
 from ..errors import LlamalabError
-from .common import add_model_arguments, load_checkpoint
+from .common import add_model_arguments, load_model
 
 HELP = "Perplexity of a model on a text file (sliding windows, Hugging Face's strided recipe)."
 
@@ -18,16 +18,16 @@ def add_arguments(p):
 
 
 def run(args):
-    from ..data.text import read_text
+    from ..textio import read_text
     from ..perplexity import perplexity
 
     text = sys.stdin.read() if args.input == "-" else read_text(args.input, f"{args.input}: no such file")
-    ckpt = load_checkpoint(args)
-    if args.context > ckpt.args.max_seq_len:  # before tokenizing a large file
-        raise LlamalabError(f"--context {args.context} is larger than the model's context of {ckpt.args.max_seq_len}")
-    tok = ckpt.tokenizer
+    rt = load_model(args)
+    if args.context > rt.args.max_seq_len:  # before tokenizing a large file
+        raise LlamalabError(f"--context {args.context} is larger than the model's context of {rt.args.max_seq_len}")
+    tok = rt.tokenizer
     tokens = tok.encode(text, bos=tok.add_bos)
-    result = perplexity(ckpt.model, tokens, context=args.context, stride=args.stride, batch_size=args.batch)
+    result = perplexity(rt.model, tokens, context=args.context, stride=args.stride, batch_size=args.batch)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

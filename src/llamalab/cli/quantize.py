@@ -12,7 +12,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from llamalab.quant.save import quantize_checkpoint
+    from llamalab.quantize import quantize_checkpoint
 
     out = quantize_checkpoint(args.model, args.out, bits=args.bits, group_size=args.group_size,
                               symmetric=args.symmetric, force=args.force)

@@ -1,5 +1,5 @@
 from .common import (add_adapter_argument, add_compile_argument, add_model_arguments, add_tensor_parallel_argument,
-                     context_length, load_sharded)
+                     context_length, load_model)
 
 HELP = "Serve a model over HTTP with OpenAI's API (chat/completions, streaming, continuous batching) and a chat page."
 
@@ -57,21 +57,18 @@ def run(args):
 
     _check(args)
     if args.template:
-        resolve_template(args.template)  # a bad name fails before the (slow) load
+        resolve_template(args.template)  # a bad name fails before the port is bound
     leader = os.environ.get("RANK", "0") == "0"  # under --tensor-parallel only rank 0 listens
     sock = bind(args.host, args.port) if leader else None  # so does a busy port
-    ckpt, _ = load_sharded(args)
-    template = None
-    if args.template or ckpt.tokenizer.chat_template:
-        template = resolve_template(args.template, ckpt.tokenizer)
+    rt = load_model(args)
     settings = Settings(
         name=args.served_model_name or Path(args.model.rstrip("/")).name.removesuffix(".gguf"),
         max_batch=args.max_batch, max_queue=args.max_queue,
-        context=context_length(args, ckpt.args.max_seq_len, 2048),
-        api_key=args.api_key or os.environ.get("LLAMALAB_API_KEY") or None, template=template, ui=not args.no_ui,
+        context=context_length(args, rt.args.max_seq_len, 2048),
+        api_key=args.api_key or os.environ.get("LLAMALAB_API_KEY") or None, template=rt.template, ui=not args.no_ui,
         mirrored=args.tensor_parallel > 1, compile=args.compile)
     if not leader:  # run the engine operations of rank 0's server on this rank's shard
         from ..serve.mirror import follow
 
-        return follow(new_engine(ckpt.model, settings), ckpt.tokenizer)
-    serve(ckpt.model, ckpt.tokenizer, settings, sock, drain_timeout=args.drain_timeout, log_level=args.log_level)
+        return follow(new_engine(rt.model, settings), rt.tokenizer)
+    serve(rt.model, rt.tokenizer, settings, sock, drain_timeout=args.drain_timeout, log_level=args.log_level)

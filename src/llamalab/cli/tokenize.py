@@ -28,7 +28,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from ..data.text import iter_texts
+    from ..textio import iter_texts
     from ..tokenizer import load_tokenizer
 
     if (args.text is None) == (args.jsonl is None):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LlamalabError
+from .shards import read_manifest
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,6 @@ class Row:
 def source_tokens(manifest) -> dict[str, int]:
     """Tokens per source from a dataset manifest (dict or path) or a plain {source: tokens} dict."""
     if isinstance(manifest, (str, Path)):
-        from .shards import read_manifest
         manifest = read_manifest(manifest)[0]
     if "sources" in manifest and isinstance(manifest["sources"], dict):
         return {k: int(v["tokens"]) for k, v in manifest["sources"].items()}

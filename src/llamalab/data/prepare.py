@@ -32,9 +32,10 @@ from tqdm import tqdm
 
 from ..atomic import sha256_file, staged_dir
 from ..errors import LlamalabError
+from ..textio import expand_inputs, iter_texts
 from ..tokenizer import load_tokenizer
+from .corpus import demo_sources
 from .shards import MANIFEST, VERSION, read_manifest, token_dtype, write_manifest, write_shard
-from .text import expand_inputs, iter_texts
 
 # What the shards of a dataset depend on: the vocabulary files and tokenizer_config.json (add_bos). The other
 # tokenizer files (tokenizer.TOKENIZER_FILES: special-tokens map, chat template, generation config) are left
@@ -131,6 +132,22 @@ class _ShardWriter:
         self.shards.append({"file": f"{self.name}/{file}", **entry})
         rest = data[n:]
         self.buf, self.buffered = ([rest] if rest.size else []), rest.size
+
+
+def parse_sources(specs: list[str], *, demo: bool = False) -> dict[str, list[str]]:
+    """`NAME=PATH[,PATH...]` specs (`--source`) as {name: paths}; demo: add the embedded demo corpus's sources
+    (prose, reference, qa, code) where no source of that name is given."""
+    sources = {}
+    for spec in specs:
+        name, eq, paths = spec.partition("=")
+        if not eq or not name or not paths:
+            raise LlamalabError(f"bad --source {spec!r}: write NAME=PATH[,PATH...]")
+        if name in sources:
+            raise LlamalabError(f"source {name!r} given twice; list its paths comma-separated in one --source")
+        sources[name] = [p for p in paths.split(",") if p]
+    for name, path in (demo_sources() if demo else {}).items():
+        sources.setdefault(name, [path])
+    return sources
 
 
 def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = None, text_field: str = "text",

@@ -13,13 +13,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from .. import assets
-from ..device import resolve_device
 from ..errors import LlamalabError
-from ..finetune.merge import attach_adapter
-from ..formats import Checkpoint, load
+from ..runtime import Runnable, load_runnable
 from . import scoring
 from .llm import LLM
 from .report import markdown_table, to_json
@@ -66,8 +62,8 @@ class EvalReport:
 def evaluate(model, tasks: list[str], *, adapter=None, data_dir=None, shots: int | None = None, limit: int | None = None,
              batch_size: int = 16, samples: int = 1, temperature: float | None = None, maj_k: int = 1,
              max_new_tokens: int | None = None, device=None, dtype: str = "float32", seed: int = 1234,
-             progress: bool = True) -> EvalReport:
-    """Evaluate `model` (a checkpoint path or hub id, or a loaded `Checkpoint`) on benchmark `tasks` (names,
+             progress: bool = True, threads: int | None = None) -> EvalReport:
+    """Evaluate `model` (a checkpoint path or hub id, or a `runtime.Runnable`) on benchmark `tasks` (names,
     see `tasks.TASKS`), with the LoRA `adapter` directory applied if given, with the data in `data_dir` (default:
     the asset cache). Everything a user can get
     wrong (task names, counts, missing data) fails before the model loads. One line per task goes to stderr."""
@@ -85,13 +81,9 @@ def evaluate(model, tasks: list[str], *, adapter=None, data_dir=None, shots: int
         task.docs(data_dir)
         if task.kind == "code":
             sandbox_mode()
-    ckpt = model if isinstance(model, Checkpoint) else load(model, device=resolve_device(device),
-                                                               dtype=getattr(torch, dtype))
-    if adapter:
-        attach_adapter(ckpt, adapter)
-    if ckpt.tokenizer is None:
-        raise LlamalabError(f"{model} has no tokenizer; evaluation needs one next to the weights")
-    llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=batch_size, progress=progress)
+    rt = model if isinstance(model, Runnable) else load_runnable(model, device=device, dtype=dtype, adapter=adapter,
+                                                                           threads=threads)
+    llm = LLM(rt.model, rt.tokenizer, batch_size=batch_size, progress=progress)
     results, records, timing = {}, [], {}
     for task in tasks:
         start = time.perf_counter()
@@ -102,8 +94,8 @@ def evaluate(model, tasks: list[str], *, adapter=None, data_dir=None, shots: int
         records += r.samples
         shown = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items() if not k.endswith("_stderr"))
         print(f"{task.name}: {shown}  ({r.n} items, {seconds:.1f}s, {r.n / seconds:.2f} items/s)", file=sys.stderr)
-    config = {"model": str(ckpt.path if isinstance(model, Checkpoint) else model), "adapter": adapter and str(adapter),
-              "format": ckpt.format,
+    config = {"model": str(rt.path if isinstance(model, Runnable) else model), "adapter": adapter and str(adapter),
+              "format": rt.format,
               "tasks": [t.name for t in tasks], "shots": shots, "limit": limit, "batch_size": batch_size,
               "device": str(llm.device), "dtype": str(llm.dtype).removeprefix("torch."), "samples": samples,
               "temperature": temperature, "maj_k": maj_k, "seed": seed, "timing": timing}

@@ -22,9 +22,10 @@ import torch
 
 from ..generate import Engine
 from ..model import Transformer
+from ..runtime.batch import Job, run_batch
+from ..runtime.likelihood import token_logprobs
 from ..sampling import Sampler
 
-HEAD_CHUNK = 256  # scored positions per output-head slice
 PACK_TOKENS = 512  # widest packed row (a question with its choices is far shorter; CPU is fastest at a few hundred)
 
 
@@ -151,12 +152,7 @@ class LLM:
         h = self.model.hidden_states(tokens.to(dev), positions=positions.to(dev), mask=mask[:, None].to(dev))
         h = h.flatten(0, 1)[torch.tensor(index, device=dev)]
         targets, owner = torch.tensor(targets, device=dev), torch.tensor(owner, device=dev)
-        token_ll, greedy = torch.empty(len(index), device=dev), torch.empty(len(index), dtype=torch.long, device=dev)
-        for i in range(0, len(index), HEAD_CHUNK):  # the (positions × vocab) logits a slice at a time
-            logits = self.model.output(h[i:i + HEAD_CHUNK]).float()
-            t = targets[i:i + HEAD_CHUNK, None]
-            token_ll[i:i + HEAD_CHUNK] = torch.log_softmax(logits, -1).gather(-1, t)[:, 0]
-            greedy[i:i + HEAD_CHUNK] = logits.max(-1).indices
+        token_ll, greedy = token_logprobs(self.model, h, targets, greedy=True)
         ll = torch.zeros(len(keys), device=dev).index_add_(0, owner, token_ll)
         miss = torch.zeros(len(keys), dtype=torch.long, device=dev).index_add_(
             0, owner, (greedy != targets).long())
@@ -177,29 +173,13 @@ class LLM:
             gen.manual_seed(seed)
         budget = self.max_length - max_new_tokens
         encoded = [self.encode(p)[-budget:] for p in prompts]
-        pending = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))[::-1]  # pop() = longest
         longest = max((len(e) for e in encoded), default=0)
         engine = Engine(self.model, max_batch=max(1, min(self.batch_size, len(prompts))),
                         max_len=longest + max_new_tokens)
         sampler = Sampler(temperature=temperature, top_p=top_p)
         stop_ids = set(getattr(self.tokenizer, "stop_ids", ()) or ()) | {self.tokenizer.eos_id}
-        texts: list[str] = [""] * len(prompts)
-        owner: dict[int, int] = {}  # id(sequence) → prompt index
+        jobs = [Job(e, max_new_tokens, sampler, gen, stop_ids, tuple(until)) for e in encoded]
         with tqdm(total=len(prompts), desc=desc, disable=not self.progress, unit="req", dynamic_ncols=True) as bar:
-            while pending or engine.active():
-                while pending and engine.free_slots():
-                    i = pending.pop()
-                    seq = engine.add(encoded[i], max_new_tokens=max_new_tokens, sampler=sampler, generator=gen,
-                                     stop_ids=stop_ids, stop=until, tokenizer=self.tokenizer)
-                    owner[id(seq)] = i
-                    self._collect(engine, seq, owner, texts, bar)
-                for seq in engine.step():
-                    self._collect(engine, seq, owner, texts, bar)
-        return texts
-
-    @staticmethod
-    def _collect(engine, seq, owner, texts, bar):
-        if seq.done:
-            texts[owner.pop(id(seq))] = seq.text
-            engine.release(seq)
-            bar.update(1)
+            seqs = run_batch(engine, jobs, tokenizer=self.tokenizer, on_finish=lambda _: bar.update(1),
+                             order=sorted(range(len(prompts)), key=lambda i: -len(encoded[i])))  # longest first
+        return [seq.text for seq in seqs]

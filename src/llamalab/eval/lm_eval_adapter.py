@@ -16,8 +16,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 
-from ..device import default_device
-from ..formats import load
+from ..runtime import load_runnable
 from .llm import LLM
 
 
@@ -27,11 +26,10 @@ class LlamalabLM(LM):
                  batch_size=16, max_length: int | None = None, max_gen_toks: int = 256, llm: LLM | None = None, **_):
         super().__init__()
         if llm is None:
-
-            if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
-                device = default_device()  # lm-eval's CLI passes cuda by default
-            ckpt = load(pretrained, device=device, dtype=getattr(torch, dtype))
-            llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=int(batch_size), max_length=max_length)
+            if str(device).startswith("cuda") and not torch.cuda.is_available():
+                device = None  # lm-eval's CLI passes cuda by default: the default device instead
+            rt = load_runnable(pretrained, device=device, dtype=dtype)
+            llm = LLM(rt.model, rt.tokenizer, batch_size=int(batch_size), max_length=max_length)
         self.llm = llm
         self.max_gen_toks = int(max_gen_toks)
 

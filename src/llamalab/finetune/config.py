@@ -83,7 +83,7 @@ class FinetuneConfig(TrainConfig):
         """The LoRA settings (a LoraSpec), or None for full fine-tuning."""
         if self.lora_rank is None:
             return None
-        from .lora import LoraSpec, parse_targets
+        from ..formats.lora import LoraSpec, parse_targets
 
         rank = self.lora_rank
         alpha = self.lora_alpha if self.lora_alpha is not None else (2.0 * rank if isinstance(rank, int) else 1.0)

@@ -1,13 +1,13 @@
-"""Using an adapter: fold it into a base checkpoint and write a normal one (`llamalab lora merge`), or attach
-it to a loaded model (`--adapter` on generate, chat and eval)."""
+"""Folding an adapter into a base checkpoint and writing a normal one (`llamalab lora merge`); attaching one to a
+loaded model (`--adapter`) is `formats.peft.attach_adapter`."""
 
 from __future__ import annotations
 
 from ..errors import LlamalabError
-from ..formats import FORMATS, load_state, load_tokenizer_for, save
+from ..formats import FORMATS, load_state, save
 from ..formats.output import check_output
-from .adapter import load_adapter
-from .lora import attach, merge_into_state
+from ..formats.peft import load_adapter
+from ..formats.lora import merge_into_state
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
 
@@ -21,15 +21,10 @@ def merge_checkpoint(base, adapter_dir, out, fmt: str = "hf", *, force: bool = F
     if fmt == "gguf" and gguf_type not in GGUF_TYPES:
         raise LlamalabError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(GGUF_TYPES)}")
     check_output(out, fmt, force=force, inputs=(base, adapter_dir))  # before anything is read
-    state, args, extra, src_fmt, path = load_state(base)
-    adapter = load_adapter(adapter_dir, args)  # shapes checked before anything is computed or written
-    merged = merge_into_state({k: v.float() for k, v in state.items()}, adapter)
-    tokenizer = load_tokenizer_for(src_fmt, path, args.vocab_size, extra)
+    src = load_state(base)
+    adapter = load_adapter(adapter_dir, src.args)  # shapes checked before anything is computed or written
+    merged = merge_into_state({k: v.float() for k, v in src.state.items()}, adapter)
     options = {"gguf_type": gguf_type} if fmt == "gguf" else {}
-    save(merged, args, out, fmt, tokenizer_src=tokenizer, force=force, **options)
-    return {"out": str(out), "format": fmt, "layers": len(adapter.layers), "base": str(path)}
+    save(merged, src.args, out, fmt, tokenizer_src=src.tokenizer(), force=force, **options)
+    return {"out": str(out), "format": fmt, "layers": len(adapter.layers), "base": str(src.path)}
 
-
-def attach_adapter(checkpoint, adapter_dir) -> None:
-    """Give a loaded `llamalab.load` checkpoint the adapter in `adapter_dir` (checked against its shapes)."""
-    attach(checkpoint.model, load_adapter(adapter_dir, checkpoint.args))

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import has_cxx_compiler
 from ..errors import LlamalabError
 
 
@@ -124,8 +125,6 @@ def base_linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
 
 
 def _compiles(device: torch.device) -> bool:
-    from ..train.parallel import has_cxx_compiler
-
     return device.type != "cpu" or has_cxx_compiler()
 
 

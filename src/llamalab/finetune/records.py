@@ -14,39 +14,12 @@ file and the line (JSONL) or record number (JSON array).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from ..data.text import read_text
 from ..errors import LlamalabError
+from ..textio import read_records
 
 FORMATS = ("alpaca", "sharegpt", "messages", "completion")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "system": "system"}
-
-
-def read_records(path) -> list[tuple[str, object]]:
-    """[(where, record)] of a JSON array or JSON Lines file; `where` is "file:line" or "file[record]"."""
-    path = Path(path)
-    text = read_text(path, f"instruction data {path} not found (want a .json or .jsonl file of records)")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise LlamalabError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
-        return [(f"{path}[{i}]", r) for i, r in enumerate(records)]
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"{path}:{n}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise LlamalabError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}); each line must be "
-                                f"one JSON record") from None
-    if not out:
-        raise LlamalabError(f"{path}: no records (the file is empty)")
-    return out
 
 
 def detect_format(record, where: str) -> str:

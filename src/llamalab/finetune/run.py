@@ -15,12 +15,20 @@ from dataclasses import dataclass, field
 import torch
 
 from ..atomic import write_text
+from ..chat_templates import render_for
 from ..errors import LlamalabError
+from ..formats import save
+from ..formats.lora import apply_lora, lora_init
+from ..formats.peft import save_adapter
+from ..generate import decode_text, generate
+from ..runtime.distributed import init_distributed
 from ..train import loop, parallel
+from ..train.checkpoint import read_meta
 from ..train.init_from import load_source
 from ..train.optim import build_optimizer
 from .config import FinetuneConfig
 from .data import InstructionLoader, encode_examples, held_out_batches, split
+from .qlora import frozen_bytes, quantize_base
 from .records import load_examples
 
 
@@ -43,7 +51,7 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     if cfg.tensor_parallel > 1:
         raise LlamalabError("fine-tuning with tensor_parallel is not supported yet (the LoRA layers are not "
                             "sharded); use parallel=fsdp or ddp")
-    world = parallel.init_distributed(cfg.device)
+    world = init_distributed(cfg.device)
     spec = cfg.lora_spec()
     template_name = cfg.template
     fmt, records = load_examples(cfg.data, cfg.format, alpaca_input=template_name == "alpaca")
@@ -72,8 +80,6 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     full_tensor = source.full_tensor
     adapt = None
     if spec is not None:
-        from .lora import apply_lora, lora_init
-
         full_tensor = lora_init(source.full_tensor, torch.Generator().manual_seed(cfg.seed))
         adapt = lambda model: apply_lora(model, spec)  # noqa: E731
     model, train_model = parallel.build_parallel_model(
@@ -82,8 +88,6 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     source.state.clear()
     memory = {}
     if spec is not None:
-        from .qlora import frozen_bytes, quantize_base
-
         memory["base_bytes"] = frozen_bytes(model)
         if cfg.quantize_base:
             quantize_base(model, cfg.quantize_base)
@@ -103,8 +107,6 @@ RECIPE = ("init_from", "data", "format", "template", "val_split", "seq_len", "se
 
 
 def _check_same_recipe(cfg: FinetuneConfig, checkpoint_dir) -> None:
-    from ..train.checkpoint import read_meta
-
     saved = read_meta(checkpoint_dir).get("config", {})
     changed = [k for k in RECIPE if k in saved and saved[k] != getattr(cfg, k)]
     if changed:
@@ -115,8 +117,6 @@ def _check_same_recipe(cfg: FinetuneConfig, checkpoint_dir) -> None:
 
 def _sample_prompts(records, tokenizer, template, n: int) -> list[dict]:
     """The first `n` records as prompts (up to their first answer) for sample answers."""
-    from ..chat_templates import render_for
-
     out = []
     for _, example in records[:n]:
         if "prompt" in example:
@@ -134,8 +134,6 @@ def _sample_prompts(records, tokenizer, template, n: int) -> list[dict]:
 @torch.no_grad()
 def answer(model, tokenizer, prompts: list[dict], max_new_tokens: int = 96) -> list[str]:
     """Greedy answers of `model` to each prompt, as `llamalab chat` would give them."""
-    from ..generate import decode_text, generate
-
     was_training = model.training
     model.eval()
     try:
@@ -153,12 +151,8 @@ def _exporter(spec, source):
             state = parallel.full_state_dict(run.model)
             out = run.out / "model"
             if run.world.is_main:
-                from ..formats import save
-
                 save({k: v.float() for k, v in state.items()}, run.args, out, "hf", source.tokenizer)
             return {"model_dir": str(out)}
-        from .adapter import save_adapter
-
         state = parallel.full_state_dict(run.model, trainable_only=True)
         out = run.out / "adapter"
         if run.world.is_main:

@@ -12,6 +12,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from huggingface_hub import snapshot_download
@@ -23,6 +24,8 @@ from ..quant import GroupCodes, build_quantized
 from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_gguf_fields
 from . import gguf, hf, meta
 from .output import check_output
+from .peft import attach_adapter
+from .shapes import check_layers, check_state, expected_shapes  # noqa: F401  (formats.expected_shapes)
 
 MODULES = {"gguf": gguf, "hf": hf, "meta": meta}
 FORMATS = tuple(MODULES)
@@ -80,43 +83,6 @@ def resolve(path_or_id) -> Path:
     raise LlamalabError(f"{path}: no such file or directory; check the path (a hub id looks like org/name)")
 
 
-def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = Transformer(args)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if args.tie_embeddings:
-        del shapes["output.weight"]
-    return shapes
-
-
-def check_layers(state: dict[str, torch.Tensor], args: ModelArgs, where) -> None:
-    """The config's layer count and sizes against the tensors that exist, before a model (even on the meta
-    device) is built from it: a header claiming a million layers is refused here, not after building them."""
-    layers = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
-    if len(layers) != args.n_layers or (layers and max(layers) != args.n_layers - 1):
-        raise LlamalabError(f"{where}: the config says {args.n_layers} layers but the file holds tensors for "
-                            f"{len(layers)}; config and weights disagree")
-    embedding = state.get("tok_embeddings.weight")
-    if embedding is not None and tuple(embedding.shape) != (args.vocab_size, args.dim):
-        raise LlamalabError(f"{where}: token embedding has shape {tuple(embedding.shape)} but the config implies "
-                            f"({args.vocab_size}, {args.dim}); config and weights disagree")
-
-
-def check_state(state: dict[str, torch.Tensor], args: ModelArgs, where) -> None:
-    """Every tensor present, none extra, each with the shape the config implies."""
-    want = expected_shapes(args)
-    missing = [k for k in want if k not in state]
-    extra = [k for k in state if k not in want]
-    if missing:
-        raise LlamalabError(f"{where}: missing tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}")
-    if extra:
-        raise LlamalabError(f"{where}: unexpected tensors {extra[:4]}{' ...' if len(extra) > 4 else ''}")
-    for k, shape in want.items():
-        if tuple(state[k].shape) != shape:
-            raise LlamalabError(f"{where}: tensor {k} has shape {tuple(state[k].shape)} but the config "
-                                f"implies {shape}; config and weights disagree")
-
-
 def model_from_state(state: dict[str, torch.Tensor], args: ModelArgs, *, device="cpu",
                      dtype=torch.float32) -> Transformer:
     """The Transformer whose parameters are these tensors (cast to dtype, moved to device)."""
@@ -143,9 +109,21 @@ def load_tokenizer_for(fmt: str, path: Path, vocab_size: int, extra: dict | None
     return tok
 
 
-def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False
-               ) -> tuple[dict[str, torch.Tensor], ModelArgs, dict, str, Path]:
-    """Tensors in our names + config, without building a model: (state, args, extra, format, path).
+class LoadedState(NamedTuple):
+    """A checkpoint's tensors in our names and its config, without a model (`load_state`)."""
+    state: dict[str, torch.Tensor]
+    args: ModelArgs
+    extra: dict        # the format's own: metadata, tensor types, a GGUF's tokenizer fields, ...
+    format: str        # "gguf" | "hf" | "meta"
+    path: Path         # the file or directory read
+
+    def tokenizer(self) -> Tokenizer | None:
+        """The checkpoint's tokenizer (checked against the vocabulary size), or None when it ships none."""
+        return load_tokenizer_for(self.format, self.path, self.args.vocab_size, self.extra)
+
+
+def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False) -> LoadedState:
+    """Tensors in our names + config, without building a model: `LoadedState(state, args, extra, format, path)`.
     lazy: tensors on the meta device (shapes and dtypes only), for inspecting a checkpoint cheaply.
     quantized: quantized matrices stay quantized (`llamalab.quant.GroupCodes`) where the format has them."""
     fmt, path = detect_format(resolve(path_or_id))
@@ -153,7 +131,7 @@ def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False
     state, args, extra = MODULES[fmt].load_state(path, lazy=lazy, **options)
     check_layers(state, args, path)
     check_state(state, args, path)
-    return state, args, extra, fmt, path
+    return LoadedState(state, args, extra, fmt, path)
 
 
 def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = True,
@@ -163,16 +141,14 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
     dtype None: quantized weights stay quantized and run as such (`llamalab.quant`), the rest is float32;
     a dtype dequantizes everything to it. adapter: a LoRA adapter directory (peft's layout) to run with
     the weights, unmerged (`llamalab lora merge` folds one in for good)."""
-    state, args, extra, fmt, path = load_state(path_or_id, quantized=dtype is None)
-    if any(isinstance(v, GroupCodes) for v in state.values()):
-        model = build_quantized(state, args, device=device)
+    src = load_state(path_or_id, quantized=dtype is None)
+    if any(isinstance(v, GroupCodes) for v in src.state.values()):
+        model = build_quantized(src.state, src.args, device=device)
     else:
-        model = model_from_state(state, args, device=device, dtype=dtype or torch.float32)
-    tok = load_tokenizer_for(fmt, path, args.vocab_size, extra) if tokenizer else None
-    ckpt = Checkpoint(model=model, args=args, tokenizer=tok, format=fmt, metadata=extra.get("metadata", {}), path=path)
+        model = model_from_state(src.state, src.args, device=device, dtype=dtype or torch.float32)
+    ckpt = Checkpoint(model=model, args=src.args, tokenizer=src.tokenizer() if tokenizer else None, format=src.format,
+                      metadata=src.extra.get("metadata", {}), path=src.path)
     if adapter:
-        from ..finetune.merge import attach_adapter
-
         attach_adapter(ckpt, adapter)
     return ckpt
 
@@ -209,13 +185,14 @@ def convert(src, out, to: str, *, dtype: torch.dtype | None = None, shards: int 
         raise LlamalabError("shards (--shards N, N >= 1) applies to the meta format only")
     fmt, path = detect_format(resolve(src))
     check_output(out, to, force=force, inputs=[path])
-    state, args, extra, fmt, path = load_state(path)
+    src = load_state(path)
+    state, args = src.state, src.args
     dtype = dtype or state["tok_embeddings.weight"].dtype
     options = {"hf": {"dtype": dtype, "max_shard_size": max_shard_size}, "meta": {"dtype": dtype, "shards": shards},
                "gguf": {"gguf_type": gguf_type or ("f16" if dtype == torch.float16 else "f32")}}[to]
     tokenizer_src = path  # a directory's tokenizer files are copied, a GGUF vocabulary copied into GGUF verbatim
     if fmt == "gguf" and to != "gguf":  # already read with the tensors
-        tokenizer_src = load_tokenizer_for(fmt, path, args.vocab_size, extra)
+        tokenizer_src = src.tokenizer()
     written = save(state, args, out, to, tokenizer_src=tokenizer_src, force=force, **options)
     if log:
         log(f"wrote {written} ({to}, {sum(v.numel() for v in state.values()):,} params, from {fmt} {path})")

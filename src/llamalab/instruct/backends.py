@@ -9,17 +9,15 @@ Both take a batch of chat requests and return one `Reply` per request, in order.
 `concurrency` requests at once through OpenAI's client, which retries refused connections, timeouts, 429 and
 5xx answers with exponential backoff; what still fails after the retries is one `LlamalabError` that names the
 URL and what to check. The local model decodes up to `max_batch` requests together on `generate.Engine`,
-a new one joining as soon as another finishes.
+a new one joining as soon as another finishes (`runtime.run_batch`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import LlamalabError
 
@@ -59,8 +57,11 @@ def open_model(spec: str, *, api_key: str | None = None, model: str | None = Non
     if is_url(spec):
         return Endpoint(spec, api_key=api_key, model=model, concurrency=concurrency, retries=retries,
                         timeout=timeout)
-    return LocalModel(spec, max_batch=concurrency, adapter=adapter, context=context, device=device, dtype=dtype,
-                      template=template)
+    from ..runtime import load_runnable  # torch and the model only for a local model: an endpoint needs neither
+    from .local import LocalModel
+
+    return LocalModel(load_runnable(spec, device=device, dtype=dtype, adapter=adapter, template=template),
+                      max_batch=concurrency, context=context)
 
 
 # --------------------------------------------------------------------------------------------- endpoint
@@ -154,62 +155,3 @@ def _hint(status: int, tries: str) -> str:
 def _shown(answer) -> str:
     text = answer if isinstance(answer, str) else repr(answer)
     return " ".join(text.split())[:80]
-
-
-# ------------------------------------------------------------------------------------------------ local
-
-class LocalModel:
-    """Chat completions from a checkpoint in this process: up to `max_batch` requests decode together."""
-
-    def __init__(self, path: str, *, max_batch: int = 8, adapter: str | None = None, context: int = 2048,
-                 device: str | None = None, dtype=None, template: str | None = None):
-        from ..chat_templates import resolve_template
-        from ..device import resolve_device
-        from ..formats import load
-        from ..generate import Engine
-
-        # dtype None: quantized stays quantized
-        ckpt = load(path, device=str(resolve_device(device)), dtype=dtype, adapter=adapter)
-        if ckpt.tokenizer is None:
-            raise LlamalabError(f"{path}: no tokenizer found with the checkpoint (put tokenizer.json next to it)")
-        self.tokenizer, self.template = ckpt.tokenizer, resolve_template(template, ckpt.tokenizer)
-        self.engine = Engine(ckpt.model, max_batch=max_batch, max_len=min(context, ckpt.args.max_seq_len))
-        self.concurrency = max_batch
-        self.name = Path(str(path).rstrip("/")).name.removesuffix(".gguf") + (f" + {Path(adapter).name}" if adapter else "")
-
-    def encode(self, messages) -> list[int]:
-        from ..chat_templates import render_for
-
-        return self.tokenizer.encode(render_for(self.tokenizer, list(messages), self.template), bos=False)
-
-    def chat(self, requests: list[Request]) -> list[Reply]:
-        prompts = [self.encode(r.messages) for r in requests]
-        return decode_all(self.engine, self.tokenizer, list(zip(prompts, requests)))
-
-
-def decode_all(engine, tokenizer, jobs: list[tuple[list[int], Request]]) -> list[Reply]:
-    """Decode every (prompt ids, request) on the engine's slots, the next job joining as one finishes."""
-    import torch
-
-    from ..sampling import Sampler
-
-    pending, running, out = deque(enumerate(jobs)), {}, [None] * len(jobs)
-    while pending or running:
-        while pending and engine.free_slots():
-            i, (prompt, r) = pending.popleft()
-            room = engine.max_len - len(prompt) + 1
-            if room < 1:
-                raise LlamalabError(f"a prompt of {len(prompt)} tokens does not fit the context of {engine.max_len} "
-                                    f"tokens; raise --context")
-            gen = None if r.seed is None else torch.Generator(engine.device).manual_seed(r.seed)
-            seq = engine.add(prompt, max_new_tokens=min(r.max_tokens, room), generator=gen,
-                             sampler=Sampler(r.temperature, r.top_k, r.top_p, r.min_p, r.repetition_penalty or 1.0),
-                             stop_ids=tokenizer.stop_ids,
-                             stop=r.stop, tokenizer=tokenizer)
-            running[seq] = i
-        engine.step()
-        for seq in [s for s in running if s.done]:
-            out[running.pop(seq)] = Reply(seq.text, seq.finish_reason)
-            engine.release(seq)
-    return out
-

@@ -4,7 +4,7 @@ JSON Lines, each record with where it came from ("file:line" / "file[i]") for th
 from __future__ import annotations
 
 from ..errors import LlamalabError
-from ..finetune.records import read_records
+from ..textio import read_records
 
 
 def load_questions(path) -> dict[str, dict]:

@@ -25,6 +25,7 @@ import re
 from collections import Counter
 
 from ..errors import LlamalabError
+from ..textio import read_records
 from .backends import Request
 from .journal import Journal
 
@@ -52,8 +53,6 @@ TOPICS = ("cooking", "travel", "history", "physics", "biology", "health", "perso
 
 def load_seed_tasks(path) -> list[dict]:
     """Alpaca records (instruction, optional input, output) from a JSON array or JSON Lines file."""
-    from ..finetune.records import read_records
-
     tasks = []
     for where, r in read_records(path):
         if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not r["instruction"].strip():

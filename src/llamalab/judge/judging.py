@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import LlamalabError
 from ..instruct.backends import Request
 from ..instruct.journal import Journal
-from ..finetune.records import read_records
+from ..textio import read_records
 from ..instruct.records import load_questions
 from .prompts import pair_messages, parse_rating, parse_verdict, retry_messages, single_messages
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..config import ModelArgs, check_tensor_parallel, get_preset
 from ..errors import LlamalabError
+from ..train import load_config, resolve_config_path
 from .budget import CARBON_KG_PER_KWH, CHINCHILLA_TOKENS_PER_PARAM, PUE, Plan, make_plan
 from .flops import count_params
 from .gpus import get_gpu
@@ -82,7 +83,6 @@ def resolve_run(model: str | None = None, params: str | None = None, config: str
         return Run(f"{count_params(args) / 1e9:.2f}B", args, args.max_seq_len,
                    note=f"--params {params}: the LLaMA-shaped model closest to it, dim {args.dim}, {args.n_layers} "
                         f"layers, {args.n_heads} heads, vocab {args.vocab_size} ({count_params(args):,d} parameters)")
-    from ..train import load_config, resolve_config_path
 
     cfg = load_config(resolve_config_path(config))
     return Run(cfg.model if isinstance(cfg.model, str) else config, cfg.model_args(), cfg.seq_len,

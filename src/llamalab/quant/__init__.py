@@ -5,7 +5,6 @@ and our safetensors layout, and the layers that run them without dequantizing th
     linear.py  QuantLinear / QuantEmbedding: our int8 kernel, PyTorch's int4 one, the dequantizing fallback
     cpu_kernel.py, int8_linear.cpp   the int8 kernel (llama.cpp's Q8_0 arithmetic), built once per machine
     model.py   build_quantized(state, args): a Transformer from a state dict holding codes
-    save.py    quantize a float checkpoint to a .gguf file or a safetensors directory
 """
 
 from .codes import GGUF_TYPES, GroupCodes, from_gguf, quantize

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..fast import cxx_compiler
+from ..device import cxx_compiler
 
 SOURCE = Path(__file__).with_name("int8_linear.cpp")
 

@@ -32,6 +32,7 @@ from ..sampling import Sampler
 from . import page
 from .guard import Guard
 from .metrics import Metrics
+from .mirror import Leader
 from .protocol import APIError, ChatRequest, CompletionRequest, Sampling, validation_message
 from .responses import Choice, Formatter
 from .scheduler import Job, Params, QueueFull, Scheduler
@@ -69,8 +70,6 @@ class Service:
         self.metrics = Metrics()
         engine = new_engine(model, settings)
         if settings.mirrored:
-            from .mirror import Leader
-
             engine = Leader(engine)
         self.context = engine.max_len
         self.scheduler = Scheduler(engine, tokenizer, max_queue=settings.max_queue, metrics=self.metrics)

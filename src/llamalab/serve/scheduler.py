@@ -10,9 +10,10 @@
 
 Each iteration of the thread: release the sequences of cancelled requests, prefill waiting sequences into
 free slots (up to a token budget, so a burst of long prompts does not stall the running ones for long),
-then one `Engine.step()` for every active slot, and hand each request what its sequences produced. A
-request's choices are independent sequences: choice i of a seeded request samples from its own
-generator seeded with seed + i, so a seeded request is reproducible whatever else is in the batch.
+then one `Engine.step()` for every active slot, and hand each request what its sequences produced (the
+admission and the step of `runtime.run_batch`, the synchronous driver, here on a thread). A request's
+choices are independent sequences: choice i of a seeded request samples from its own generator seeded with
+seed + i, so a seeded request is reproducible whatever else is in the batch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 from ..errors import LlamalabError
 from ..generate import Engine, Sequence
+from ..runtime import batch
 from ..sampling import Sampler
 
 log = logging.getLogger("llamalab.serve")
@@ -213,9 +215,8 @@ class Scheduler:
         if p.seed is not None:
             generator = torch.Generator(self.engine.device).manual_seed(p.seed + pending.index)
         try:
-            seq = self.engine.add(pending.prompt, max_new_tokens=p.max_tokens, sampler=p.sampler, generator=generator,
-                                  stop_ids=p.stop_ids, stop=p.stop, tokenizer=self.tokenizer,
-                                  top_logprobs=p.top_logprobs)
+            seq = batch.admit(self.engine, batch.Job(pending.prompt, p.max_tokens, p.sampler, generator, p.stop_ids,
+                                                     p.stop, p.top_logprobs), self.tokenizer)
         except LlamalabError as e:  # the request was checked before it was queued; this is a safety net
             with self._cond:
                 self._outstanding -= 1

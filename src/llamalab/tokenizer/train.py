@@ -17,7 +17,7 @@ from pathlib import Path
 import sentencepiece as spm
 from tqdm import tqdm
 
-from ..data.text import iter_texts
+from ..textio import iter_texts
 from ..errors import LlamalabError
 from .spm import SentencePieceTokenizer
 
@@ -37,7 +37,7 @@ def train_tokenizer(inputs, vocab_size: int, out_dir, *, input_sentence_size: in
                     chat_template: str | None = None, progress: bool = True, **spec) -> SentencePieceTokenizer:
     """Train LLaMA's tokenizer on text files and write `tokenizer.model` + `tokenizer.json` into `out_dir`.
 
-    Inputs are read line by line by `llamalab.data.text.iter_texts` (plain text, JSON Lines with a "text"
+    Inputs are read line by line by `llamalab.textio.iter_texts` (plain text, JSON Lines with a "text"
     field, tables; compressed or not) and streamed once: lines longer than `max_line_chars` are cut at a
     space, and a uniform sample of at most `input_sentence_size` lines (reservoir sampling, `seed`) goes
     to SentencePiece. `spec` overrides entries of LLAMA_TRAINER_SPEC.

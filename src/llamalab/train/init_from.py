@@ -14,7 +14,11 @@ from pathlib import Path
 import torch
 
 from ..config import ModelArgs
+from ..data.prepare import vocab_fingerprint
+from ..data.shards import read_manifest
 from ..errors import LlamalabError
+from ..formats import load_state, load_tokenizer_for
+from ..model import rope_frequencies
 from .run_config import TrainConfig
 
 
@@ -36,17 +40,14 @@ class Source:
 
 def load_source(cfg: TrainConfig, *, tokenizer: bool = True) -> Source:
     """The checkpoint `cfg.init_from`, its config with the run's overrides, and its tokenizer."""
-    from ..formats import load_state, load_tokenizer_for
-
     overrides = cfg.model_overrides()
-    state, args, extra, fmt, path = load_state(cfg.init_from)
+    src = load_state(cfg.init_from)
+    state, args, fmt, path = src.state, src.args, src.format, src.path
     if overrides.get("rope_scaling") is not None and not isinstance(overrides["rope_scaling"], dict):
         raise LlamalabError(f"config: model.rope_scaling must be a mapping such as {{type: linear, factor: 2.0}}, "
                             f"got {overrides['rope_scaling']!r}")
     try:
         args = args.replace(**overrides)
-        from ..model import rope_frequencies
-
         rope_frequencies(args)  # an unknown scaling kind is an error now, not at the first forward
     except (TypeError, ValueError) as e:
         raise LlamalabError(f"config: model overrides {overrides} are not valid for {path}: {e}") from None
@@ -54,7 +55,7 @@ def load_source(cfg: TrainConfig, *, tokenizer: bool = True) -> Source:
         raise LlamalabError(f"seq_len {cfg.seq_len} is longer than {path}'s context ({args.max_seq_len} positions); "
                             f"lower seq_len, or extend the context: model.max_seq_len with model.rope_scaling or "
                             f"model.rope_theta")
-    tok = load_tokenizer_for(fmt, path, args.vocab_size, extra) if tokenizer else None
+    tok = load_tokenizer_for(fmt, path, args.vocab_size, src.extra) if tokenizer else None
     state = {k: v.float() for k, v in state.items()}
     return Source(state, args, path, fmt, tok)
 
@@ -62,9 +63,6 @@ def load_source(cfg: TrainConfig, *, tokenizer: bool = True) -> Source:
 def check_data_tokenizer(data, source: Source) -> None:
     """The data must be tokenized with the checkpoint's tokenizer: the same vocabulary (fingerprint), or at least
     the same size when the dataset records no tokenizer (synthetic data)."""
-    from ..data.prepare import vocab_fingerprint
-    from ..data.shards import read_manifest
-
     manifest, _ = read_manifest(data)
     recorded = manifest.get("tokenizer") or {}
     vocab = manifest.get("vocab_size")

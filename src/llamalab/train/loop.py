@@ -26,10 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelArgs, check_tensor_parallel
+from ..data.loader import TokenLoader
+from ..data.shards import read_manifest
 from ..errors import LlamalabError
+from ..formats import save
+from ..runtime.distributed import init_distributed
 from ..tensor_parallel import vocab_parallel_loss
 from ..tokenizer import check_vocab, load_tokenizer
 from . import checkpoint, parallel
+from .init_from import check_data_tokenizer, load_source
 from .metrics import MetricsLog, mfu, peak_flops, plot_loss
 from .optim import build_optimizer, lr_at, set_lr
 from .run_config import TrainConfig
@@ -130,18 +135,15 @@ def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
 def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
     """A pretraining run (or continued pretraining, with `init_from`): everything the user can get wrong is
     checked before a single file is written."""
-    world = parallel.init_distributed(cfg.device, cfg.tensor_parallel)
+    world = init_distributed(cfg.device, cfg.tensor_parallel)
     if cfg.parallel != "none" and world.world_size == 1 and world.is_main:
         print(f"note: parallel={cfg.parallel} in a single process (launch with torchrun --nproc_per_node N to use N ranks)")
-    from ..data.loader import TokenLoader
-
     if not cfg.data:
         raise LlamalabError("config: no `data` given; point it at a directory written by `llamalab data prepare`")
     loader = TokenLoader(cfg.data, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, mixture=cfg.mixture,
                          seed=cfg.seed, rank=world.dp_rank, world_size=world.dp_size)
     source = None
     if cfg.init_from:  # continued pretraining: the checkpoint's model, weights and tokenizer
-        from .init_from import check_data_tokenizer, load_source
 
         source = load_source(cfg)
         args = source.args
@@ -177,8 +179,6 @@ def held_out_sets(cfg: TrainConfig, world, max_seq_len: int) -> tuple[Callable |
     the data has none), and the extra ones: every length of `eval_seq_lens` ("val_loss@N": what a context
     extension bought) and, with `eval_per_source`, every source alone ("val_loss/NAME": what training on one
     source does to the others)."""
-    from ..data.loader import TokenLoader
-
     def held_out(seq_len: int, mixture):
         def batches():
             val = TokenLoader(cfg.data, seq_len=seq_len, batch_size=cfg.micro_batch_size, mixture=mixture,
@@ -200,8 +200,6 @@ def held_out_sets(cfg: TrainConfig, world, max_seq_len: int) -> tuple[Callable |
                                 f"model.max_seq_len (with rope scaling to extend a trained model's context)")
         extra[f"val_loss@{n}"] = held_out(n, cfg.mixture)
     if cfg.eval_per_source:
-        from ..data.shards import read_manifest
-
         for name, entry in read_manifest(cfg.data)[0]["sources"].items():
             if entry.get("val_tokens", 0) > cfg.seq_len:
                 extra[f"val_loss/{name}"] = held_out(cfg.seq_len, {name: 1.0})
@@ -414,8 +412,6 @@ def export_model(run: Run) -> dict:
     state = parallel.full_state_dict(run.model)
     out = run.out / "model"
     if run.world.is_main:
-        from ..formats import save
-
         tokenizer = Path(run.tokenizer) if isinstance(run.tokenizer, str) else run.tokenizer
         save({k: v.float() for k, v in state.items()}, run.args, out, "hf", tokenizer, force=True)  # a resumed run re-exports
     return {"model_dir": str(out)}

@@ -12,6 +12,7 @@ import torch
 from ..atomic import staged_file, write_text
 from ..config import ModelArgs
 from ..plan.flops import training_flops_per_token
+from ..plan.gpus import gpu_for_device
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[float | None, str]:
@@ -19,8 +20,6 @@ def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> tupl
     table (`llamalab.plan.gpus`); an unknown GPU gets no MFU. A CPU has no datasheet figure worth the name, so
     its peak is measured once per process: the best of a few large matmuls in the training dtype."""
     if device.type == "cuda":
-        from ..plan.gpus import gpu_for_device
-
         name = torch.cuda.get_device_name(device)
         gpu = gpu_for_device(name)
         if gpu is None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 
+from ...errors import LlamalabError
+
 # datatrove logs through loguru, which reads its default level once, at import: warnings and up
 os.environ.setdefault("LOGURU_LEVEL", "WARNING")
 
@@ -23,8 +25,6 @@ MISSING_HINT = "`data clean` needs the data-pipeline libraries: pip install 'lla
 
 def require():
     """One clear error when the data extra is not installed."""
-    from ...errors import LlamalabError
-
     for module in ("datatrove", "py3langid", "sklearn", "zstandard", "orjson", "mwparserfromhell"):
         try:
             __import__(module)

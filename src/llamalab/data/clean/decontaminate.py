@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ...atomic import write_bytes
+from ...eval.tasks import TASKS, build_items
 from .hashing import hash_strings, ngram_hashes, words
 from .stage import DocFilter
 
@@ -35,8 +36,6 @@ def item_texts(item) -> list[str]:
 
 def benchmark_texts(data_dir: Path, tasks: list[str] | None = None):
     """(task name, texts of one item) for every item of every task."""
-    from ...eval.tasks import TASKS, build_items
-
     for name in tasks or list(TASKS):
         _, items = build_items(TASKS[name], data_dir, shots=0)
         for item in items:

@@ -26,7 +26,11 @@ from datatrove.executor.local import LocalPipelineExecutor
 
 from ...atomic import write_text
 from ...errors import LlamalabError
-from . import presets
+from ..corpus import cache_root
+from . import presets, quality
+from .decontaminate import build_index, save_index
+from .hashing import simplify
+from .language import identifier
 from .read import InputReader, OutputWriter, ShardReader, Unit, plan_units, work_writer
 from .report import collect, format_table
 from .stage import CorpusStage, Measured, Pass, Timed
@@ -135,9 +139,7 @@ def _settings(work: Path, opts: Options, names: list[str]) -> presets.Settings:
         quality_model=opts.quality_model, quality_threshold=opts.quality_threshold,
         decontaminate=opts.decontaminate)
     if opts.quality_model:
-        from .quality import load
-
-        load(opts.quality_model)  # a bad model file is one clear error now, not a failure in every task
+        quality.load(opts.quality_model)  # a bad model file is one clear error now, not a failure in every task
     if "decontaminate" in names:
         s.decontaminate_index = str(decontamination_index(opts.benchmarks, opts.decontaminate_tasks))
     _preload(names)
@@ -146,20 +148,13 @@ def _settings(work: Path, opts: Options, names: list[str]) -> presets.Settings:
 
 def _preload(names: list[str]):
     """Load what every task needs once, here: forked workers share it instead of each loading it."""
-    from .hashing import simplify
-
     simplify("")
     if "language" in names:
-        from .language import identifier
-
         identifier()
 
 
 def decontamination_index(benchmarks: str | None, tasks: list[str] | None) -> Path:
     """The 13-gram index of the benchmark files, built once and cached by the files' sizes and times."""
-    from ..corpus import cache_root
-    from .decontaminate import build_index, save_index
-
     root = presets.benchmarks_dir(benchmarks)
     files = sorted(p for p in root.rglob("*") if p.is_file())
     key = hashlib.sha256(json.dumps([VERSION, sorted(tasks or []), [

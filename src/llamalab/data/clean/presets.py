@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ... import assets
 from ...errors import LlamalabError
 from . import dedup, heuristics, language, lines
+from .decontaminate import Decontaminate
+from .quality import QualityFilter
+from .sources import arxiv, books, github, stackexchange, wikipedia
 from .stage import CorpusStage, DocFilter
 
 PRESETS: dict[str, list[str]] = {
@@ -62,10 +66,6 @@ def stage_names(preset: str, stages: str | None, quality_model: str | None) -> l
 
 def build(name: str, s: Settings) -> DocFilter | CorpusStage:
     """The pipeline object of one stage."""
-    from .decontaminate import Decontaminate
-    from .quality import QualityFilter
-    from .sources import arxiv, books, github, stackexchange, wikipedia
-
     makers = {
         "normalize": lambda: lines.Normalize(),
         "normalize_code": lambda: lines.Normalize(code=True),
@@ -88,6 +88,4 @@ def build(name: str, s: Settings) -> DocFilter | CorpusStage:
 
 
 def benchmarks_dir(given: str | None) -> Path:
-    from ... import assets
-
     return Path(given) if given else assets.path("benchmarks")

@@ -15,6 +15,7 @@ import numpy as np
 
 from ...atomic import write_bytes
 from ...errors import LlamalabError
+from .read import InputReader, plan_units
 from .stage import DocFilter
 
 FORMAT = "llamalab-quality-v1"
@@ -95,8 +96,6 @@ class QualityFilter(DocFilter):
 
 def read_texts(paths: list[str], text_key: str = "text") -> list[str]:
     """Every document under the paths (bad records skipped, as `data clean` skips them)."""
-    from .read import InputReader, plan_units
-
     units = plan_units(paths)
     if not units:
         raise LlamalabError(f"no input files under {', '.join(paths)}")

@@ -16,10 +16,7 @@ compressed stream ends that file (nothing after the damage can be decoded), neve
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import json
-import lzma
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +26,10 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import JsonlWriter
 
 from ...atomic import write_text
-from ..text import expand_inputs
+from ...textio import JSONL, TABLES, expand_inputs, input_format, open_input, stream_errors
 
 SPLIT_BYTES = 32 << 20          # uncompressed .jsonl files above this are read as several units
 MAX_BAD_LISTED = 1000           # bad records remembered per task (all are counted)
-_JSONL = {".jsonl", ".ndjson", ".json"}
-_TABLES = {".parquet", ".arrow"}
-_COMPRESSED = {".gz", ".zst", ".xz", ".bz2"}
 
 
 @dataclass(frozen=True)
@@ -47,13 +41,6 @@ class Unit:
     end: int = -1
 
 
-def file_kind(path: str) -> tuple[str, str | None]:
-    """(format suffix, compression suffix) of a file name, e.g. ('.jsonl', '.zst')."""
-    suffixes = [s.lower() for s in Path(path).suffixes]
-    comp = suffixes.pop() if suffixes and suffixes[-1] in _COMPRESSED else None
-    return (suffixes[-1] if suffixes else ""), comp
-
-
 def plan_units(inputs: list[str], split_bytes: int = SPLIT_BYTES) -> list[Unit]:
     """The units of the given files/directories, in a stable order."""
     units = []
@@ -62,23 +49,13 @@ def plan_units(inputs: list[str], split_bytes: int = SPLIT_BYTES) -> list[Unit]:
         base = root if Path(arg).is_dir() else str(Path(root).parent)
         for f in expand_inputs([Path(arg)]):
             f = str(f.resolve())
-            fmt, comp = file_kind(f)
+            fmt, comp = input_format(f)
             size = os.path.getsize(f)
-            if fmt in _JSONL and comp is None and size > split_bytes:
+            if fmt in JSONL and comp is None and size > split_bytes:
                 units += [Unit(f, base, s, min(s + split_bytes, size)) for s in range(0, size, split_bytes)]
             else:
                 units.append(Unit(f, base))
     return units
-
-
-def _open_binary(path: str, comp: str | None):
-    if comp == ".zst":
-        import io
-
-        import zstandard
-
-        return io.BufferedReader(zstandard.open(path, "rb"))
-    return {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(comp, open)(path, "rb")
 
 
 class BadRecord(Exception):
@@ -114,11 +91,11 @@ class InputReader(PipelineStep):
             self.bad.append({"file": unit.path, "line": line, "error": why})
 
     def _read_unit(self, unit: Unit):
-        fmt, comp = file_kind(unit.path)
+        fmt, comp = input_format(unit.path)
         try:
-            if fmt in _JSONL:
+            if fmt in JSONL:
                 yield from self._read_jsonl(unit, comp)
-            elif fmt in _TABLES:
+            elif fmt in TABLES:
                 yield from self._read_table(unit, fmt, comp)
             else:
                 yield from self._read_text(unit, comp)
@@ -133,7 +110,7 @@ class InputReader(PipelineStep):
     def _read_jsonl(self, unit: Unit, comp: str | None):
         import orjson
 
-        with _open_binary(unit.path, comp) as f:
+        with open_input(unit.path, comp) as f:
             line_no = 0
             if unit.start > 0:
                 f.seek(unit.start - 1)
@@ -157,7 +134,7 @@ class InputReader(PipelineStep):
                 yield self._document(unit, line_no, record)
 
     def _read_text(self, unit: Unit, comp: str | None):
-        with _open_binary(unit.path, comp) as f:
+        with open_input(unit.path, comp) as f:
             raw = f.read()
         if b"\0" in raw:
             self.bad_record(unit, 0, "binary file (NUL bytes)")
@@ -175,7 +152,7 @@ class InputReader(PipelineStep):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        source = pa.BufferReader(_open_binary(unit.path, comp).read()) if comp else pa.memory_map(unit.path)
+        source = pa.BufferReader(open_input(unit.path, comp).read()) if comp else pa.memory_map(unit.path)
         try:
             if fmt == ".parquet":
                 batches = pq.ParquetFile(source).iter_batches()
@@ -198,11 +175,7 @@ class InputReader(PipelineStep):
 
 
 def _stream_errors() -> tuple:
-    import zlib
-
-    import zstandard
-
-    return OSError, EOFError, ValueError, lzma.LZMAError, zlib.error, zstandard.ZstdError
+    return (*stream_errors(), ValueError)
 
 
 def _count_lines(path: str, upto: int) -> int:

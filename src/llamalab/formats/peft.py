@@ -22,8 +22,9 @@ import torch
 from ..atomic import staged_dir
 from ..config import ModelArgs
 from ..errors import LlamalabError
-from ..formats.hf import hf_to_meta_rotary, meta_to_hf_rotary, to_hf, to_ours
-from .lora import ALL, HF_NAMES, Adapter, LoraSpec
+from .hf import hf_to_meta_rotary, meta_to_hf_rotary, to_hf, to_ours
+from .lora import ALL, HF_NAMES, Adapter, LoraSpec, attach
+from .shapes import expected_shapes
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."
@@ -120,8 +121,6 @@ def load_adapter(adapter_dir, args: ModelArgs) -> Adapter:
             raise LlamalabError(f"{adapter_dir / WEIGHTS}: tensor {key!r} is not a LoRA matrix of a LLaMA linear "
                                 f"layer (q/k/v/o_proj, gate/up/down_proj)")
         parts.setdefault(ours.removesuffix(".weight"), {})[m.group("kind")] = w
-    from ..formats import expected_shapes
-
     shapes = expected_shapes(args)
     layers = {}
     for path, ab in sorted(parts.items()):
@@ -145,3 +144,8 @@ def load_adapter(adapter_dir, args: ModelArgs) -> Adapter:
     if not layers:
         raise LlamalabError(f"{adapter_dir / WEIGHTS}: holds no LoRA matrices")
     return Adapter(layers, config)
+
+
+def attach_adapter(checkpoint, adapter_dir) -> None:
+    """Give a loaded `llamalab.load` checkpoint the adapter in `adapter_dir` (checked against its shapes)."""
+    attach(checkpoint.model, load_adapter(adapter_dir, checkpoint.args))

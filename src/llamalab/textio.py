@@ -6,7 +6,9 @@
 
 Formats, told by the file name: plain text; JSON Lines (`.jsonl`, `.ndjson`, `.json`: a JSON string or
 an object with a string `field` per line, blank lines skipped); Parquet and Arrow tables (`.parquet`,
-`.arrow`: the `field` column); any of them `.gz`, `.xz` or `.bz2` compressed. `"-"` reads standard input.
+`.arrow`: the `field` column); any of them `.gz`, `.xz`, `.bz2` or `.zst` compressed (`open_input`, which
+`data clean` reads with too). `"-"` reads standard input.
+`read_records` reads a JSON array or JSON Lines file of records (instruction data, questions, answers).
 A bad record is one `LlamalabError` naming the file and line. This module depends on nothing but
 `errors`, so every layer may use it.
 """
@@ -19,12 +21,13 @@ import io
 import json
 import lzma
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ..errors import LlamalabError
+from .errors import LlamalabError
 
-COMPRESSION = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+COMPRESSION = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open, ".zst": None}  # .zst: `decompress`
 JSONL = {".jsonl", ".ndjson", ".json"}
 TABLES = {".parquet", ".arrow"}
 
@@ -39,6 +42,40 @@ def read_text(path, missing: str) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise LlamalabError(f"{path}: not UTF-8 text (byte {e.start}); is it compressed or binary?") from None
+
+
+def decompress(f, comp: str | None):
+    """The decompressed binary stream of the binary file object `f` (comp: ".gz", ".xz", ".bz2", ".zst", or
+    None for none)."""
+    if comp is None:
+        return f
+    if comp == ".zst":
+        try:
+            import zstandard  # optional (the data extra): only .zst inputs need it
+        except ImportError:
+            raise LlamalabError("reading .zst files needs zstandard: pip install 'llamalab[data]'") from None
+        return io.BufferedReader(zstandard.open(f, "rb"))
+    return COMPRESSION[comp](f)
+
+
+def stream_errors(comp: str | None = ".zst") -> tuple:
+    """What reading a damaged (compressed) file raises."""
+    errors = (OSError, EOFError, lzma.LZMAError, zlib.error)
+    if comp == ".zst":
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    return errors
+
+
+def open_input(path, comp: str | None = None):
+    """The one input-file opener: `path` as a decompressed binary stream (comp from `input_format`)."""
+    raw = open(path, "rb")
+    try:
+        return decompress(raw, comp)
+    except BaseException:
+        raw.close()
+        raise
 
 
 def input_format(path: Path) -> tuple[str, str | None]:
@@ -100,7 +137,7 @@ def iter_texts(path, field: str = "text", *, lines: bool = False, fmt: str | Non
                     last = pos
             if on_read is not None and path != "-":
                 on_read(raw.tell() - last)
-    except (OSError, EOFError, lzma.LZMAError) as e:
+    except stream_errors(comp) as e:
         raise LlamalabError(f"cannot read {where}: {e}") from None
 
 
@@ -116,7 +153,7 @@ class _open_binary:
             self.raw = getattr(stdin, "buffer", None) or io.BytesIO(stdin.read().encode("utf-8"))
         else:
             self.raw = open(self.path, "rb")
-        return (COMPRESSION[self.comp](self.raw) if self.comp else self.raw), self.raw
+        return decompress(self.raw, self.comp), self.raw
 
     def __exit__(self, *exc):
         if self.path != "-":
@@ -159,7 +196,10 @@ def _table_texts(path: Path, fmt: str, comp: str | None, field: str) -> Iterator
     import pyarrow.parquet as pq
 
     def source():
-        return pa.BufferReader(COMPRESSION[comp](path, "rb").read()) if comp else pa.memory_map(str(path))
+        if not comp:
+            return pa.memory_map(str(path))
+        with open_input(path, comp) as f:
+            return pa.BufferReader(f.read())
 
     try:
         if fmt == ".parquet":
@@ -180,3 +220,27 @@ def _table_texts(path: Path, fmt: str, comp: str | None, field: str) -> Iterator
             yield from (t for t in batch.column(field).to_pylist() if t is not None)
     except (pa.ArrowException, OSError) as e:
         raise LlamalabError(f"cannot read table {path}: {e}") from None
+
+
+def read_records(path) -> list[tuple[str, object]]:
+    """[(where, record)] of a JSON array or JSON Lines file; `where` is "file:line" or "file[record]"."""
+    path = Path(path)
+    text = read_text(path, f"instruction data {path} not found (want a .json or .jsonl file of records)")
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LlamalabError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+        return [(f"{path}[{i}]", r) for i, r in enumerate(records)]
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((f"{path}:{n}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise LlamalabError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}); each line must be "
+                                f"one JSON record") from None
+    if not out:
+        raise LlamalabError(f"{path}: no records (the file is empty)")
+    return out

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import LlamalabError
-from .codes import BLOCK, quantize
+from .errors import LlamalabError
+from .formats import load_state, save
+from .quant.codes import BLOCK, quantize
 
 FLOAT_TYPES = {"F32", "F16", "BF16"}
 DIRECTORY_GROUPS = (32, 64, 128)
@@ -25,15 +26,14 @@ EMBEDDINGS = ("tok_embeddings.weight", "output.weight")
 
 
 def _source(src):
-    from ..formats import load_state
-
-    state, args, extra, fmt, path = load_state(src)
-    quantized = sorted({t for t in extra.get("tensor_types", {}).values() if t not in FLOAT_TYPES})
-    if quantized or "quantization_config" in extra.get("metadata", {}):
-        what = ", ".join(quantized) or extra["metadata"]["quantization_config"].get("quant_method", "quantized")
-        raise LlamalabError(f"{path} is already quantized ({what}); quantize a float checkpoint "
-                            f"(e.g. `llamalab convert {path} --to gguf --out model-f32.gguf` first)")
-    return state, args, fmt, path
+    src = load_state(src)
+    meta = src.extra.get("metadata", {})
+    quantized = sorted({t for t in src.extra.get("tensor_types", {}).values() if t not in FLOAT_TYPES})
+    if quantized or "quantization_config" in meta:
+        what = ", ".join(quantized) or meta["quantization_config"].get("quant_method", "quantized")
+        raise LlamalabError(f"{src.path} is already quantized ({what}); quantize a float checkpoint "
+                            f"(e.g. `llamalab convert {src.path} --to gguf --out model-f32.gguf` first)")
+    return src.state, src.args, src.format, src.path
 
 
 def _check(bits: int, group_size: int, gguf: bool, symmetric: bool) -> None:
@@ -52,8 +52,6 @@ def quantize_checkpoint(src, out, *, bits: int, group_size: int | None = None, s
                         force: bool = False) -> Path:
     """Write the quantized checkpoint to `out` (atomically) and return its path: a `.gguf` file, else an
     HF-style directory of group codes."""
-    from ..formats import save
-
     out = Path(out)
     gguf = out.suffix == ".gguf"
     group_size = group_size or BLOCK

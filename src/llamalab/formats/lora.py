@@ -3,9 +3,9 @@
     y = W x + (α / r) · B A x        A: r × in (Kaiming-uniform, as nn.Linear), B: out × r (zero)
 
 so training starts exactly at the base model and only A and B — r·(in + out) numbers per layer — train.
-`LoRALinear` wraps any base layer (an nn.Linear, or QLoRA's 4-bit NF4 one from qlora.py). Targets are the
+`LoRALinear` wraps any base layer (an nn.Linear, or QLoRA's 4-bit NF4 one from finetune/qlora.py). Targets are the
 block's linear layers: q, k, v, o (attention.wq/wk/wv/wo) and w1, w2, w3 (SwiGLU gate/down/up); `all` is
-all seven. Adapters in a file use peft's layout (adapter.py); here everything has our names.
+all seven. Adapters in a file use peft's layout (peft.py); here everything has our names.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import LlamalabError
-from ..formats.names import LAYER_TENSORS
+from .names import LAYER_TENSORS
 
 # a block's linear layers: ours ("wq") → its parent module ("attention") and HF's module name ("q_proj")
 LINEARS = {ours.split(".")[1]: (ours.split(".")[0], hf.split(".")[1]) for ours, (_, hf) in LAYER_TENSORS.items()

@@ -1,6 +1,7 @@
 """The one text-input reader: formats, compression, line ends, bad records named by file and line.
 
-Expected texts are the inputs written here, read back; compression by the standard library's own writers."""
+Expected texts are the inputs written here, read back; compression by the standard library's own writers
+(and zstandard's for .zst)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,17 @@ import lzma
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 from llamalab.cli import main
-from llamalab.data.text import expand_inputs, iter_texts
+from llamalab.textio import expand_inputs, iter_texts
 from llamalab.errors import LlamalabError
 
 DOCS = ["first document\nwith two lines", "second: 12 🦙", "  third\r\nends"]
 
 
-@pytest.mark.parametrize("opener, suffix", [(open, ""), (gzip.open, ".gz"), (lzma.open, ".xz"), (bz2.open, ".bz2")],
-                         ids=["plain", "gz", "xz", "bz2"])
+@pytest.mark.parametrize("opener, suffix", [(open, ""), (gzip.open, ".gz"), (lzma.open, ".xz"), (bz2.open, ".bz2"),
+                                            (zstandard.open, ".zst")], ids=["plain", "gz", "xz", "bz2", "zst"])
 def test_jsonl_any_compression(tmp_path, opener, suffix):
     path = tmp_path / f"docs.jsonl{suffix}"
     lines = [json.dumps(DOCS[0]), "", json.dumps({"text": DOCS[1], "id": 7}), "   ", json.dumps({"text": DOCS[2]})]
