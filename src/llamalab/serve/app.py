@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -54,7 +55,7 @@ class Settings:
 
 def new_engine(model, settings: Settings) -> Engine:
     engine = Engine(model, max_batch=settings.max_batch, max_len=min(settings.context, model.args.max_seq_len),
-                    compile=settings.compile)
+                    compile=settings.compile, isolate=True)  # one sequence's failure fails its request only
     if settings.compile:
         log.info("compiling the decode step (the first time takes a while; torch caches it on disk)")
         engine.warm_up()
@@ -173,13 +174,15 @@ def _routes(app: FastAPI, service: Service) -> None:
         return _model_card(service)
 
     @app.post("/v1/chat/completions", dependencies=authorized)
-    async def chat_completions(body: ChatRequest, request: Request):
+    async def chat_completions(request: Request):
+        body = await _parse(request, ChatRequest)
         job = await run_in_threadpool(service.chat_job, body)  # template + tokenizer off the event loop
         return await _answer(service, request, body, job, Formatter(
             chat=True, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs))
 
     @app.post("/v1/completions", dependencies=authorized)
-    async def completions(body: CompletionRequest, request: Request):
+    async def completions(request: Request):
+        body = await _parse(request, CompletionRequest)
         job = await run_in_threadpool(service.completion_job, body)
         return await _answer(service, request, body, job, Formatter(
             chat=False, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs is not None))
@@ -188,6 +191,15 @@ def _routes(app: FastAPI, service: Service) -> None:
         @app.get("/", response_class=HTMLResponse)
         async def chat_page():
             return HTMLResponse(page.html(), headers=page.headers())
+
+
+async def _parse(request: Request, shape: type[Sampling]) -> Sampling:
+    """The body through pydantic's own JSON parser (strict: no NaN/Infinity, valid Unicode, bounded depth)."""
+    try:
+        return shape.model_validate_json(await request.body())
+    except ValidationError as e:
+        message, param = validation_message(list(e.errors()))
+        raise APIError(400, message, param=param) from None
 
 
 def _model_card(service: Service) -> dict:
@@ -227,9 +239,9 @@ async def _stream(service: Service, job: Job, fmt: Formatter, usage: bool):
         if opening:
             yield _json(opening)
         async for update in job.updates():
-            if update.error:
+            if update.error:  # this request ends here (its other choices are released); the others go on
                 yield _json(APIError(500, f"generation failed: {update.error}").body())
-                continue
+                return
             yield _json(fmt.chunk(update))
         if usage:
             yield _json(fmt.usage_chunk(job))
