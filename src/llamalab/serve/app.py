@@ -4,8 +4,9 @@ the chat page at /.
     app = create_app(model, tokenizer, Settings(name="smollm2"))   # then run it with any ASGI server
 
 Every error is an OpenAI error body with a 4xx status (5xx only for the server's own faults); request
-bodies are bounded in size before they are parsed; with an API key, /v1 needs `Authorization: Bearer KEY`
-(/health, /metrics and the page do not: the page asks for the key and sends it).
+bodies are bounded in size and time before they are parsed and a foreign `Host` is refused (guard.py);
+with an API key, /v1 needs `Authorization: Bearer KEY` (/health, /metrics and the page do not: the page
+asks for the key and sends it).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Settings:
     ui: bool = True              # the chat page at /
     mirrored: bool = False       # tensor parallelism: the other ranks run every engine operation too (`mirror`)
     compile: bool = False        # the decode step through torch.compile, compiled before the first request
+    allowed_hosts: tuple[str, ...] | None = None  # Host names answered (421 otherwise); None = any
+    body_timeout: float = 30.0   # seconds for a request body to arrive once its head is in (408 otherwise)
 
 
 def new_engine(model, settings: Settings) -> Engine:
@@ -143,7 +146,8 @@ def create_app(model, tokenizer, settings: Settings) -> FastAPI:
 
     app = FastAPI(title="llamalab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    app.add_middleware(Guard, metrics=service.metrics)
+    app.add_middleware(Guard, metrics=service.metrics, allowed_hosts=settings.allowed_hosts,
+                       body_timeout=settings.body_timeout)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -28,7 +28,7 @@ class APIError(Exception):
     """An error answered with OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
 
     TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}
+             408: "invalid_request_error", 413: "invalid_request_error", 421: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
