@@ -294,7 +294,8 @@ async def _validation_error(request: Request, e: RequestValidationError):
 async def _http_error(request: Request, e: HTTPException):
     message = {404: f"no route {request.method} {request.url.path}", 405: f"{request.method} is not allowed "
                f"on {request.url.path}"}.get(e.status_code, str(e.detail))
-    return JSONResponse(APIError(e.status_code, message).body(), status_code=e.status_code)
+    close = {"connection": "close"} if e.status_code in (408, 413) else None  # the body was not read to its end
+    return JSONResponse(APIError(e.status_code, message).body(), status_code=e.status_code, headers=close)
 
 
 async def _internal_error(request: Request, e: Exception):
