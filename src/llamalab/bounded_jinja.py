@@ -245,9 +245,9 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         return _check_result(super().call(__context, __obj, *args, **kwargs))
 
 
-def render_bounded(template, *, max_chars: int = MAX_CHARS, max_seconds: float = MAX_SECONDS, **variables) -> str:
-    """`template.render(**variables)` within the bounds (RenderLimit when over one)."""
-    budget = _Budget(max_chars, max_seconds)
+def render_bounded(template, *, max_chars: int | None = None, max_seconds: float | None = None, **variables) -> str:
+    """`template.render(**variables)` within the bounds (default MAX_CHARS, MAX_SECONDS; RenderLimit when over)."""
+    budget = _Budget(max_chars or MAX_CHARS, max_seconds or MAX_SECONDS)
     token = _budget.set(budget)
     try:
         out = []

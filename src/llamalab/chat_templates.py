@@ -20,7 +20,7 @@ from pathlib import Path
 import jinja2
 import jinja2.ext
 
-from .bounded_jinja import MAX_CHARS, MAX_SECONDS, BoundedEnvironment, RenderLimit, render_bounded
+from .bounded_jinja import BoundedEnvironment, RenderLimit, render_bounded
 from .errors import LlamalabError
 
 # Stanford Alpaca, train.py PROMPT_DICT (the response follows "### Response:" directly)
@@ -129,8 +129,7 @@ def render(messages: list[dict], template: str, add_generation_prompt: bool = Tr
     except jinja2.TemplateError as e:
         raise LlamalabError(f"chat template refused the conversation: {e}") from None
     except RenderLimit as e:
-        raise LlamalabError(f"chat template stopped: {e} (a render may take {MAX_SECONDS:g} s and write "
-                            f"{MAX_CHARS} characters); check the template or shorten the conversation") from None
+        raise LlamalabError(f"chat template stopped: {e}; check the template or shorten the conversation") from None
     except (RecursionError, MemoryError) as e:
         raise LlamalabError(f"chat template stopped: {type(e).__name__} (it recurses too deep or needs too much "
                             "memory); check the template") from None
