@@ -165,6 +165,7 @@ HOSTILE_TEMPLATES = {  # a checkpoint's own template, written to cost time or me
     "replace method": "{% set s = 'a' * 1000000 %}{{ s.replace('a', s)|length }}",
     "indent": "{% set s = '\\n' * 1000000 %}{{ s|indent(1000000)|length }}",
     "join": "{{ range(100000)|join('x' * 1000000) }}",
+    "join of a generator": "{{ range(100000)|map('string')|join('x' * 1000000) }}",
     "join method": "{{ ('x' * 1000000).join(['a'] * 100000) }}",
     "wordwrap": "{{ ('a ' * 1000000)|wordwrap(1, true, 'x' * 1000000) }}",
     "translate": "{{ ('a' * 1000000).translate({97: 'x' * 1000000}) }}",

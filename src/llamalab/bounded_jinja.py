@@ -23,8 +23,10 @@ import functools
 import re
 import time
 
-from jinja2 import nodes
+from jinja2 import Environment, nodes
 from jinja2.compiler import CodeGenerator
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
@@ -132,15 +134,16 @@ def _bounded_filter(name: str, func):
         _tick()
         for a in (*args, *kwargs.values()):
             _number(a)
-        values = [a for a in args if isinstance(a, (str, list, tuple, dict, range))]
-        value = values[0] if values else None
-        if name == "join" and value is not None and not isinstance(value, str):
-            items = list(value)
-            sep = next((a for a in args[args.index(value) + 1:] if isinstance(a, str)), kwargs.get("d", ""))
-            _size(sum(len(str(i)) for i in items[:MAX_CHARS]) + len(items) * len(sep), "join")
-        if value is not None:
-            position = args.index(value)
-            _estimate(name, value, args[position + 1:], kwargs)
+        first = next((i for i, a in enumerate(args) if not isinstance(a, (Context, EvalContext, Environment))),
+                     len(args))  # the filtered value comes after what jinja passes itself
+        if first < len(args):
+            value, rest = args[first], args[first + 1:]
+            if name == "join" and not isinstance(value, str):
+                items = list(value)  # a generator is read once, here
+                sep = kwargs.get("d", rest[0] if rest else "")
+                _size(sum(len(str(i)) for i in items) + len(items) * _length(sep), "join")
+                args = (*args[:first], items, *rest)
+            _estimate(name, value, rest, kwargs)
         return _check_result(func(*args, **kwargs))
     return bounded
 
