@@ -70,8 +70,8 @@ def _wait_idle(server, timeout=120.0) -> dict:
         time.sleep(0.3)
 
 
-async def _stream(client: httpx.AsyncClient, prompt: str, **extra) -> tuple[str, list[str]]:
-    """A streaming greedy completion: (its text, its error messages)."""
+async def _stream(client: httpx.AsyncClient, prompt: str, **extra) -> tuple[str, list[str], int]:
+    """A streaming greedy completion: (its text, its error messages, its token chunks)."""
     body = {"prompt": prompt, "max_tokens": N, "temperature": 0, "stream": True, **extra}
     text, errors = [], []
     async with client.stream("POST", "/v1/completions", json=body) as r:
@@ -83,7 +83,7 @@ async def _stream(client: httpx.AsyncClient, prompt: str, **extra) -> tuple[str,
                     errors.append(chunk["error"]["message"])
                 else:
                     text.append(chunk["choices"][0]["text"])
-    return "".join(text), errors
+    return "".join(text), errors, len(text)
 
 
 def _client(server) -> httpx.AsyncClient:
@@ -143,8 +143,8 @@ def test_hostile_requests_get_4xx_and_other_streams_go_on_unchanged(server, alon
     for (endpoint, body, status, names), r in zip(HOSTILE, answers):
         assert r.status_code == status, (str(body)[:80], r.text[:300])
         assert names in r.json()["error"]["message"], (str(body)[:80], r.text[:300])
-    assert [text for text, _ in streams] == alone and not any(errors for _, errors in streams)
-    assert mid[1] and "injected sampling fault" in mid[1][0] and mid[0]  # some tokens, then the error
+    assert [text for text, _, _ in streams] == alone and not any(errors for _, errors, _ in streams)
+    assert mid[2] == 2 and len(mid[1]) == 1 and "injected sampling fault" in mid[1][0]  # two tokens, then the error
     assert prefill.status_code == 500 and "injected sampling fault" in prefill.json()["error"]["message"]
 
     after = _wait_idle(server)

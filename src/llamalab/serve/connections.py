@@ -67,13 +67,15 @@ def host_name(header: bytes) -> str:
 
 
 def open_files_for(limits: Limits) -> None:
-    """Raise this process's open-file limit to what `max_connections` needs (up to the hard limit); refuse a
-    --max-connections the system cannot give (past it, accept() fails and nobody is answered)."""
+    """Raise this process's open-file limit well past what `max_connections` needs (up to the hard limit): the
+    connections beyond it still take a file until they are answered 503 or their head deadline closes them, and
+    once files run out accept() fails and nobody is answered. Refuse a --max-connections the system cannot give."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = limits.max_connections + 128  # the model's files, the listening socket, logs, ...
-    if soft != resource.RLIM_INFINITY and soft < need:
-        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    want = max(4 * need, 8192)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(target, soft), hard))
         if target < need:
             raise LlamalabError(f"--max-connections {limits.max_connections} needs {need} open files; this "
                                 f"system allows {target} (ulimit -n): lower --max-connections")
