@@ -140,3 +140,68 @@ def test_unknown_template_is_a_user_error(smollm2_gguf):
                            "--template", "nope"], input="", capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "unknown chat template 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+HOSTILE_TEMPLATES = {  # a checkpoint's own template, written to cost time or memory
+    "range": "{% for i in range(10**9) %}x{% endfor %}",
+    "nested loops writing": "{% for i in range(100000) %}{% for j in range(100000) %}{{ messages[0].content }}"
+                            "{% endfor %}{% endfor %}",
+    "nested loops silent": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "loops over messages": "{% for a in messages %}{% for b in messages %}{% for c in messages %}{% for d in messages %}"
+                           "{% endfor %}{% endfor %}{% endfor %}{% endfor %}",
+    "string times": "{{ 'x' * 10**10 }}",
+    "power": "{{ 7 ** 10000000 }}",
+    "namespace doubling": "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
+                          "{% endfor %}{{ ns.s|length }}",
+    "macro doubling": "{% macro f(s, n) %}{% if n %}{{ f(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ f('x', 60) }}",
+    "macro buffer": "{% macro f() %}{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxxxxxxxx"
+                    "{% endfor %}{% endfor %}{% endmacro %}{{ f()|length }}",
+    "set block": "{% set x %}{% for i in range(100000) %}{% for j in range(100000) %}{{ 'y' * 100 }}{% endfor %}"
+                 "{% endfor %}{% endset %}{{ x|length }}",
+    "center": "{{ 'x'|center(10**9) }}",
+    "percent width": "{{ '%1000000000s' % 'x' }}",
+    "format width": "{{ '{:>1000000000}'.format('x') }}",
+    "replace": "{% set s = 'a' * 1000000 %}{{ s|replace('', s)|length }}",
+    "replace method": "{% set s = 'a' * 1000000 %}{{ s.replace('a', s)|length }}",
+    "indent": "{% set s = '\\n' * 1000000 %}{{ s|indent(1000000)|length }}",
+    "join": "{{ range(100000)|join('x' * 1000000) }}",
+    "join of a generator": "{{ range(100000)|map('string')|join('x' * 1000000) }}",
+    "join method": "{{ ('x' * 1000000).join(['a'] * 100000) }}",
+    "wordwrap": "{{ ('a ' * 1000000)|wordwrap(1, true, 'x' * 1000000) }}",
+    "translate": "{{ ('a' * 1000000).translate({97: 'x' * 1000000}) }}",
+    "list doubling": "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
+    "tojson indent": "{{ messages|tojson(indent=1000000) }}",
+    "recursion": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+    "division": "{{ 1 / 0 }}",
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_TEMPLATES)
+def test_hostile_templates_stop_with_one_error_in_bounded_time_and_memory(name, monkeypatch):
+    import time
+    import tracemalloc
+
+    from llamalab import bounded_jinja
+
+    monkeypatch.setattr(bounded_jinja, "MAX_SECONDS", 0.5)
+    messages = [{"role": "user", "content": "hello"}] * (300 if name == "loops over messages" else 1)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(LlamalabError, match="chat template (stopped|failed)") as e:
+            render(messages, HOSTILE_TEMPLATES[name])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - started < 15 and peak < 200e6, (time.monotonic() - started, peak)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_a_looping_template_is_one_line_in_the_cli(smollm2_gguf, tmp_path):
+    template = tmp_path / "t.jinja"
+    template.write_text(HOSTILE_TEMPLATES["range"])
+    out = subprocess.run([sys.executable, "-m", "llamalab", "generate", "--model", str(smollm2_gguf), "--chat",
+                          "--template", str(template), "--prompt", "hi", "--max-new-tokens", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.startswith("llamalab generate: error: chat template stopped: ")
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -272,6 +272,7 @@ def test_api_key_and_the_quantized_default(keyed, expected):
     assert answer.choices[0].message.content == expected["quantized"]
     assert httpx.get(f"{keyed.url}/health").status_code == 200  # probes need no key
     assert httpx.get(f"{keyed.url}/").status_code == 404  # --no-ui
+    assert "--api-key is readable by every user" in keyed.log()  # a key on the command line is in /proc/PID/cmdline
 
 
 def test_sigterm_drains_the_streams_in_flight(keyed):

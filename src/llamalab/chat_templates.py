@@ -3,7 +3,8 @@
 Named templates: "alpaca" (Stanford Alpaca's instruction prompt), "llama-2" (Meta's `[INST]` chat
 format), "chatml" (`<|im_start|>role ... <|im_end|>`). Any other template is Jinja source — a
 checkpoint's own (GGUF `tokenizer.chat_template`, HF `tokenizer_config.json`) — rendered in the same
-sandbox, with the same helpers, as transformers' `apply_chat_template`.
+sandbox, with the same helpers, as transformers' `apply_chat_template`, and bounded in time and output size
+(`bounded_jinja`: a template that loops for ever or writes gigabytes is one LlamalabError, a 400 in the server).
 
 Rendered text carries special tokens as text (`<s>`, `<|im_start|>`), so encode it with bos=False:
 the template itself decides where BOS goes.
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import jinja2
 import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .bounded_jinja import BoundedEnvironment, RenderLimit, render_bounded
 from .errors import LlamalabError
 
 # Stanford Alpaca, train.py PROMPT_DICT (the response follows "### Response:" directly)
@@ -104,8 +105,8 @@ def compile_jinja(source: str):
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):  # no HTML escaping
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.add_filter("tojson", tojson)
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
@@ -122,11 +123,18 @@ def render(messages: list[dict], template: str, add_generation_prompt: bool = Tr
             raise LlamalabError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
     if template in TEMPLATES:
         return TEMPLATES[template](messages, add_generation_prompt=add_generation_prompt, **variables)
+    compiled = compile_jinja(template)
     try:
-        return compile_jinja(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                              **variables)
+        return render_bounded(compiled, messages=messages, add_generation_prompt=add_generation_prompt, **variables)
     except jinja2.TemplateError as e:
         raise LlamalabError(f"chat template refused the conversation: {e}") from None
+    except RenderLimit as e:
+        raise LlamalabError(f"chat template stopped: {e}; check the template or shorten the conversation") from None
+    except (RecursionError, MemoryError) as e:
+        raise LlamalabError(f"chat template stopped: {type(e).__name__} (it recurses too deep or needs too much "
+                            "memory); check the template") from None
+    except Exception as e:  # the template's own fault (a TypeError, a division by zero, ...), never a traceback
+        raise LlamalabError(f"chat template failed on the conversation: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 def resolve_template(name: str | None, tokenizer=None) -> str:

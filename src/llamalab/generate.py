@@ -81,7 +81,8 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)  # generated ids (a stop id, if hit, is the last)
     text: str = ""       # decoded text so far (with a tokenizer)
     new_text: str = ""   # the part of `text` the last token completed
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled" (released before the end)
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" (released before the end) | "error"
+    error: str | None = None          # why it failed (finish_reason "error"): this sequence alone stops
     top_logprobs: int | None = None   # record log-probabilities: the chosen token's and the k best
     logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)  # per token
 
@@ -110,11 +111,14 @@ class Engine:
     """Batched decoding over `max_batch` slots of one preallocated KV cache of `max_len` positions.
 
     compile=True runs the decode step through `torch.compile` (see `llamalab.fast`); the result is
-    token-for-token the same as eager greedy decoding.
+    token-for-token the same as eager greedy decoding. isolate=True (a server): a sequence whose sampling or
+    text decoding fails during `step` finishes with finish_reason "error" (and `error` set) while the others
+    go on; by default the exception propagates.
     """
 
     def __init__(self, model: Transformer, *, max_batch: int = 1, max_len: int | None = None,
-                 compile: bool = False):
+                 compile: bool = False, isolate: bool = False):
+        self.isolate = isolate
         if max_batch < 1:
             raise LlamalabError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model.eval()
@@ -184,6 +188,15 @@ class Engine:
                        TextStream(tokenizer, stop_ids=stop_ids, stop=stop) if tokenizer is not None else None,
                        top_logprobs=top_logprobs)
         self.slots[slot] = seq
+        try:
+            self._prefill(seq, cached)
+        except BaseException:
+            self.slots[slot] = None  # a sequence that failed to start holds no slot
+            raise
+        return seq
+
+    def _prefill(self, seq: Sequence, cached: int) -> None:
+        prompt, slot, generator, top_logprobs = seq.prompt, seq.slot, seq.generator, seq.top_logprobs
         tokens = torch.tensor([prompt[cached:]], device=self.device)
         logits = self.model(tokens, cache=self.cache.rows(slot, slot + 1), pos=cached, last_only=True)[:, -1]
         self.lengths[slot] = len(prompt)
@@ -198,7 +211,6 @@ class Engine:
         if top_logprobs is not None:
             _record_logprobs(logits, [seq], [token], rows=[0])
         self._accept(seq, token)
-        return seq
 
     def release(self, seq: Sequence) -> None:
         """Free the sequence's slot (finished or not); its cache row is reused by the next `add`."""
@@ -242,12 +254,15 @@ class Engine:
             self.lengths[s.slot] += 1
             if self.seen is not None and s.sampler.uses_history:
                 self.seen[s.slot, s.tokens[-1]] = True
-        tokens = self._sample(logits, active)
-        scored = [(s, t) for s, t in zip(active, tokens) if s.top_logprobs is not None]
+        sampled = [(s, t) for s, t in zip(active, self._sample(logits, active)) if t is not None]
+        scored = [(s, t) for s, t in sampled if s.top_logprobs is not None]
         if scored:
             _record_logprobs(logits, *zip(*scored), rows=[s.slot for s, _ in scored])
-        for s, t in zip(active, tokens):
-            self._accept(s, t)
+        for s, t in sampled:
+            try:
+                self._accept(s, t)
+            except Exception as e:  # e.g. its text could not be decoded: this sequence fails, the batch goes on
+                self._fail(s, e)
         return active
 
     def _rows(self, B: int) -> KVCache:
@@ -255,8 +270,9 @@ class Engine:
             self._views[B] = self.cache.rows(0, B)
         return self._views[B]
 
-    def _sample(self, logits: torch.Tensor, active: list[Sequence]) -> list[int]:
-        """One token per active sequence; sequences sharing a sampler and a generator sample together."""
+    def _sample(self, logits: torch.Tensor, active: list[Sequence]) -> list[int | None]:
+        """One token per active sequence; sequences sharing a sampler and a generator sample together. A group
+        whose sampling fails fails alone (its sequences get None and finish with "error")."""
         if all(s.sampler.greedy and not s.sampler.uses_history for s in active):
             picked = logits.argmax(-1).tolist()  # the one host sync of a greedy step
             return [picked[s.slot] for s in active]
@@ -265,11 +281,21 @@ class Engine:
             groups.setdefault((s.sampler, id(s.generator)), []).append(s)
         out: dict[int, int] = {}
         for members in groups.values():
-            rows = torch.tensor([s.slot for s in members], device=self.device)
-            seen = self.seen[rows] if members[0].sampler.uses_history else None
-            picked = members[0].sampler(logits[rows], seen, members[0].generator).tolist()
+            try:
+                rows = torch.tensor([s.slot for s in members], device=self.device)
+                seen = self.seen[rows] if members[0].sampler.uses_history else None
+                picked = members[0].sampler(logits[rows], seen, members[0].generator).tolist()
+            except Exception as e:
+                for s in members:
+                    self._fail(s, e)
+                continue
             out.update((s.slot, t) for s, t in zip(members, picked))
-        return [out[s.slot] for s in active]
+        return [out.get(s.slot) for s in active]
+
+    def _fail(self, seq: Sequence, e: Exception) -> None:
+        if not self.isolate:
+            raise e
+        seq.finish_reason, seq.error = "error", f"{type(e).__name__}: {e}"
 
     def _accept(self, seq: Sequence, token: int) -> None:
         seq.tokens.append(token)

@@ -1,3 +1,4 @@
+from . import serve_options
 from .common import (add_adapter_argument, add_compile_argument, add_model_arguments, add_tensor_parallel_argument,
                      context_length, load_model)
 
@@ -17,8 +18,6 @@ def add_arguments(p):
     p.add_argument("--context", type=int, metavar="N",
                    help="tokens per sequence, prompt + answer, at most the model's (default: min(model's, 2048)); "
                    "sets the KV-cache size")
-    p.add_argument("--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on /v1 "
-                   "(default: $LLAMALAB_API_KEY if set)")
     p.add_argument("--served-model-name", metavar="NAME", help="the model id clients use (default: the file's name)")
     p.add_argument("--template", metavar="NAME",
                    help="chat template: alpaca, llama-2, chatml, a Jinja file; default: the checkpoint's own")
@@ -27,6 +26,7 @@ def add_arguments(p):
                    help="on Ctrl-C / SIGTERM, seconds to let requests in flight finish (default 30)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log level (debug also logs every request)")
+    serve_options.add_arguments(p)
     add_compile_argument(p)
     add_tensor_parallel_argument(p)
 
@@ -53,9 +53,11 @@ def run(args):
 
     from ..chat_templates import resolve_template
     from ..serve.app import Settings, new_engine
+    from ..serve.connections import allowed_hosts
     from ..serve.server import bind, serve
 
     _check(args)
+    limits, key = serve_options.checked(args)
     if args.template:
         resolve_template(args.template)  # a bad name fails before the port is bound
     leader = os.environ.get("RANK", "0") == "0"  # under --tensor-parallel only rank 0 listens
@@ -65,10 +67,11 @@ def run(args):
         name=args.served_model_name or Path(args.model.rstrip("/")).name.removesuffix(".gguf"),
         max_batch=args.max_batch, max_queue=args.max_queue,
         context=context_length(args, rt.args.max_seq_len, 2048),
-        api_key=args.api_key or os.environ.get("LLAMALAB_API_KEY") or None, template=rt.template, ui=not args.no_ui,
-        mirrored=args.tensor_parallel > 1, compile=args.compile)
+        api_key=key, template=rt.template, ui=not args.no_ui, mirrored=args.tensor_parallel > 1, compile=args.compile,
+        allowed_hosts=allowed_hosts(args.host, args.allowed_host), body_timeout=limits.body_timeout)
     if not leader:  # run the engine operations of rank 0's server on this rank's shard
         from ..serve.mirror import follow
 
         return follow(new_engine(rt.model, settings), rt.tokenizer)
-    serve(rt.model, rt.tokenizer, settings, sock, drain_timeout=args.drain_timeout, log_level=args.log_level)
+    serve(rt.model, rt.tokenizer, settings, sock, drain_timeout=args.drain_timeout, log_level=args.log_level,
+          limits=limits)

@@ -4,8 +4,9 @@ the chat page at /.
     app = create_app(model, tokenizer, Settings(name="smollm2"))   # then run it with any ASGI server
 
 Every error is an OpenAI error body with a 4xx status (5xx only for the server's own faults); request
-bodies are bounded in size before they are parsed; with an API key, /v1 needs `Authorization: Bearer KEY`
-(/health, /metrics and the page do not: the page asks for the key and sends it).
+bodies are bounded in size and time before they are parsed and a foreign `Host` is refused (guard.py);
+with an API key, /v1 needs `Authorization: Bearer KEY` (/health, /metrics and the page do not: the page
+asks for the key and sends it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -51,11 +53,13 @@ class Settings:
     ui: bool = True              # the chat page at /
     mirrored: bool = False       # tensor parallelism: the other ranks run every engine operation too (`mirror`)
     compile: bool = False        # the decode step through torch.compile, compiled before the first request
+    allowed_hosts: tuple[str, ...] | None = None  # Host names answered (421 otherwise); None = any
+    body_timeout: float = 30.0   # seconds for a request body to arrive once its head is in (408 otherwise)
 
 
 def new_engine(model, settings: Settings) -> Engine:
     engine = Engine(model, max_batch=settings.max_batch, max_len=min(settings.context, model.args.max_seq_len),
-                    compile=settings.compile)
+                    compile=settings.compile, isolate=True)  # one sequence's failure fails its request only
     if settings.compile:
         log.info("compiling the decode step (the first time takes a while; torch caches it on disk)")
         engine.warm_up()
@@ -141,7 +145,8 @@ def create_app(model, tokenizer, settings: Settings) -> FastAPI:
 
     app = FastAPI(title="llamalab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    app.add_middleware(Guard, metrics=service.metrics)
+    app.add_middleware(Guard, metrics=service.metrics, allowed_hosts=settings.allowed_hosts,
+                       body_timeout=settings.body_timeout)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -172,13 +177,15 @@ def _routes(app: FastAPI, service: Service) -> None:
         return _model_card(service)
 
     @app.post("/v1/chat/completions", dependencies=authorized)
-    async def chat_completions(body: ChatRequest, request: Request):
+    async def chat_completions(request: Request):
+        body = await _parse(request, ChatRequest)
         job = await run_in_threadpool(service.chat_job, body)  # template + tokenizer off the event loop
         return await _answer(service, request, body, job, Formatter(
             chat=True, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs))
 
     @app.post("/v1/completions", dependencies=authorized)
-    async def completions(body: CompletionRequest, request: Request):
+    async def completions(request: Request):
+        body = await _parse(request, CompletionRequest)
         job = await run_in_threadpool(service.completion_job, body)
         return await _answer(service, request, body, job, Formatter(
             chat=False, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs is not None))
@@ -187,6 +194,15 @@ def _routes(app: FastAPI, service: Service) -> None:
         @app.get("/", response_class=HTMLResponse)
         async def chat_page():
             return HTMLResponse(page.html(), headers=page.headers())
+
+
+async def _parse(request: Request, shape: type[Sampling]) -> Sampling:
+    """The body through pydantic's own JSON parser (strict: no NaN/Infinity, valid Unicode, bounded depth)."""
+    try:
+        return shape.model_validate_json(await request.body())
+    except ValidationError as e:
+        message, param = validation_message(list(e.errors()))
+        raise APIError(400, message, param=param) from None
 
 
 def _model_card(service: Service) -> dict:
@@ -226,9 +242,9 @@ async def _stream(service: Service, job: Job, fmt: Formatter, usage: bool):
         if opening:
             yield _json(opening)
         async for update in job.updates():
-            if update.error:
+            if update.error:  # this request ends here (its other choices are released); the others go on
                 yield _json(APIError(500, f"generation failed: {update.error}").body())
-                continue
+                return
             yield _json(fmt.chunk(update))
         if usage:
             yield _json(fmt.usage_chunk(job))
@@ -277,7 +293,8 @@ async def _validation_error(request: Request, e: RequestValidationError):
 async def _http_error(request: Request, e: HTTPException):
     message = {404: f"no route {request.method} {request.url.path}", 405: f"{request.method} is not allowed "
                f"on {request.url.path}"}.get(e.status_code, str(e.detail))
-    return JSONResponse(APIError(e.status_code, message).body(), status_code=e.status_code)
+    close = {"connection": "close"} if e.status_code in (408, 413) else None  # the body was not read to its end
+    return JSONResponse(APIError(e.status_code, message).body(), status_code=e.status_code, headers=close)
 
 
 async def _internal_error(request: Request, e: Exception):

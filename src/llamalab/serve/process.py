@@ -4,6 +4,7 @@
         server.url, server.metrics(), server.log()
     # leaving the block sends SIGTERM: the server drains and exits
     ServerProcess(model, tensor_parallel=3)   # under torchrun, 3 processes, weights sharded by heads
+    ServerProcess(model, entry=("tests/faults.py",), env={"FAULT_...": "1"})   # another entry point (tests)
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ from ..errors import LlamalabError
 
 class ServerProcess:
     def __init__(self, model, *args: str, log: Path | None = None, startup_timeout: float = 300,
-                 tensor_parallel: int = 1):
+                 tensor_parallel: int = 1, entry: tuple[str, ...] = ("-m", "llamalab"), env: dict | None = None):
         self.log_path = Path(log) if log else Path(tempfile.mkstemp(prefix="llamalab-serve-", suffix=".log")[1])
         self._log = open(self.log_path, "w")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         launch = [sys.executable]
         if tensor_parallel > 1:
             launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(tensor_parallel)]
             args = (*args, "--tensor-parallel", str(tensor_parallel))
-        self.proc = subprocess.Popen([*launch, "-m", "llamalab", "serve", "--model", str(model), "--port", "0", *args],
+        self.proc = subprocess.Popen([*launch, *entry, "serve", "--model", str(model), "--port", "0", *args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.url = self._wait_for_address(startup_timeout)
 

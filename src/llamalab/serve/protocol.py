@@ -1,5 +1,10 @@
 """OpenAI's API shapes: request bodies (validated with pydantic, strict types) and error bodies.
 
+Bodies are parsed by pydantic's own JSON parser, strictly: NaN and Infinity are refused (bare `NaN` in the
+JSON too), strings must be valid Unicode (a lone surrogate such as "\\ud800" is invalid JSON), nesting is
+bounded, and every number has a range. `seed` is a signed 64-bit integer, as in vLLM (a larger one is a
+400, not reduced).
+
 Fields we accept beyond OpenAI's are vLLM's names for the same sampling controls (`top_k`, `min_p`,
 `repetition_penalty`). Unknown fields are ignored, as clients send vendor extras; fields OpenAI has but
 this server does not implement are refused when they would change the answer (a non-zero
@@ -15,13 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 MAX_STOP = 4          # stop strings per request (OpenAI's limit)
 MAX_STOP_CHARS = 256  # characters per stop string
 MAX_TOP_LOGPROBS = 20
+INT64 = (-(1 << 63), (1 << 63) - 1)  # seed's range (vLLM's: torch.long)
+MAX_COUNT = (1 << 31) - 1             # token counts and top_k: anything larger is no count a model has
 
 
 class APIError(Exception):
     """An error answered with OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
 
     TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}
+             408: "invalid_request_error", 413: "invalid_request_error", 421: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -33,7 +40,7 @@ class APIError(Exception):
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
 
 class StreamOptions(_Body):
@@ -44,19 +51,19 @@ class Sampling(_Body):
     """The fields /v1/completions and /v1/chat/completions share."""
 
     model: StrictStr | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    top_k: Annotated[int, Field(ge=-1)] | None = None   # vLLM: -1 or 0 = off
+    top_k: Annotated[int, Field(ge=-1, le=MAX_COUNT)] | None = None   # vLLM: -1 or 0 = off
     min_p: Annotated[float, Field(ge=0, le=1)] = 0.0
     repetition_penalty: Annotated[float, Field(gt=0, le=10)] = 1.0
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     n: Annotated[int, Field(ge=1, le=128)] = 1
     stop: StrictStr | Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]],
                                 Field(max_length=MAX_STOP)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=INT64[0], le=INT64[1])] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None
@@ -96,7 +103,7 @@ class Message(_Body):
 
 class ChatRequest(Sampling):
     messages: Annotated[list[Message], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None  # OpenAI's newer name for max_tokens
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = None  # OpenAI's newer name for max_tokens
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
 
@@ -114,7 +121,7 @@ class CompletionRequest(Sampling):
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     echo: bool = False
     suffix: StrictStr | None = None
-    best_of: Annotated[int, Field(ge=1)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=128)] | None = None
 
     def unsupported(self) -> str | None:
         if self.echo:

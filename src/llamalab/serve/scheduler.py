@@ -211,37 +211,54 @@ class Scheduler:
             with self._cond:
                 self._outstanding -= 1
             return
-        generator = None
-        if p.seed is not None:
-            generator = torch.Generator(self.engine.device).manual_seed(p.seed + pending.index)
+        seq = None
         try:
+            generator = None
+            if p.seed is not None:
+                generator = torch.Generator(self.engine.device).manual_seed(p.seed + pending.index)
             seq = batch.admit(self.engine, batch.Job(pending.prompt, p.max_tokens, p.sampler, generator, p.stop_ids,
                                                      p.stop, p.top_logprobs), self.tokenizer)
-        except LlamalabError as e:  # the request was checked before it was queued; this is a safety net
-            with self._cond:
-                self._outstanding -= 1
-            out.append((job, Update(pending.index, finish_reason="error", error=str(e))))
+            self._running[id(seq)] = (seq, pending)
+            if self.metrics:
+                self.metrics.prompt_tokens.inc(len(pending.prompt))
+            out.append((job, self._update(seq, pending)))
+        except Exception as e:  # the request was checked before it was queued: this fails that sequence only
+            self._failed(pending, seq, e, out)
             return
-        self._running[id(seq)] = (seq, pending)
-        if self.metrics:
-            self.metrics.prompt_tokens.inc(len(pending.prompt))
-        out.append((job, self._update(seq, pending)))
         if seq.done:
             self._finish(seq, pending)
 
     def _step(self, out: list) -> None:
-        stepped = self.engine.step()
+        stepped = self.engine.step()  # a failure here is the whole batch's (`_run` fails what is running)
         if self.metrics:
             self.metrics.observe_step(len(stepped))
         for seq in stepped:
             pending = self._running[id(seq)][1]
-            out.append((pending.job, self._update(seq, pending)))
+            try:
+                out.append((pending.job, self._update(seq, pending)))
+            except Exception as e:
+                self._failed(pending, seq, e, out)
+                continue
             if seq.done:
                 self._finish(seq, pending)
 
+    def _failed(self, pending: _Pending, seq: Sequence | None, e: Exception, out: list) -> None:
+        """One sequence failed: its request gets an error, its slot is given back, the batch goes on."""
+        message = e if isinstance(e, LlamalabError) else f"{type(e).__name__}: {e}"
+        log.warning("a sequence failed (its request gets an error, the others go on): %s", message)
+        out.append((pending.job, Update(pending.index, finish_reason="error", error=str(message))))
+        if seq is not None and id(seq) in self._running:
+            self._finish(seq, pending)
+        else:
+            with self._cond:
+                self._outstanding -= 1
+
     def _update(self, seq: Sequence, pending: _Pending) -> Update:
-        """The update for the token the sequence just got."""
+        """The update for the token the sequence just got (or its error: the engine failed it alone)."""
         job = pending.job
+        if seq.error is not None:
+            log.warning("a sequence failed (its request gets an error, the others go on): %s", seq.error)
+            return Update(pending.index, finish_reason="error", error=seq.error)
         job.completion_tokens += 1
         if job.first_token is None:
             job.first_token = time.perf_counter()

@@ -1,5 +1,8 @@
 """Run the app: bind the socket, serve with uvicorn, and on Ctrl-C / SIGTERM drain before exiting.
 
+Connections are bounded by uvicorn's own settings and `connections.py` (`Limits`: open connections, the
+deadline for a request head, keep-alive); every log line is rate-limited.
+
 Draining: uvicorn stops accepting connections, lets every request in flight finish (streams included:
 sse-starlette's own stop-streams-at-shutdown is turned off) for up to `drain_timeout` seconds, then
 cancels what is left; the decode thread stops last.
@@ -13,6 +16,7 @@ import sys
 
 from ..errors import LlamalabError
 from .app import Settings, create_app
+from .connections import MAX_HEAD, Limits, open_files_for, quiet_floods, timed_protocol
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -30,15 +34,19 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(model, tokenizer, settings: Settings, sock: socket.socket, *, drain_timeout: float = 30.0,
-          log_level: str = "info") -> None:
+          log_level: str = "info", limits: Limits = Limits()) -> None:
     """Serve on `sock` (from `bind`, done before the slow model load so a busy port fails at once)."""
     import uvicorn
     from sse_starlette.sse import AppStatus
 
+    open_files_for(limits)
     app = create_app(model, tokenizer, settings)
     AppStatus.disable_automatic_graceful_drain()  # streams end on their own while the server drains
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=drain_timeout,
-                            timeout_keep_alive=5, access_log=log_level == "debug")
+                            timeout_keep_alive=limits.keep_alive, access_log=log_level == "debug",
+                            limit_concurrency=limits.max_connections, http=timed_protocol(limits.header_timeout),
+                            h11_max_incomplete_event_size=MAX_HEAD, server_header=False)
+    quiet_floods(log_level)  # after uvicorn.Config, which sets up its loggers
     address = sock.getsockname()
     shown = f"[{address[0]}]" if sock.family == socket.AF_INET6 else address[0]
     print(f"llamalab serve: {settings.name} on http://{shown}:{address[1]}/ "
