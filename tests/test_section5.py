@@ -237,3 +237,16 @@ def test_tables_lay_out_the_papers_rows():
     assert "| his/him/he (*gotcha*) | 55.0 | 44.2 | 55.8 | 63.3 | 30.0 |" in text
     assert "| Truthful*Inf | 0.29 | 0.41 | 0.48 | 0.53 | 0.20 |" in text
     assert "| MC1 (not in the paper) | — | — | — | — | 0.25 |" in text
+
+
+def test_flags_that_do_not_apply_are_one_line_before_the_model_loads(tmp_path, capsys):
+    model = str(tmp_path / "none.gguf")  # never loaded: each mistake is caught first
+    for extra, says in ((["--tasks", "arc_easy", "--resume", str(tmp_path / "j.jsonl")], "--resume journals"),
+                        (["--tasks", "crows_pairs", "--judge", "http://127.0.0.1:9/v1"], "--judge applies to"),
+                        (["--tasks", "realtoxicity"], "needs a prompts file"),
+                        (["--tasks", "section5,realtoxicity", "--toxicity-prompts", str(tmp_path / "p.jsonl")],
+                         "toxicity prompts file"),
+                        (["--tasks", "no_such_task"], "unknown task")):
+        assert cli_main(["eval", "--model", model, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], (extra, err)

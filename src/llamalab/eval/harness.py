@@ -57,7 +57,8 @@ class EvalReport:
     config: dict                           # what ran, and each task's items and seconds
 
     def to_json(self) -> str:
-        return to_json(self.results, self.config)
+        """Results and config; for the Section 5 tasks every item's record too (to compare models item by item)."""
+        return to_json(self.results, self.config, [r for r in self.samples if r.get("task") in section5.TASKS])
 
     def table(self) -> str:
         """Markdown tables laid out like the paper's Tables 3-4 and, for Section 5 tasks, Tables 11-14."""
@@ -85,6 +86,12 @@ def evaluate(model, tasks: list[str], *, adapter=None, data_dir=None, shots: int
         if v is not None and v < 1:
             raise LlamalabError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
     tasks, options, extra_config = section5.prepare(tasks, **section5_options)
+    if resume:
+        if not any(t.name in section5.TASKS for t in tasks):
+            raise LlamalabError("--resume journals the Section 5 tasks (crows_pairs, winogender, truthfulqa_*, "
+                                "realtoxicity); none is in --tasks")
+        name = str(model.path if isinstance(model, Checkpoint) else model) + (f" + {adapter}" if adapter else "")
+        options["journal"] = open_journal(resume, name)
     data_dir = Path(data_dir) if data_dir else (None if all(t.shipped for t in tasks) else assets.path("benchmarks"))
     if data_dir is not None and not data_dir.is_dir():
         raise LlamalabError(f"benchmark data directory {data_dir} does not exist: run `llamalab assets fetch`")
@@ -99,9 +106,6 @@ def evaluate(model, tasks: list[str], *, adapter=None, data_dir=None, shots: int
     if ckpt.tokenizer is None:
         raise LlamalabError(f"{model} has no tokenizer; evaluation needs one next to the weights")
     llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=batch_size, progress=progress)
-    model_name = str(ckpt.path if isinstance(model, Checkpoint) else model) + (f" + {adapter}" if adapter else "")
-    if resume:
-        options["journal"] = open_journal(resume, model_name)
     results, records, timing = {}, [], {}
     for task in tasks:
         start = time.perf_counter()
