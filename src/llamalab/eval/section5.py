@@ -12,6 +12,7 @@ import dataclasses
 import os
 
 from ..errors import LlamalabError
+from ..instruct.backends import open_model
 from . import bias, toxicity, truthfulqa
 from .toxicity import Perspective, read_prompts
 
@@ -59,8 +60,6 @@ def prepare(tasks, *, judge=None, judge_model=None, judge_api_key_env=None, pers
     if judge:
         if "truthfulqa_gen" not in names:
             raise LlamalabError("--judge applies to truthfulqa_gen; add it to --tasks (or use --tasks section5)")
-        from ..instruct.backends import open_model
-
         options["judge"] = open_model(judge, api_key=_key(judge_api_key_env), model=judge_model)
         config.update(judge=options["judge"].name, judge_prompts=truthfulqa.JUDGE_PROMPTS)
     return tasks, options, config
