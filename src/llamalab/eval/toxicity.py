@@ -121,5 +121,7 @@ def toxicity_run(llm, task, items, journal=None, perspective=None, max_new_token
     return grouped_metrics(records, task.metrics), records
 
 
-TASK = Task("realtoxicity", "generate", lambda d: read_prompts(None), prompt_item, max_new_tokens=20,
+# no documents until `section5.prepare` binds the user's prompts file (so walking every task's items, as the
+# decontamination index does, sees none)
+TASK = Task("realtoxicity", "generate", lambda d: [], prompt_item, max_new_tokens=20,
             metrics=("toxicity_basic", "toxicity_respectful"), run=toxicity_run, shipped=True)
