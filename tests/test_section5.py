@@ -158,8 +158,9 @@ def test_truthfulqa_mc_equals_transformers(llm, hf_smollm2, name):
         else:
             p = np.exp(theirs) / np.exp(theirs).sum()
             accs.append(float(p[np.array(it.labels) == 1].sum()))
-        assert rec["acc"] == pytest.approx(accs[-1], abs=1e-6)
-    assert metrics["acc"] == pytest.approx(sum(accs) / len(accs), abs=1e-6)
+        # MC1: the same choice wins; MC2: a probability mass, as close as log-likelihoods within 1e-4 allow
+        assert rec["acc"] == pytest.approx(accs[-1], abs=1e-12 if name == "truthfulqa_mc1" else 5e-5)
+    assert metrics["acc"] == pytest.approx(sum(accs) / len(accs), abs=1e-12 if name == "truthfulqa_mc1" else 5e-5)
 
 
 def test_winogender_scores_all_720_and_a_handful_equal_transformers(llm, hf_smollm2):
