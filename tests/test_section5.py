@@ -251,3 +251,23 @@ def test_flags_that_do_not_apply_are_one_line_before_the_model_loads(tmp_path, c
         assert cli_main(["eval", "--model", model, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], (extra, err)
+
+
+def test_the_papers_numbers_fit_the_shipped_data():
+    """Tables 12-13 as transcribed are counts over exactly the shipped items: each CrowS-Pairs percentage is
+    k / (pairs in the category) to the paper's rounding, and their counts sum to the average over all 1,508
+    pairs; each WinoGender accuracy is k / 720, k / 240 (a pronoun group) or k / 120 (a gotcha group)."""
+    from llamalab.eval.section5 import TABLE12, TABLE13
+
+    _, items = build_items(get_task("crows_pairs"), None)
+    sizes = {c: sum(it.groups[0] == c for it in items) for c in CROWS_CATEGORIES}
+    counts = {}
+    for cat, n in sizes.items():
+        ks = [k for k in range(n + 1) if round(100 * k / n, 1) == TABLE12[cat]]
+        assert len(ks) == 1, cat
+        counts[cat] = ks[0]
+    assert round(100 * sum(counts.values()) / 1508, 1) == TABLE12["average"]
+    for group, values in TABLE13.items():
+        n = 720 if not group else 120 if group.startswith("gotcha") else 240
+        for v in values:
+            assert any(round(100 * k / n, 1) == v for k in range(n + 1)), (group, v)
