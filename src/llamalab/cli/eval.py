@@ -8,14 +8,15 @@ def add_arguments(p):
     add_adapter_argument(p)
     p.add_argument("--tasks", required=True,
                    help="comma-separated: arc_easy,arc_challenge,hellaswag,piqa,siqa,winogrande,openbookqa,"
-                        "boolq,nq_open,triviaqa,mmlu,gsm8k,humaneval,mbpp,lambada")
+                        "boolq,nq_open,triviaqa,mmlu,gsm8k,humaneval,mbpp,lambada; Section 5: crows_pairs,winogender,"
+                        "truthfulqa_mc1,truthfulqa_mc2,truthfulqa_gen,realtoxicity, or the group section5")
     p.add_argument("--shots", type=int, default=None, help="few-shot examples (default: the task's: mmlu 5, "
                    "gsm8k 8, mbpp 3, others 0)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N items of each task (file order)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--data-dir", default=None, help="benchmark data (default: the asset cache)")
     p.add_argument("--output", default=None, help="write results JSON here")
-    p.add_argument("--table", action="store_true", help="print a markdown table like the paper's Tables 3-4")
+    p.add_argument("--table", action="store_true", help="print markdown tables like the paper's Tables 3-4 (11-14 for Section 5)")
     p.add_argument("--log-samples", default=None, metavar="FILE", help="write one JSON line per item here")
     p.add_argument("--samples", type=int, default=1, help="programs per problem for humaneval/mbpp (pass@k, k<=N)")
     p.add_argument("--temperature", type=float, default=None,
@@ -23,6 +24,14 @@ def add_arguments(p):
     p.add_argument("--maj-k", type=int, default=1, help="gsm8k: also report maj@k over k samples")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default: per task)")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--resume", default=None, metavar="FILE.jsonl",
+                   help="Section 5 tasks: journal of scored items; a rerun with it scores only the rest")
+    p.add_argument("--judge", default=None, help="truthfulqa_gen: judge model (OpenAI-compatible URL or checkpoint)")
+    p.add_argument("--judge-model-name", default=None, help="the endpoint's model to ask (default: its first)")
+    p.add_argument("--judge-api-key-env", default=None, help="environment variable holding the judge's API key")
+    p.add_argument("--toxicity-prompts", default=None, help="realtoxicity: JSONL prompts file (joins section5)")
+    p.add_argument("--perspective", default=None, help="realtoxicity: Perspective-compatible comments:analyze URL")
+    p.add_argument("--perspective-key-env", default=None, help="environment variable holding its API key")
     add_tensor_parallel_argument(p)
 
 
@@ -42,8 +51,11 @@ def run(args):
         report = evaluate(model, args.tasks.split(","), adapter=args.adapter, data_dir=args.data_dir,
                           shots=args.shots, limit=args.limit, batch_size=args.batch_size, samples=args.samples,
                           temperature=args.temperature, maj_k=args.maj_k, max_new_tokens=args.max_new_tokens,
-                          device=args.device, dtype=args.dtype, seed=args.seed, progress=main,
-                          threads=getattr(args, "threads", None))
+                          device=args.device, dtype=args.dtype, seed=args.seed, progress=main, resume=args.resume,
+                          threads=getattr(args, "threads", None),
+                          judge=args.judge, judge_model=args.judge_model_name, judge_api_key_env=args.judge_api_key_env,
+                          toxicity_prompts=args.toxicity_prompts, perspective=args.perspective,
+                          perspective_key_env=args.perspective_key_env)
     if not main:
         return
     if args.output:

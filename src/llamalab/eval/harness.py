@@ -16,9 +16,10 @@ from pathlib import Path
 from .. import assets
 from ..errors import LlamalabError
 from ..runtime import Runnable, load_runnable
-from . import scoring
+from . import scoring, section5
 from .llm import LLM
 from .report import markdown_table, to_json
+from .resume import open_journal
 from .sandbox import mode as sandbox_mode, run_program
 from .tasks import ChoiceItem, CodeItem, GenerateItem, PerplexityItem, Task, build_items, get_task
 
@@ -52,30 +53,43 @@ class EvalReport:
     config: dict                           # what ran, and each task's items and seconds
 
     def to_json(self) -> str:
-        return to_json(self.results, self.config)
+        """Results and config; for the Section 5 tasks every item's record too (to compare models item by item)."""
+        return to_json(self.results, self.config, [r for r in self.samples if r.get("task") in section5.TASKS])
 
     def table(self) -> str:
-        """A markdown table laid out like the paper's Tables 3-4."""
-        return markdown_table(self.results, Path(str(self.config["model"])).name)
+        """Markdown tables laid out like the paper's Tables 3-4 and, for Section 5 tasks, Tables 11-14."""
+        name = Path(str(self.config["model"])).name
+        main = {k: v for k, v in self.results.items() if k not in section5.TASKS}
+        return "\n".join(filter(None, [main and markdown_table(main, name), section5.tables(self.results, name)]))
 
 
 def evaluate(model, tasks: list[str], *, adapter=None, data_dir=None, shots: int | None = None, limit: int | None = None,
              batch_size: int = 16, samples: int = 1, temperature: float | None = None, maj_k: int = 1,
              max_new_tokens: int | None = None, device=None, dtype: str = "float32", seed: int = 1234,
-             progress: bool = True, threads: int | None = None) -> EvalReport:
+             progress: bool = True, threads: int | None = None, resume=None, **section5_options) -> EvalReport:
     """Evaluate `model` (a checkpoint path or hub id, or a `runtime.Runnable`) on benchmark `tasks` (names,
     see `tasks.TASKS`), with the LoRA `adapter` directory applied if given, with the data in `data_dir` (default:
     the asset cache). Everything a user can get
-    wrong (task names, counts, missing data) fails before the model loads. One line per task goes to stderr."""
-    tasks = [get_task(t.strip()) for t in tasks if t.strip()]
+    wrong (task names, counts, missing data) fails before the model loads. One line per task goes to stderr.
+    Section 5 tasks (`section5.prepare`): `judge`, `perspective`, `toxicity_prompts`...; `resume` names a
+    journal file: items scored there are not scored again."""
+    names = section5.expand([t.strip() for t in tasks if t.strip()], section5_options.get("toxicity_prompts"))
+    tasks = [get_task(t) for t in names]
     if not tasks:
         raise LlamalabError("no tasks given; name at least one task, e.g. --tasks arc_easy")
     for name, v in (("limit", limit), ("batch_size", batch_size), ("samples", samples), ("maj_k", maj_k),
                     ("max_new_tokens", max_new_tokens)):
         if v is not None and v < 1:
             raise LlamalabError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    data_dir = Path(data_dir) if data_dir else assets.path("benchmarks")
-    if not data_dir.is_dir():
+    tasks, options, extra_config = section5.prepare(tasks, **section5_options)
+    if resume:
+        if not any(t.name in section5.TASKS for t in tasks):
+            raise LlamalabError("--resume journals the Section 5 tasks (crows_pairs, winogender, truthfulqa_*, "
+                                "realtoxicity); none is in --tasks")
+        name = str(model.path if isinstance(model, Runnable) else model) + (f" + {adapter}" if adapter else "")
+        options["journal"] = open_journal(resume, name)
+    data_dir = Path(data_dir) if data_dir else (None if all(t.shipped for t in tasks) else assets.path("benchmarks"))
+    if data_dir is not None and not data_dir.is_dir():
         raise LlamalabError(f"benchmark data directory {data_dir} does not exist: run `llamalab assets fetch`")
     for task in tasks:  # missing data files, or a code task where the sandbox cannot run, fail now
         task.docs(data_dir)
@@ -88,7 +102,7 @@ def evaluate(model, tasks: list[str], *, adapter=None, data_dir=None, shots: int
     for task in tasks:
         start = time.perf_counter()
         r = evaluate_task(llm, task, data_dir, shots=shots, limit=limit, samples=samples, temperature=temperature,
-                          maj_k=maj_k, max_new_tokens=max_new_tokens, seed=seed)
+                          maj_k=maj_k, max_new_tokens=max_new_tokens, seed=seed, **options)
         seconds = time.perf_counter() - start
         results[task.name], timing[task.name] = r.metrics, {"items": r.n, "seconds": round(seconds, 2)}
         records += r.samples
@@ -98,20 +112,22 @@ def evaluate(model, tasks: list[str], *, adapter=None, data_dir=None, shots: int
               "format": rt.format,
               "tasks": [t.name for t in tasks], "shots": shots, "limit": limit, "batch_size": batch_size,
               "device": str(llm.device), "dtype": str(llm.dtype).removeprefix("torch."), "samples": samples,
-              "temperature": temperature, "maj_k": maj_k, "seed": seed, "timing": timing}
+              "temperature": temperature, "maj_k": maj_k, "seed": seed, "timing": timing, **extra_config}
+    if options.get("journal"):
+        options["journal"].close()
     return EvalReport(results, records, config)
 
 
 def evaluate_task(llm, task: Task, data_dir: Path, *, shots: int | None = None, limit: int | None = None,
                   samples: int = 1, temperature: float | None = None, top_p: float | None = 0.95,
                   maj_k: int = 1, max_new_tokens: int | None = None, seed: int = 1234,
-                  timeout: float = 10.0) -> TaskResult:
+                  timeout: float = 10.0, **options) -> TaskResult:
     docs, items = build_items(task, data_dir, shots, limit)
     if not items:
         raise ValueError(f"task {task.name}: no items")
-    run = {"choice": _choice, "generate": _generate, "code": _code, "perplexity": _perplexity}[task.kind]
+    run = task.run or {"choice": _choice, "generate": _generate, "code": _code, "perplexity": _perplexity}[task.kind]
     opts = dict(samples=samples, temperature=temperature, top_p=top_p, maj_k=maj_k, seed=seed, timeout=timeout,
-                max_new_tokens=max_new_tokens or task.max_new_tokens)
+                max_new_tokens=max_new_tokens or task.max_new_tokens, **options)
     metrics, records = run(llm, task, items, **opts)
     for i, (doc, rec) in enumerate(zip(docs, records)):
         rec.update(doc_id=i, task=task.name)

@@ -18,8 +18,10 @@ HEADLINE = {"hellaswag": "acc_norm", "arc_easy": "acc_norm", "arc_challenge": "a
             "triviaqa": "exact_match", "gsm8k": "exact_match_strict", "humaneval": "pass@1", "mbpp": "pass@1"}
 
 
-def to_json(results: dict[str, dict[str, float]], config: dict) -> str:
-    return json.dumps({"results": results, "config": config}, indent=2, sort_keys=False) + "\n"
+def to_json(results: dict[str, dict[str, float]], config: dict, samples: list[dict] | None = None) -> str:
+    """The report; `samples` (per-item records, given for the Section 5 tasks) go in too."""
+    doc = {"results": results, "config": config, **({"samples": samples} if samples else {})}
+    return json.dumps(doc, indent=2, sort_keys=False) + "\n"
 
 
 def headline(task: str, metrics: dict[str, float]) -> tuple[str, float]:

@@ -97,6 +97,9 @@ class Task:
     score: Callable[[str, GenerateItem], dict[str, float]] | None = None  # generate: (generation, item) → metrics
     # generate tasks with maj@k: (k sampled generations, item) → (the majority answer, 1.0 if it is right)
     majority: Callable[[list[str], GenerateItem], tuple[str, float]] | None = None
+    # a task with its own scoring (Section 5): (llm, task, items, **options) → (metrics, per-item records)
+    run: Callable[..., tuple[dict, list[dict]]] | None = None
+    shipped: bool = False                       # its data ships with the package (no data dir needed)
 
 
 def fewshot_prefix(examples: list[tuple[str, str]], description: str = "", target_delimiter: str = " ",
@@ -314,26 +317,29 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          fewshot_docs=_mbpp_fewshot, until=("[DONE]",), max_new_tokens=512, metrics=("pass@1",)),
     Task("lambada", "perplexity", _oe("lambada", "bpb_0shot"), _lambada_item, metrics=("perplexity", "acc")),
 ]}
+from .section5 import TASKS as SECTION5_TASKS  # noqa: E402 (built from the classes above)
+
+TASKS.update(SECTION5_TASKS)
 ALIASES = {"social_iqa": "siqa", "lambada_openai": "lambada", "gsm8k_cot": "gsm8k", "arc_e": "arc_easy",
-           "arc_c": "arc_challenge"}
+           "arc_c": "arc_challenge", "crows_pairs_english": "crows_pairs", "winogender_all": "winogender"}
 
 
 def get_task(name: str) -> Task:
     name = ALIASES.get(name, name)
     if name not in TASKS:
-        raise LlamalabError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        raise LlamalabError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (groups: section5)")
     return TASKS[name]
 
 
 def build_items(task: Task, data_dir: Path, shots: int | None = None, limit: int | None = None):
     """The task's documents (the first `limit` in file order) and one request item per document."""
     shots = task.default_shots if shots is None else shots
-    docs = task.docs(Path(data_dir))
+    docs = task.docs(None if data_dir is None else Path(data_dir))
     if limit is not None:
         docs = docs[:limit]
     pool = []
     if shots:
         if task.fewshot_docs is None:
             raise LlamalabError(f"task {task.name} has no few-shot split here; use --shots 0")
-        pool = task.fewshot_docs(Path(data_dir))
+        pool = task.fewshot_docs(None if data_dir is None else Path(data_dir))
     return docs, [task.item(doc, shots, pool) for doc in docs]
