@@ -30,10 +30,13 @@ def run(args):
     import contextlib
     import io
 
-    from ..atomic import write_text
+    from ..atomic import check_apart, write_text
     from ..eval import evaluate
     from ..eval.report import samples_jsonl
 
+    for out in (args.output, args.log_samples):
+        if out:
+            check_apart(out, [args.model, args.adapter, args.data_dir])
     model, main = args.model, True
     if args.tensor_parallel > 1:  # every rank runs the whole evaluation on its shard; rank 0 reports
         model, main = load_sharded(args)

@@ -65,10 +65,12 @@ def answer_input(args):
     """--input FILE --out FILE.jsonl: the model's answers to every question, batched on the engine."""
     import torch
 
+    from ..atomic import check_apart
     from ..instruct.answers import answer_questions
     from ..instruct.backends import LocalModel
     from ..instruct.records import load_questions
 
+    check_apart(args.out, [args.input, args.model, getattr(args, "adapter", None)])
     questions = load_questions(args.input)
     model = LocalModel(args.model, max_batch=args.batch_size, adapter=getattr(args, "adapter", None), device=args.device,
                        dtype=getattr(torch, args.dtype) if args.dtype else None, template=args.template)

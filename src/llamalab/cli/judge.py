@@ -33,12 +33,14 @@ def run(args):
     import json
     from pathlib import Path
 
-    from ..atomic import write_text
+    from ..atomic import check_apart, write_text
     from ..judge import QUESTIONS, REFERENCES
     from ..judge.judging import judge, load_answers, load_questions, load_references
     from ..judge.report import plot, summarize, text_table
     from .backends import open_backend
 
+    for name in ("judgments.jsonl", "report.json", "ranking.png"):
+        check_apart(Path(args.out) / name, [args.questions, *args.answers, args.reference, args.judge])
     questions = load_questions(args.questions or QUESTIONS)  # bad files fail before the judge loads
     answers = load_answers(args.answers, questions)
     reference = args.reference or (None if args.questions else REFERENCES)

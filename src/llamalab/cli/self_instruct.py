@@ -27,10 +27,12 @@ def add_arguments(p):
 
 
 def run(args):
+    from ..atomic import check_apart
     from ..instruct import SEED_TASKS
     from ..instruct.self_instruct import load_seed_tasks, self_instruct
     from .backends import open_backend
 
+    check_apart(args.out, [args.seed_tasks, args.teacher])
     seeds = load_seed_tasks(args.seed_tasks or SEED_TASKS)  # a bad file fails before the teacher loads
     stats = self_instruct(open_backend(args, args.teacher), seeds, args.out, n=args.n, temperature=args.temperature,
                           top_p=args.top_p, answer_temperature=args.answer_temperature,

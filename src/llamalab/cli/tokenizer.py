@@ -29,6 +29,7 @@ def add_arguments(p):
 
 
 def run(args):
+    from ..atomic import check_apart
     from ..tokenizer import load_tokenizer, train_tokenizer
 
     if args.action == "train":
@@ -46,6 +47,7 @@ def run(args):
         print(f"stop_ids    {sorted(tok.stop_ids)}")
         print(f"chat        {'yes' if tok.chat_template else 'no'} template")
     elif args.action == "export":
+        check_apart(args.out, [args.path])
         load_tokenizer(args.path).save(args.out)
         print(f"wrote {args.out}")
     return 0

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..atomic import sha256_file, staged_dir
+from ..atomic import check_apart, sha256_file, staged_dir
 from ..errors import LlamalabError
 from ..tokenizer import load_tokenizer
 from .shards import MANIFEST, VERSION, read_manifest, token_dtype, write_manifest, write_shard
@@ -150,6 +150,8 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
         raise LlamalabError(f"--workers must be at least 1, got {workers}")
     if shard_tokens < 1:
         raise LlamalabError(f"--shard-tokens must be positive, got {shard_tokens}")
+    for paths in sources.values():  # the sources' shards are replaced: never a source itself
+        check_apart(out, paths, "--out")
     tokenizer = Path(tokenizer)
     tok = load_tokenizer(tokenizer)
     if tok.eos_id is None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import sha256_file, write_bytes
+from ..bounded import read_json
 from ..errors import LlamalabError
 
 MANIFEST = "manifest.json"
@@ -51,7 +52,7 @@ def read_manifest(path: str | Path) -> tuple[dict, Path]:
     if not path.is_file():
         raise LlamalabError(f"no prepared dataset at {path}: run `llamalab data prepare --out DIR ...` first")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = read_json(path)
     except (OSError, ValueError) as e:
         raise LlamalabError(f"cannot read dataset manifest {path}: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("version") != VERSION or "sources" not in manifest:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
-import json
 import lzma
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from ..bounded import BoundedStream, loads, max_record_bytes, read_capped
 from ..errors import LlamalabError
 
 COMPRESSION = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
@@ -30,13 +30,14 @@ TABLES = {".parquet", ".arrow"}
 
 
 def read_text(path, missing: str) -> str:
-    """The whole of a UTF-8 text file. A missing file is the error `missing` (what the caller expected there);
-    bytes that are not UTF-8 are one clear error too."""
+    """The whole of a UTF-8 text file (at most `bounded.max_record_bytes()`). A missing file is the error
+    `missing` (what the caller expected there); bytes that are not UTF-8 are one clear error too."""
     path = Path(path)
     if not path.is_file():
         raise LlamalabError(missing)
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            return read_capped(f, max_record_bytes(), str(path), "file").decode("utf-8")
     except UnicodeDecodeError as e:
         raise LlamalabError(f"{path}: not UTF-8 text (byte {e.start}); is it compressed or binary?") from None
 
@@ -68,9 +69,9 @@ def expand_inputs(paths: Iterable) -> list[Path]:
 def record_text(line: str, field: str, where: str) -> str:
     """The text of one JSON line: a JSON string, or an object with a string `field`."""
     try:
-        obj = json.loads(line)
-    except ValueError:
-        raise LlamalabError(f"{where}: not a JSON line") from None
+        obj = loads(line)
+    except ValueError as e:
+        raise LlamalabError(f"{where}: not a JSON line ({getattr(e, 'msg', e)})") from None
     text = obj.get(field) if isinstance(obj, dict) else obj
     if not isinstance(text, str):
         raise LlamalabError(f"{where}: expected a JSON string or an object with a string field {field!r}")
@@ -92,7 +93,7 @@ def iter_texts(path, field: str = "text", *, lines: bool = False, fmt: str | Non
     try:
         with _open_binary(path, comp) as (f, raw):
             last = 0
-            for n, text in enumerate(_texts(f, where, fmt, field, lines), 1):
+            for n, text in enumerate(_texts(BoundedStream(f, where), where, fmt, field, lines), 1):
                 yield text
                 if on_read is not None and n % 1024 == 0:
                     pos = raw.tell()
@@ -159,7 +160,10 @@ def _table_texts(path: Path, fmt: str, comp: str | None, field: str) -> Iterator
     import pyarrow.parquet as pq
 
     def source():
-        return pa.BufferReader(COMPRESSION[comp](path, "rb").read()) if comp else pa.memory_map(str(path))
+        if not comp:
+            return pa.memory_map(str(path))
+        with COMPRESSION[comp](path, "rb") as f:
+            return pa.BufferReader(read_capped(f, max_record_bytes(), str(path), "decompressed table"))
 
     try:
         if fmt == ".parquet":

@@ -21,6 +21,7 @@ import torch
 
 from ..atomic import staged_dir
 from ..config import ModelArgs
+from ..bounded import read_json
 from ..errors import LlamalabError
 from ..formats.hf import hf_to_meta_rotary, meta_to_hf_rotary, to_hf, to_ours
 from .lora import ALL, HF_NAMES, Adapter, LoraSpec
@@ -77,7 +78,7 @@ def read_config(adapter_dir) -> dict:
         raise LlamalabError(f"{adapter_dir}: not a LoRA adapter directory (want {CONFIG} and {WEIGHTS}, as "
                             f"`llamalab finetune --lora-rank R` and peft's save_pretrained write them)")
     try:
-        config = json.loads((adapter_dir / CONFIG).read_text())
+        config = read_json(adapter_dir / CONFIG)
     except (OSError, ValueError) as e:
         raise LlamalabError(f"{adapter_dir / CONFIG}: cannot read JSON ({e})") from None
     if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from ..data.text import read_text
+from ..bounded import loads
 from ..errors import LlamalabError
 
 FORMATS = ("alpaca", "sharegpt", "messages", "completion")
@@ -31,7 +32,7 @@ def read_records(path) -> list[tuple[str, object]]:
     text = read_text(path, f"instruction data {path} not found (want a .json or .jsonl file of records)")
     if text.lstrip().startswith("["):
         try:
-            records = json.loads(text)
+            records = loads(text)
         except json.JSONDecodeError as e:
             raise LlamalabError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
         return [(f"{path}[{i}]", r) for i, r in enumerate(records)]
@@ -40,7 +41,7 @@ def read_records(path) -> list[tuple[str, object]]:
         if not line.strip():
             continue
         try:
-            out.append((f"{path}:{n}", json.loads(line)))
+            out.append((f"{path}:{n}", loads(line)))
         except json.JSONDecodeError as e:
             raise LlamalabError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}); each line must be "
                                 f"one JSON record") from None

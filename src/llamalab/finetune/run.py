@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..atomic import write_text
+from ..bounded import read_json
 from ..errors import LlamalabError
 from ..train import loop, parallel
 from ..train.init_from import load_source
@@ -179,7 +180,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict:
     summary = loop.fit(run)
     report = None
     if world.is_main:
-        before = json.loads(samples_file.read_text()) if samples_file.exists() else [None] * len(info.prompts)
+        before = read_json(samples_file) if samples_file.exists() else [None] * len(info.prompts)
         after = answer(run.model, info.tokenizer, info.prompts) if single else [None] * len(info.prompts)
         trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
         report = {

@@ -40,6 +40,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from ..atomic import refused_write, sha256_file
 from ..config import ModelArgs
+from ..bounded import read_json
 from ..errors import LlamalabError
 
 _COMPLETE = re.compile(r"^step-(\d{6,})$")
@@ -72,7 +73,7 @@ def _self_checksum(meta: dict) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        d = json.loads(path.read_bytes())
+        d = read_json(path)
     except FileNotFoundError:
         raise CorruptCheckpoint(f"{path.name} is missing") from None
     except (OSError, ValueError) as e:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from ..atomic import check_apart
 from ..config import ModelArgs, get_preset
 from ..errors import LlamalabError
 
@@ -104,6 +105,7 @@ class TrainConfig:
             bad(f"warmup ({self.warmup_steps_resolved} steps) must be shorter than max_steps ({self.max_steps}); "
                 f"lower warmup_steps or set warmup_fraction (e.g. 0.05) for short runs")
         self.betas = tuple(float(b) for b in self.betas)
+        check_apart(self.out_dir, [self.data, self.init_from, self.tokenizer], "output directory")
         self.model_args()  # validate the model description early
 
     @property

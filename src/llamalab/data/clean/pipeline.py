@@ -24,7 +24,8 @@ from pathlib import Path
 
 from datatrove.executor.local import LocalPipelineExecutor
 
-from ...atomic import write_text
+from ...atomic import check_apart, write_text
+from ...bounded import read_json
 from ...errors import LlamalabError
 from . import presets
 from .read import InputReader, OutputWriter, ShardReader, Unit, plan_units, work_writer
@@ -67,6 +68,7 @@ class QuietLocalExecutor(LocalPipelineExecutor):
 
 def clean(inputs: list[str], output: str, opts: Options) -> dict:
     """Run the stages over the inputs into `output`; returns the report (also written to stats.json)."""
+    check_apart(output, inputs, "--output")
     units = plan_units(inputs)
     if not units:
         raise LlamalabError(f"no input files under {', '.join(inputs)}")
@@ -192,7 +194,7 @@ def _previous_run(out: Path) -> dict | None:
         raise LlamalabError(f"--output {out} exists and is not a directory")
     if (out / STATS).exists():
         try:
-            return json.loads((out / STATS).read_text())
+            return read_json(out / STATS)
         except ValueError:
             raise LlamalabError(f"{out / STATS} is unreadable; remove it or choose another --output") from None
     others = [p.name for p in out.iterdir() if p.name != ".work"]
