@@ -16,6 +16,7 @@ import re
 import sys
 
 from ..errors import LlamalabError
+from .types import Parser
 
 # subcommand → module under llamalab.cli (order = order in --help)
 COMMANDS = {
@@ -44,7 +45,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llamalab", description="The LLaMA paper, end to end.")
+    parser = Parser(prog="llamalab", description="The LLaMA paper, end to end.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"{__name__}.{module_name}")

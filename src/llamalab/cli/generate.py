@@ -4,6 +4,7 @@ import sys
 from ..errors import LlamalabError
 from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
                      add_sampling_arguments, add_tensor_parallel_argument, load_sharded, sampling_kwargs)
+from .types import positive_int
 
 HELP = "Continue a prompt with a model (greedy or sampled); prints only the continuation, streamed."
 
@@ -13,7 +14,7 @@ def add_arguments(p):
     p.add_argument("--input", metavar="FILE", help="instead: answer every question of a JSONL/JSON file (id, question; "
                    "or Alpaca records) as a chat turn, batched; needs --out")
     p.add_argument("--out", metavar="FILE.jsonl", help="with --input: the answers (id, model, answer), appended")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="with --input: answers decoding together")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="with --input: answers decoding together")
     p.add_argument("--name", help="with --input: the model's name in the answers (default: the checkpoint's)")
     add_model_arguments(p)
     add_adapter_argument(p)

@@ -1,3 +1,5 @@
+from .types import positive_int
+
 HELP = "Judge models' answers with a judge model (MT-bench style): pairwise in both orders, or graded 1-10."
 
 EPILOG = """examples:
@@ -24,8 +26,8 @@ def add_arguments(p):
                    help="pairwise: which answer is better, asked in both orders (default); single: a grade 1-10")
     p.add_argument("--reference", metavar="FILE", help="reference answers (JSONL: id, reference) shown to the judge; "
                    "default with the default questions: ours")
-    p.add_argument("--max-tokens", type=int, default=512, metavar="N", help="longest judgment (default 512)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="R", help="bootstrap rounds (default 1000)")
+    p.add_argument("--max-tokens", type=positive_int, default=512, metavar="N", help="longest judgment (default 512)")
+    p.add_argument("--bootstrap", type=positive_int, default=1000, metavar="R", help="bootstrap rounds (default 1000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -3,6 +3,7 @@ import sys
 
 from ..errors import LlamalabError
 from .common import add_model_arguments, load_checkpoint
+from .types import positive_int
 
 HELP = "Perplexity of a model on a text file (sliding windows, Hugging Face's strided recipe)."
 
@@ -10,10 +11,10 @@ HELP = "Perplexity of a model on a text file (sliding windows, Hugging Face's st
 def add_arguments(p):
     add_model_arguments(p)
     p.add_argument("--input", required=True, metavar="FILE", help="UTF-8 text file ('-' = standard input)")
-    p.add_argument("--context", type=int, default=512, metavar="N", help="window length in tokens (default 512)")
-    p.add_argument("--stride", type=int, metavar="N",
+    p.add_argument("--context", type=positive_int, default=512, metavar="N", help="window length in tokens (default 512)")
+    p.add_argument("--stride", type=positive_int, metavar="N",
                    help="window step; each window scores the tokens past the previous one (default context/2)")
-    p.add_argument("--batch", type=int, default=1, metavar="B", help="windows per forward pass")
+    p.add_argument("--batch", type=positive_int, default=1, metavar="B", help="windows per forward pass")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 

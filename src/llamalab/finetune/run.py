@@ -22,6 +22,7 @@ from ..train.init_from import load_source
 from ..train.optim import build_optimizer
 from .config import FinetuneConfig
 from .data import InstructionLoader, encode_examples, held_out_batches, split
+from .lora import check_rank
 from .records import load_examples
 
 
@@ -49,6 +50,8 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     template_name = cfg.template
     fmt, records = load_examples(cfg.data, cfg.format, alpaca_input=template_name == "alpaca")
     source = load_source(cfg)
+    if spec is not None:
+        check_rank(source.args, spec)
     cfg = cfg.with_context(source.args.max_seq_len)
     if source.tokenizer is None:
         raise LlamalabError(f"{source.path} ships no tokenizer; fine-tuning renders and tokenizes the data with "
