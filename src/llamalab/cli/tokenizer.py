@@ -23,6 +23,7 @@ def add_arguments(p):
                    help="train on a uniform sample of at most N lines (default 2,000,000)")
     t.add_argument("--threads", type=positive_int, default=None, metavar="N", help="trainer threads (default: all cores)")
     t.add_argument("--seed", type=seed, default=0, help="seed of the line sample")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     i = sub.add_parser("info", help="print a tokenizer's kind, size and special tokens")
     i.add_argument("path", help="tokenizer.model, tokenizer.json, a .gguf file or a directory")
     e = sub.add_parser("export", help="write a tokenizer as HF files (tokenizer.json, tokenizer_config.json, ...)")
@@ -36,7 +37,7 @@ def run(args):
 
     if args.action == "train":
         tok = train_tokenizer(args.input, args.vocab_size, args.out, input_sentence_size=args.input_sentence_size,
-                              num_threads=args.threads, seed=args.seed)
+                              num_threads=args.threads, seed=args.seed, progress=not args.no_progress)
         print(f"wrote {args.out}/tokenizer.model and tokenizer.json ({tok.vocab_size} pieces)")
     elif args.action == "info":
         tok = load_tokenizer(args.path)

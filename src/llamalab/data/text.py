@@ -53,12 +53,20 @@ REPORTS = {"stats.json"}  # written beside the data it describes (`data clean`'s
 
 
 def expand_inputs(paths: Iterable) -> list[Path]:
-    """Files named, and every non-hidden file below directories named (reports aside), in a stable order."""
+    """Files named, and every non-hidden file below directories named (reports aside), in a stable order.
+    A symlink below a directory that leads out of it (to /etc/shadow, say) is refused: only what the
+    directory holds is read (name such a file on its own to read it)."""
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.name not in REPORTS
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name not in REPORTS
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            root = p.resolve()
+            for f in found:
+                if not f.resolve().is_relative_to(root):
+                    raise LlamalabError(f"{f} is a symlink to {f.resolve()}, outside the input directory {p}; "
+                                        "remove it, or name that file as an input of its own")
+            files += found
         elif p.is_file():
             files.append(p)
         else:
