@@ -12,7 +12,9 @@ import hashlib
 import json
 import lzma
 import os
+import re
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -410,3 +412,51 @@ def test_a_symlink_out_of_a_source_directory_is_refused(llama_spm_gguf, tmp_path
     one_line(*run_main(capsys, ["data", "prepare", "--source", f"s={src}", "--tokenizer", llama_spm_gguf, "--out",
                                 tmp_path / "o", "--no-progress"]), "data", "outside the input directory")
     assert not (tmp_path / "o").exists()
+
+
+# -------------------------------------------------------------------------- a full disk leaves nothing
+FULL = "full=$1; shift; mount -t tmpfs -o size=64k tmpfs \"$full\" || exit 1; \"$@\"; code=$?; find \"$full\"; exit $code"
+STAGED = re.compile(r"(\.tmp$)|(^\..+\.[a-z0-9_]{8}$)")  # step-N.tmp, atomic's .name.XXXXXXXX temporaries
+
+
+def on_a_full_disk(tmp_path, *args) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run the CLI in a mount namespace of our own where `tmp_path/full` is a 64 KiB tmpfs; (the process,
+    what it left there)."""
+    unshare = shutil.which("unshare")
+    assert unshare, "util-linux's unshare is needed to make a full filesystem for this test"
+    full = tmp_path / "full"
+    full.mkdir()
+    p = subprocess.run([unshare, "--user", "--map-root-user", "--mount", "sh", "-c", FULL, "sh", full,
+                        sys.executable, "-m", "llamalab", *map(str, args)], capture_output=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return p, [line for line in p.stdout.decode().splitlines() if line.startswith(str(full))]
+
+
+def _random_text(path: Path, docs: int = 3000) -> Path:
+    """JSON lines of random words (gzip cannot squeeze them into 64 KiB)."""
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(2, 9))) for _ in range(3000)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": " ".join(rng.choice(words, 60)) + "."}) + "\n" for _ in range(docs)))
+    return path
+
+
+FULL_DISK = {  # name: (command, argv(tmp, base, full))
+    "train": ("train", lambda t, b, full: [
+        "train", "model=tiny", "seq_len=32", "micro_batch_size=2", "max_steps=2", "warmup_steps=1", "progress=false",
+        f"data={_dataset(t / 'data')}", f"out_dir={full / 'run'}"]),
+    "finetune (LoRA)": ("finetune", lambda t, b, full: [
+        "finetune", "--model", b / "hf", "--data", b / "pairs.jsonl", "--out", full / "run", "--lora-rank", 2,
+        "--max-steps", 2, "--seq-len", 96, "--progress", "false", "--samples", 0]),
+    "data clean": ("data", lambda t, b, full: [
+        "data", "clean", "--input", _random_text(t / "raw" / "a.jsonl").parent, "--output", full / "clean",
+        "--stages", "normalize", "--no-progress"]),
+}
+
+
+@pytest.mark.parametrize("case", list(FULL_DISK))
+def test_a_full_disk_is_one_line_and_leaves_no_temporaries(case, base, tmp_path):
+    command, argv = FULL_DISK[case]
+    p, left = on_a_full_disk(tmp_path, *argv(tmp_path, base, tmp_path / "full"))
+    one_line(p.returncode, p.stderr.decode(errors="replace"), command, "No space left on device")
+    assert not [f for f in left if STAGED.search(Path(f).name)], left

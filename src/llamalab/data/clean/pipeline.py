@@ -14,9 +14,11 @@ whose output is complete does nothing.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -60,10 +62,16 @@ class Options:
 
 
 class QuietLocalExecutor(LocalPipelineExecutor):
-    """datatrove's local executor with task logs in files only (errors still reach the console)."""
+    """datatrove's local executor with task logs in files only. A task's error is not echoed to the console
+    with its traceback (datatrove's `logger.exception`): it stays in the task's log file and is raised on,
+    so the CLI says it in one line (a full disk) or shows it as the bug it is."""
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-        return super()._run_for_rank(rank, local_rank + 1, node_rank)
+        console, sys.stderr = sys.stderr, io.StringIO()  # the console sink datatrove adds writes here
+        try:
+            return super()._run_for_rank(rank, local_rank + 1, node_rank)
+        finally:
+            sys.stderr = console
 
 
 def clean(inputs: list[str], output: str, opts: Options) -> dict:
