@@ -1,5 +1,4 @@
 import json
-import sys
 
 from ..errors import LlamalabError
 from .common import add_model_arguments, load_checkpoint
@@ -22,7 +21,7 @@ def run(args):
     from ..data.text import read_text
     from ..perplexity import perplexity
 
-    text = sys.stdin.read() if args.input == "-" else read_text(args.input, f"{args.input}: no such file")
+    text = read_text(args.input, f"{args.input}: no such file")  # "-": standard input
     ckpt = load_checkpoint(args)
     if args.context > ckpt.args.max_seq_len:  # before tokenizing a large file
         raise LlamalabError(f"--context {args.context} is larger than the model's context of {ckpt.args.max_seq_len}")

@@ -7,8 +7,9 @@
 Formats, told by the file name: plain text; JSON Lines (`.jsonl`, `.ndjson`, `.json`: a JSON string or
 an object with a string `field` per line, blank lines skipped); Parquet and Arrow tables (`.parquet`,
 `.arrow`: the `field` column); any of them `.gz`, `.xz` or `.bz2` compressed. `"-"` reads standard input.
-A bad record is one `LlamalabError` naming the file and line. This module depends on nothing but
-`errors`, so every layer may use it.
+A bad record is one `LlamalabError` naming the file and line; so is a line or document past the byte caps
+of `llamalab.bounded` (a compression bomb, a sparse file). This module depends on nothing but the leaves
+`errors` and `bounded`, so every layer may use it.
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ TABLES = {".parquet", ".arrow"}
 
 
 def read_text(path, missing: str) -> str:
-    """The whole of a UTF-8 text file (at most `bounded.max_record_bytes()`). A missing file is the error
-    `missing` (what the caller expected there); bytes that are not UTF-8 are one clear error too."""
+    """The whole of a UTF-8 text file, or of standard input for "-" (at most `bounded.max_record_bytes()`).
+    A missing file is the error `missing` (what the caller expected there); bytes that are not UTF-8 are one
+    clear error too."""
+    if path == "-":
+        with _open_binary("-", None) as (f, _):
+            data = read_capped(f, max_record_bytes(), "<stdin>", "text")
+        return _decode(data, "<stdin>")
     path = Path(path)
     if not path.is_file():
         raise LlamalabError(missing)
