@@ -11,7 +11,7 @@ Limits (environment variables, in bytes; lower them to test, raise them for unus
 - `LLAMALAB_MAX_FILE_BYTES` (default 64 GiB): decompressed bytes read from one input file (a gzip/xz/zstd
   bomb or a sparse file stops here with one clear error instead of running the machine out of memory or time).
 JSON nested deeper than MAX_DEPTH (256) is refused before it is parsed (the standard parser would recurse
-once per level). The errors are `json.JSONDecodeError`s (for JSON: callers' handlers of bad JSON apply, and
+once per level); so is a string holding a lone surrogate (`"\\ud800"`), which no tokenizer takes. The errors are `json.JSONDecodeError`s (for JSON: callers' handlers of bad JSON apply, and
 a damaged checkpoint's file falls back as any other damage does) or `LlamalabError`s. Depends on nothing
 but `errors`, so every layer may use it.
 """
@@ -65,11 +65,35 @@ def too_deep(text: str, max_depth: int = MAX_DEPTH) -> int | None:
     return None
 
 
+def lone_surrogate(obj) -> str | None:
+    """The first lone surrogate (a JSON escape such as "\\ud800" without its pair) in the strings of a
+    parsed JSON value, or None. No tokenizer or UTF-8 writer takes one."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            strings = (item,)
+        elif isinstance(item, dict):
+            strings = tuple(k for k in item if isinstance(k, str))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for s in strings:
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return s[e.start]
+    return None
+
+
 def loads(text: str | bytes, *, max_bytes: int | None = None, max_depth: int = MAX_DEPTH):
     """json.loads of an untrusted text, refused (json.JSONDecodeError) when larger than `max_bytes`
-    (default `max_record_bytes()`) or nested deeper than `max_depth`."""
+    (default `max_record_bytes()`), nested deeper than `max_depth`, or holding a lone surrogate."""
     if isinstance(text, (bytes, bytearray)):
-        text = bytes(text).decode("utf-8", errors="surrogateescape")
+        text = bytes(text).decode("utf-8")
     limit = max_bytes or max_record_bytes()
     if len(text) > limit:
         raise json.JSONDecodeError(f"{len(text):,} characters is more than the limit of {limit:,} "
@@ -78,9 +102,13 @@ def loads(text: str | bytes, *, max_bytes: int | None = None, max_depth: int = M
     if where is not None:
         raise json.JSONDecodeError(f"nested deeper than {max_depth} levels", "", 0)
     try:
-        return json.loads(text)
+        obj = json.loads(text)
     except RecursionError:  # not reached with max_depth below the interpreter's limit
         raise json.JSONDecodeError(f"nested deeper than {max_depth} levels", "", 0) from None
+    if "\\u" in text and (bad := lone_surrogate(obj)) is not None:  # only an escape can make one
+        raise json.JSONDecodeError(f"a string holds a lone surrogate (\\u{ord(bad):04x}), which is not "
+                                   f"Unicode text", "", 0)
+    return obj
 
 
 def read_json(path, *, max_bytes: int | None = None, max_depth: int = MAX_DEPTH):

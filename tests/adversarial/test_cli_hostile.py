@@ -233,7 +233,17 @@ def test_lone_surrogates_in_json_text(llama_spm_gguf, tmp_path, capsys):
     texts = tmp_path / "texts.jsonl"
     texts.write_text('"fine"\n{"text": "half a pair: \\ud800"}\n')
     one_line(*run_main(capsys, ["tokenize", "-t", llama_spm_gguf, "--jsonl", texts]), "tokenize",
-             f"{texts}:2: the text holds a lone surrogate (\\ud800)")
+             f"{texts}:2: not a JSON line (a string holds a lone surrogate (\\ud800)")
+
+
+def test_lone_surrogates_in_instruction_and_answer_files(base, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "Say hi.", "output": "Hi."}\n{"instruction": "\\udc80", "output": "x"}\n')
+    one_line(*run_main(capsys, ["finetune", "--model", base / "hf", "--data", bad, "--out", tmp_path / "o"]),
+             "finetune", f"{bad}:2: not valid JSON (a string holds a lone surrogate (\\udc80)")
+    one_line(*run_main(capsys, ["judge", "--answers", bad, "--judge", "x", "--out", tmp_path / "o"]), "judge",
+             "lone surrogate (\\udc80)")
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_nested_endpoint_reply_in_self_instruct(tmp_path, capsys):

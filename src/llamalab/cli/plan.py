@@ -1,4 +1,4 @@
-from .types import nonnegative_float, positive_float, positive_int, probability
+from .types import finite_float, nonnegative_float, positive_float, positive_int
 
 HELP = "A training run's compute, time, energy, carbon and memory per GPU, before it is run (Tables 2 and 15)."
 
@@ -26,7 +26,7 @@ def add_arguments(p):
     p.add_argument("--gpu", default="a100-80gb", help="GPU type (default a100-80gb, the paper's); "
                                                       "a100-40gb, h100-80gb, h200, l40s, rtx-4090, mi300x, ...")
     speed = p.add_mutually_exclusive_group()
-    speed.add_argument("--mfu", type=probability, help="model FLOPs utilization, 0-1 (default 0.4; the paper's runs "
+    speed.add_argument("--mfu", type=finite_float, help="model FLOPs utilization, 0-1 (default 0.4; the paper's runs "
                                                  "imply 0.46-0.54, see --paper)")
     speed.add_argument("--tokens-per-gpu-s", type=positive_float, help="measured training throughput per GPU instead")
     p.add_argument("--seq-len", type=positive_int, help="sequence length (default: the model's context)")

@@ -153,7 +153,6 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
         raise LlamalabError(f"--shard-tokens must be positive, got {shard_tokens}")
     for paths in sources.values():  # the sources' shards are replaced: never a source itself
         check_apart(out, paths, "--out")
-    inputs_of = {name: expand_inputs(paths) for name, paths in sources.items()}  # bad inputs fail before a write
     tokenizer = Path(tokenizer)
     tok = load_tokenizer(tokenizer)
     if tok.eos_id is None:
@@ -162,6 +161,7 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
              "bos_id": tok.bos_id, "eos_id": tok.eos_id, "add_bos": bool(tok.add_bos),
              "vocab_sha256": vocab_fingerprint(tok)}
     dtype = token_dtype(tok.vocab_size)
+    inputs_of = {name: expand_inputs(paths) for name, paths in sources.items()}  # bad inputs fail before a write
     out = Path(out)
     manifest = {"version": VERSION, "dtype": dtype.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
                 "tokenizer": ident, "sources": {}}

@@ -89,11 +89,6 @@ def record_text(line: str, field: str, where: str) -> str:
     text = obj.get(field) if isinstance(obj, dict) else obj
     if not isinstance(text, str):
         raise LlamalabError(f"{where}: expected a JSON string or an object with a string field {field!r}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:  # a JSON escape such as "\ud800": no tokenizer takes it
-        raise LlamalabError(f"{where}: the text holds a lone surrogate (\\u{ord(text[e.start]):04x}) at character "
-                            f"{e.start}, which is not Unicode text; fix or drop the record") from None
     return text
 
 
