@@ -21,13 +21,15 @@ from __future__ import annotations
 import json
 import os
 import re
+from itertools import accumulate
 from pathlib import Path
 
 from .errors import LlamalabError
 
 MAX_DEPTH = 256
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # unrolled: one step per run of plain characters
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_DELTA = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 def _env_bytes(name: str, default: int) -> int:
@@ -52,17 +54,14 @@ def max_file_bytes() -> int:
 
 
 def too_deep(text: str, max_depth: int = MAX_DEPTH) -> int | None:
-    """The position where `text` (JSON) is first nested deeper than `max_depth`, or None. Strings are
-    skipped first (brackets inside them do not count); linear time."""
+    """Where `text` (JSON) is first nested deeper than `max_depth` (the index among its brackets), or None.
+    Strings are skipped first (brackets inside them do not count); linear time."""
     if text.count("[") + text.count("{") <= max_depth:
         return None
     brackets = _NOT_BRACKETS.sub("", _STRINGS.sub('""', text))
-    depth = 0
-    for i, c in enumerate(brackets):
-        depth += 1 if c in "[{" else -1
-        if depth > max_depth:
-            return i
-    return None
+    if max(accumulate(map(_DELTA.__getitem__, brackets)), default=0) <= max_depth:
+        return None
+    return next(i for i, d in enumerate(accumulate(map(_DELTA.__getitem__, brackets))) if d > max_depth)
 
 
 def lone_surrogate(obj) -> str | None:

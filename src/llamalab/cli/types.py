@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 
-SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed takes
+SEED_MAX = (1 << 63) - 1  # torch.Generator takes < 2**64; seed + i (one per question) must stay below it
 
 
 def _int(text: str) -> int:
@@ -49,8 +49,8 @@ nonnegative_int = int_at_least(0)
 
 def seed(text: str) -> int:
     value = _int(text)
-    if not SEED_MIN <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"must be an integer in [-2**63, 2**64 - 1], got {text}")
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text}")
     return value
 
 
@@ -81,7 +81,9 @@ def probability(text: str) -> float:
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line, `PROG: error: MESSAGE (see PROG --help)`, exit code 2."""
+    """An ArgumentParser whose errors are one line, `llamalab CMD: error: MESSAGE (see `PROG --help`)` (the
+    prefix of every CLI error, also for `data clean`), exit code 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        command = " ".join(self.prog.split()[:2])
+        self.exit(2, f"{command}: error: {message} (see `{self.prog} --help`)\n")
