@@ -97,9 +97,9 @@ def test_force_never_deletes_the_input_or_the_current_directory(state, tmp_path,
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     fails(capsys, ["convert", "m.gguf", "--to", "hf", "--out", ".", "--force"], "current directory")
-    fails(capsys, ["convert", "hf", "--to", "hf", "--out", "hf", "--force"], "holds the input")
-    fails(capsys, ["convert", "hf/model.safetensors", "--to", "meta", "--out", "hf", "--force"], "holds the input")
-    fails(capsys, ["convert", "m.gguf", "--to", "gguf", "--out", "m.gguf", "--force"], "holds the input")
+    fails(capsys, ["convert", "hf", "--to", "hf", "--out", "hf", "--force"], "the input")
+    fails(capsys, ["convert", "hf/model.safetensors", "--to", "meta", "--out", "hf", "--force"], "the input")
+    fails(capsys, ["convert", "m.gguf", "--to", "gguf", "--out", "m.gguf", "--force"], "the input")
     fails(capsys, ["convert", str(tmp_path / "hf"), "--to", "hf", "--out", str(tmp_path.parent), "--force"],
           "current directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -157,7 +157,7 @@ def test_prepare_consumes_the_output(cleaned, tmp_path, llama_spm_gguf):
     (["--preset", "nope"], "unknown preset 'nope'"),
     (["--stages", "normalize,teleport"], "unknown stage(s) teleport"),
     (["--stages", "quality"], "needs --quality-model"),
-    (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "0"], "argument --workers: must be an integer >= 1, got 0"),
     (["--quality-model", "README.md"], "not a quality model"),
 ])
 def test_bad_arguments_are_one_clear_error(mixed_corpus, tmp_path, capsys, args, message):

@@ -79,8 +79,8 @@ def test_sizes_parse_and_sort():
     (["--sizes", "64x2"], "name at least two sizes"),
     (["--sizes", "64x2,big"], "size 'big'"),
     (["--sizes", "64x2,60x2x7"], "not divisible"),
-    (["--budget-minutes", "0"], "must be positive"),
-    (["--micro-batch", "0"], "--micro-batch at least 1"),
+    (["--budget-minutes", "0"], "argument --budget-minutes: must be a number > 0, got 0"),
+    (["--micro-batch", "0"], "argument --micro-batch: must be an integer >= 1, got 0"),
     (["--corpus", "no/such/dir"], "no text files"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):

@@ -115,7 +115,7 @@ def test_adapter_for_another_shape_and_unsupported_features_are_refused(tmp_path
         with pytest.raises(LlamalabError, match=rf"{key}=.* is not supported"):
             load_adapter(tmp_path, ARGS)
     (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "r": 0}))
-    with pytest.raises(LlamalabError, match="r must be a positive number"):
+    with pytest.raises(LlamalabError, match="r must be a positive finite number"):
         load_adapter(tmp_path, ARGS)
     with pytest.raises(LlamalabError, match="not a LoRA adapter directory"):
         load_adapter(tmp_path / "nope", ARGS)

@@ -103,3 +103,33 @@ def test_only_weak_opts_out(monkeypatch, value):
     monkeypatch.setenv("LLAMALAB_SANDBOX", value)
     r = run_program("import os\nprint(os.listdir('/'))")
     assert r.passed and "work" not in r.stdout and "etc" not in r.stdout
+
+
+EXITS = {"os._exit": "import os\nos._exit(0)\n", "SystemExit": "raise SystemExit(0)\n", "sys.exit": "import sys\nsys.exit(0)\n",
+         "exit": "exit(0)\n", "atexit": "import atexit, os\natexit.register(os._exit, 0)\nraise SystemExit(0)\n",
+         "guess the pipe": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'0' * 32)\n"
+                           "    except OSError:\n        pass\nos._exit(0)\n"}
+
+
+@pytest.mark.parametrize("weak", [False, True], ids=["namespaces", "weak"])
+@pytest.mark.parametrize("leave", list(EXITS))
+def test_a_completion_that_leaves_before_its_tests_fails(benchmarks_dir, monkeypatch, leave, weak):
+    # the exit status alone said "passed": the tests never ran
+    if weak:
+        monkeypatch.setenv("LLAMALAB_SANDBOX", "weak")
+    task = get_task("humaneval")
+    doc = task.docs(benchmarks_dir)[0]
+    it = task.item(doc)
+    body = "\n".join("    " + line for line in EXITS[leave].splitlines())
+    r = run_program(it.prefix + body + "\n" + it.tests)
+    assert r.returncode == 0 and not r.completed and r.status == "failed" and not r.passed, r
+    r = run_program(it.prefix + doc["canonical_solution"] + it.tests)  # a genuine pass still passes
+    assert r.passed and r.completed
+
+
+def test_mbpp_exit_before_the_asserts_fails(benchmarks_dir):
+    task = get_task("mbpp")
+    doc = task.docs(benchmarks_dir)[0]
+    it = task.item(doc)
+    assert not run_program(it.prefix + "import os\nos._exit(0)\n" + it.tests).passed
+    assert run_program(it.prefix + doc["code"] + "\n" + it.tests).passed

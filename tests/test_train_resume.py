@@ -204,7 +204,10 @@ DAMAGE = {"truncated .distcp": (lambda c: truncate(next(c.glob("*.distcp")).name
           "truncated meta.json": (truncate("meta.json"), "meta.json is unreadable"),
           "truncated trainer state": (truncate("trainer.json"), "trainer.json has"),
           "truncated rng state": (truncate("rank-00000.json"), "rank-00000.json has"),
-          "bit-flipped .distcp": (flip_bit, "does not match its checksum")}
+          "bit-flipped .distcp": (flip_bit, "does not match its checksum"),
+          # JSON nested deeper than any parser should follow: refused by the bounded loader, not a RecursionError
+          "deeply nested meta.json": (lambda c: (c / "meta.json").write_text("[" * 200_000 + "]" * 200_000),
+                                      "meta.json is unreadable (nested deeper than")}
 
 
 @pytest.mark.parametrize("kind", list(DAMAGE))

@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .atomic import sha256_file, write_text
+from .bounded import read_json
 from .errors import LlamalabError
 
 
@@ -106,7 +107,7 @@ def is_fetched(pkg: Package, root: Path | None = None, verify: bool = True) -> b
     stamp = _stamp(root, pkg)
     if not stamp.exists():
         return False
-    recorded = json.loads(stamp.read_text())
+    recorded = read_json(stamp)
     if recorded.get("archive_sha256") != pkg.archive_sha256:
         return False
     for rel, digest in recorded["files"].items():

@@ -9,7 +9,8 @@
 Readers see the old content or the new one, never a mix; a crash leaves at most a stray `.name.*`
 temporary. What is written gets the permissions the user's umask gives new files (some libraries create
 0600 files; a staged directory is normalized before it goes live). Whether a target may be replaced at
-all is the caller's decision (see `llamalab.formats.output` for checkpoints).
+all is the caller's decision (see `llamalab.formats.output` for checkpoints); one rule holds for every
+writer, `check_apart`: an output is never, never holds, and never lies inside what the command reads.
 """
 
 from __future__ import annotations
@@ -22,6 +23,24 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import LlamalabError
+
+
+def check_apart(out, inputs, what: str = "output") -> None:
+    """Refuse (LlamalabError) to write `out` when it is, holds, or lies inside one of `inputs` (the paths
+    the command reads; None and paths that do not exist are skipped): the write would replace or mix with
+    its own input. Symlinks are followed on both sides. Call it before anything is read or written."""
+    where = Path(os.path.realpath(out))
+    for src in inputs:
+        if src is None or not os.path.lexists(src):
+            continue
+        real = Path(os.path.realpath(src))
+        how = ("is" if real == where else "holds" if where in real.parents
+               else "lies inside" if real in where.parents else None)
+        if how:
+            raise LlamalabError(f"refusing to write {what} {out}: it {how} the input {src}; choose another "
+                                f"{what} path")
 
 
 def _umask() -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import check_apart
 from .errors import LlamalabError
 from .formats import load_state, save
 from .quant.codes import BLOCK, quantize
@@ -56,6 +57,7 @@ def quantize_checkpoint(src, out, *, bits: int, group_size: int | None = None, s
     gguf = out.suffix == ".gguf"
     group_size = group_size or BLOCK
     _check(bits, group_size, gguf, symmetric)
+    check_apart(out, [src])  # before anything is read: --force never replaces the float source
     if out.exists() and not force:
         raise LlamalabError(f"{out} already exists; pass --force to replace it")
     state, args, fmt, path = _source(src)

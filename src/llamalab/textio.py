@@ -9,8 +9,9 @@ an object with a string `field` per line, blank lines skipped); Parquet and Arro
 `.arrow`: the `field` column); any of them `.gz`, `.xz`, `.bz2` or `.zst` compressed (`open_input`, which
 `data clean` reads with too). `"-"` reads standard input.
 `read_records` reads a JSON array or JSON Lines file of records (instruction data, questions, answers).
-A bad record is one `LlamalabError` naming the file and line. This module depends on nothing but
-`errors`, so every layer may use it.
+A bad record is one `LlamalabError` naming the file and line; so is a line or document past the byte caps
+of `llamalab.bounded` (a compression bomb, a sparse file). This module depends on nothing but the leaves
+`errors` and `bounded`, so every layer may use it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from .bounded import BoundedStream, loads, max_record_bytes, read_capped
 from .errors import LlamalabError
 
 COMPRESSION = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open, ".zst": None}  # .zst: `decompress`
@@ -33,13 +35,19 @@ TABLES = {".parquet", ".arrow"}
 
 
 def read_text(path, missing: str) -> str:
-    """The whole of a UTF-8 text file. A missing file is the error `missing` (what the caller expected there);
-    bytes that are not UTF-8 are one clear error too."""
+    """The whole of a UTF-8 text file, or of standard input for "-" (at most `bounded.max_record_bytes()`).
+    A missing file is the error `missing` (what the caller expected there); bytes that are not UTF-8 are one
+    clear error too."""
+    if path == "-":
+        with _open_binary("-", None) as (f, _):
+            data = read_capped(f, max_record_bytes(), "<stdin>", "text")
+        return _decode(data, "<stdin>")
     path = Path(path)
     if not path.is_file():
         raise LlamalabError(missing)
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            return read_capped(f, max_record_bytes(), str(path), "file").decode("utf-8")
     except UnicodeDecodeError as e:
         raise LlamalabError(f"{path}: not UTF-8 text (byte {e.start}); is it compressed or binary?") from None
 
@@ -89,12 +97,20 @@ REPORTS = {"stats.json"}  # written beside the data it describes (`data clean`'s
 
 
 def expand_inputs(paths: Iterable) -> list[Path]:
-    """Files named, and every non-hidden file below directories named (reports aside), in a stable order."""
+    """Files named, and every non-hidden file below directories named (reports aside), in a stable order.
+    A symlink below a directory that leads out of it (to /etc/shadow, say) is refused: only what the
+    directory holds is read (name such a file on its own to read it)."""
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.name not in REPORTS
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name not in REPORTS
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            root = p.resolve()
+            for f in found:
+                if not f.resolve().is_relative_to(root):
+                    raise LlamalabError(f"{f} is a symlink to {f.resolve()}, outside the input directory {p}; "
+                                        "remove it, or name that file as an input of its own")
+            files += found
         elif p.is_file():
             files.append(p)
         else:
@@ -105,9 +121,9 @@ def expand_inputs(paths: Iterable) -> list[Path]:
 def record_text(line: str, field: str, where: str) -> str:
     """The text of one JSON line: a JSON string, or an object with a string `field`."""
     try:
-        obj = json.loads(line)
-    except ValueError:
-        raise LlamalabError(f"{where}: not a JSON line") from None
+        obj = loads(line)
+    except ValueError as e:
+        raise LlamalabError(f"{where}: not a JSON line ({getattr(e, 'msg', e)})") from None
     text = obj.get(field) if isinstance(obj, dict) else obj
     if not isinstance(text, str):
         raise LlamalabError(f"{where}: expected a JSON string or an object with a string field {field!r}")
@@ -129,7 +145,7 @@ def iter_texts(path, field: str = "text", *, lines: bool = False, fmt: str | Non
     try:
         with _open_binary(path, comp) as (f, raw):
             last = 0
-            for n, text in enumerate(_texts(f, where, fmt, field, lines), 1):
+            for n, text in enumerate(_texts(BoundedStream(f, where), where, fmt, field, lines), 1):
                 yield text
                 if on_read is not None and n % 1024 == 0:
                     pos = raw.tell()
@@ -199,7 +215,7 @@ def _table_texts(path: Path, fmt: str, comp: str | None, field: str) -> Iterator
         if not comp:
             return pa.memory_map(str(path))
         with open_input(path, comp) as f:
-            return pa.BufferReader(f.read())
+            return pa.BufferReader(read_capped(f, max_record_bytes(), str(path), "decompressed table"))
 
     try:
         if fmt == ".parquet":
@@ -228,7 +244,7 @@ def read_records(path) -> list[tuple[str, object]]:
     text = read_text(path, f"instruction data {path} not found (want a .json or .jsonl file of records)")
     if text.lstrip().startswith("["):
         try:
-            records = json.loads(text)
+            records = loads(text)
         except json.JSONDecodeError as e:
             raise LlamalabError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
         return [(f"{path}[{i}]", r) for i, r in enumerate(records)]
@@ -237,7 +253,7 @@ def read_records(path) -> list[tuple[str, object]]:
         if not line.strip():
             continue
         try:
-            out.append((f"{path}:{n}", json.loads(line)))
+            out.append((f"{path}:{n}", loads(line)))
         except json.JSONDecodeError as e:
             raise LlamalabError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}); each line must be "
                                 f"one JSON record") from None

@@ -98,9 +98,9 @@ def test_context_flags_are_bounded_by_the_model(capsys, tiny_hf):
     """The KV cache is allocated up front for --context tokens: more than the model's context (128 here), 0, or
     an answer length that leaves no room for a message is refused, not clamped or tried."""
     model = ["--model", str(tiny_hf), "--template", "llama-2"]
-    one_line(capsys, ["chat", *model, "--context", "0"], "--context must be >= 1, got 0")
-    one_line(capsys, ["chat", *model, "--context", "-5"], "--context must be >= 1, got -5")
-    one_line(capsys, ["chat", *model, "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0")
+    one_line(capsys, ["chat", *model, "--context", "0"], "argument --context: must be an integer >= 1, got 0")
+    one_line(capsys, ["chat", *model, "--context", "-5"], "argument --context: must be an integer >= 1, got -5")
+    one_line(capsys, ["chat", *model, "--max-new-tokens", "0"], "argument --max-new-tokens: must be an integer >= 1, got 0")
     one_line(capsys, ["chat", *model, "--context", "100000000"],
              "--context 100000000 is larger than the model's context of 128 tokens")
     one_line(capsys, ["chat", *model], "--max-new-tokens 512 leaves no room for a message in the context of 128")
@@ -108,7 +108,7 @@ def test_context_flags_are_bounded_by_the_model(capsys, tiny_hf):
     one_line(capsys, ["serve", *model[:2], "--port", "0", "--context", "129"],
              "--context 129 is larger than the model's context of 128 tokens")
     one_line(capsys, ["generate", *model[:2], "--prompt", "hi", "--max-new-tokens", "-3"],
-             "max_new_tokens must be >= 1, got -3")
+             "argument --max-new-tokens: must be an integer >= 1, got -3")
     one_line(capsys, ["generate", *model[:2], "--prompt", "hi", "--max-new-tokens", "200"],
              "exceeds the model's context of 128 tokens")
 

@@ -16,6 +16,7 @@ import re
 import sys
 
 from ..errors import LlamalabError
+from .types import Parser
 
 # subcommand → module under llamalab.cli (order = order in --help)
 COMMANDS = {
@@ -44,7 +45,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llamalab", description="The LLaMA paper, end to end.")
+    parser = Parser(prog="llamalab", description="The LLaMA paper, end to end.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"{__name__}.{module_name}")
@@ -85,7 +86,8 @@ def _silence_stdout() -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None):
+    """The parsed arguments; a bad one exits (SystemExit 2) with one line, `--help` with 0."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (`train a=1 --resume b=2`); argparse fills a positional once
@@ -94,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse(argv)
+    except SystemExit as e:  # argparse's exit (a bad argument: 2; --help: 0) as this function's return code
+        return e.code if isinstance(e.code, int) else 2
     try:
         check_text_arguments(args)
         code = args._run(args)

@@ -3,6 +3,7 @@ import sys
 from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
                      add_sampling_arguments, add_tensor_parallel_argument, context_length, load_model,
                      sampling_kwargs)
+from .types import positive_int
 
 HELP = "Chat with a model in the terminal (streams answers; /reset clears the conversation, /exit quits)."
 
@@ -13,7 +14,7 @@ def add_arguments(p):
     add_sampling_arguments(p, max_new_tokens=512)
     add_chat_arguments(p)
     add_compile_argument(p)
-    p.add_argument("--context", type=int, metavar="N",
+    p.add_argument("--context", type=positive_int, metavar="N",
                    help="conversation length in tokens kept in the KV cache, at most the model's "
                    "(default: min(model's, 4096))")
     add_tensor_parallel_argument(p)

@@ -4,6 +4,7 @@ a run's config keys (train, finetune)."""
 import argparse
 
 from ..errors import LlamalabError
+from .types import nonnegative_float, nonnegative_int, positive_float, positive_int, probability, seed
 
 
 def add_config_arguments(p, cls, epilog: str, config_help: str, renamed: dict | None = None, skip=()):
@@ -47,13 +48,13 @@ def add_model_arguments(p, *, keep_quantized: bool = True):
 
 def add_sampling_arguments(p, max_new_tokens: int):
     """How tokens are picked, and how many."""
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most probable tokens")
-    p.add_argument("--top-p", type=float, metavar="P", help="nucleus: smallest set with total probability >= P")
-    p.add_argument("--min-p", type=float, metavar="P", help="drop tokens less than P x the top probability")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R", help="HF/CTRL penalty, e.g. 1.1")
-    p.add_argument("--seed", type=int, metavar="S", help="seed for reproducible sampling")
+    p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens, metavar="N")
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0, metavar="T", help="0 = greedy (default)")
+    p.add_argument("--top-k", type=nonnegative_int, metavar="K", help="sample among the K most probable tokens")
+    p.add_argument("--top-p", type=probability, metavar="P", help="nucleus: smallest set with total probability >= P")
+    p.add_argument("--min-p", type=probability, metavar="P", help="drop tokens less than P x the top probability")
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0, metavar="R", help="HF/CTRL penalty, e.g. 1.1")
+    p.add_argument("--seed", type=seed, metavar="S", help="seed for reproducible sampling")
 
 
 def add_adapter_argument(p):
@@ -105,7 +106,7 @@ def context_length(args, model_context: int | None = None, default: int = 2048) 
 
 
 def add_tensor_parallel_argument(p):
-    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+    p.add_argument("--tensor-parallel", type=positive_int, default=1, metavar="N",
                    help="shard the weights and KV cache by heads over N processes (torchrun --nproc_per_node N)")
 
 

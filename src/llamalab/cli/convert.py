@@ -1,6 +1,7 @@
 import re
 
 from ..errors import LlamalabError
+from .types import positive_int
 
 HELP = "Convert a checkpoint between formats: GGUF, HF safetensors, Meta .pth (any to any)."
 
@@ -13,7 +14,7 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="output directory (a file for --to gguf)")
     p.add_argument("--dtype", choices=list(DTYPES), help="weight dtype for hf/meta (default: the source's; "
                    "f32 for quantized GGUF)")
-    p.add_argument("--shards", type=int, default=1, help="--to meta: number of model-parallel files (default 1)")
+    p.add_argument("--shards", type=positive_int, default=1, help="--to meta: number of model-parallel files (default 1)")
     p.add_argument("--gguf-type", choices=["f32", "f16", "q8_0"], help="--to gguf: tensor type (default f32, "
                    "or f16 with --dtype f16)")
     p.add_argument("--max-shard-size", default="5GB", help="--to hf: split safetensors files larger than "

@@ -1,6 +1,7 @@
 from ..errors import LlamalabError
 from .data_clean import add_clean, run_clean
 from .data_quality import add_train_quality, run_train_quality
+from .types import finite_float, positive_float, positive_int
 
 HELP = ("Clean raw text (the paper's §2.1 pipeline), train the quality classifier, prepare pretraining data "
         "(tokenize + pack shards) and report mixtures (epochs per source, Table 1).")
@@ -21,11 +22,11 @@ def add_arguments(p):
                     help="add the embedded demo corpus as sources prose, reference, qa, code")
     pp.add_argument("--tokenizer", required=True, help="tokenizer.model, tokenizer.json, .gguf or a directory")
     pp.add_argument("--out", required=True, help="output dataset directory")
-    pp.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    pp.add_argument("--workers", type=positive_int, default=None, help="tokenizer processes (default: all cores)")
     pp.add_argument("--text-field", default="text", help="field/column holding the text in jsonl/parquet/arrow")
-    pp.add_argument("--val-fraction", type=float, default=0.0,
+    pp.add_argument("--val-fraction", type=finite_float, default=0.0,
                     help="fraction of documents held out (by a hash of the text) into val shards")
-    pp.add_argument("--shard-tokens", type=int, default=1 << 27, help="tokens per shard file")
+    pp.add_argument("--shard-tokens", type=positive_int, default=1 << 27, help="tokens per shard file")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     add_clean(sub)
@@ -38,7 +39,7 @@ def add_arguments(p):
                                    "Table 1 is printed")
     pm.add_argument("--weights", default=None, help="name=weight,... or a preset (llama); default: the "
                                                     "dataset's natural mixture (by size)")
-    pm.add_argument("--tokens", type=float, default=None, help="training tokens (e.g. 1.4e12)")
+    pm.add_argument("--tokens", type=positive_float, default=None, help="training tokens (e.g. 1.4e12)")
 
 
 def run(args):

@@ -4,6 +4,7 @@ data_quality.py)."""
 import os
 
 from ..errors import LlamalabError
+from .types import positive_int, probability
 
 
 def add_clean(sub):
@@ -22,8 +23,8 @@ def add_clean(sub):
     pc.add_argument("--stages", default=None, help="comma-separated stages instead of the preset's: normalize, "
                     "normalize_code, line_dedup, exact_dedup, near_dedup, language, c4, gopher, repetition, "
                     "quality, decontaminate, github, arxiv, wikipedia, stackexchange, books")
-    pc.add_argument("--workers", type=int, default=1, help="tasks run at once (default 1)")
-    pc.add_argument("--tasks", type=int, default=None, help="tasks = output shards (default: one per input "
+    pc.add_argument("--workers", type=positive_int, default=1, help="tasks run at once (default 1)")
+    pc.add_argument("--tasks", type=positive_int, default=None, help="tasks = output shards (default: one per input "
                     "file or 32 MB of .jsonl, at most 64; independent of --workers)")
     pc.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
                     help="local processes, a Ray cluster ($RAY_ADDRESS, else a local one) or Slurm")
@@ -31,12 +32,12 @@ def add_clean(sub):
     pc.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip", help="output compression")
     pc.add_argument("--languages", default=None, help="kept languages, comma-separated ISO codes "
                     "(default: en; the wikipedia preset: its 20)")
-    pc.add_argument("--language-threshold", type=float, default=0.5, help="minimum language probability")
-    pc.add_argument("--near-threshold", type=float, default=None, help="MinHash Jaccard threshold "
+    pc.add_argument("--language-threshold", type=probability, default=0.5, help="minimum language probability")
+    pc.add_argument("--near-threshold", type=probability, default=None, help="MinHash Jaccard threshold "
                     "(default 0.8; books 0.9)")
     pc.add_argument("--quality-model", default=None, help="model from `data train-quality` (enables the "
                     "quality stage of the commoncrawl preset)")
-    pc.add_argument("--quality-threshold", type=float, default=0.5, help="minimum quality score to keep")
+    pc.add_argument("--quality-threshold", type=probability, default=0.5, help="minimum quality score to keep")
     pc.add_argument("--decontaminate", choices=("drop", "report"), default="drop",
                     help="drop documents sharing a 13-gram with an eval set, or only count them")
     pc.add_argument("--decontaminate-tasks", default=None, help="eval tasks to check (default: all)")

@@ -18,8 +18,10 @@ def run_train_quality(args):
     from ..data.clean import require
 
     require()
+    from ..atomic import check_apart
     from ..data.clean.quality import read_texts, save, train
 
+    check_apart(args.out, [*args.positive, *args.negative])
     positive, negative = read_texts(args.positive, args.text_field), read_texts(args.negative, args.text_field)
     result = train(positive, negative)
     save(args.out, result)

@@ -1,11 +1,13 @@
+from .types import positive_float, positive_int
+
 HELP = "The whole paper in miniature on 2 CPU cores: corpus → tokenizer → shards → pretraining → samples."
 
 
 def add_arguments(p):
     p.add_argument("--out", default="runs/demo", help="where everything goes (default: runs/demo)")
-    p.add_argument("--minutes", type=float, default=8.5,
+    p.add_argument("--minutes", type=positive_float, default=8.5,
                    help="training budget; converted to a fixed step count from a short timed warm-up (default 8.5)")
-    p.add_argument("--steps", type=int, help="train exactly this many steps instead of --minutes")
+    p.add_argument("--steps", type=positive_int, help="train exactly this many steps instead of --minutes")
     p.add_argument("--quick", action="store_true", help="a ~1-minute smoke run: small corpus slice, tiny model")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 

@@ -1,4 +1,5 @@
 from .common import add_adapter_argument, add_model_arguments, add_tensor_parallel_argument, load_model
+from .types import nonnegative_float, nonnegative_int, positive_int, seed
 
 HELP = "Evaluate a checkpoint on the paper's benchmarks (lm-evaluation-harness prompts and metrics)."
 
@@ -10,20 +11,20 @@ def add_arguments(p):
                    help="comma-separated: arc_easy,arc_challenge,hellaswag,piqa,siqa,winogrande,openbookqa,"
                         "boolq,nq_open,triviaqa,mmlu,gsm8k,humaneval,mbpp,lambada; Section 5: crows_pairs,winogender,"
                         "truthfulqa_mc1,truthfulqa_mc2,truthfulqa_gen,realtoxicity, or the group section5")
-    p.add_argument("--shots", type=int, default=None, help="few-shot examples (default: the task's: mmlu 5, "
+    p.add_argument("--shots", type=nonnegative_int, default=None, help="few-shot examples (default: the task's: mmlu 5, "
                    "gsm8k 8, mbpp 3, others 0)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N items of each task (file order)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N items of each task (file order)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--data-dir", default=None, help="benchmark data (default: the asset cache)")
     p.add_argument("--output", default=None, help="write results JSON here")
     p.add_argument("--table", action="store_true", help="print markdown tables like the paper's Tables 3-4 (11-14 for Section 5)")
     p.add_argument("--log-samples", default=None, metavar="FILE", help="write one JSON line per item here")
-    p.add_argument("--samples", type=int, default=1, help="programs per problem for humaneval/mbpp (pass@k, k<=N)")
-    p.add_argument("--temperature", type=float, default=None,
+    p.add_argument("--samples", type=positive_int, default=1, help="programs per problem for humaneval/mbpp (pass@k, k<=N)")
+    p.add_argument("--temperature", type=nonnegative_float, default=None,
                    help="sampling temperature for --samples > 1 (default 0.8) and --maj-k (default 0.6)")
-    p.add_argument("--maj-k", type=int, default=1, help="gsm8k: also report maj@k over k samples")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default: per task)")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--maj-k", type=positive_int, default=1, help="gsm8k: also report maj@k over k samples")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="generation length (default: per task)")
+    p.add_argument("--seed", type=seed, default=1234)
     p.add_argument("--resume", default=None, metavar="FILE.jsonl",
                    help="Section 5 tasks: journal of scored items; a rerun with it scores only the rest")
     p.add_argument("--judge", default=None, help="truthfulqa_gen: judge model (OpenAI-compatible URL or checkpoint)")
@@ -39,10 +40,13 @@ def run(args):
     import contextlib
     import io
 
-    from ..atomic import write_text
+    from ..atomic import check_apart, write_text
     from ..eval import evaluate
     from ..eval.report import samples_jsonl
 
+    for out in (args.output, args.log_samples):
+        if out:
+            check_apart(out, [args.model, args.adapter, args.data_dir])
     model, main = args.model, True
     if args.tensor_parallel > 1:  # every rank runs the whole evaluation on its shard; rank 0 reports
         model = load_model(args)

@@ -1,3 +1,5 @@
+from .types import positive_float, positive_int
+
 HELP = "Reproduce the paper's thesis at small scale: train smaller models longer (over-training study)."
 
 EPILOG = """examples:
@@ -17,12 +19,12 @@ def add_arguments(p):
     p.add_argument("--sizes", default=DEFAULT_SIZES,
                    help=f"model sizes, smallest to largest: DIMxLAYERS[xHEADS] or preset names (default {DEFAULT_SIZES})")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget-minutes", type=float, default=15.0,
+    budget.add_argument("--budget-minutes", type=positive_float, default=15.0,
                         help="training minutes for all sizes together, split into equal FLOPs (default 15)")
-    budget.add_argument("--flops", type=float, help="training FLOPs of each size instead (reproducible anywhere)")
-    p.add_argument("--vocab-size", type=int, default=2048, help="tokenizer size (default 2048)")
-    p.add_argument("--seq-len", type=int, default=128, help="sequence length (default 128)")
-    p.add_argument("--micro-batch", type=int, default=16, help="sequences per step (default 16)")
+    budget.add_argument("--flops", type=positive_float, help="training FLOPs of each size instead (reproducible anywhere)")
+    p.add_argument("--vocab-size", type=positive_int, default=2048, help="tokenizer size (default 2048)")
+    p.add_argument("--seq-len", type=positive_int, default=128, help="sequence length (default 128)")
+    p.add_argument("--micro-batch", type=positive_int, default=16, help="sequences per step (default 16)")
     p.add_argument("--out", default="runs/over-training", help="output directory (default runs/over-training)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 

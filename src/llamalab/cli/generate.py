@@ -4,6 +4,7 @@ import sys
 from ..errors import LlamalabError
 from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
                      add_sampling_arguments, add_tensor_parallel_argument, load_model, sampling_kwargs)
+from .types import positive_int
 
 HELP = "Continue a prompt with a model (greedy or sampled); prints only the continuation, streamed."
 
@@ -13,7 +14,7 @@ def add_arguments(p):
     p.add_argument("--input", metavar="FILE", help="instead: answer every question of a JSONL/JSON file (id, question; "
                    "or Alpaca records) as a chat turn, batched; needs --out")
     p.add_argument("--out", metavar="FILE.jsonl", help="with --input: the answers (id, model, answer), appended")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="with --input: answers decoding together")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="with --input: answers decoding together")
     p.add_argument("--name", help="with --input: the model's name in the answers (default: the checkpoint's)")
     add_model_arguments(p)
     add_adapter_argument(p)
@@ -51,10 +52,12 @@ def run(args):
 
 def answer_input(args):
     """--input FILE --out FILE.jsonl: the model's answers to every question, batched on the engine."""
+    from ..atomic import check_apart
     from ..instruct.answers import answer_questions
     from ..instruct.local import LocalModel
     from ..instruct.records import load_questions
 
+    check_apart(args.out, [args.input, args.model, getattr(args, "adapter", None)])
     questions = load_questions(args.input)  # a bad file fails before the (slow) load
     model = LocalModel(load_model(args), max_batch=args.batch_size)
     sampling = {k: v for k, v in sampling_kwargs(args).items() if k != "max_new_tokens"}

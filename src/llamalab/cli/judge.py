@@ -1,3 +1,5 @@
+from .types import positive_int
+
 HELP = "Judge models' answers with a judge model (MT-bench style): pairwise in both orders, or graded 1-10."
 
 EPILOG = """examples:
@@ -24,8 +26,8 @@ def add_arguments(p):
                    help="pairwise: which answer is better, asked in both orders (default); single: a grade 1-10")
     p.add_argument("--reference", metavar="FILE", help="reference answers (JSONL: id, reference) shown to the judge; "
                    "default with the default questions: ours")
-    p.add_argument("--max-tokens", type=int, default=512, metavar="N", help="longest judgment (default 512)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="R", help="bootstrap rounds (default 1000)")
+    p.add_argument("--max-tokens", type=positive_int, default=512, metavar="N", help="longest judgment (default 512)")
+    p.add_argument("--bootstrap", type=positive_int, default=1000, metavar="R", help="bootstrap rounds (default 1000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -33,12 +35,14 @@ def run(args):
     import json
     from pathlib import Path
 
-    from ..atomic import write_text
+    from ..atomic import check_apart, write_text
     from ..judge import QUESTIONS, REFERENCES
     from ..judge.judging import judge, load_answers, load_questions, load_references
     from ..judge.report import plot, summarize, text_table
     from .backends import open_backend
 
+    for name in ("judgments.jsonl", "report.json", "ranking.png"):
+        check_apart(Path(args.out) / name, [args.questions, *args.answers, args.reference, args.judge])
     questions = load_questions(args.questions or QUESTIONS)  # bad files fail before the judge loads
     answers = load_answers(args.answers, questions)
     reference = args.reference or (None if args.questions else REFERENCES)

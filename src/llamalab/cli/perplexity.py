@@ -1,8 +1,8 @@
 import json
-import sys
 
 from ..errors import LlamalabError
 from .common import add_model_arguments, load_model
+from .types import positive_int
 
 HELP = "Perplexity of a model on a text file (sliding windows, Hugging Face's strided recipe)."
 
@@ -10,10 +10,10 @@ HELP = "Perplexity of a model on a text file (sliding windows, Hugging Face's st
 def add_arguments(p):
     add_model_arguments(p)
     p.add_argument("--input", required=True, metavar="FILE", help="UTF-8 text file ('-' = standard input)")
-    p.add_argument("--context", type=int, default=512, metavar="N", help="window length in tokens (default 512)")
-    p.add_argument("--stride", type=int, metavar="N",
+    p.add_argument("--context", type=positive_int, default=512, metavar="N", help="window length in tokens (default 512)")
+    p.add_argument("--stride", type=positive_int, metavar="N",
                    help="window step; each window scores the tokens past the previous one (default context/2)")
-    p.add_argument("--batch", type=int, default=1, metavar="B", help="windows per forward pass")
+    p.add_argument("--batch", type=positive_int, default=1, metavar="B", help="windows per forward pass")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -21,7 +21,7 @@ def run(args):
     from ..textio import read_text
     from ..perplexity import perplexity
 
-    text = sys.stdin.read() if args.input == "-" else read_text(args.input, f"{args.input}: no such file")
+    text = read_text(args.input, f"{args.input}: no such file")  # "-": standard input
     rt = load_model(args)
     if args.context > rt.args.max_seq_len:  # before tokenizing a large file
         raise LlamalabError(f"--context {args.context} is larger than the model's context of {rt.args.max_seq_len}")

@@ -1,3 +1,5 @@
+from .types import finite_float, nonnegative_float, positive_float, positive_int
+
 HELP = "A training run's compute, time, energy, carbon and memory per GPU, before it is run (Tables 2 and 15)."
 
 EPILOG = """examples:
@@ -20,21 +22,21 @@ def add_arguments(p):
     what.add_argument("--paper", action="store_true", help="Table 15 and the 65B run recomputed beside the paper")
     p.add_argument("--tokens", help="training tokens (1.4T, 300B, 2e9; default: the paper's for its models, the "
                                     "config's, else Chinchilla's 20 per parameter)")
-    p.add_argument("--gpus", type=int, default=8, help="number of GPUs (default 8)")
+    p.add_argument("--gpus", type=positive_int, default=8, help="number of GPUs (default 8)")
     p.add_argument("--gpu", default="a100-80gb", help="GPU type (default a100-80gb, the paper's); "
                                                       "a100-40gb, h100-80gb, h200, l40s, rtx-4090, mi300x, ...")
     speed = p.add_mutually_exclusive_group()
-    speed.add_argument("--mfu", type=float, help="model FLOPs utilization, 0-1 (default 0.4; the paper's runs "
+    speed.add_argument("--mfu", type=finite_float, help="model FLOPs utilization, 0-1 (default 0.4; the paper's runs "
                                                  "imply 0.46-0.54, see --paper)")
-    speed.add_argument("--tokens-per-gpu-s", type=float, help="measured training throughput per GPU instead")
-    p.add_argument("--seq-len", type=int, help="sequence length (default: the model's context)")
-    p.add_argument("--micro-batch", type=int, help="sequences per GPU per step (default: the largest that fits)")
+    speed.add_argument("--tokens-per-gpu-s", type=positive_float, help="measured training throughput per GPU instead")
+    p.add_argument("--seq-len", type=positive_int, help="sequence length (default: the model's context)")
+    p.add_argument("--micro-batch", type=positive_int, help="sequences per GPU per step (default: the largest that fits)")
     p.add_argument("--parallel", choices=("fsdp", "ddp", "none"), help="default fsdp")
-    p.add_argument("--tensor-parallel", type=int, metavar="N",
+    p.add_argument("--tensor-parallel", type=positive_int, metavar="N",
                    help="GPUs per model copy, split by heads with sequence parallelism (default 1)")
     p.add_argument("--dtype", choices=("bf16", "fp32"), help="default bf16")
-    p.add_argument("--pue", type=float, default=1.1, help="data-center power usage effectiveness (default 1.1)")
-    p.add_argument("--carbon-intensity", type=float, default=0.385, help="kg CO2eq per kWh (default 0.385)")
+    p.add_argument("--pue", type=positive_float, default=1.1, help="data-center power usage effectiveness (default 1.1)")
+    p.add_argument("--carbon-intensity", type=nonnegative_float, default=0.385, help="kg CO2eq per kWh (default 0.385)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 

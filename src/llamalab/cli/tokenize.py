@@ -53,7 +53,9 @@ def _read_stdin() -> str:
     """Standard input exactly as given (no newline translation); bytes that are not UTF-8 are one clear error."""
     if not hasattr(sys.stdin, "buffer"):  # a replaced sys.stdin (a StringIO) is text already
         return sys.stdin.read()
-    raw = sys.stdin.buffer.read()
+    from ..bounded import max_record_bytes, read_capped
+
+    raw = read_capped(sys.stdin.buffer, max_record_bytes(), "standard input", "text")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

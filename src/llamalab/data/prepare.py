@@ -24,13 +24,14 @@ import os
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ..atomic import sha256_file, staged_dir
+from ..atomic import check_apart, sha256_file, staged_dir
 from ..errors import LlamalabError
 from ..textio import expand_inputs, iter_texts
 from ..tokenizer import load_tokenizer
@@ -167,6 +168,8 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
         raise LlamalabError(f"--workers must be at least 1, got {workers}")
     if shard_tokens < 1:
         raise LlamalabError(f"--shard-tokens must be positive, got {shard_tokens}")
+    for paths in sources.values():  # the sources' shards are replaced: never a source itself
+        check_apart(out, paths, "--out")
     tokenizer = Path(tokenizer)
     tok = load_tokenizer(tokenizer)
     if tok.eos_id is None:
@@ -175,8 +178,8 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
              "bos_id": tok.bos_id, "eos_id": tok.eos_id, "add_bos": bool(tok.add_bos),
              "vocab_sha256": vocab_fingerprint(tok)}
     dtype = token_dtype(tok.vocab_size)
+    inputs_of = {name: expand_inputs(paths) for name, paths in sources.items()}  # bad inputs fail before a write
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = {"version": VERSION, "dtype": dtype.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
                 "tokenizer": ident, "sources": {}}
     changed = True
@@ -189,30 +192,44 @@ def prepare(sources: dict[str, list], tokenizer, out, *, workers: int | None = N
         manifest["sources"] = old["sources"]  # keep sources not named in this run
         changed = False
 
-    settings = {"text_field": text_field, "val_fraction": val_fraction, "version": VERSION}
-    for name, paths in sources.items():
-        files = expand_inputs(paths)
-        if not files:
-            raise LlamalabError(f"source {name!r}: no input files in {', '.join(map(str, paths))}")
-        inputs = [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
-                  for f in files]
-        fingerprint = hashlib.sha256(json.dumps([inputs, ident["sha256"], settings]).encode()).hexdigest()
-        old = manifest["sources"].get(name)
-        if old and old.get("fingerprint") == fingerprint and _shards_present(out, old, dtype):
-            log(f"{name}: up to date ({old['documents']:,} documents, {old['tokens']:,} tokens)")
-            continue
-        entry = _build_source(name, files, tokenizer, tok, out, dtype, workers=workers, text_field=text_field,
-                              val_fraction=val_fraction, shard_tokens=shard_tokens, batch_docs=batch_docs,
-                              progress=progress)
-        manifest["sources"][name] = {"inputs": inputs, "fingerprint": fingerprint, **entry}
-        write_manifest(out, manifest)
-        changed = True
-        log(f"{name}: {entry['documents']:,} documents, {entry['tokens']:,} tokens"
-            + (f" (+ held out: {entry['val_documents']:,} documents, {entry['val_tokens']:,} tokens)"
-               if val_fraction > 0 else ""))
-    if changed:
-        write_manifest(out, manifest)
+    with _output_dir(out):  # a directory this run made is gone again if it fails
+        settings = {"text_field": text_field, "val_fraction": val_fraction, "version": VERSION}
+        for name, paths in sources.items():
+            files = inputs_of[name]
+            if not files:
+                raise LlamalabError(f"source {name!r}: no input files in {', '.join(map(str, paths))}")
+            inputs = [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
+                      for f in files]
+            fingerprint = hashlib.sha256(json.dumps([inputs, ident["sha256"], settings]).encode()).hexdigest()
+            old = manifest["sources"].get(name)
+            if old and old.get("fingerprint") == fingerprint and _shards_present(out, old, dtype):
+                log(f"{name}: up to date ({old['documents']:,} documents, {old['tokens']:,} tokens)")
+                continue
+            entry = _build_source(name, files, tokenizer, tok, out, dtype, workers=workers, text_field=text_field,
+                                  val_fraction=val_fraction, shard_tokens=shard_tokens, batch_docs=batch_docs,
+                                  progress=progress)
+            manifest["sources"][name] = {"inputs": inputs, "fingerprint": fingerprint, **entry}
+            write_manifest(out, manifest)
+            changed = True
+            log(f"{name}: {entry['documents']:,} documents, {entry['tokens']:,} tokens"
+                + (f" (+ held out: {entry['val_documents']:,} documents, {entry['val_tokens']:,} tokens)"
+                   if val_fraction > 0 else ""))
+        if changed:
+            write_manifest(out, manifest)
     return manifest
+
+
+@contextmanager
+def _output_dir(out: Path):
+    """`out`, created if need be; when the block fails, a directory it created and left empty is removed."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def _shards_present(root: Path, entry: dict, dtype: np.dtype) -> bool:

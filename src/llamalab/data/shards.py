@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import sha256_file, write_bytes
+from ..bounded import read_json
 from ..errors import LlamalabError
 
 MANIFEST = "manifest.json"
@@ -51,7 +52,7 @@ def read_manifest(path: str | Path) -> tuple[dict, Path]:
     if not path.is_file():
         raise LlamalabError(f"no prepared dataset at {path}: run `llamalab data prepare --out DIR ...` first")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = read_json(path)
     except (OSError, ValueError) as e:
         raise LlamalabError(f"cannot read dataset manifest {path}: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("version") != VERSION or "sources" not in manifest:
@@ -84,11 +85,19 @@ def check_manifest(manifest: dict, path: Path) -> None:
         src.setdefault("val_shards", [])
         if not _count(src["val_tokens"]) or not isinstance(src["val_shards"], list):
             bad(f"source {name!r} has a malformed held-out part (val_tokens, val_shards)")
+        itemsize = np.dtype(manifest["dtype"]).itemsize
         for shard in src["shards"] + src["val_shards"]:
             if not isinstance(shard, dict) or not isinstance(shard.get("file"), str) or not _count(shard.get("tokens")):
                 bad(f"source {name!r}: each shard needs a file name and a token count, got {shard!r}")
-            if not (root / shard["file"]).resolve().is_relative_to(root):
+            file = (root / shard["file"]).resolve()
+            if not file.is_relative_to(root):
                 bad(f"source {name!r}: shard {shard['file']!r} lies outside the dataset directory")
+            if file.is_file() and file.stat().st_size != shard["tokens"] * itemsize:
+                bad(f"source {name!r}: shard {shard['file']!r} claims {shard['tokens']:,} tokens but its file holds "
+                    f"{file.stat().st_size // itemsize:,}")
+        for part, shards in (("tokens", src["shards"]), ("val_tokens", src["val_shards"])):
+            if src[part] != sum(shard["tokens"] for shard in shards):
+                bad(f"source {name!r}: {part} {src[part]:,} is not the sum of its shards' token counts")
 
 
 def write_manifest(root: Path, manifest: dict) -> Path:

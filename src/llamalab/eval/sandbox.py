@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import secrets
 import select
 import selectors
 import signal
@@ -97,9 +98,20 @@ def _install():
     sys.modules["__main__"], sys.argv = main, ["program.py"]
     return code, main.__dict__
 
-_code, _globals = _install()
-del _install
-exec(_code, _globals)
+def _run(code, globs):
+    import os, sys
+    write, token = os.write, os.read(0, 64).strip()  # the evaluator's nonce; this frame alone holds it
+    exec(code, globs)
+    # reached only when the program (its tests included) ran to its end: not after os._exit, sys.exit,
+    # SystemExit or an exception
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    write(DONE_FD, token)
+
+_run(*_install())
 '''
 
 
@@ -111,6 +123,7 @@ class SandboxUnavailable(LlamalabError):
 class Result:
     status: str        # "passed" | "failed" | "timeout"
     returncode: int | None
+    completed: bool    # the program ran to its end (the bootstrap's sentinel came back)
     stdout: str
     stderr: str
     seconds: float
@@ -168,7 +181,12 @@ def _namespaces_problem() -> str | None:
 
 def run_program(program: str, *, timeout: float = 10.0, memory_mb: int = 1024, max_processes: int = 16,
                 max_output: int = 10_000, disk_mb: int = 64, audit_hook: bool = True) -> Result:
-    """Run `program` (Python source) in the sandbox; passed = exited 0 within `timeout` seconds.
+    """Run `program` (Python source) in the sandbox; passed = ran to its end and exited 0 within `timeout`
+    seconds. "Ran to its end" is a sentinel: after the program's last statement the bootstrap writes a random
+    nonce, which the program never sees on any channel it is given, to a pipe the evaluator checks; a
+    program that leaves early (os._exit(0), sys.exit(0), raise SystemExit(0), exit()) before its tests have
+    run has not written it, so it fails. (A program that hunts the nonce in its own interpreter's frames
+    could still write it: the sentinel stops early exits, the OS boundary is what contains hostile code.)
 
     Limits: `memory_mb` of address space per process, `max_processes` processes and threads, files up to
     `disk_mb` in total, `max_output` bytes kept of each of stdout and stderr. `audit_hook=False` leaves
@@ -179,19 +197,22 @@ def run_program(program: str, *, timeout: float = 10.0, memory_mb: int = 1024, m
 
 def _launch(program, *, isolate, timeout, memory_mb, max_processes, max_output, disk_mb, audit_hook) -> Result:
     binds, symlinks = filesystem_view()
+    nonce = secrets.token_hex(16).encode()
     with tempfile.TemporaryDirectory(prefix="llamalab-sandbox-") as mountpoint:
         status_r, status_w = os.pipe()
+        done_r, done_w = os.pipe()
         cfg = {"isolate": isolate, "mountpoint": mountpoint, "binds": binds, "symlinks": symlinks,
                "exe": interpreter(), "status_fd": status_w, "tmp_bytes": disk_mb << 20,
-               "bootstrap": f"AUDIT_HOOK = {bool(audit_hook)}\n{BOOTSTRAP}",
+               "bootstrap": f"AUDIT_HOOK = {bool(audit_hook)}\nDONE_FD = {done_w}\n{BOOTSTRAP}",
                "limits": {"cpu_seconds": int(timeout) + 1, "memory_bytes": memory_mb << 20,
                           "file_bytes": disk_mb << 20, "processes": max_processes}}
         proc = subprocess.Popen([interpreter(), "-I", "-S", "-B", str(INIT), json.dumps(cfg)], env={},
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=(status_w,), start_new_session=True)
+                                pass_fds=(status_w, done_w), start_new_session=True)
         os.close(status_w)
+        os.close(done_w)
         try:
-            _send(proc, program.encode("utf-8", errors="surrogateescape"))
+            _send(proc, nonce + b"\n" + program.encode("utf-8", errors="surrogateescape"))
             ready = _read_status(status_r, deadline=time.monotonic() + 30)
             if ready != "ready":
                 raise SandboxUnavailable(ready.removeprefix("error: ") or "the launcher died during setup")
@@ -200,9 +221,23 @@ def _launch(program, *, isolate, timeout, memory_mb, max_processes, max_output, 
         finally:
             os.close(status_r)
             _kill(proc)
+            completed = _drain(done_r) == nonce  # every writer is dead now
+            os.close(done_r)
         seconds = time.monotonic() - start
-    status = "timeout" if timed_out else "passed" if proc.returncode == 0 else "failed"
-    return Result(status, proc.returncode, out, err, seconds)
+    status = "timeout" if timed_out else "passed" if proc.returncode == 0 and completed else "failed"
+    return Result(status, proc.returncode, completed, out, err, seconds)
+
+
+def _drain(fd, limit: int = 4096) -> bytes:
+    """What is in the pipe `fd` (at most `limit` bytes), without waiting."""
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while len(data) <= limit and (chunk := os.read(fd, limit)):
+            data += chunk
+    except BlockingIOError:
+        pass
+    return data
 
 
 def _send(proc, data: bytes):

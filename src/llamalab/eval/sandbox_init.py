@@ -1,6 +1,8 @@
 """The sandbox's launcher: run as a script (`python -I -S sandbox_init.py CONFIG`) by sandbox.py, never imported.
 
-It reads the program from stdin and runs it in a fresh set of Linux namespaces:
+It reads a nonce line and the program from stdin and runs the program in a fresh set of Linux namespaces
+(its standard input holds the nonce, which its bootstrap takes and writes to the config's "done" pipe once
+the program has run to its end):
 
     launcher (the evaluator's child, its own session)
       unshare: user, mount, PID, network, IPC and UTS namespaces; map one unprivileged user
@@ -211,10 +213,13 @@ def main():
     status = cfg["status_fd"]
     os.set_inheritable(status, False)  # the program must not hold it
     try:
-        program = sys.stdin.buffer.read()
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
+        nonce, _, program = sys.stdin.buffer.read().partition(b"\n")
+        # the program's standard input: the evaluator's nonce, which its bootstrap reads first (then EOF)
+        nonce_r, nonce_w = os.pipe()
+        os.write(nonce_w, nonce + b"\n")
+        os.close(nonce_w)
+        os.dup2(nonce_r, 0)
+        os.close(nonce_r)
         if not cfg["isolate"]:
             os.chdir(cfg["mountpoint"])
             with open("program.py", "wb") as f:

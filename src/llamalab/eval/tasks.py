@@ -14,12 +14,12 @@ whose `doc` field is the original record under `oe_eval_tasks/`.
 from __future__ import annotations
 
 import gzip
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..bounded import BoundedStream, loads
 from ..errors import LlamalabError
 from . import scoring
 from .mbpp_prompts import MBPP_FEWSHOT
@@ -42,8 +42,8 @@ def read_arrow(path: Path) -> list[dict]:
 def read_jsonl_gz(path: Path, key: str | None = "doc") -> list[dict]:
     if not path.is_file():
         raise LlamalabError(f"benchmark data file {path} is missing: {FETCH_HINT}")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    with gzip.open(path, "rb") as f:  # bounded: a --data-dir file is read as untrusted input
+        rows = [loads(line) for line in BoundedStream(f, str(path)) if line.strip()]
     return [r[key] for r in rows] if key else rows
 
 

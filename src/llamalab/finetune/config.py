@@ -46,7 +46,13 @@ class FinetuneConfig(TrainConfig):
     FLOAT_KEYS: ClassVar[tuple] = TrainConfig.FLOAT_KEYS + ("val_split", "epochs", "lora_alpha", "lora_dropout")
     STR_KEYS: ClassVar[set] = TrainConfig.STR_KEYS | {"format", "template", "lora_targets", "quantize_base"}
 
+    POSITIVE: ClassVar[tuple] = TrainConfig.POSITIVE + ("epochs", "lora_alpha")
+    NONNEGATIVE: ClassVar[tuple] = TrainConfig.NONNEGATIVE + ("val_split", "lora_dropout")
+
     def __post_init__(self):
+        self.numbers()  # before anything below compares them
+        if not 0 <= self.val_split < 1:
+            raise LlamalabError(f"config: val_split must be in [0, 1), got {self.val_split}")
         if not self.init_from:
             raise LlamalabError("config: fine-tuning needs a model to start from (--model CHECKPOINT)")
         if not self.data:

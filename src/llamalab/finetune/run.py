@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ..atomic import write_text
+from ..bounded import read_json
 from ..chat_templates import render_for
 from ..errors import LlamalabError
 from ..formats import save
-from ..formats.lora import apply_lora, lora_init
+from ..formats.lora import apply_lora, check_rank, lora_init
 from ..formats.peft import save_adapter
 from ..generate import decode_text, generate
 from ..runtime.distributed import init_distributed
@@ -56,6 +57,8 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     template_name = cfg.template
     fmt, records = load_examples(cfg.data, cfg.format, alpaca_input=template_name == "alpaca")
     source = load_source(cfg)
+    if spec is not None:
+        check_rank(source.args, spec)
     cfg = cfg.with_context(source.args.max_seq_len)
     if source.tokenizer is None:
         raise LlamalabError(f"{source.path} ships no tokenizer; fine-tuning renders and tokenizes the data with "
@@ -173,7 +176,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict:
     summary = loop.fit(run)
     report = None
     if world.is_main:
-        before = json.loads(samples_file.read_text()) if samples_file.exists() else [None] * len(info.prompts)
+        before = read_json(samples_file) if samples_file.exists() else [None] * len(info.prompts)
         after = answer(run.model, info.tokenizer, info.prompts) if single else [None] * len(info.prompts)
         trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
         report = {

@@ -190,6 +190,10 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
         raise LlamalabError(f"writing {kind} rope scaling to GGUF is not supported (llama.cpp wants a rope_freqs "
                             f"tensor); linear scaling is")
     check_output(out, "gguf", force=force)
+    for key in ("max_seq_len", "dim", "n_layers", "hidden_dim", "n_heads", "kv_heads", "vocab_size"):
+        if getattr(args, key) >= 1 << 32:  # GGUF's header fields are uint32
+            raise LlamalabError(f"{key} {getattr(args, key):,} does not fit GGUF's 32-bit header field; "
+                                f"it must be below 2**32 (a damaged config?)")
     out = Path(out)
     with staged_file(out) as tmp:
         writer = GGUFWriter(tmp, "llama")

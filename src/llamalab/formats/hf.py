@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from ..atomic import staged_dir, write_text
 from ..config import ModelArgs
+from ..bounded import read_json
 from ..errors import LlamalabError
 from ..quant.codes import SUFFIXES, GroupCodes, from_tensors, permute_rows, to_tensors
 from ..tokenizer import save_tokenizer
@@ -118,7 +119,7 @@ def _read_safetensors(file: Path, lazy: bool = False) -> dict[str, torch.Tensor]
 
 def _read_json(file: Path) -> dict:
     try:
-        return json.loads(file.read_text())
+        return read_json(file)
     except (OSError, ValueError) as e:
         raise LlamalabError(f"{file}: cannot read JSON ({e})") from None
 

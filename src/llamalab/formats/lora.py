@@ -157,12 +157,27 @@ def count_trainable(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
+def target_shapes(args) -> dict[str, tuple[int, int]]:
+    """(in, out) features of every module LoRA may adapt."""
+    return {"wq": (args.dim, args.n_heads * args.head_dim), "wk": (args.dim, args.kv_heads * args.head_dim),
+            "wv": (args.dim, args.kv_heads * args.head_dim), "wo": (args.n_heads * args.head_dim, args.dim),
+            "w1": (args.dim, args.hidden_dim), "w2": (args.hidden_dim, args.dim), "w3": (args.dim, args.hidden_dim)}
+
+
 def expected_trainable(args, spec: LoraSpec) -> int:
     """The formula: n_layers · Σ_targets r · (in + out)."""
-    shapes = {"wq": (args.dim, args.n_heads * args.head_dim), "wk": (args.dim, args.kv_heads * args.head_dim),
-              "wv": (args.dim, args.kv_heads * args.head_dim), "wo": (args.n_heads * args.head_dim, args.dim),
-              "w1": (args.dim, args.hidden_dim), "w2": (args.hidden_dim, args.dim), "w3": (args.dim, args.hidden_dim)}
+    shapes = target_shapes(args)
     return args.n_layers * sum(spec.rank * (shapes[t][0] + shapes[t][1]) for t in spec.targets)
+
+
+def check_rank(args, spec: LoraSpec) -> None:
+    """A rank above a target's narrower side adds parameters and no expressiveness (and a huge one would
+    exhaust memory): refused before any matrix is made."""
+    shapes = target_shapes(args)
+    narrowest = min(min(shapes[t]) for t in spec.targets)
+    if spec.rank > narrowest:
+        raise LlamalabError(f"LoRA rank {spec.rank} is larger than the narrowest adapted layer ({narrowest} "
+                            f"features); choose a rank <= {narrowest} (8 to 64 is usual)")
 
 
 @dataclass
@@ -184,7 +199,10 @@ def merge_into_state(state: dict[str, torch.Tensor], adapter: Adapter) -> dict[s
     out = dict(state)
     for path in adapter.layers:
         w = state[f"{path}.weight"]
-        out[f"{path}.weight"] = (w.float() + adapter.delta(path)).to(w.dtype)
+        out[f"{path}.weight"] = merged = (w.float() + adapter.delta(path)).to(w.dtype)
+        if not torch.isfinite(merged).all():  # never a broken model written out
+            raise LlamalabError(f"merging the adapter gives NaN or infinite weights in {path}; check the adapter's "
+                                f"lora_alpha and r, and the base's weights")
     return out
 
 

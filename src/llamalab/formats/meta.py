@@ -21,6 +21,7 @@ import torch
 
 from ..atomic import refused_write, staged_dir, write_text
 from ..config import ModelArgs
+from ..bounded import read_json
 from ..errors import LlamalabError
 from ..tokenizer import save_tokenizer
 from .output import check_output
@@ -111,7 +112,7 @@ def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], Mo
     the embedding / output matrices are read (to tell a tied checkpoint)."""
     path = Path(path)
     try:
-        params = json.loads((path / "params.json").read_text())
+        params = read_json(path / "params.json")
     except (OSError, ValueError) as e:
         raise LlamalabError(f"{path / 'params.json'}: cannot read ({e})") from None
     files = sorted(path.glob("consolidated.*.pth"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))

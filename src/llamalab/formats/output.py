@@ -3,8 +3,9 @@
 A new path, or an empty directory, is always fine. An existing output is replaced only with `force`,
 and only when it is what a checkpoint writer makes: for GGUF a GGUF file, for HF and Meta a directory
 holding nothing but checkpoint files (config.json, *.safetensors, params.json, consolidated.*.pth,
-tokenizer files). Never the current directory (or one above it), never one holding an input of the
-conversion. The writers then replace the old output only once the new one is complete (`llamalab.atomic`).
+tokenizer files). Never the current directory (or one above it), never an input of the conversion, one
+holding it or one inside it (`atomic.check_apart`, the rule of every writer). The writers then replace the
+old output only once the new one is complete (`llamalab.atomic`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from fnmatch import fnmatch
 from pathlib import Path
 
+from ..atomic import check_apart
 from ..errors import LlamalabError
 from ..tokenizer import TOKENIZER_FILES
 
@@ -23,16 +25,13 @@ def check_output(out, fmt: str, *, force: bool = False, inputs=()) -> None:
     """Raise a LlamalabError unless a `fmt` checkpoint ("gguf": a file; "hf", "meta": a directory) may be
     written at `out`, replacing what is there (see the module docstring). `inputs`: paths being read."""
     out = Path(out)
-    if not (out.exists() or out.is_symlink()):
-        return
     where = out.resolve()
     if where == Path.cwd().resolve() or where in Path.cwd().resolve().parents:
         raise LlamalabError(f"refusing to replace {out}: it is (or holds) the current directory; "
                             "choose a new output path")
-    for src in map(Path, inputs):
-        src = src.resolve()
-        if src == where or where in src.parents:
-            raise LlamalabError(f"refusing to replace {out}: it holds the input {src}; choose another output path")
+    check_apart(out, inputs)
+    if not (out.exists() or out.is_symlink()):
+        return
     if fmt != "gguf" and out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
         return
     if not force:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import staged_dir
+from ..bounded import read_json
 from ..config import ModelArgs
 from ..errors import LlamalabError
 from .hf import hf_to_meta_rotary, meta_to_hf_rotary, to_hf, to_ours
@@ -64,12 +65,26 @@ def save_adapter(out, lora_state: dict[str, torch.Tensor], spec: LoraSpec, args:
     return out
 
 
-def _pattern_value(patterns: dict, module: str, default):
-    """peft's rank_pattern / alpha_pattern: the first key that matches the end of the module's name."""
+_LITERAL = re.compile(r"[\w\-]+(?:\.[\w\-]+)*")
+
+
+def _pattern_value(patterns: dict, module: str, default, where):
+    """peft's rank_pattern / alpha_pattern: the first key naming the module or the end of its dotted name.
+    Keys are matched as literal module names (an escaped dot `\\.` reads as a dot), in linear time: a key
+    that is a regular expression is refused, never run (a crafted one could backtrack for hours)."""
     for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?{key}$", module):
+        name = key.replace("\\.", ".") if isinstance(key, str) else None
+        if name is None or not _LITERAL.fullmatch(name):
+            raise LlamalabError(f"{where}: pattern key {str(key)[:60]!r} is not a module name; llamalab matches "
+                                f"rank_pattern / alpha_pattern keys literally (e.g. 'layers.0.self_attn.q_proj' or "
+                                f"'q_proj'): list the modules by name")
+        if module == name or module.endswith("." + name):
             return value
     return default
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def read_config(adapter_dir) -> dict:
@@ -78,7 +93,7 @@ def read_config(adapter_dir) -> dict:
         raise LlamalabError(f"{adapter_dir}: not a LoRA adapter directory (want {CONFIG} and {WEIGHTS}, as "
                             f"`llamalab finetune --lora-rank R` and peft's save_pretrained write them)")
     try:
-        config = json.loads((adapter_dir / CONFIG).read_text())
+        config = read_json(adapter_dir / CONFIG)
     except (OSError, ValueError) as e:
         raise LlamalabError(f"{adapter_dir / CONFIG}: cannot read JSON ({e})") from None
     if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
@@ -89,8 +104,12 @@ def read_config(adapter_dir) -> dict:
             raise LlamalabError(f"{adapter_dir / CONFIG}: {key}={config.get(key)!r} is not supported (plain LoRA "
                                 f"on linear layers only)")
     for key in ("r", "lora_alpha"):
-        if not isinstance(config.get(key), (int, float)) or config[key] <= 0:
-            raise LlamalabError(f"{adapter_dir / CONFIG}: {key} must be a positive number, got {config.get(key)!r}")
+        if not _positive(config.get(key)):
+            raise LlamalabError(f"{adapter_dir / CONFIG}: {key} must be a positive finite number, got "
+                                f"{config.get(key)!r}")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if not isinstance(config.get(key) or {}, dict) or not all(map(_positive, (config.get(key) or {}).values())):
+            raise LlamalabError(f"{adapter_dir / CONFIG}: {key} must map module names to positive finite numbers")
     return config
 
 
@@ -134,9 +153,13 @@ def load_adapter(adapter_dir, args: ModelArgs) -> Adapter:
                 f"{adapter_dir}: the adapter's {path} has A {tuple(a.shape)} and B {tuple(b.shape)} but the base's "
                 f"layer is {want or 'absent'} (out × in); this adapter was trained on a model of another shape")
         hf_module = to_hf(f"{path}.weight").removesuffix(".weight")
-        r = _pattern_value(config.get("rank_pattern"), hf_module, config["r"])
-        alpha = _pattern_value(config.get("alpha_pattern"), hf_module, config["lora_alpha"])
+        r = _pattern_value(config.get("rank_pattern"), hf_module, config["r"], adapter_dir / CONFIG)
+        alpha = _pattern_value(config.get("alpha_pattern"), hf_module, config["lora_alpha"], adapter_dir / CONFIG)
+        if r != a.shape[0]:
+            raise LlamalabError(f"{adapter_dir}: {path} has rank {a.shape[0]} but the config says r={r}; the "
+                                f"config and the weights do not belong together")
         scale = alpha / (math.sqrt(r) if config.get("use_rslora") else r)
+        _check_update(adapter_dir, path, a, b, r * scale)
         heads = _rotary_heads(path, args)
         if heads is not None:
             b = hf_to_meta_rotary(b, heads)
@@ -149,3 +172,15 @@ def load_adapter(adapter_dir, args: ModelArgs) -> Adapter:
 def attach_adapter(checkpoint, adapter_dir) -> None:
     """Give a loaded `llamalab.load` checkpoint the adapter in `adapter_dir` (checked against its shapes)."""
     attach(checkpoint.model, load_adapter(adapter_dir, checkpoint.args))
+
+
+def _check_update(adapter_dir, path: str, a: torch.Tensor, b: torch.Tensor, bound: float) -> None:
+    """Finite A and B, and an update scale·BA whose entries fit float32 (|ΔW| <= r·scale·max|A|·max|B|)."""
+    for name, w in (("A", a), ("B", b)):
+        if not torch.isfinite(w).all():
+            raise LlamalabError(f"{adapter_dir / WEIGHTS}: {path}'s lora_{name} holds NaN or infinite values; the "
+                                f"adapter is damaged (its training diverged?)")
+    largest = bound * float(a.abs().max()) * float(b.abs().max()) if a.numel() and b.numel() else 0.0
+    if not largest < torch.finfo(torch.float32).max:
+        raise LlamalabError(f"{adapter_dir}: {path}'s update (lora_alpha / r = {bound / a.shape[0]:g}) would overflow "
+                            f"float32; check lora_alpha and r in {CONFIG}")

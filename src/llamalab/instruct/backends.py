@@ -130,7 +130,8 @@ class Endpoint:
                                 f"running, and is the URL its API base (e.g. http://127.0.0.1:8000/v1)?") from None
         except openai.APIStatusError as e:
             raise LlamalabError(f"{where} answered HTTP {e.status_code}: {_message(e)}{_hint(e.status_code, tries)}") from None
-        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as e:
+        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError, RecursionError) as e:
+            # RecursionError: a reply nested deeper than the parser goes
             raise LlamalabError(f"{where} answered with invalid JSON ({type(e).__name__}); is this an "
                                 f"OpenAI-compatible API?") from None
 
@@ -153,5 +154,8 @@ def _hint(status: int, tries: str) -> str:
 
 
 def _shown(answer) -> str:
-    text = answer if isinstance(answer, str) else repr(answer)
+    try:
+        text = answer if isinstance(answer, str) else repr(answer)
+    except RecursionError:  # a reply nested too deep to print
+        text = f"a {type(answer).__name__} nested too deeply to show"
     return " ".join(text.split())[:80]

@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from ..bounded import loads
 from ..errors import LlamalabError
 
 
@@ -40,7 +41,7 @@ class Journal:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = loads(line)
             except json.JSONDecodeError as e:
                 raise LlamalabError(f"{self.path}:{n}: not a JSON record ({e.msg}); this file was not written by "
                                     f"llamalab — give a new --out path") from None

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from ..config import ModelArgs, get_preset
+from ..bounded import loads
 from ..errors import LlamalabError
 from .flops import count_params, inference_flops_per_token, training_flops_per_token
 
@@ -166,7 +167,7 @@ def train_size(cfg) -> dict:
     per_token = training_flops_per_token(args, cfg.seq_len)
     shutil.rmtree(cfg.out_dir, ignore_errors=True)  # a study always trains afresh
     summary = train(cfg)
-    records = [json.loads(line) for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    records = [loads(line) for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
     points = [{"step": r["step"], "tokens": r["tokens"], "flops": r["tokens"] * per_token, "val_loss": r["val_loss"]}
               for r in records if "val_loss" in r]
     if not points:

@@ -16,12 +16,12 @@ fallback) and writes it in both formats.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFBackend
 
+from ..bounded import read_json
 from ..errors import LlamalabError
 from .base import BYTE, CONTROL, END_OF_TURN, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, StreamDecoder, Tokenizer
 from .base import check_vocab
@@ -70,7 +70,7 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path)
     except (ValueError, UnicodeDecodeError) as e:
         raise LlamalabError(f"{path}: invalid JSON ({e})") from None
 

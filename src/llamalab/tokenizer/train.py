@@ -17,6 +17,7 @@ from pathlib import Path
 import sentencepiece as spm
 from tqdm import tqdm
 
+from ..atomic import check_apart
 from ..textio import iter_texts
 from ..errors import LlamalabError
 from .spm import SentencePieceTokenizer
@@ -48,6 +49,7 @@ def train_tokenizer(inputs, vocab_size: int, out_dir, *, input_sentence_size: in
     for p in inputs:
         if not p.is_file():
             raise LlamalabError(f"input file not found: {p}")
+    check_apart(out_dir, inputs)
     if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB:
         raise LlamalabError(f"vocab size {vocab_size} is too small: byte fallback alone needs 256 byte pieces "
                             f"plus <unk> <s> </s>; use at least {MIN_VOCAB} (LLaMA uses 32000)")

@@ -40,6 +40,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from ..atomic import refused_write, sha256_file
 from ..config import ModelArgs
+from ..bounded import read_json
 from ..errors import LlamalabError
 
 _COMPLETE = re.compile(r"^step-(\d{6,})$")
@@ -72,7 +73,7 @@ def _self_checksum(meta: dict) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        d = json.loads(path.read_bytes())
+        d = read_json(path)
     except FileNotFoundError:
         raise CorruptCheckpoint(f"{path.name} is missing") from None
     except (OSError, ValueError) as e:
@@ -256,13 +257,31 @@ def _state_dicts(model, optimizer, trainable_only: bool) -> tuple[dict, dict]:
 
 def save(ckpt_dir: Path, step: int, *, model, optimizer, loader_state: dict, model_args: ModelArgs,
          config: dict, world, keep_last: int, trainable_only: bool = False) -> Path:
-    """Write checkpoint `step` atomically (all ranks call this)."""
+    """Write checkpoint `step` atomically (all ranks call this). A failure (a full disk) leaves no
+    `step-N.tmp` behind: the main rank removes it before the error goes on."""
     final = ckpt_dir / f"step-{step:06d}"
     tmp = ckpt_dir / f"step-{step:06d}.tmp"
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     world.barrier()
+    try:
+        _write(tmp, final, step, model=model, optimizer=optimizer, loader_state=loader_state,
+               model_args=model_args, config=config, world=world, trainable_only=trainable_only)
+    except BaseException:
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if world.is_main:
+        for old in complete_checkpoints(ckpt_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    world.barrier()
+    return final
+
+
+def _write(tmp: Path, final: Path, step: int, *, model, optimizer, loader_state, model_args, config, world,
+           trainable_only) -> None:
+    """Fill `tmp` (every rank its part), then the main rank renames it to `final`."""
     model_sd, optim_sd = _state_dicts(model, optimizer, trainable_only)
     try:
         with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
@@ -287,11 +306,7 @@ def save(ckpt_dir: Path, step: int, *, model, optimizer, loader_state: dict, mod
             shutil.rmtree(final.with_name(final.name + ".corrupt"), ignore_errors=True)
             os.replace(final, final.with_name(final.name + ".corrupt"))
         os.replace(tmp, final)
-        _fsync(ckpt_dir)
-        for old in complete_checkpoints(ckpt_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    world.barrier()
-    return final
+        _fsync(final.parent)
 
 
 def load(path: Path, *, model, optimizer, world, trainable_only: bool = False) -> dict:

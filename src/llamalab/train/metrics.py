@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import staged_file, write_text
+from ..bounded import loads
 from ..config import ModelArgs
 from ..plan.flops import training_flops_per_token
 from ..plan.gpus import gpu_for_device
@@ -71,7 +72,7 @@ class MetricsLog:
         if not self.path.exists():
             return
         keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and _complete(line) and json.loads(line).get("step", 0) <= step]
+                if line.strip() and _complete(line) and loads(line).get("step", 0) <= step]
         write_text(self.path, "".join(line + "\n" for line in keep))
 
     def write(self, record: dict) -> None:
@@ -81,12 +82,12 @@ class MetricsLog:
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip() and _complete(line)]
+        return [loads(line) for line in self.path.read_text().splitlines() if line.strip() and _complete(line)]
 
 
 def _complete(line: str) -> bool:
     try:
-        json.loads(line)
+        loads(line)
         return True
     except json.JSONDecodeError:  # the last line of a killed run may be cut short
         return False

@@ -8,6 +8,7 @@ the CLI can build its `--key value` options instantly.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from ..atomic import check_apart
 from ..config import ModelArgs, get_preset
 from ..errors import LlamalabError
 
@@ -69,17 +71,39 @@ class TrainConfig:
                                    "init_std")
     STR_KEYS: ClassVar[set] = {"tokenizer", "init_from", "data", "out_dir", "dtype", "device", "parallel",
                                "nan_policy"}
+    POSITIVE: ClassVar[tuple] = ("lr", "eps", "init_std", "grad_clip")  # numbers > 0 (None: not set)
+    NONNEGATIVE: ClassVar[tuple] = ("weight_decay", "warmup_fraction")  # numbers >= 0
+    INT_KEYS: ClassVar[tuple] = ("warmup_steps", "eval_every", "ckpt_every", "batch_tokens")  # integers >= 0
 
-    def __post_init__(self):
+    def numbers(self) -> None:
+        """The number keys as numbers (YAML reads 3e-4, without a dot, as a string), each finite and in its
+        range: one `config: ...` error otherwise (nan, inf, a negative rate or count)."""
         def bad(msg):
             raise LlamalabError(f"config: {msg}")
-        for k in self.FLOAT_KEYS:  # YAML reads 3e-4 (no dot) as a string
+        for k in self.FLOAT_KEYS:
             v = getattr(self, k)
             if v is not None and not isinstance(v, bool):
                 try:
                     setattr(self, k, float(v))
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):
                     bad(f"{k} must be a number, got {v!r}")
+                if not math.isfinite(getattr(self, k)):
+                    bad(f"{k} must be a finite number, got {v!r}")
+        for k in self.POSITIVE + self.NONNEGATIVE:
+            v = getattr(self, k)
+            if v is not None and (v <= 0 if k in self.POSITIVE else v < 0):
+                bad(f"{k} must be {'>' if k in self.POSITIVE else '>='} 0, got {v!r}")
+        for k in self.INT_KEYS:
+            v = getattr(self, k)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                bad(f"{k} must be a non-negative integer, got {v!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            bad(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+
+    def __post_init__(self):
+        def bad(msg):
+            raise LlamalabError(f"config: {msg}")
+        self.numbers()
         for k in ("seq_len", "micro_batch_size", "max_steps", "eval_batches", "keep_last", "log_every"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
                 bad(f"{k} must be a positive integer, got {getattr(self, k)!r}")
@@ -104,6 +128,7 @@ class TrainConfig:
             bad(f"warmup ({self.warmup_steps_resolved} steps) must be shorter than max_steps ({self.max_steps}); "
                 f"lower warmup_steps or set warmup_fraction (e.g. 0.05) for short runs")
         self.betas = tuple(float(b) for b in self.betas)
+        check_apart(self.out_dir, [self.data, self.init_from, self.tokenizer], "output directory")
         self.model_args()  # validate the model description early
 
     @property

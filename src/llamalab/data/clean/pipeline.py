@@ -14,9 +14,11 @@ whose output is complete does nothing.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,7 +26,8 @@ from pathlib import Path
 
 from datatrove.executor.local import LocalPipelineExecutor
 
-from ...atomic import write_text
+from ...atomic import check_apart, write_text
+from ...bounded import read_json
 from ...errors import LlamalabError
 from ..corpus import cache_root
 from . import presets, quality
@@ -63,14 +66,21 @@ class Options:
 
 
 class QuietLocalExecutor(LocalPipelineExecutor):
-    """datatrove's local executor with task logs in files only (errors still reach the console)."""
+    """datatrove's local executor with task logs in files only. A task's error is not echoed to the console
+    with its traceback (datatrove's `logger.exception`): it stays in the task's log file and is raised on,
+    so the CLI says it in one line (a full disk) or shows it as the bug it is."""
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-        return super()._run_for_rank(rank, local_rank + 1, node_rank)
+        console, sys.stderr = sys.stderr, io.StringIO()  # the console sink datatrove adds writes here
+        try:
+            return super()._run_for_rank(rank, local_rank + 1, node_rank)
+        finally:
+            sys.stderr = console
 
 
 def clean(inputs: list[str], output: str, opts: Options) -> dict:
     """Run the stages over the inputs into `output`; returns the report (also written to stats.json)."""
+    check_apart(output, inputs, "--output")
     units = plan_units(inputs)
     if not units:
         raise LlamalabError(f"no input files under {', '.join(inputs)}")
@@ -187,7 +197,7 @@ def _previous_run(out: Path) -> dict | None:
         raise LlamalabError(f"--output {out} exists and is not a directory")
     if (out / STATS).exists():
         try:
-            return json.loads((out / STATS).read_text())
+            return read_json(out / STATS)
         except ValueError:
             raise LlamalabError(f"{out / STATS} is unreadable; remove it or choose another --output") from None
     others = [p.name for p in out.iterdir() if p.name != ".work"]

@@ -14,6 +14,7 @@ import json
 import numpy as np
 
 from ...atomic import write_bytes
+from ...bounded import loads
 from ...errors import LlamalabError
 from .read import InputReader, plan_units
 from .stage import DocFilter
@@ -62,7 +63,7 @@ def save(path, result: dict):
 def load(path) -> tuple[np.ndarray, float, dict]:
     try:
         with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
+            meta = loads(str(z["meta"]))
             weights, bias = z["weights"], float(z["bias"])
     except (OSError, ValueError, KeyError) as e:
         raise LlamalabError(f"{path}: not a quality model written by `llamalab data train-quality` ({e})") from None

@@ -11,7 +11,8 @@ workers run, so the output is the same for any worker count.
 
 A malformed JSON line, a record without a string text field, or invalid UTF-8 is a *bad record*: it is
 counted, remembered with its file and line, and skipped; the rest of the file is still read. A corrupt
-compressed stream ends that file (nothing after the damage can be decoded), never the run.
+compressed stream ends that file (nothing after the damage can be decoded), never the run; so does a
+line, document or file past the byte caps of `llamalab.bounded` (a compression bomb, a sparse file).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import JsonlWriter
 
 from ...atomic import write_text
+from ...bounded import BoundedStream, max_record_bytes, read_capped
+from ...errors import LlamalabError
 from ...textio import JSONL, TABLES, expand_inputs, input_format, open_input, stream_errors
 
 SPLIT_BYTES = 32 << 20          # uncompressed .jsonl files above this are read as several units
@@ -101,6 +104,8 @@ class InputReader(PipelineStep):
                 yield from self._read_text(unit, comp)
         except _stream_errors() as e:  # a damaged stream: nothing after it can be decoded
             self.bad_record(unit, 0, f"cannot read further: {type(e).__name__}: {e}")
+        except LlamalabError as e:  # past a byte cap (bounded.py): a bomb or a sparse file
+            self.bad_record(unit, 0, f"cannot read further: {e}")
 
     def _document(self, unit: Unit, line: int, record: dict) -> Document:
         return Document(text=record[self.text_key], id=f"{unit.path}:{line}",
@@ -111,13 +116,14 @@ class InputReader(PipelineStep):
         import orjson
 
         with open_input(unit.path, comp) as f:
+            stream = BoundedStream(f, unit.path)
             line_no = 0
             if unit.start > 0:
                 f.seek(unit.start - 1)
                 f.readline()  # the line straddling `start` belongs to the previous unit
                 line_no = _count_lines(unit.path, f.tell())
             while unit.end < 0 or f.tell() < unit.end:
-                raw = f.readline()
+                raw = stream.readline()
                 if not raw:
                     break
                 line_no += 1
@@ -135,7 +141,7 @@ class InputReader(PipelineStep):
 
     def _read_text(self, unit: Unit, comp: str | None):
         with open_input(unit.path, comp) as f:
-            raw = f.read()
+            raw = BoundedStream(f, unit.path).read()
         if b"\0" in raw:
             self.bad_record(unit, 0, "binary file (NUL bytes)")
             return
@@ -152,7 +158,11 @@ class InputReader(PipelineStep):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        source = pa.BufferReader(open_input(unit.path, comp).read()) if comp else pa.memory_map(unit.path)
+        if comp:
+            with open_input(unit.path, comp) as f:
+                source = pa.BufferReader(read_capped(f, max_record_bytes(), unit.path, "decompressed table"))
+        else:
+            source = pa.memory_map(unit.path)
         try:
             if fmt == ".parquet":
                 batches = pq.ParquetFile(source).iter_batches()

@@ -3,9 +3,10 @@ the per-task statistics datatrove saves (so a resumed run still reports the whol
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
+
+from ...bounded import read_json
 
 
 DETAIL_PREFIXES = ("language_",)  # per-language counts: in stats.json, too many for the table
@@ -17,7 +18,7 @@ def _task_stats(logs: str, tasks: int):
         f = Path(logs) / "stats" / f"{rank:05d}.json"
         if f.exists():
             yield [(step["name"], {k: v["total"] if isinstance(v, dict) else v for k, v in step["stats"].items()})
-                   for step in json.loads(f.read_text())]
+                   for step in read_json(f)]
 
 
 def collect(passes, work: str, names: list[str]) -> dict:
@@ -38,7 +39,7 @@ def collect(passes, work: str, names: list[str]) -> dict:
             stages[p.stage]["seconds"] += float(seconds.read_text())
     bad = []
     for f in sorted(Path(work, "bad").glob("*.json")):
-        bad += json.loads(f.read_text())
+        bad += read_json(f)
     rows = []
     for name in names:
         rows.append({"stage": name, **{k: _number(v) for k, v in stages.get(name, {}).items()}})
