@@ -1,4 +1,5 @@
 from ..errors import LlamalabError
+from .common import add_threads_argument
 from .data_clean import add_clean, add_train_quality, run_clean, run_train_quality
 
 HELP = ("Clean raw text (the paper's §2.1 pipeline), train the quality classifier, prepare pretraining data "
@@ -26,6 +27,7 @@ def add_arguments(p):
                     help="fraction of documents held out (by a hash of the text) into val shards")
     pp.add_argument("--shard-tokens", type=int, default=1 << 27, help="tokens per shard file")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(pp)
 
     add_clean(sub)
     add_train_quality(sub)

@@ -1,3 +1,5 @@
+from .common import add_threads_argument
+
 HELP = "The whole paper in miniature on 2 CPU cores: corpus → tokenizer → shards → pretraining → samples."
 
 
@@ -8,6 +10,7 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, help="train exactly this many steps instead of --minutes")
     p.add_argument("--quick", action="store_true", help="a ~1-minute smoke run: small corpus slice, tiny model")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_threads_argument(p)
 
 
 def run(args):

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .. import threads
 from ..atomic import sha256_file, staged_dir
 from ..errors import LlamalabError
 from ..tokenizer import load_tokenizer
@@ -224,7 +225,8 @@ def _build_source(name, files, tokenizer, tok, out, dtype, *, workers, text_fiel
     one is complete. Returns the source's manifest entry (without inputs and fingerprint)."""
 
     docs = [0, 0]
-    workers = max(1, workers or os.cpu_count() or 1)
+    threads.adapt()
+    workers = max(1, workers or threads.worker_count())
     bar = tqdm(desc=name, unit=" docs", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     start = time.perf_counter()
     with staged_dir(out / name) as tmp:

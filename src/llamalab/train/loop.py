@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelArgs, check_tensor_parallel
+from .. import threads
 from ..errors import LlamalabError
 from ..tensor_parallel import vocab_parallel_loss
 from ..tokenizer import check_vocab, load_tokenizer
@@ -236,6 +237,7 @@ def train_step(run: Run, step: int) -> dict:
     accumulated over `accum` micro-batches — every target token of the step weighs the same, whichever
     micro-batch and rank it is on —, clipping, and AdamW (skipped when the loss or norm is not finite)."""
     cfg, world = run.cfg, run.world
+    threads.adapt()
     lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps_resolved, max_steps=cfg.max_steps,
                min_ratio=cfg.min_lr_ratio)
     set_lr(run.optimizer, lr)
