@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import threads
 from .data.corpus import DEMO_MIXTURE, demo_sources
 from .data.loader import TokenLoader
 from .data.prepare import prepare
@@ -200,6 +201,7 @@ def calibrate_steps(cfg: TrainConfig, seconds: float, warmup_steps: int = 4) -> 
     x = torch.randint(0, args.vocab_size, (cfg.micro_batch_size, cfg.seq_len + 1))
     times = []
     for _ in range(warmup_steps):
+        threads.adapt()  # timed at the thread count training will use
         t0 = time.perf_counter()
         logits = model(x[:, :-1])
         next_token_loss(logits, x[:, 1:]).backward()

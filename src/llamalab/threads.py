@@ -12,7 +12,7 @@ process its core and the team never waits (measurements: README, "Sharing the ma
 
 The rule, in order:
 1. a request: `--threads N` (commands that run a model), else LLAMALAB_THREADS, else OMP_NUM_THREADS (as torch
-   reads it). A request is fixed: the policy does not adapt it.
+   reads it). A request is fixed: the policy does not adapt it. LLAMALAB_THREADS=auto asks for rule 2.
 2. auto: the CPUs available — the affinity mask (`os.sched_getaffinity`: taskset, cpusets), capped by a cgroup
    CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`) rounded up. Quiet, that is every core, as before.
    Then, every `interval` seconds of work, `adapt()` measures how much of those CPUs other processes used
@@ -53,6 +53,7 @@ class Policy:
     others: float = 0.0  # CPUs the other processes used over the last measurement
     changes: int = 0
     logged: bool = False
+    calls: int = 0  # adapt() calls so far
     before: int = 0  # torch's count in the configuring thread before (0: torch was not loaded)
     _last: tuple | None = field(default=None, repr=False)  # (wall time, busy CPU seconds, our CPU seconds)
 
@@ -119,7 +120,9 @@ def requested(threads: int | None) -> tuple[int | None, str]:
         return threads, "--threads"
     for name in (ENV, "OMP_NUM_THREADS"):
         value = os.environ.get(name, "").strip()
-        if value and value.lower() != "auto":
+        if name == ENV and value.lower() == "auto":  # the policy, whatever OMP_NUM_THREADS says
+            break
+        if value:
             if not value.isdigit() or int(value) < 1:
                 if name == ENV:
                     raise LlamalabError(f"{ENV}={value!r} is not a thread count: set a number >= 1 or 'auto'")
@@ -156,8 +159,12 @@ def policy(threads: int | None = None):
     chosen = configure(threads)
     try:
         yield chosen
-    finally:
+    except BaseException:
         release()
+        raise
+    if chosen.calls and not chosen.logged:  # a command of one step: said at its end
+        _log(chosen)
+    release()
 
 
 def release() -> None:
@@ -227,11 +234,16 @@ def adapt() -> None:
                       f"{n} thread{'s' * (n != 1)} while they do (back to {policy.ceiling} when they stop)",
                       file=sys.stderr)
             policy.threads, policy.changes = n, policy.changes + (policy.logged or 0)
-    if not policy.logged:
-        policy.logged = True
-        if _is_main():
-            print(policy.line(), file=sys.stderr)
+    policy.calls += 1
+    if policy.calls == 2 and not policy.logged:  # once the first step ran: a command that fails on its input
+        _log(policy)  # says only its error
     _apply(policy)
+
+
+def _log(policy: Policy) -> None:
+    policy.logged = True
+    if _is_main():
+        print(policy.line(), file=sys.stderr)
 
 
 def _apply(policy: Policy) -> None:

@@ -225,7 +225,7 @@ def _build_source(name, files, tokenizer, tok, out, dtype, *, workers, text_fiel
     one is complete. Returns the source's manifest entry (without inputs and fingerprint)."""
 
     docs = [0, 0]
-    threads.adapt()
+    threads.adapt()  # (nothing to apply: torch is not loaded; logged at the end)
     workers = max(1, workers or threads.worker_count())
     bar = tqdm(desc=name, unit=" docs", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     start = time.perf_counter()
