@@ -157,3 +157,14 @@ def test_decoding_completes_beside_a_busy_process(smollm2_gguf):
         hog.wait()
     assert out.returncode == 0 and out.stdout.strip(), out.stderr
     assert any(line.startswith("llamalab: ") and "thread" in line for line in out.stderr.splitlines()), out.stderr
+
+
+@pytest.mark.parametrize("busy_cpus, ours, expected", [(0.0, 1.9, 4), (0.3, 1.0, 4), (1.0, 3.0, 3), (2.6, 1.4, 1),
+                                                       (9.0, 0.5, 1)])
+def test_measured_count_is_cpus_minus_what_others_use(monkeypatch, busy_cpus, ours, expected):
+    """Over one interval on 4 CPUs: the CPUs' busy time minus our own is the others' use; quiet gives all 4."""
+    policy = threads.Policy(4, 4, False, "test", (0, 1, 2, 3), interval=1.0, _last=(0.0, 100.0, 10.0))
+    monkeypatch.setattr(threads, "_sample", lambda cpus: (1.0, 100.0 + busy_cpus + ours, 10.0 + ours))
+    monkeypatch.setattr(threads.time, "monotonic", lambda: 1.0)
+    assert threads.measure(policy) == expected and policy.others == pytest.approx(busy_cpus)
+    assert threads.measure(policy) is None  # measured too recently

@@ -172,7 +172,7 @@ class Engine:
         """
         prompt = [int(t) for t in prompt]
         self._check(prompt, max_new_tokens, cached)
-        threads.adapt()
+        threads.adapt(announce=True)  # the thread policy, in the thread that decodes, said before any token
         if slot is None:
             slot = next((i for i, s in enumerate(self.slots) if s is None), None)
             if slot is None:

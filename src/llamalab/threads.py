@@ -220,9 +220,11 @@ def measure(policy: Policy) -> int | None:
     return max(1, min(policy.ceiling, round(policy.ceiling - policy.others)))
 
 
-def adapt() -> None:
+def adapt(announce: bool = False) -> None:
     """Between steps, in the thread that runs the model: re-measure (auto, at most every `interval` seconds)
-    and hand torch the count. Nothing unless `configure` was called (the command line does)."""
+    and hand torch the count. Nothing unless `configure` was called (the command line does). The policy's line
+    is logged at the second call (the first step ran: a command that fails on its input says only its error),
+    or at once with `announce` (decoding: before the first token is printed)."""
     policy = _policy
     if policy is None:
         return
@@ -235,8 +237,8 @@ def adapt() -> None:
                       file=sys.stderr)
             policy.threads, policy.changes = n, policy.changes + (policy.logged or 0)
     policy.calls += 1
-    if policy.calls == 2 and not policy.logged:  # once the first step ran: a command that fails on its input
-        _log(policy)  # says only its error
+    if not policy.logged and (announce or policy.calls == 2):
+        _log(policy)
     _apply(policy)
 
 
