@@ -186,9 +186,11 @@ class TimeBudget:
         if elapsed + (end - step) * per_step <= (1 + self.tolerance) * self.seconds:
             return None
         new_end = step + max(1, int((self.seconds - elapsed) / per_step))
+        if new_end >= end:
+            return None
         print(f"\n  re-fit at step {step}: {per_step:.2f} s/step since the last check → {new_end} steps instead of "
               f"{end} (the cosine compressed into the rest)", flush=True)
-        return new_end if new_end < end else None
+        return new_end
 
 
 def calibrate_steps(cfg: TrainConfig, seconds: float, warmup_steps: int = 4) -> tuple[int, float]:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelArgs, check_tensor_parallel
 from .. import threads
+from ..config import ModelArgs, check_tensor_parallel
 from ..errors import LlamalabError
 from ..tensor_parallel import vocab_parallel_loss
 from ..tokenizer import check_vocab, load_tokenizer
