@@ -16,7 +16,7 @@ from llamalab.train.optim import lr_at
 
 
 def test_time_budget_refit_rule(capsys):
-    """The demo's re-fit: at 1/4, 1/2, 3/4 of the budget, the rest timed at the speed since the last check;
+    """The demo's re-fit: at 1/4, 1/2, 3/4, 7/8 of the budget, the rest timed at the speed since the last check;
     shortened only when it would end more than 5% late."""
     budget = TimeBudget(100.0)
     assert budget(5, 20.0, 40) is None  # before the first check
@@ -24,6 +24,7 @@ def test_time_budget_refit_rule(capsys):
     assert budget(15, 50.0, 40) == 15 + 10  # 5 s/step since: 25 more steps would take 125 s; 50 s left = 10 steps
     assert "re-fit at step 15" in capsys.readouterr().out
     assert budget(20, 75.0, 25) is None  # on time again: 5 × 5 = 25 s
+    assert budget(24, 90.0, 25) is None  # 7/8: 3.75 s/step since, 1 more step fits
     assert budget(25, 99.0, 25) is None  # no checks left
 
 

@@ -93,8 +93,8 @@ def run_demo(out="runs/demo", *, quick: bool = False, minutes: float = 8.5, step
     if steps is None:
         steps, step_s = calibrate_steps(cfg, minutes * 60)
         replan = TimeBudget(MARGIN * minutes * 60)
-        print(f"  warm-up: {step_s:.2f} s/step → {steps} steps for {minutes:g} minutes (re-fit at 1/4, 1/2 and "
-              f"3/4 of the time if the steps get slower)")
+        print(f"  warm-up: {step_s:.2f} s/step → {steps} steps for {minutes:g} minutes (re-fit at 1/4, 1/2, 3/4 "
+              f"and 7/8 of the time if the steps get slower)")
     cfg = dataclasses.replace(cfg, max_steps=steps)
     shutil.rmtree(cfg.out_dir, ignore_errors=True)  # the demo always starts fresh
     run = setup(cfg)
@@ -168,12 +168,12 @@ MARGIN = 0.85  # of the time budget the training steps are fitted to: evaluation
 
 
 class TimeBudget:
-    """The demo's re-fit rule (a `fit` replan): when 1/4, 1/2 and 3/4 of `seconds` have passed, the steps still to
-    come are timed at the speed of the steps since the last check (their evaluations and checkpoints included);
-    a run that would end more than 5% late is shortened to end on time. Never lengthened. The learning rate's
-    cosine is compressed into the shorter run (`train.optim.cosine_progress`)."""
+    """The demo's re-fit rule (a `fit` replan): when 1/4, 1/2, 3/4 and 7/8 of `seconds` have passed, the steps
+    still to come are timed at the speed of the steps since the last check (their evaluations and checkpoints
+    included); a run that would end more than 5% late is shortened to end on time. Never lengthened. The
+    learning rate's cosine is compressed into the shorter run (`train.optim.cosine_progress`)."""
 
-    def __init__(self, seconds: float, checks=(0.25, 0.5, 0.75), tolerance: float = 0.05):
+    def __init__(self, seconds: float, checks=(0.25, 0.5, 0.75, 0.875), tolerance: float = 0.05):
         self.seconds, self.checks, self.tolerance = seconds, list(checks), tolerance
         self.last = (0, 0.0)  # (step, seconds) at the last check
 
