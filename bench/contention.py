@@ -78,7 +78,8 @@ def worker(spec: str, seconds: float) -> dict:
     from llamalab import threads
 
     policy = threads.current()
-    return {"rate": units / (time.perf_counter() - t0), "threads": policy.threads if policy else torch.get_num_threads()}
+    rate = units / (time.perf_counter() - t0)
+    return {"rate": rate, "threads": policy.threads if policy else torch.get_num_threads()}
 
 
 def model_files() -> dict[str, Path]:

@@ -58,3 +58,16 @@ def test_demo_quick(tmp_path):
     ckpt = llamalab.load(train / "model")
     assert ckpt.args.vocab_size == ckpt.tokenizer.vocab_size == 512
     assert ckpt.tokenizer.decode(ckpt.tokenizer.encode("Call me Ishmael.")) == "Call me Ishmael."
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--refits", "3:4"], "--refits repeats a run: give it with that run's --steps"),
+    (["--steps", "5", "--refits", "3:x"], "--refits '3:x': write K:N,..."),
+    (["--steps", "5", "--refits", "4:5,2:3"], "steps K ascending"),
+])
+def test_bad_refits_are_one_error_line(argv, message, capsys):
+    from llamalab.cli import main
+
+    assert main(["demo", "--out", "unused", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err

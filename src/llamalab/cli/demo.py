@@ -33,5 +33,6 @@ def parse_refits(args) -> list[tuple[int, int]]:
     except ValueError:
         pairs = [()]
     if not all(len(p) == 2 and 0 < p[0] <= p[1] for p in pairs) or [p[0] for p in pairs] != sorted(p[0] for p in pairs):
-        raise LlamalabError(f"--refits {args.refits!r}: write K:N,... as the demo printed it (steps K ascending, N >= K)")
+        raise LlamalabError(f"--refits {args.refits!r}: write K:N,... as the demo printed it "
+                            f"(steps K ascending, N >= K)")
     return pairs
