@@ -11,7 +11,7 @@ conditions: quiet, beside a busy single-threaded process (`while True: pass`), a
 - ours: `llamalab.threads.configure()` as the command line does (auto policy), then SmolLM2-135M decoding
   through the engine (fp32 from the F32 GGUF, int8 = Q8_0 quantized, int4 = the Q4_1 asset; eager, batch 1,
   greedy), a training step of the demo model (demo-8m, 8×256 tokens, fp32, AdamW, clip), and eval
-  log-likelihood (`llamalab.eval.llm.LLM` on SmolLM2 fp32, 64 requests, batch 8).
+  log-likelihood (`llamalab.eval.llm.LLM` on SmolLM2 fp32, batches of 8 of 64 requests).
 - reference: llama.cpp (llama-cpp-python; the same three GGUF files, as many threads as CPUs) for decoding;
   transformers (LlamaForCausalLM, the same config / the same F32 GGUF, torch's default threads) for the
   training step and log-likelihood.
@@ -26,6 +26,7 @@ auto), each condition and round interleaved.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -169,9 +170,10 @@ def loglik(ours: bool, n: int = 64, batch: int = 8):
     ckpt = llamalab.load(path, dtype=torch.float32)
     requests = [(f"Question {i}: what comes after {i} in the list of numbers {', '.join(map(str, range(i % 13)))}?"
                  f" Answer:", f" {i + 1}, then {i + 2}.") for i in range(n)]
+    order = itertools.cycle(range(0, n, batch))  # one call: the next batch of requests
     if ours:
         llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=batch, progress=False)
-        return lambda: len(llm.loglikelihood(requests))
+        return lambda: len(llm.loglikelihood(requests[(i := next(order)):i + batch]))
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
@@ -180,16 +182,16 @@ def loglik(ours: bool, n: int = 64, batch: int = 8):
 
     @torch.inference_mode()
     def run():
-        for i in range(0, n, batch):
-            seqs = [(c + x)[:-1] for c, x in pairs[i:i + batch]]
-            width = max(map(len, seqs))
-            ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-            logp = torch.log_softmax(hf(input_ids=ids, attention_mask=mask).logits.float(), -1)
-            for row, (c, x) in enumerate(pairs[i:i + batch]):
-                at = torch.arange(len(c) - 1, len(c) + len(x) - 1)
-                logp[row, at, torch.tensor(x)].sum().item()
-        return n
+        i = next(order)
+        seqs = [(c + x)[:-1] for c, x in pairs[i:i + batch]]
+        width = max(map(len, seqs))
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+        logp = torch.log_softmax(hf(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        for row, (c, x) in enumerate(pairs[i:i + batch]):
+            at = torch.arange(len(c) - 1, len(c) + len(x) - 1)
+            logp[row, at, torch.tensor(x)].sum().item()
+        return len(seqs)
     return run
 
 
@@ -200,14 +202,17 @@ def busy(nice: int) -> subprocess.Popen:
                             preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
-def measure(spec: str, nice: int | None, seconds: float, env: dict | None = None) -> dict | None:
+def measure(spec: str, nice: int | None, seconds: float, env: dict | None = None, timeout: float = 900) -> dict | None:
     hog = busy(nice) if nice is not None else None
     # every worker picks its own threads (ours: the policy; the references: their default)
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LLAMALAB_THREADS")}
     try:
         time.sleep(0.5 if hog else 0)
         p = subprocess.run([sys.executable, __file__, "--worker", spec, "--seconds", str(seconds)],
-                           capture_output=True, text=True, env={**base, **(env or {})}, timeout=600)
+                           capture_output=True, text=True, env={**base, **(env or {})}, timeout=timeout)
+    except subprocess.TimeoutExpired:  # a collapsed run: what the issue is about, not a reason to stop the bench
+        print(f"  {spec}: no result within {timeout:.0f} s (loading, warm-up and {seconds:g} s of work)", flush=True)
+        return None
     finally:
         if hog:
             hog.kill()
