@@ -5,10 +5,18 @@ Missing material fails the test instead of skipping it: these tests are the poin
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from llamalab import assets
 from llamalab.errors import LlamalabError
+
+
+# A fixed thread count for the suite (torch's own default, every CPU, unless OMP_NUM_THREADS says otherwise):
+# the commands' thread policy would otherwise follow the machine's load between tests, and float reductions
+# (compared bit for bit across runs) with it. tests/test_threads.py takes this away where it tests the policy.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 def _asset(name: str):

@@ -33,6 +33,25 @@ def test_lr_schedule_every_step(peak, warmup, total):
     assert lr_at(total, peak=peak, warmup=warmup, max_steps=total) == pytest.approx(0.1 * peak)
 
 
+def test_lr_schedule_after_a_refit():
+    """A run re-planned at step k to end at n: the cosine's remaining fraction is compressed into k..n (the
+    rate continuous at k, the floor at n); a re-fit during the warmup is the plain schedule of n steps."""
+    peak, warmup, total, k, n = 1e-3, 10, 100, 40, 70
+    lr = lambda t, refits: lr_at(t, peak=peak, warmup=warmup, max_steps=total, refits=refits)
+    for t in range(k + 1):  # up to the re-fit: the original plan
+        assert lr(t, [(k, n)]) == lr(t, [])
+    done = (k - warmup) / (total - warmup)
+    for t in range(k, n + 1):
+        tau = done + (1 - done) * (t - k) / (n - k)
+        assert lr(t, [(k, n)]) == pytest.approx(0.1 * peak + 0.9 * peak * (1 + math.cos(math.pi * tau)) / 2, rel=1e-12)
+    assert lr(n, [(k, n)]) == pytest.approx(0.1 * peak) and lr(n + 5, [(k, n)]) == pytest.approx(0.1 * peak)
+    for t in range(n + 1):
+        assert lr(t, [(5, n)]) == lr_at(t, peak=peak, warmup=warmup, max_steps=n)
+    # two re-fits: the second compresses what the first left
+    lr2 = lambda t: lr(t, [(k, n), (55, 60)])
+    assert lr2(55) == lr(55, [(k, n)]) and lr2(60) == pytest.approx(0.1 * peak)
+
+
 def test_paper_hyperparameters_are_the_defaults():
     cfg = TrainConfig(data="x")  # §2.3: AdamW β 0.9/0.95, wd 0.1, clip 1.0, 2000 warmup, final lr 10%
     assert (cfg.betas, cfg.weight_decay, cfg.grad_clip, cfg.warmup_steps, cfg.min_lr_ratio) == ((0.9, 0.95), 0.1, 1.0, 2000, 0.1)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import threads
 from .data.corpus import DEMO_MIXTURE, demo_sources
 from .data.loader import TokenLoader
 from .data.prepare import prepare
@@ -30,8 +31,8 @@ from .generate import decode_text, generate
 from .model import Transformer
 from .runtime import load_runnable
 from .tokenizer import load_tokenizer, train_tokenizer
-from .train import TrainConfig, load_config, resolve_config_path, train
-from .train.loop import next_token_loss
+from .train import TrainConfig, load_config, resolve_config_path
+from .train.loop import fit, next_token_loss, setup
 from .train.metrics import MetricsLog
 from .train.optim import build_optimizer
 
@@ -47,11 +48,12 @@ def demo_config(quick: bool = False) -> TrainConfig:
 
 
 def run_demo(out="runs/demo", *, quick: bool = False, minutes: float = 8.5, steps: int | None = None,
-             config: TrainConfig | None = None, progress: bool = True) -> dict:
+             refits=(), config: TrainConfig | None = None, progress: bool = True) -> dict:
     """Build the corpus, train the tokenizer, pack the shards and pretrain with `config` (default
     `demo_config(quick)`; the demo fills in its data, tokenizer, mixture, vocabulary size, out_dir and
-    step count: `steps`, or as many as fit in `minutes` after a timed warm-up). Prints each stage, then
-    samples and the held-out perplexity next to the unigram baseline. Returns the training summary."""
+    step count: `steps` (with the re-fits `refits` of an earlier run, [(k, n)]), or as many as fit in `minutes`
+    after a timed warm-up, re-fit on the way by `TimeBudget`). Prints each stage, then samples and the held-out
+    perplexity next to the unigram baseline. Returns the training summary."""
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,13 +89,20 @@ def run_demo(out="runs/demo", *, quick: bool = False, minutes: float = 8.5, step
                               progress=progress)
     if steps is None and quick:
         steps = 30
+    replan = None
     if steps is None:
         steps, step_s = calibrate_steps(cfg, minutes * 60)
-        print(f"  warm-up: {step_s:.2f} s/step → {steps} steps for {minutes:g} minutes "
-              f"(fixed from here on, so the run is reproducible)")
+        replan = TimeBudget(MARGIN * minutes * 60)
+        print(f"  warm-up: {step_s:.2f} s/step → {steps} steps for {minutes:g} minutes (re-fit at 1/4, 1/2, 3/4 "
+              f"and 7/8 of the time if the steps get slower)")
     cfg = dataclasses.replace(cfg, max_steps=steps)
     shutil.rmtree(cfg.out_dir, ignore_errors=True)  # the demo always starts fresh
-    summary = train(cfg)
+    run = setup(cfg)
+    run.refits = [tuple(r) for r in refits]
+    summary = fit(run, replan)
+    if summary["refits"]:
+        plan = ",".join(f"{k}:{n}" for k, n in summary["refits"])
+        print(f"  to repeat this run: llamalab demo --steps {steps} --refits {plan}")
 
     stage(5, "results")
     show_results(cfg, summary)
@@ -155,6 +164,35 @@ def quick_corpus(sources: dict[str, Path], out: Path, docs: int) -> dict[str, Pa
     return sliced
 
 
+MARGIN = 0.85  # of the time budget the training steps are fitted to: evaluation, checkpoints and export take the rest
+
+
+class TimeBudget:
+    """The demo's re-fit rule (a `fit` replan): when 1/4, 1/2, 3/4 and 7/8 of `seconds` have passed, the steps
+    still to come are timed at the speed of the steps since the last check (their evaluations and checkpoints
+    included); a run that would end more than 5% late is shortened to end on time. Never lengthened. The
+    learning rate's cosine is compressed into the shorter run (`train.optim.cosine_progress`)."""
+
+    def __init__(self, seconds: float, checks=(0.25, 0.5, 0.75, 0.875), tolerance: float = 0.05):
+        self.seconds, self.checks, self.tolerance = seconds, list(checks), tolerance
+        self.last = (0, 0.0)  # (step, seconds) at the last check
+
+    def __call__(self, step: int, elapsed: float, end: int) -> int | None:
+        if not self.checks or elapsed < self.checks[0] * self.seconds:
+            return None
+        self.checks.pop(0)
+        per_step = (elapsed - self.last[1]) / max(1, step - self.last[0])
+        self.last = (step, elapsed)
+        if elapsed + (end - step) * per_step <= (1 + self.tolerance) * self.seconds:
+            return None
+        new_end = step + max(1, int((self.seconds - elapsed) / per_step))
+        if new_end >= end:
+            return None
+        print(f"\n  re-fit at step {step}: {per_step:.2f} s/step since the last check → {new_end} steps instead of "
+              f"{end} (the cosine compressed into the rest)", flush=True)
+        return new_end
+
+
 def calibrate_steps(cfg: TrainConfig, seconds: float, warmup_steps: int = 4) -> tuple[int, float]:
     """Time a few full training steps of this model (random tokens, same shapes) and return
     (steps that fit in `seconds`, seconds per step). Evaluation and checkpoints take the margin."""
@@ -165,6 +203,7 @@ def calibrate_steps(cfg: TrainConfig, seconds: float, warmup_steps: int = 4) -> 
     x = torch.randint(0, args.vocab_size, (cfg.micro_batch_size, cfg.seq_len + 1))
     times = []
     for _ in range(warmup_steps):
+        threads.adapt()  # timed at the thread count training will use
         t0 = time.perf_counter()
         logits = model(x[:, :-1])
         next_token_loss(logits, x[:, 1:]).backward()
@@ -174,7 +213,7 @@ def calibrate_steps(cfg: TrainConfig, seconds: float, warmup_steps: int = 4) -> 
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times[1:]))  # the first step pays one-time allocation
     eval_share = cfg.eval_batches / 3 / max(1, cfg.eval_every)  # a forward pass ≈ 1/3 of a training step
-    return max(10, int(0.85 * seconds / (step_s * (1 + eval_share)))), step_s
+    return max(10, int(MARGIN * seconds / (step_s * (1 + eval_share)))), step_s
 
 
 def unigram_baseline(cfg: TrainConfig) -> float:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import threads
 from .errors import LlamalabError
 from .fast import compiled_step
 from .model import KVCache, Transformer
@@ -175,6 +176,7 @@ class Engine:
         """
         prompt = [int(t) for t in prompt]
         self._check(prompt, max_new_tokens, cached)
+        threads.adapt(announce=True)  # the thread policy, in the thread that decodes, said before any token
         if slot is None:
             slot = next((i for i, s in enumerate(self.slots) if s is None), None)
             if slot is None:
@@ -240,6 +242,7 @@ class Engine:
         active = self.active()
         if not active:
             return []
+        threads.adapt()  # the thread policy, in the thread that decodes
         B = max(s.slot for s in active) + 1  # rows 0..B-1 run; idle ones write to the scratch position
         feed, pos = [0] * B, [self.max_len] * B
         for s in active:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import threads
 from .errors import LlamalabError
 from .model import Transformer
 from .runtime.likelihood import token_logprobs
@@ -74,6 +75,7 @@ def perplexity(model: Transformer, tokens: list[int], *, context: int = 512, str
             while len(batch) < batch_size and i + len(batch) < len(spans) and \
                     spans[i + len(batch)][1] - spans[i + len(batch)][0] == length:
                 batch.append(spans[i + len(batch)])
+            threads.adapt()
             nll, count = _score(model, data, batch)
             total, scored = total + nll, scored + count
             i += len(batch)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from . import threads
 from .atomic import check_apart
 from .errors import LlamalabError
 from .formats import load_state, save
@@ -66,6 +67,7 @@ def quantize_checkpoint(src, out, *, bits: int, group_size: int | None = None, s
             raise LlamalabError(f"--group-size {group_size} does not divide the width {w.shape[1]} of {name}; "
                                 "use a divisor of every layer's width (32 always works for LLaMA shapes)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    threads.adapt()
     if gguf:
         kind = "q8_0" if bits == 8 else ("q4_0" if symmetric else "q4_1")
         return save(state, args, out, "gguf", tokenizer_src=path, gguf_type=kind, force=force)  # atomic

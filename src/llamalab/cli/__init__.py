@@ -10,11 +10,13 @@ must stay light: here, where every subcommand is imported to build `--help`, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import re
 import sys
 
+from .. import threads
 from ..errors import LlamalabError
 from .types import Parser
 
@@ -106,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         check_text_arguments(args)
-        code = args._run(args)
+        # a command that runs a model runs under the thread policy (`--threads`)
+        with threads.policy(args.threads) if hasattr(args, "threads") else contextlib.nullcontext():
+            code = args._run(args)
     except LlamalabError as e:
         print(f"llamalab {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ def add_config_arguments(p, cls, epilog: str, config_help: str, renamed: dict | 
             flag = (renamed or {}).get(key, key)
             names = dict.fromkeys([f"--{flag.replace('_', '-')}", f"--{flag}"])
             group.add_argument(*names, dest=f"set_{key}", metavar="V", default=None)
+    add_threads_argument(p)
 
 
 def parse_overrides(args) -> list[tuple[str, str]]:
@@ -44,6 +45,15 @@ def add_model_arguments(p, *, keep_quantized: bool = True):
     else:
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    add_threads_argument(p)
+
+
+def add_threads_argument(p):
+    """--threads N: the CPU threads of a command that runs a model (`llamalab.threads`; the command line applies
+    it before torch loads). Every command that runs a model has it: through `add_model_arguments`,
+    `add_config_arguments`, or directly (demo, quantize, data prepare)."""
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: $LLAMALAB_THREADS, else "
+                   "$OMP_NUM_THREADS, else the CPUs available, fewer while other processes keep them busy)")
 
 
 def add_sampling_arguments(p, max_new_tokens: int):

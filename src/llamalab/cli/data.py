@@ -1,4 +1,5 @@
 from ..errors import LlamalabError
+from .common import add_threads_argument
 from .data_clean import add_clean, run_clean
 from .data_quality import add_train_quality, run_train_quality
 from .types import finite_float, positive_float, positive_int
@@ -28,6 +29,7 @@ def add_arguments(p):
                     help="fraction of documents held out (by a hash of the text) into val shards")
     pp.add_argument("--shard-tokens", type=positive_int, default=1 << 27, help="tokens per shard file")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(pp)
 
     add_clean(sub)
     add_train_quality(sub)

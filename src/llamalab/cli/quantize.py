@@ -1,3 +1,4 @@
+from .common import add_threads_argument
 from .types import positive_int
 
 HELP = ("Quantize a float checkpoint's weights to 8 or 4 bits: GGUF Q8_0 / Q4_1 / Q4_0 (run by llamalab and "
@@ -11,6 +12,7 @@ def add_arguments(p):
     p.add_argument("--symmetric", action="store_true", help="4 bits without a per-block minimum (Q4_0)")
     p.add_argument("--out", required=True, help="output: a .gguf file, or a directory (HF-style safetensors with scales)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_threads_argument(p)
 
 
 def run(args):

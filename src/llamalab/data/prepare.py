@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .. import threads
 from ..atomic import check_apart, sha256_file, staged_dir
 from ..errors import LlamalabError
 from ..textio import expand_inputs, iter_texts
@@ -258,7 +259,8 @@ def _build_source(name, files, tokenizer, tok, out, dtype, *, workers, text_fiel
     one is complete. Returns the source's manifest entry (without inputs and fingerprint)."""
 
     docs = [0, 0]
-    workers = max(1, workers or os.cpu_count() or 1)
+    threads.adapt()  # (nothing to apply: torch is not loaded; logged at the end)
+    workers = max(1, workers or threads.worker_count())
     bar = tqdm(desc=name, unit=" docs", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     start = time.perf_counter()
     with staged_dir(out / name) as tmp:

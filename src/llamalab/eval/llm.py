@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import threads
 from ..generate import Engine
 from ..model import Transformer
 from ..runtime.batch import Job, run_batch
@@ -130,6 +131,7 @@ class LLM:
         """One forward for a batch of packed rows, right-padded. Each token attends to the tokens of its own
         sequence before it (its ancestors in the row's tree), at the positions it would have alone; the output
         head and log-softmax run only on the positions that predict continuation tokens."""
+        threads.adapt()
         B, T = len(rows), max(len(r.tokens) for r in rows)
         tokens = torch.zeros(B, T, dtype=torch.long)
         positions = torch.zeros(B, T, dtype=torch.long)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import threads
 from ..config import ModelArgs, check_tensor_parallel
 from ..data.loader import TokenLoader
 from ..data.shards import read_manifest
@@ -95,6 +96,7 @@ class Run:
     title: str = ""
     tokenizer: Any = None  # what the exported model carries: a tokenizer path, or a Tokenizer (a checkpoint's)
     extra_val: dict = field(default_factory=dict)  # "val_loss@N" / "val_loss/SOURCE" → more held-out batches
+    refits: list = field(default_factory=list)  # [(k, n)]: from update k on, the run ends at n (optim.cosine_progress)
     autocast: Any = field(init=False)
     loss_fn: Any = field(init=False)
     loss_context: Any = field(init=False)  # what the loss and its backward run in (tensor parallelism: loss_parallel)
@@ -107,6 +109,11 @@ class Run:
     @property
     def out(self) -> Path:
         return Path(self.cfg.out_dir)
+
+    @property
+    def end(self) -> int:
+        """The step the run ends at: max_steps, or its last re-fit."""
+        return self.refits[-1][1] if self.refits else self.cfg.max_steps
 
 
 def resume_point(cfg: TrainConfig, args: ModelArgs, resume: bool, world=None) -> Path | None:
@@ -234,8 +241,9 @@ def train_step(run: Run, step: int) -> dict:
     accumulated over `accum` micro-batches — every target token of the step weighs the same, whichever
     micro-batch and rank it is on —, clipping, and AdamW (skipped when the loss or norm is not finite)."""
     cfg, world = run.cfg, run.world
+    threads.adapt()
     lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps_resolved, max_steps=cfg.max_steps,
-               min_ratio=cfg.min_lr_ratio)
+               min_ratio=cfg.min_lr_ratio, refits=run.refits)
     set_lr(run.optimizer, lr)
     batches = [next(run.loader) for _ in range(run.accum)]
     counts = parallel.all_reduce_sum(torch.tensor([float(sum((y != IGNORE_INDEX).sum() for _, y in batches)),
@@ -294,8 +302,11 @@ def extra_held_out(run: Run) -> dict:
     return {key: evaluate(run, batches) for key, batches in run.extra_val.items()}
 
 
-def fit(run: Run) -> dict:
-    """Train `run` to cfg.max_steps (resuming from run.resume_from if set); returns a summary dict."""
+def fit(run: Run, replan: Callable[[int, float, int], int | None] | None = None) -> dict:
+    """Train `run` to cfg.max_steps (resuming from run.resume_from if set); returns a summary dict. `replan(step,
+    seconds since the first step, current end)`, called after every step (on every rank: it must answer alike),
+    may end the run at another step: a re-fit, from then on in `run.refits` and the learning-rate schedule
+    (`llamalab demo` fits its run to a time budget)."""
     cfg, world = run.cfg, run.world
     if run.resume_from is not None and not cfg.export:  # a finished run with nothing to export: touch nothing
         done = checkpoint.read_meta(run.resume_from)["step"]
@@ -313,15 +324,20 @@ def fit(run: Run) -> dict:
     if world.is_main and cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=run.end, initial=step, desc="train", unit="step", dynamic_ncols=True)
     peak, _ = peak_flops(world.device, torch.bfloat16 if run.bf16 else torch.float32)
     t_start = time.perf_counter()
     last = {}
     run.model.train()
-    while step < cfg.max_steps:
+    while step < run.end:
         t0 = time.perf_counter()
         result = train_step(run, step)
         step += 1
+        new_end = replan(step, time.perf_counter() - t_start, run.end) if replan else None
+        if new_end is not None and new_end != run.end:
+            run.refits.append((step, max(step, new_end)))
+            if bar is not None:
+                bar.total = run.end
         tokens_seen += result["tokens"]
         tok_s = result["tokens"] / (time.perf_counter() - t0)
         record = {"step": step, "loss": result["loss"], "lr": result["lr"], "grad_norm": result["grad_norm"],
@@ -329,18 +345,18 @@ def fit(run: Run) -> dict:
                   "elapsed_s": time.perf_counter() - t_start}
         if result["skipped"]:
             record["skipped"] = True
-        if run.val_batches is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
+        if run.val_batches is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == run.end):
             record["val_loss"] = evaluate(run)
             record.update(extra_held_out(run))
         last = record
         if world.is_main:
-            if step % cfg.log_every == 0 or "val_loss" in record or step == cfg.max_steps:
+            if step % cfg.log_every == 0 or "val_loss" in record or step == run.end:
                 log.write(record)
             if bar is not None:
                 bar.set_postfix_str(f"loss {record['loss']:.3f} lr {record['lr']:.2e} {tok_s:,.0f} tok/s"
                                     + (f" val {record['val_loss']:.3f}" if "val_loss" in record else ""), refresh=False)
                 bar.update(1)
-        if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.max_steps:
+        if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == run.end:
             save_checkpoint(step)
     if bar is not None:
         bar.close()
@@ -387,7 +403,7 @@ def begin(run: Run) -> tuple[int, int, MetricsLog]:
 def finish(run: Run, log: MetricsLog, step: int, tokens_seen: int, last: dict) -> dict:
     """The summary (losses before and after, throughput, paths), the loss curve and the export."""
     out = run.out
-    summary = {"step": step, "loss": last.get("loss"), "val_loss": last.get("val_loss"), "out_dir": str(out),
+    summary = {"step": step, "refits": list(run.refits), "loss": last.get("loss"), "val_loss": last.get("val_loss"), "out_dir": str(out),
                "params": run.model.num_params(), "tokens": tokens_seen, "tokens_per_step": tokens_seen // max(1, step),
                "peak_flops": peak_flops(run.world.device, torch.bfloat16 if run.bf16 else torch.float32)[1]}
     if run.world.is_main:

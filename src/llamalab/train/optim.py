@@ -13,17 +13,33 @@ import torch
 from torch import nn
 
 
-def lr_at(step: int, *, peak: float, warmup: int, max_steps: int, min_ratio: float = 0.1) -> float:
+def lr_at(step: int, *, peak: float, warmup: int, max_steps: int, min_ratio: float = 0.1, refits=()) -> float:
     """Learning rate for optimizer update `step` (0-based).
 
     Linear warmup: peak·(step+1)/warmup for the first `warmup` updates; then cosine from peak at
-    `step = warmup` down to min_ratio·peak at `step = max_steps`.
+    `step = warmup` down to min_ratio·peak at `step = max_steps` (`refits`: see `cosine_progress`).
     """
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    progress = cosine_progress(step, warmup, max_steps, refits)
     floor = min_ratio * peak
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def cosine_progress(step: int, warmup: int, max_steps: int, refits=()) -> float:
+    """How far the cosine is at `step`, 0..1: (step − warmup) / (max_steps − warmup). `refits`: a run whose
+    length was re-planned, [(k, n), ...] in order — from update k on it ends at n instead: the rest of the
+    cosine is compressed into k..n, p(k) + (1 − p(k))·(step − k)/(n − k), so the rate stays continuous and
+    still reaches its floor at the last step. A re-fit during the warmup gives exactly the plain schedule of
+    n steps."""
+    start, done, end = warmup, 0.0, max_steps
+    for k, n in refits:
+        if step < k:
+            break
+        k = max(k, warmup)
+        done += (1.0 - done) * min(1.0, max(0, k - start) / max(1, end - start))
+        start, end = k, n
+    return min(1.0, done + (1.0 - done) * max(0, step - start) / max(1, end - start))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
