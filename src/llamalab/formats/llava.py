@@ -1,0 +1,135 @@
+"""llava-hf: transformers' `LlavaForConditionalGeneration` directory (`config.json` with `vision_config` and
+`text_config`, safetensors).
+
+Tensor names come in two spellings: the hub's (`vision_tower.vision_model.…`, `language_model.model.…`,
+`language_model.lm_head.weight`, `multi_modal_projector.…`) and transformers 5's (`model.vision_tower.…`,
+`model.language_model.…`, `lm_head.weight`; its `save_pretrained` writes the hub's back). Both are read: the
+vision tower and projector keep their names (ours are transformers'), the language model goes through the
+LLaMA rules of `hf` (names, rotary layout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import LlamalabError
+from ..vision import ACTIVATIONS, Llava, LlavaArgs, VisionArgs
+from . import hf
+
+TOWERS = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
+
+
+def vision_args(cfg: dict, where) -> VisionArgs:
+    kind = TOWERS.get(cfg.get("model_type"))
+    if kind is None:
+        raise LlamalabError(f"{where}: vision tower {cfg.get('model_type')!r} is not supported "
+                            f"(only {', '.join(TOWERS)})")
+    if cfg.get("vision_use_head"):
+        pass  # SigLIP's pooling head: LLaVA never reads it; its tensors are skipped on load
+    try:
+        args = VisionArgs(kind=kind, dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
+                          n_heads=cfg["num_attention_heads"], ffn_dim=cfg["intermediate_size"],
+                          image_size=cfg["image_size"], patch_size=cfg["patch_size"],
+                          channels=cfg.get("num_channels", 3),
+                          norm_eps=cfg.get("layer_norm_eps", 1e-5 if kind == "clip" else 1e-6),
+                          act=cfg.get("hidden_act", "quick_gelu" if kind == "clip" else "gelu_pytorch_tanh"))
+    except KeyError as e:
+        raise LlamalabError(f"{where}: vision_config lacks {e.args[0]!r}") from None
+    if args.act not in ACTIVATIONS:
+        raise LlamalabError(f"{where}: vision activation {args.act!r} is not supported")
+    return args
+
+
+def args_from_config(cfg: dict, where) -> LlavaArgs:
+    if not isinstance(cfg, dict) or cfg.get("model_type") != "llava":
+        raise LlamalabError(f"{where}: not a LLaVA config (model_type {cfg.get('model_type')!r}, want 'llava')")
+    for key in ("vision_config", "text_config"):
+        if not isinstance(cfg.get(key), dict):
+            raise LlamalabError(f"{where}: config.json lacks the {key} object")
+    layer = cfg.get("vision_feature_layer", -2)
+    select = cfg.get("vision_feature_select_strategy", "default")
+    if select not in ("default", "full"):
+        raise LlamalabError(f"{where}: vision_feature_select_strategy {select!r} is not 'default' or 'full'")
+    token = cfg.get("image_token_id", cfg.get("image_token_index"))
+    if not isinstance(token, int):
+        raise LlamalabError(f"{where}: config.json names no image_token_id")
+    text = hf.args_from_config(cfg["text_config"], f"{where} (text_config)")
+    act = cfg.get("projector_hidden_act", "gelu")
+    if act not in ACTIVATIONS:
+        raise LlamalabError(f"{where}: projector activation {act!r} is not supported")
+    return LlavaArgs(vision=vision_args(cfg["vision_config"], f"{where} (vision_config)"), text=text,
+                     image_token_id=token, feature_layer=tuple(layer) if isinstance(layer, list) else layer,
+                     feature_select=select, projector_act=act,
+                     projector_bias=bool(cfg.get("multimodal_projector_bias", True)))
+
+
+def _part(key: str) -> tuple[str, str] | None:
+    """(part, the rest): part is 'vision', 'projector' or 'text' (the rest in LlamaForCausalLM's names)."""
+    key = key.removeprefix("model.")
+    if key.startswith("vision_tower."):
+        return "vision", key.removeprefix("vision_tower.").removeprefix("vision_model.")
+    if key.startswith("multi_modal_projector."):
+        return "projector", key.removeprefix("multi_modal_projector.")
+    if key in ("lm_head.weight", "language_model.lm_head.weight"):
+        return "text", "lm_head.weight"
+    if key.startswith("language_model."):
+        return "text", "model." + key.removeprefix("language_model.").removeprefix("model.")
+    return None
+
+
+def load_state(path) -> tuple[dict[str, torch.Tensor], LlavaArgs, dict]:
+    """Read a llava-hf directory into a `Llava` state dict (vision_tower.*, multi_modal_projector.*,
+    language_model.* in our names and rotary layout)."""
+    path = Path(path)
+    cfg = hf._read_json(path / "config.json")
+    args = args_from_config(cfg, path / "config.json")
+    index = path / "model.safetensors.index.json"
+    files = hf._index_files(index) if index.is_file() else sorted(p.name for p in path.glob("*.safetensors"))
+    if not files:
+        raise LlamalabError(f"{path}: no *.safetensors weights beside config.json")
+    state = {}
+    for name in files:
+        hf._check_inside(path, name, index.name if index.is_file() else "the directory")
+        for key, w in hf._read_safetensors(path / name).items():
+            part = _part(key)
+            if part is None:
+                raise LlamalabError(f"{path}: unexpected tensor {key!r} (not a LLaVA parameter)")
+            kind, rest = part
+            if kind == "vision" and rest.startswith("head."):
+                continue  # SigLIP's pooling head
+            if kind == "text":
+                ours = hf.to_ours(rest)
+                if ours is None:
+                    raise LlamalabError(f"{path}: unexpected tensor {key!r} (not a LLaMA parameter)")
+                if ours.endswith(("attention.wq.weight", "attention.wk.weight")):
+                    heads = args.text.n_heads if ".wq." in ours else args.text.kv_heads
+                    w = hf.hf_to_meta_rotary(w, heads)
+                state[f"language_model.{ours}"] = w
+            else:
+                state[f"{'vision_tower' if kind == 'vision' else 'multi_modal_projector'}.{rest}"] = w
+    if args.text.tie_embeddings:
+        state.pop("language_model.output.weight", None)
+    return state, args, {"metadata": cfg}
+
+
+def load_model(path, dtype: torch.dtype = torch.float32) -> Llava:
+    """A `Llava` with the checkpoint's weights, in eval mode."""
+    state, args, _ = load_state(path)
+    with torch.device("meta"):
+        model = Llava(args)
+    tied = {"language_model.output.weight"} if args.text.tie_embeddings else set()
+    missing = set(model.state_dict()) - set(state) - tied
+    extra = set(state) - set(model.state_dict())
+    if missing or extra:
+        what = f"lacks {sorted(missing)[:3]}" if missing else f"has unexpected {sorted(extra)[:3]}"
+        raise LlamalabError(f"{path}: the weights do not fit config.json: it {what}")
+    try:
+        model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # a tensor of another shape than config.json implies
+        raise LlamalabError(f"{path}: the weights do not fit config.json "
+                            f"({str(e).splitlines()[-1].strip()})") from None
+    model.language_model.tie_weights()
+    model.language_model.init_buffers()
+    return model.to(dtype).eval()
