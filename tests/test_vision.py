@@ -89,3 +89,15 @@ def test_bad_config_is_one_line(tmp_path):
                                           '{"model_type": "pixtral"}, "image_token_id": 3}')
     with pytest.raises(LlamalabError, match="lacks 'hidden_size'|not supported"):
         llava.load_state(tmp_path)
+
+
+@torch.no_grad()
+def test_saved_checkpoint_loads_in_transformers(pair, tmp_path):
+    _, ours, _ = pair
+    llava.save(ours.state_dict(), ours.args, tmp_path / "out")
+    back, info = LlavaForConditionalGeneration.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not any(info.values()), info  # nothing missing, unexpected or mismatched
+    ids, pixels = prompt_and_image(ours, 2)
+    assert (back.eval()(input_ids=ids, pixel_values=pixels).logits - ours(ids, pixels)).abs().max() < 1e-4
+    again = llava.load_model(tmp_path / "out")
+    assert all(torch.equal(w, again.state_dict()[k]) for k, w in ours.state_dict().items())

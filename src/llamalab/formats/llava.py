@@ -3,20 +3,25 @@
 
 Tensor names come in two spellings: the hub's (`vision_tower.vision_model.…`, `language_model.model.…`,
 `language_model.lm_head.weight`, `multi_modal_projector.…`) and transformers 5's (`model.vision_tower.…`,
-`model.language_model.…`, `lm_head.weight`; its `save_pretrained` writes the hub's back). Both are read: the
+`model.language_model.…`, `lm_head.weight`; its `save_pretrained` writes the hub's back). Both are read (and the hub's written): the
 vision tower and projector keep their names (ours are transformers'), the language model goes through the
 LLaMA rules of `hf` (names, rotary layout).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from huggingface_hub import save_torch_state_dict
 
+from ..atomic import staged_dir, write_text
 from ..errors import LlamalabError
+from ..tokenizer import save_tokenizer
 from ..vision import ACTIVATIONS, Llava, LlavaArgs, VisionArgs
 from . import hf
+from .output import check_output
 
 TOWERS = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
 
@@ -133,3 +138,52 @@ def load_model(path, dtype: torch.dtype = torch.float32) -> Llava:
     model.language_model.tie_weights()
     model.language_model.init_buffers()
     return model.to(dtype).eval()
+
+
+# --------------------------------------------------------------------------------------------- write
+
+def config_from_args(args: LlavaArgs, dtype: torch.dtype, tokenizer=None) -> dict:
+    v = args.vision
+    text = {k: w for k, w in hf.config_from_args(args.text, dtype, tokenizer).items() if k != "architectures"}
+    vision = {"model_type": f"{v.kind}_vision_model", "hidden_size": v.dim, "num_hidden_layers": v.n_layers,
+              "num_attention_heads": v.n_heads, "intermediate_size": v.ffn_dim, "image_size": v.image_size,
+              "patch_size": v.patch_size, "num_channels": v.channels, "layer_norm_eps": v.norm_eps,
+              "hidden_act": v.act, "attention_dropout": 0.0}
+    if v.kind == "siglip":
+        vision["vision_use_head"] = False
+    layer = list(args.feature_layer) if isinstance(args.feature_layer, tuple) else args.feature_layer
+    return {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+            "text_config": text, "vision_config": vision, "image_token_id": args.image_token_id,
+            "image_token_index": args.image_token_id, "image_seq_length": args.image_tokens,
+            "vision_feature_layer": layer, "vision_feature_select_strategy": args.feature_select,
+            "projector_hidden_act": args.projector_act, "multimodal_projector_bias": args.projector_bias,
+            "tie_word_embeddings": args.text.tie_embeddings, "torch_dtype": str(dtype).removeprefix("torch.")}
+
+
+def _hub_state(state: dict[str, torch.Tensor], args: LlavaArgs, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Our names → the hub's (`vision_tower.vision_model.…`, `language_model.model.…`, …)."""
+    text = {k.removeprefix("language_model."): w for k, w in state.items() if k.startswith("language_model.")}
+    out = {f"language_model.{k}": w for k, w in hf._hf_state(text, args.text, dtype).items()}
+    for key, w in state.items():
+        if key.startswith("vision_tower."):
+            out["vision_tower.vision_model." + key.removeprefix("vision_tower.")] = w.to(dtype).contiguous()
+        elif key.startswith("multi_modal_projector."):
+            out[key] = w.to(dtype).contiguous()
+        elif not key.startswith("language_model."):
+            raise LlamalabError(f"cannot write tensor {key!r} to llava-hf format: not a LLaVA parameter")
+    return out
+
+
+def save(state: dict[str, torch.Tensor], args: LlavaArgs, out, *, tokenizer_src=None, preprocess: dict | None = None,
+         dtype: torch.dtype = torch.float32, max_shard_size: int | str = 5 * 10**9, force: bool = False) -> Path:
+    """Write a directory `transformers.LlavaForConditionalGeneration.from_pretrained` loads, atomically.
+    `preprocess`: a `preprocessor_config.json` to put beside it (the image processor's settings)."""
+    check_output(out, "hf", force=force)
+    tensors = _hub_state(state, args, dtype)
+    with staged_dir(out) as tmp:
+        save_torch_state_dict(tensors, tmp, max_shard_size=max_shard_size)
+        tokenizer = save_tokenizer(tokenizer_src, tmp)
+        write_text(tmp / "config.json", json.dumps(config_from_args(args, dtype, tokenizer), indent=2) + "\n")
+        if preprocess is not None:
+            write_text(tmp / "preprocessor_config.json", json.dumps(preprocess, indent=2) + "\n")
+    return Path(out)
