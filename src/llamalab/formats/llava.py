@@ -18,6 +18,7 @@ from huggingface_hub import save_torch_state_dict
 
 from ..atomic import staged_dir, write_text
 from ..errors import LlamalabError
+from ..images import Preprocess, read_preprocess
 from ..tokenizer import save_tokenizer
 from ..vision import ACTIVATIONS, Llava, LlavaArgs, VisionArgs
 from . import hf
@@ -117,6 +118,22 @@ def load_state(path) -> tuple[dict[str, torch.Tensor], LlavaArgs, dict]:
     if args.text.tie_embeddings:
         state.pop("language_model.output.weight", None)
     return state, args, {"metadata": cfg}
+
+
+def is_llava(path: Path) -> bool:
+    """Whether `path` (a directory, or a file in one) holds a llava-hf checkpoint."""
+    directory = path if path.is_dir() else path.parent
+    try:
+        return json.loads((directory / "config.json").read_text()).get("model_type") == "llava"
+    except (OSError, ValueError, AttributeError):
+        return False  # not ours to explain: the other readers say what is wrong with it
+
+
+def preprocess_for(path, args: LlavaArgs) -> Preprocess:
+    """The checkpoint's image processor settings (`preprocessor_config.json`), else the tower's defaults."""
+    size = args.vision.image_size
+    default = Preprocess.clip(size) if args.vision.kind == "clip" else Preprocess.siglip(size)
+    return read_preprocess(path, default)
 
 
 def load_model(path, dtype: torch.dtype = torch.float32) -> Llava:
