@@ -4,6 +4,8 @@ transformers itself (CLIP tower; SigLIP tower; several feature layers), loaded b
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
@@ -101,3 +103,26 @@ def test_saved_checkpoint_loads_in_transformers(pair, tmp_path):
     assert (back.eval()(input_ids=ids, pixel_values=pixels).logits - ours(ids, pixels)).abs().max() < 1e-4
     again = llava.load_model(tmp_path / "out")
     assert all(torch.equal(w, again.state_dict()[k]) for k, w in ours.state_dict().items())
+
+
+def test_hub_config_leaves_out_transformers_defaults(tmp_path):
+    """llava-1.5-7b-hf's config.json as published: most sizes are transformers' defaults, left out."""
+    (tmp_path / "config.json").write_text('''{"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+      "ignore_index": -100, "image_token_index": 32000, "pad_token_id": 32001, "projector_hidden_act": "gelu",
+      "text_config": {"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096, "model_type": "llama",
+                      "rms_norm_eps": 1e-05, "torch_dtype": "float16", "vocab_size": 32064},
+      "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096, "model_type":
+                        "clip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14,
+                        "projection_dim": 768, "vocab_size": 32000},
+      "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064}''')
+    ref = LlavaConfig(**{k: v for k, v in json.loads((tmp_path / "config.json").read_text()).items()
+                         if k not in ("architectures", "model_type")})
+    args = llava.args_from_config(json.loads((tmp_path / "config.json").read_text()), "x")
+    assert (args.text.dim, args.text.n_layers, args.text.n_heads, args.text.hidden_dim, args.text.vocab_size) == \
+        (ref.text_config.hidden_size, ref.text_config.num_hidden_layers, ref.text_config.num_attention_heads,
+         ref.text_config.intermediate_size, 32064)
+    v = ref.vision_config
+    assert (args.vision.dim, args.vision.n_layers, args.vision.image_size, args.vision.patch_size, args.vision.act,
+            args.vision.norm_eps) == (v.hidden_size, v.num_hidden_layers, v.image_size, v.patch_size, v.hidden_act,
+                                      v.layer_norm_eps)
+    assert args.image_tokens == 576 and args.image_token_id == 32000

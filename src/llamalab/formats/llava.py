@@ -25,6 +25,16 @@ from . import hf
 from .output import check_output
 
 TOWERS = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
+# transformers' config defaults: the hub's llava-hf configs leave out what equals them (llava-1.5's text_config
+# names only vocab size, context and eps; its tower only what differs from CLIP ViT-B/32)
+DEFAULTS = {
+    "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6},
+    "clip_vision_model": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                          "num_attention_heads": 12, "image_size": 224, "patch_size": 32},
+    "siglip_vision_model": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                            "num_attention_heads": 12, "image_size": 224, "patch_size": 16},
+}
 
 
 def vision_args(cfg: dict, where) -> VisionArgs:
@@ -32,8 +42,7 @@ def vision_args(cfg: dict, where) -> VisionArgs:
     if kind is None:
         raise LlamalabError(f"{where}: vision tower {cfg.get('model_type')!r} is not supported "
                             f"(only {', '.join(TOWERS)})")
-    if cfg.get("vision_use_head"):
-        pass  # SigLIP's pooling head: LLaVA never reads it; its tensors are skipped on load
+    cfg = {**DEFAULTS[cfg["model_type"]], **cfg}
     try:
         args = VisionArgs(kind=kind, dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
                           n_heads=cfg["num_attention_heads"], ffn_dim=cfg["intermediate_size"],
@@ -58,10 +67,11 @@ def args_from_config(cfg: dict, where) -> LlavaArgs:
     select = cfg.get("vision_feature_select_strategy", "default")
     if select not in ("default", "full"):
         raise LlamalabError(f"{where}: vision_feature_select_strategy {select!r} is not 'default' or 'full'")
-    token = cfg.get("image_token_id", cfg.get("image_token_index"))
+    token = cfg.get("image_token_id", cfg.get("image_token_index", 32000))
     if not isinstance(token, int):
         raise LlamalabError(f"{where}: config.json names no image_token_id")
-    text = hf.args_from_config(cfg["text_config"], f"{where} (text_config)")
+    text_cfg = {**DEFAULTS.get(cfg["text_config"].get("model_type", "llama"), {}), **cfg["text_config"]}
+    text = hf.args_from_config(text_cfg, f"{where} (text_config)")
     act = cfg.get("projector_hidden_act", "gelu")
     if act not in ACTIVATIONS:
         raise LlamalabError(f"{where}: projector activation {act!r} is not supported")
