@@ -11,6 +11,7 @@ import torch
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
                           SiglipVisionConfig)
 
+from llamalab.cli import main
 from llamalab.errors import LlamalabError
 from llamalab.formats import llava
 
@@ -126,3 +127,16 @@ def test_hub_config_leaves_out_transformers_defaults(tmp_path):
             args.vision.norm_eps) == (v.hidden_size, v.num_hidden_layers, v.image_size, v.patch_size, v.hidden_act,
                                       v.layer_norm_eps)
     assert args.image_tokens == 576 and args.image_token_id == 32000
+
+
+def test_info_describes_it_and_other_commands_refuse_in_one_line(pair, capsys, tmp_path):
+    ref, ours, out = pair
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"params      {sum(p.numel() for p in ours.parameters()):,}" in text
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for k, p in ref.named_parameters()
+                                                           if ".head." not in k)  # SigLIP's pooling head: unread
+    assert f"image_tokens={ours.args.image_tokens}" in text and ours.args.vision.kind in text
+    assert main(["convert", str(out), "--to", "gguf", "--out", str(tmp_path / "x.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "LLaVA" in err

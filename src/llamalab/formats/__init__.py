@@ -128,6 +128,9 @@ def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False) -> Lo
     lazy: tensors on the meta device (shapes and dtypes only), for inspecting a checkpoint cheaply.
     quantized: quantized matrices stay quantized (`llamalab.quant.GroupCodes`) where the format has them."""
     fmt, path = detect_format(resolve(path_or_id))
+    if fmt == "hf" and llava.is_llava(path):
+        raise LlamalabError(f"{path}: a LLaVA (vision) checkpoint: `llamalab generate --image` and `info` read it; "
+                            "this command does not handle one yet")
     options = {"quantized": True} if quantized and fmt in ("gguf", "hf") else {}
     state, args, extra = MODULES[fmt].load_state(path, lazy=lazy, **options)
     check_layers(state, args, path)

@@ -95,9 +95,9 @@ def _part(key: str) -> tuple[str, str] | None:
     return None
 
 
-def load_state(path) -> tuple[dict[str, torch.Tensor], LlavaArgs, dict]:
+def load_state(path, *, lazy: bool = False) -> tuple[dict[str, torch.Tensor], LlavaArgs, dict]:
     """Read a llava-hf directory into a `Llava` state dict (vision_tower.*, multi_modal_projector.*,
-    language_model.* in our names and rotary layout)."""
+    language_model.* in our names and rotary layout); lazy: meta-device tensors (headers only)."""
     path = Path(path)
     cfg = hf._read_json(path / "config.json")
     args = args_from_config(cfg, path / "config.json")
@@ -108,7 +108,7 @@ def load_state(path) -> tuple[dict[str, torch.Tensor], LlavaArgs, dict]:
     state = {}
     for name in files:
         hf._check_inside(path, name, index.name if index.is_file() else "the directory")
-        for key, w in hf._read_safetensors(path / name).items():
+        for key, w in hf._read_safetensors(path / name, lazy).items():
             part = _part(key)
             if part is None:
                 raise LlamalabError(f"{path}: unexpected tensor {key!r} (not a LLaVA parameter)")
@@ -144,6 +144,23 @@ def preprocess_for(path, args: LlavaArgs) -> Preprocess:
     size = args.vision.image_size
     default = Preprocess.clip(size) if args.vision.kind == "clip" else Preprocess.siglip(size)
     return read_preprocess(path, default)
+
+
+def describe(path) -> list[str]:
+    """`llamalab info`'s lines for a llava-hf directory (headers only)."""
+    state, args, _ = load_state(path, lazy=True)
+    count = {part: sum(w.numel() for k, w in state.items() if k.startswith(part))
+             for part in ("vision_tower", "multi_modal_projector", "language_model")}
+    v, t = args.vision, args.text
+    return ["format      llava-hf (LlavaForConditionalGeneration)", f"path        {path}",
+            f"params      {sum(count.values()):,} (vision tower {count['vision_tower']:,}, projector "
+            f"{count['multi_modal_projector']:,}, language model {count['language_model']:,})",
+            f"vision      {v.kind}: dim={v.dim} n_layers={v.n_layers} n_heads={v.n_heads} ffn_dim={v.ffn_dim} "
+            f"image_size={v.image_size} patch_size={v.patch_size} act={v.act}",
+            f"images      feature_layer={args.feature_layer} select={args.feature_select} "
+            f"image_tokens={args.image_tokens} image_token_id={args.image_token_id}",
+            f"text        dim={t.dim} n_layers={t.n_layers} n_heads={t.n_heads} n_kv_heads={t.kv_heads} "
+            f"ffn_dim={t.hidden_dim} vocab_size={t.vocab_size} max_seq_len={t.max_seq_len}"]
 
 
 def load_model(path, dtype: torch.dtype = torch.float32) -> Llava:
