@@ -75,6 +75,8 @@ def test_bad_image_input_is_one_line(checkpoint, tmp_path, capsys, smollm2_gguf)
     (tmp_path / "notes.png").write_text("not an image")
     base = ["generate", "--model", str(out), "--prompt", "Hi", "--max-new-tokens", "2"]
     fails(capsys, base + ["--image", str(tmp_path / "notes.png")], "notes.png", "not an image")
+    fails(capsys, ["generate", "--model", str(tmp_path / "no-such-model"), "--prompt", "Hi",
+                   "--image", str(tmp_path / "notes.png")], "notes.png", "not an image")  # before the load
     fails(capsys, base[:4] + ["<image> and <image>", "--image", str(image)], "2 <image> marks but 1 images")
     fails(capsys, ["generate", "--model", str(smollm2_gguf), "--prompt", "Hi", "--image", str(image)], "text-only")
     fails(capsys, base + ["--max-new-tokens", "300", "--image", str(image)], "exceeds the model's context")

@@ -39,13 +39,15 @@ def run(args):
         if args.image:
             raise LlamalabError("--image goes with --prompt, not --input")
         return answer_input(args)
+    from ..images import open_image
     from ..runtime import complete
 
+    images = [open_image(path) for path in args.image]  # a bad image fails before the (slow) load
     rt = load_model(args)
     out = sys.stdout if rt.is_main else io.StringIO()  # every rank decodes the same tokens; rank 0 prints
     for piece in complete(rt, args.prompt, chat=args.chat, system=args.system, stop=args.stop,
                           ignore_eos=args.ignore_eos, truncate=args.truncate, streaming=not args.no_stream,
-                          images=args.image, **sampling_kwargs(args)):
+                          images=images, **sampling_kwargs(args)):
         out.write(piece)
         out.flush()
     if out.isatty():

@@ -10,6 +10,7 @@ as a tokenizer does around a special token.
 from __future__ import annotations
 
 import torch
+from PIL import Image
 
 from ..chat_templates import render_for
 from ..errors import LlamalabError
@@ -21,7 +22,8 @@ MARK = "<image>"
 
 def image_prompt(rt: Runnable, text: str, images: list, *, chat: bool = False,
                  system: str | None = None) -> tuple[list[int], torch.Tensor]:
-    """(token ids, input rows (1, T, dim)) for `text` with `images` (paths or bytes) at its `<image>` marks."""
+    """(token ids, input rows (1, T, dim)) for `text` with `images` (paths, bytes or opened `open_image`s) at
+    its `<image>` marks."""
     if rt.vision is None:
         raise LlamalabError(f"{rt.name} is a text-only model; images need a vision model (a llava-hf checkpoint)")
     marks = text.count(MARK)
@@ -30,7 +32,8 @@ def image_prompt(rt: Runnable, text: str, images: list, *, chat: bool = False,
     elif marks != len(images):
         raise LlamalabError(f"the prompt has {marks} {MARK} marks but {len(images)} images were given; "
                             f"put one {MARK} where each image goes, or none to put them all in front")
-    pixels = torch.stack([torch.from_numpy(preprocess(open_image(i), rt.preprocess)) for i in images])
+    pixels = torch.stack([torch.from_numpy(preprocess(i if isinstance(i, Image.Image) else open_image(i),
+                                                         rt.preprocess)) for i in images])
     if chat:
         text = render_for(rt.tokenizer, ([{"role": "system", "content": system}] if system else [])
                           + [{"role": "user", "content": text}], rt.template)
