@@ -10,7 +10,7 @@ from PIL import Image
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from llamalab.cli import main
-from llamalab.generate import decode_text, stream
+from llamalab.generate import Engine, decode_text, stream
 from llamalab.images import preprocess
 from llamalab.runtime import load_runnable
 from llamalab.runtime.vision import image_prompt
@@ -80,3 +80,16 @@ def test_bad_image_input_is_one_line(checkpoint, tmp_path, capsys, smollm2_gguf)
     fails(capsys, base[:4] + ["<image> and <image>", "--image", str(image)], "2 <image> marks but 1 images")
     fails(capsys, ["generate", "--model", str(smollm2_gguf), "--prompt", "Hi", "--image", str(image)], "text-only")
     fails(capsys, base + ["--max-new-tokens", "300", "--image", str(image)], "exceeds the model's context")
+
+
+def test_engine_batches_image_and_text_prompts_together(checkpoint):
+    rt, ids, rows, expected = reference_tokens(checkpoint)
+    text = rt.encode("A plain question")
+    alone = list(stream(rt.model, text, max_new_tokens=8))
+    engine = Engine(rt.model, max_batch=3, max_len=64)
+    first = engine.add(text, max_new_tokens=8)
+    engine.step()  # the image prompt joins a batch already decoding
+    second = engine.add(ids, max_new_tokens=8, embeddings=rows)
+    while engine.step():
+        pass
+    assert first.tokens == alone and second.tokens == expected
