@@ -165,16 +165,19 @@ class Engine:
     def add(self, prompt: list[int], *, max_new_tokens: int, sampler: Sampler | None = None,
             generator: torch.Generator | None = None, stop_ids: Iterable[int] = (), stop: Iterable[str] = (),
             tokenizer=None, slot: int | None = None, cached: int = 0,
-            top_logprobs: int | None = None) -> Sequence:
+            top_logprobs: int | None = None, embeddings: torch.Tensor | None = None) -> Sequence:
         """Prefill `prompt` into a free slot (or `slot`) and sample its first new token.
 
         cached: the slot's cache already holds the keys/values of prompt[:cached] (a conversation's
         earlier turns); only the rest is prefilled. stop strings need the tokenizer; with a tokenizer
         the sequence also carries its decoded text. top_logprobs=k (k >= 0) records, for every new
         token, its log-probability under the model (before any sampling control) and the k most
-        probable (token, log-probability) pairs in `seq.logprobs`.
+        probable (token, log-probability) pairs in `seq.logprobs`. embeddings: (1, len(prompt), dim), the
+        prompt's input rows when they are not just its tokens' embeddings (LLaVA: images spliced in).
         """
         prompt = [int(t) for t in prompt]
+        if embeddings is not None and tuple(embeddings.shape[:2]) != (1, len(prompt)):
+            raise ValueError(f"embeddings of shape {tuple(embeddings.shape)} for a prompt of {len(prompt)} tokens")
         self._check(prompt, max_new_tokens, cached)
         threads.adapt(announce=True)  # the thread policy, in the thread that decodes, said before any token
         if slot is None:
@@ -191,16 +194,19 @@ class Engine:
                        top_logprobs=top_logprobs)
         self.slots[slot] = seq
         try:
-            self._prefill(seq, cached)
+            self._prefill(seq, cached, embeddings)
         except BaseException:
             self.slots[slot] = None  # a sequence that failed to start holds no slot
             raise
         return seq
 
-    def _prefill(self, seq: Sequence, cached: int) -> None:
+    def _prefill(self, seq: Sequence, cached: int, embeddings: torch.Tensor | None = None) -> None:
         prompt, slot, generator, top_logprobs = seq.prompt, seq.slot, seq.generator, seq.top_logprobs
         tokens = torch.tensor([prompt[cached:]], device=self.device)
-        logits = self.model(tokens, cache=self.cache.rows(slot, slot + 1), pos=cached, last_only=True)[:, -1]
+        if embeddings is not None:
+            embeddings = embeddings[:, cached:].to(device=self.device, dtype=self.dtype)
+        logits = self.model(tokens, cache=self.cache.rows(slot, slot + 1), pos=cached, last_only=True,
+                            embeddings=embeddings)[:, -1]
         self.lengths[slot] = len(prompt)
         seen = None
         if seq.sampler.uses_history:
@@ -380,13 +386,15 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
 def stream(model: Transformer, prompt: list[int], *, max_new_tokens: int, temperature: float = 0.0,
            top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
            repetition_penalty: float = 1.0, stop_ids: Iterable[int] = (), seed: int | None = None,
-           truncate: str | None = None, compile: bool = False) -> Iterator[int]:
-    """`generate` for one prompt, yielding each new token id as soon as it is sampled."""
+           truncate: str | None = None, compile: bool = False,
+           embeddings: torch.Tensor | None = None) -> Iterator[int]:
+    """`generate` for one prompt, yielding each new token id as soon as it is sampled. embeddings: the
+    prompt's input rows (see `Engine.add`); such a prompt is never truncated."""
     sampler = Sampler(temperature, top_k, top_p, min_p, repetition_penalty)
-    (prompt,) = _check_context(model, [list(prompt)], max_new_tokens, truncate)
+    (prompt,) = _check_context(model, [list(prompt)], max_new_tokens, None if embeddings is not None else truncate)
     engine = Engine(model, max_len=len(prompt) + max_new_tokens, compile=compile)
     seq = engine.add(prompt, max_new_tokens=max_new_tokens, sampler=sampler, generator=_generator(model, seed),
-                     stop_ids=stop_ids)
+                     stop_ids=stop_ids, embeddings=embeddings)
     yield seq.tokens[-1]
     while engine.step():
         yield seq.tokens[-1]

@@ -238,16 +238,19 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int | torch.Tensor = 0,
                 positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                last_only: bool = False, select: torch.Tensor | None = None) -> torch.Tensor:
+                last_only: bool = False, select: torch.Tensor | None = None,
+                embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab) for tokens (B, T); `last_only`: for the last position only (generation);
-        `select`: a boolean (B, T) mask, logits (N, vocab) for its N True positions only."""
-        h = self.hidden_states(tokens, cache=cache, pos=pos, positions=positions, mask=mask)
+        `select`: a boolean (B, T) mask, logits (N, vocab) for its N True positions only;
+        `embeddings`: (B, T, dim) used in place of the tokens' embeddings (LLaVA's image features spliced in)."""
+        h = self.hidden_states(tokens, cache=cache, pos=pos, positions=positions, mask=mask, embeddings=embeddings)
         if select is not None:
             return self.output(h[select])
         return self.output(h[:, -1:] if last_only else h)
 
     def hidden_states(self, tokens: torch.Tensor, *, cache: KVCache | None = None, pos: int | torch.Tensor = 0,
-                      positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                      positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                      embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """Final normalized hidden states (B, T, dim): everything but the output projection.
 
         cache: keys/values are written at slots [pos, pos+T) and attention covers slots [0, pos+T).
@@ -270,7 +273,7 @@ class Transformer(nn.Module):
         if mask is None and cache is not None and not isinstance(pos, torch.Tensor) and pos > 0 and T > 1:
             # a chunk after a cached prefix: query i (slot pos+i) sees slots 0..pos+i
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=tokens.device).tril(diagonal=pos)
-        h = self.tok_embeddings(tokens)
+        h = self.tok_embeddings(tokens) if embeddings is None else embeddings
         for i, layer in enumerate(self.layers):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
             h = layer(h, rotation, kv, pos, mask)

@@ -13,6 +13,8 @@ def add_arguments(p):
     p.add_argument("--prompt", help="the text to continue (with --chat: the user message)")
     p.add_argument("--input", metavar="FILE", help="instead: answer every question of a JSONL/JSON file (id, question; "
                    "or Alpaca records) as a chat turn, batched; needs --out")
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="an image for a LLaVA checkpoint (repeatable), at the prompt's <image> marks or in front")
     p.add_argument("--out", metavar="FILE.jsonl", help="with --input: the answers (id, model, answer), appended")
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="with --input: answers decoding together")
     p.add_argument("--name", help="with --input: the model's name in the answers (default: the checkpoint's)")
@@ -35,14 +37,18 @@ def run(args):
     if args.input and args.tensor_parallel > 1:
         raise LlamalabError("--input does not combine with --tensor-parallel yet; use --prompt")
     if args.input:
+        if args.image:
+            raise LlamalabError("--image goes with --prompt, not --input")
         return answer_input(args)
+    from ..images import open_image
     from ..runtime import complete
 
+    images = [open_image(path) for path in args.image]  # a bad image fails before the (slow) load
     rt = load_model(args)
     out = sys.stdout if rt.is_main else io.StringIO()  # every rank decodes the same tokens; rank 0 prints
     for piece in complete(rt, args.prompt, chat=args.chat, system=args.system, stop=args.stop,
                           ignore_eos=args.ignore_eos, truncate=args.truncate, streaming=not args.no_stream,
-                          **sampling_kwargs(args)):
+                          images=images, **sampling_kwargs(args)):
         out.write(piece)
         out.flush()
     if out.isatty():

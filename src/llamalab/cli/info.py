@@ -10,8 +10,12 @@ def add_arguments(p):
 
 
 def run(args):
-    from ..formats import expected_shapes, load_state
+    from pathlib import Path
 
+    from ..formats import expected_shapes, llava, load_state
+
+    if llava.is_llava(Path(args.path)):
+        return print("\n".join(llava.describe(Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent)))
     src = load_state(args.path, lazy=True)
     state, cfg, extra, fmt, path = src.state, src.args, src.extra, src.format, src.path  # shapes only: instant for any size
     meta = extra.get("metadata", {})

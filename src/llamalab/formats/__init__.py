@@ -22,7 +22,7 @@ from ..errors import LlamalabError
 from ..model import Transformer
 from ..quant import GroupCodes, build_quantized
 from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_gguf_fields
-from . import gguf, hf, meta
+from . import gguf, hf, llava, meta
 from .output import check_output
 from .peft import attach_adapter
 from .shapes import check_layers, check_state, expected_shapes  # noqa: F401  (formats.expected_shapes)
@@ -39,6 +39,7 @@ class Checkpoint:
     format: str  # "gguf" | "hf" | "meta"
     metadata: dict = field(default_factory=dict)
     path: Path | None = None
+    vision: "llava.Llava | None" = None  # a LLaVA checkpoint: the whole model (`model` is its language model)
 
 
 def detect_format(path: Path) -> tuple[str, Path]:
@@ -127,6 +128,9 @@ def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False) -> Lo
     lazy: tensors on the meta device (shapes and dtypes only), for inspecting a checkpoint cheaply.
     quantized: quantized matrices stay quantized (`llamalab.quant.GroupCodes`) where the format has them."""
     fmt, path = detect_format(resolve(path_or_id))
+    if fmt == "hf" and llava.is_llava(path):
+        raise LlamalabError(f"{path}: a LLaVA (vision) checkpoint: `llamalab generate --image` and `info` read it; "
+                            "this command does not handle one yet")
     options = {"quantized": True} if quantized and fmt in ("gguf", "hf") else {}
     state, args, extra = MODULES[fmt].load_state(path, lazy=lazy, **options)
     check_layers(state, args, path)
@@ -140,7 +144,10 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
 
     dtype None: quantized weights stay quantized and run as such (`llamalab.quant`), the rest is float32;
     a dtype dequantizes everything to it. adapter: a LoRA adapter directory (peft's layout) to run with
-    the weights, unmerged (`llamalab lora merge` folds one in for good)."""
+    the weights, unmerged (`llamalab lora merge` folds one in for good). A llava-hf directory loads whole
+    (`Checkpoint.vision`), its language model as `model`."""
+    if llava.is_llava(path := resolve(path_or_id)):
+        return _load_llava(path, device=device, dtype=dtype, tokenizer=tokenizer, adapter=adapter)
     src = load_state(path_or_id, quantized=dtype is None)
     if any(isinstance(v, GroupCodes) for v in src.state.values()):
         model = build_quantized(src.state, src.args, device=device)
@@ -151,6 +158,17 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
     if adapter:
         attach_adapter(ckpt, adapter)
     return ckpt
+
+
+def _load_llava(path: Path, *, device, dtype, tokenizer: bool, adapter) -> Checkpoint:
+    if adapter:
+        raise LlamalabError(f"{path}: --adapter is not supported with a LLaVA checkpoint yet")
+    path = path if path.is_dir() else path.parent
+    model = llava.load_model(path, dtype or torch.float32).to(device)
+    model.language_model.init_buffers(device)
+    tok = load_tokenizer_for("hf", path, model.args.text.vocab_size) if tokenizer else None
+    return Checkpoint(model=model.language_model, args=model.args.text, tokenizer=tok, format="llava",
+                      metadata=llava.hf._read_json(path / "config.json"), path=path, vision=model)
 
 
 def save(state: dict[str, torch.Tensor], args: ModelArgs, out, fmt: str, tokenizer_src=None, *,

@@ -24,10 +24,13 @@ from ..config import ModelArgs
 from ..device import resolve_device
 from ..errors import LlamalabError
 from ..formats import load
+from ..formats.llava import preprocess_for
 from ..generate import Engine
+from ..images import Preprocess
 from ..model import Transformer
 from ..tensor_parallel import shard_for_inference, share
 from ..tokenizer import Tokenizer
+from ..vision import Llava
 from .distributed import World, init_distributed
 
 
@@ -47,6 +50,8 @@ class Runnable:
     world: World | None = None      # under tensor parallelism: this process's rank and device
     tensor_parallel: int = 1        # processes the weights are sharded over
     metadata: dict = field(default_factory=dict)
+    vision: Llava | None = None     # a LLaVA checkpoint: the whole model (`model` is its language model)
+    preprocess: Preprocess | None = None  # and how its images become pixels
 
     @property
     def is_main(self) -> bool:
@@ -119,6 +124,8 @@ def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor
         dtype = dtype or torch.float32  # the shards are float weights: a quantized file is dequantized
         world = init_distributed(device or "auto")
     ckpt = load(path_or_name, device=str(resolve_device(device)), dtype=dtype, adapter=adapter)
+    if ckpt.vision is not None and world is not None:
+        raise LlamalabError(f"{path_or_name}: --tensor-parallel does not shard a LLaVA checkpoint's vision tower yet")
     if ckpt.tokenizer is None:
         raise LlamalabError(f"{path_or_name}: no tokenizer found with the checkpoint "
                             f"(put tokenizer.model or tokenizer.json next to it)")
@@ -127,4 +134,5 @@ def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor
     chosen = resolve_template(template, ckpt.tokenizer) if template or ckpt.tokenizer.chat_template else None
     return Runnable(ckpt.model, ckpt.args, ckpt.tokenizer, chosen, ckpt.format, ckpt.path, str(path_or_name),
                     adapter=adapter and str(adapter), compile=compile, world=world, tensor_parallel=tensor_parallel,
-                    metadata=ckpt.metadata)
+                    metadata=ckpt.metadata, vision=ckpt.vision,
+                    preprocess=preprocess_for(ckpt.path, ckpt.vision.args) if ckpt.vision is not None else None)

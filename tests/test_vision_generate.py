@@ -1,0 +1,95 @@
+"""`llamalab generate --image` on a LLaVA checkpoint: through `load_runnable` and the one decoding engine (the
+prompt prefilled from its input rows), the same greedy tokens as transformers' `LlavaForConditionalGeneration`
+on the same pixels; bad images and an image for a text-only model: one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from llamalab.cli import main
+from llamalab.generate import Engine, decode_text, stream
+from llamalab.images import preprocess
+from llamalab.runtime import load_runnable
+from llamalab.runtime.vision import image_prompt
+from llamalab.tokenizer import save_tokenizer
+
+IMAGE_TOKEN = 49151
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, smollm2_gguf):
+    """A tiny random LLaVA (CLIP tower) written by transformers, with SmolLM2's tokenizer."""
+    out = tmp_path_factory.mktemp("llava")
+    torch.manual_seed(0)
+    text = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                       tie_word_embeddings=True)
+    vision = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=28, patch_size=14)
+    ref = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
+                                                    vision_feature_layer=-2)).eval()
+    ref.save_pretrained(out)
+    save_tokenizer(smollm2_gguf, out)
+    image = tmp_path_factory.mktemp("img") / "cat.png"
+    Image.effect_mandelbrot((64, 48), (-2, -1.2, 1, 1.2), 40).convert("RGB").save(image)
+    return ref, out, image
+
+
+def reference_tokens(checkpoint):
+    """Our runnable, and transformers' greedy tokens for the prompt and image as we build them."""
+    ref, out, image = checkpoint
+    rt = load_runnable(out, device="cpu")
+    ids, rows = image_prompt(rt, "What is in the picture?", [image])
+    assert ids.count(IMAGE_TOKEN) == rt.vision.args.image_tokens == 4
+    pixels = torch.from_numpy(preprocess(Image.open(image), rt.preprocess))[None]
+    with torch.no_grad():
+        expected = ref.generate(input_ids=torch.tensor([ids]), pixel_values=pixels, max_new_tokens=8,
+                                do_sample=False, pad_token_id=0)[0, len(ids):].tolist()
+    return rt, ids, rows, expected
+
+
+def test_engine_greedy_equals_transformers(checkpoint):
+    rt, ids, rows, expected = reference_tokens(checkpoint)
+    assert list(stream(rt.model, ids, max_new_tokens=8, embeddings=rows)) == expected
+
+
+def test_cli_generate_with_image(checkpoint, capsys):
+    ref, out, image = checkpoint
+    rt, _, _, expected = reference_tokens(checkpoint)
+    assert main(["generate", "--model", str(out), "--image", str(image), "--prompt", "What is in the picture?",
+                 "--max-new-tokens", "8", "--ignore-eos"]) == 0
+    assert capsys.readouterr().out == decode_text(expected, rt.tokenizer)
+
+
+def fails(capsys, argv, *expect):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and all(e in err for e in expect), err
+
+
+def test_bad_image_input_is_one_line(checkpoint, tmp_path, capsys, smollm2_gguf):
+    _, out, image = checkpoint
+    (tmp_path / "notes.png").write_text("not an image")
+    base = ["generate", "--model", str(out), "--prompt", "Hi", "--max-new-tokens", "2"]
+    fails(capsys, base + ["--image", str(tmp_path / "notes.png")], "notes.png", "not an image")
+    fails(capsys, ["generate", "--model", str(tmp_path / "no-such-model"), "--prompt", "Hi",
+                   "--image", str(tmp_path / "notes.png")], "notes.png", "not an image")  # before the load
+    fails(capsys, base[:4] + ["<image> and <image>", "--image", str(image)], "2 <image> marks but 1 images")
+    fails(capsys, ["generate", "--model", str(smollm2_gguf), "--prompt", "Hi", "--image", str(image)], "text-only")
+    fails(capsys, base + ["--max-new-tokens", "300", "--image", str(image)], "exceeds the model's context")
+
+
+def test_engine_batches_image_and_text_prompts_together(checkpoint):
+    rt, ids, rows, expected = reference_tokens(checkpoint)
+    text = rt.encode("A plain question")
+    alone = list(stream(rt.model, text, max_new_tokens=8))
+    engine = Engine(rt.model, max_batch=3, max_len=64)
+    first = engine.add(text, max_new_tokens=8)
+    engine.step()  # the image prompt joins a batch already decoding
+    second = engine.add(ids, max_new_tokens=8, embeddings=rows)
+    while engine.step():
+        pass
+    assert first.tokens == alone and second.tokens == expected
