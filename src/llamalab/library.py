@@ -12,12 +12,15 @@ blob no manifest names any more. This module knows files only; `llamalab.models`
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .atomic import staged_dir, write_text
@@ -89,6 +92,19 @@ def resolve(name: str, root: Path | None = None) -> Path:
     return tree / entry["entry"] if entry.get("entry") else tree
 
 
+@contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """The library to oneself: imports, copies and removals take turns (a removal's clean-up never takes
+    the blobs of an import still under way)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def blob_path(sha: str, root: Path) -> Path:
     return root / "blobs" / f"sha256-{sha}"
 
@@ -143,24 +159,26 @@ def write_manifest(name: str, entry: dict, root: Path) -> None:
 def copy(src: str, dst: str, root: Path | None = None) -> None:
     """`dst` names the same model as `src` (no bytes copied)."""
     root = root or home()
-    entry = manifest(src, root)
-    write_manifest(dst, {**entry, "modified": time.time()}, root)
+    with locked(root):
+        entry = manifest(src, root)
+        write_manifest(dst, {**entry, "modified": time.time()}, root)
 
 
 def remove(name: str, root: Path | None = None) -> None:
     """Forget `name`; its trees and blobs go when no other name uses them."""
     root = root or home()
-    manifest(name, root)  # an unknown name fails here
-    _manifest_path(name, root).unlink()
-    try:
-        _manifest_path(name, root).parent.rmdir()
-    except OSError:
-        pass
-    collect(root)
+    with locked(root):
+        manifest(name, root)  # an unknown name fails here
+        _manifest_path(name, root).unlink()
+        try:
+            _manifest_path(name, root).parent.rmdir()
+        except OSError:
+            pass
+        collect(root)
 
 
 def collect(root: Path) -> None:
-    """Delete the trees and blobs no manifest names (and leftovers of interrupted imports)."""
+    """Delete the trees and blobs no manifest names (and leftovers of interrupted imports); under `locked`."""
     kept = entries(root)
     digests = {e["digest"] for e in kept}
     shas = {sha for e in kept for sha in e["files"].values()}

@@ -60,13 +60,14 @@ def import_model(src, name: str, root: Path | None = None) -> dict:
     if not sources:
         raise LlamalabError(f"{src}: no files to import")
     files, size = {}, 0
-    for rel, file in sources.items():
-        files[rel], n = library.add_blob(file, root)
-        size += n
-    digest = library.add_tree(files, root)
-    manifest = {"files": files, "entry": entry, "digest": digest, "size": size, "source": str(Path(src).resolve()),
-                "modified": time.time(), **info}
-    library.write_manifest(name, manifest, root)  # the last step: only now does the name list
+    with library.locked(root):
+        for rel, file in sources.items():
+            files[rel], n = library.add_blob(file, root)
+            size += n
+        digest = library.add_tree(files, root)
+        manifest = {"files": files, "entry": entry, "digest": digest, "size": size,
+                    "source": str(Path(src).resolve()), "modified": time.time(), **info}
+        library.write_manifest(name, manifest, root)  # the last step: only now does the name list
     return {"name": library.full_name(name), **manifest}
 
 
