@@ -31,6 +31,7 @@ COMMANDS = {
     "generate": "generate",
     "chat": "chat",
     "serve": "serve",
+    "models": "models",
     "data": "data",
     "train": "train",
     "finetune": "finetune",

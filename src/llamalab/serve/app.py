@@ -31,7 +31,7 @@ from ..chat_templates import render_for
 from ..errors import LlamalabError
 from ..generate import Engine
 from ..sampling import Sampler
-from . import page
+from . import ollama, page
 from .guard import Guard
 from .metrics import Metrics
 from .mirror import Leader
@@ -70,7 +70,7 @@ class Service:
     """What the routes share: the tokenizer, the scheduler and the settings."""
 
     def __init__(self, model, tokenizer, settings: Settings):
-        self.tokenizer, self.settings = tokenizer, settings
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.metrics = Metrics()
         engine = new_engine(model, settings)
         if settings.mirrored:
@@ -190,6 +190,8 @@ def _routes(app: FastAPI, service: Service) -> None:
         return await _answer(service, request, body, job, Formatter(
             chat=False, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs is not None))
 
+    ollama.add_routes(app, service, service.model, authorized)
+
     if service.settings.ui:
         @app.get("/", response_class=HTMLResponse)
         async def chat_page():
@@ -281,20 +283,25 @@ def _json(obj) -> str:
 
 
 # ------------------------------------------------------------------------------------------ errors
+def _body(request: Request, e: APIError) -> dict:
+    """OpenAI's error body; ollama's `{"error": message}` under /api."""
+    return {"error": e.message} if request.url.path.startswith("/api/") else e.body()
+
+
 async def _api_error(request: Request, e: APIError):
-    return JSONResponse(e.body(), status_code=e.status)
+    return JSONResponse(_body(request, e), status_code=e.status)
 
 
 async def _validation_error(request: Request, e: RequestValidationError):
     message, param = validation_message(list(e.errors()))
-    return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
+    return JSONResponse(_body(request, APIError(400, message, param=param)), status_code=400)
 
 
 async def _http_error(request: Request, e: HTTPException):
     message = {404: f"no route {request.method} {request.url.path}", 405: f"{request.method} is not allowed "
                f"on {request.url.path}"}.get(e.status_code, str(e.detail))
     close = {"connection": "close"} if e.status_code in (408, 413) else None  # the body was not read to its end
-    return JSONResponse(APIError(e.status_code, message).body(), status_code=e.status_code, headers=close)
+    return JSONResponse(_body(request, APIError(e.status_code, message)), status_code=e.status_code, headers=close)
 
 
 async def _internal_error(request: Request, e: Exception):
