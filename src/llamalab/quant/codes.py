@@ -31,6 +31,9 @@ class GroupCodes:
     zero: torch.Tensor   # (out, in // group_size)
     bits: int
     group_size: int
+    # act-order (GPTQ's desc_act): the codes' columns are the weight's columns `perm` (groups contiguous in
+    # that order), so W[:, perm] = the dequantized codes and y = x[..., perm] · codesᵀ; None: in order
+    perm: torch.Tensor | None = None
 
     @property
     def shape(self) -> torch.Size:
@@ -39,11 +42,14 @@ class GroupCodes:
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         g = self.group_size
         w = self.q.float().unflatten(-1, (-1, g)) * self.scale.float()[..., None] + self.zero.float()[..., None]
-        return w.flatten(-2).to(dtype)
+        w = w.flatten(-2)
+        if self.perm is not None:  # back to the weight's own column order
+            w = w[..., torch.argsort(self.perm)]
+        return w.to(dtype)
 
     def rows(self, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
         """Dequantized rows `index` (any shape) → (*index.shape, in): an embedding lookup."""
-        part = GroupCodes(self.q[index], self.scale[index], self.zero[index], self.bits, self.group_size)
+        part = GroupCodes(self.q[index], self.scale[index], self.zero[index], self.bits, self.group_size, self.perm)
         return part.dequantize(dtype)
 
 
@@ -130,4 +136,4 @@ def from_tensors(t: dict[str, torch.Tensor], where) -> GroupCodes:
 
 def permute_rows(codes: GroupCodes, fn) -> GroupCodes:
     """The same codes with their rows reordered by `fn` (a function of an (out, X) matrix)."""
-    return GroupCodes(fn(codes.q), fn(codes.scale), fn(codes.zero), codes.bits, codes.group_size)
+    return GroupCodes(fn(codes.q), fn(codes.scale), fn(codes.zero), codes.bits, codes.group_size, codes.perm)

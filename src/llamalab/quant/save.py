@@ -49,12 +49,24 @@ def _check(bits: int, group_size: int, gguf: bool, symmetric: bool) -> None:
 
 
 def quantize_checkpoint(src, out, *, bits: int, group_size: int | None = None, symmetric: bool = False,
-                        force: bool = False) -> Path:
+                        force: bool = False, method: str = "rtn", **gptq) -> Path:
     """Write the quantized checkpoint to `out` (atomically) and return its path: a `.gguf` file, else an
-    HF-style directory of group codes."""
+    HF-style directory of group codes. method "gptq": calibrated, a GPTQ-layout directory
+    (`calibration.gptq_checkpoint`, which takes the `gptq` options: act_order, calibration, samples, seq_len)."""
     from ..formats import save
 
     out = Path(out)
+    if method == "gptq":
+        from .calibration import gptq_checkpoint
+
+        if out.suffix == ".gguf":
+            raise LlamalabError("--method gptq writes a directory in the GPTQ layout; give --out a directory name")
+        return gptq_checkpoint(src, out, bits=bits, group_size=group_size or 128, sym=symmetric, force=force, **gptq)
+    if method != "rtn":
+        raise LlamalabError(f"--method must be rtn or gptq, got {method!r}")
+    if any(v not in (None, False) for v in gptq.values()):
+        raise LlamalabError(f"{', '.join('--' + k.replace('_', '-') for k, v in gptq.items() if v not in (None, False))} "
+                            "applies to --method gptq only")
     gguf = out.suffix == ".gguf"
     group_size = group_size or BLOCK
     _check(bits, group_size, gguf, symmetric)
