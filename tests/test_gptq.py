@@ -120,17 +120,19 @@ def gptq_checkpoint_by_hand(out, bits: int, sym: bool, g_idx_kind: str, group: i
         for proj in PROJECTIONS:
             name = f"model.layers.{i}.{proj}"
             out_f, in_f = tensors.pop(f"{name}.weight").shape
-            groups = in_f // group
+            size = in_f if group == -1 else group  # -1: one group per row
+            groups = in_f // size
             if g_idx_kind == "plain":
-                g_idx = torch.arange(in_f) // group
+                g_idx = torch.arange(in_f) // size
             elif g_idx_kind == "act-order":  # AutoGPTQ's desc_act: g_idx[perm[i]] = i // group
                 perm = torch.randperm(in_f, generator=gen)
                 g_idx = torch.empty(in_f, dtype=torch.long)
-                g_idx[perm] = torch.arange(in_f) // group
+                g_idx[perm] = torch.arange(in_f) // size
             else:  # groups of unequal sizes: no contiguous reordering exists
                 g_idx = torch.randint(0, groups, (in_f,), generator=gen)
             q = torch.randint(0, 2 ** bits, (in_f, out_f), generator=gen)
-            z = torch.full((groups, out_f), 2 ** (bits - 1)) if sym else torch.randint(0, 2 ** bits, (groups, out_f), generator=gen)
+            z = torch.full((groups, out_f), 2 ** (bits - 1)) if sym else \
+                torch.randint(0, 2 ** bits, (groups, out_f), generator=gen)
             scales = (torch.rand(groups, out_f, generator=gen) * 0.02 + 0.001).half()
             w = scales.float()[g_idx] * (q - z[g_idx]).float()  # (in, out)
             model.get_submodule(name).weight.data = w.t().contiguous()
@@ -145,11 +147,11 @@ def gptq_checkpoint_by_hand(out, bits: int, sym: bool, g_idx_kind: str, group: i
     return model
 
 
-@pytest.mark.parametrize("bits, sym, g_idx_kind", [(4, True, "plain"), (4, False, "act-order"),
-                                                   (8, True, "act-order"), (8, False, "plain"),
-                                                   (4, False, "irregular")])
-def test_gptq_checkpoint_loads_onto_codes(tmp_path, bits, sym, g_idx_kind):
-    reference = gptq_checkpoint_by_hand(tmp_path / "ckpt", bits, sym, g_idx_kind)
+@pytest.mark.parametrize("bits, sym, g_idx_kind, group", [(4, True, "plain", 32), (4, False, "act-order", 32),
+                                                          (8, True, "act-order", 32), (8, False, "plain", 32),
+                                                          (4, False, "irregular", 32), (4, False, "plain", -1)])
+def test_gptq_checkpoint_loads_onto_codes(tmp_path, bits, sym, g_idx_kind, group):
+    reference = gptq_checkpoint_by_hand(tmp_path / "ckpt", bits, sym, g_idx_kind, group)
     tokens = torch.tensor([[1, 17, 200, 45, 3, 99, 250, 8]])
     with torch.no_grad():
         want = reference(tokens).logits
@@ -171,12 +173,18 @@ def test_gptq_checkpoint_loads_onto_codes(tmp_path, bits, sym, g_idx_kind):
     assert (got_w2 - want_w2).abs().max() <= 0.02 * want_w2.abs().max()
 
 
-def test_info_describes_a_gptq_checkpoint(tmp_path, capsys):
-    gptq_checkpoint_by_hand(tmp_path / "ckpt", 4, False, "act-order")
+def test_info_describes_a_gptq_checkpoint_and_convert_writes_gguf(tmp_path, capsys):
+    reference = gptq_checkpoint_by_hand(tmp_path / "ckpt", 4, False, "act-order")
     assert main(["info", str(tmp_path / "ckpt")]) == 0
     out = capsys.readouterr().out
     assert "GPTQ 4-bit, group 32, asymmetric (zero points), act-order (desc_act, g_idx)" in out
     assert "layers.0.attention.wq.weight     (64, 64)         gptq int4 (group 32, act-order)" in out
+    gguf = tmp_path / "m.gguf"  # convert: the dequantized weights, as float32 GGUF
+    assert main(["convert", str(tmp_path / "ckpt"), "--to", "gguf", "--out", str(gguf)]) == 0
+    tokens = torch.tensor([[1, 17, 200, 45, 3]])
+    with torch.no_grad():
+        got = llamalab.load(gguf, dtype=torch.float32, tokenizer=False).model(tokens)
+        assert (got - reference(tokens).logits).abs().max() < 1e-4
 
 
 # ------------------------------------------------------------------------------ `llamalab quantize --method gptq`
@@ -255,3 +263,30 @@ def test_bad_gptq_input_is_one_line_exit_2(tiny_hf, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.gguf").exists()
+
+
+def test_smollm2_gptq_recovers_round_to_nearest_loss(smollm2_gguf):
+    """The real model, in memory (fake-quantized float weights, float32 activations): GPTQ 4-bit group 128
+    (a few calibration windows of the demo prose) against the same grid rounded to nearest, perplexity on the
+    held-out first prose document."""
+    import lzma
+    from importlib import resources
+
+    from llamalab.perplexity import perplexity
+    from llamalab.quant.calibration import calibration_samples, calibration_text
+    from llamalab.quant.gptq_model import gptq_codes
+
+    with lzma.open(resources.files("llamalab.data.corpus") / "prose.jsonl.xz", "rt") as f:
+        held_out = json.loads(f.readline())["text"][:1800]  # ~400 tokens; never in the calibration windows
+    ckpt = llamalab.load(smollm2_gguf, dtype=torch.float32)
+    ids = ckpt.tokenizer.encode(held_out)
+    calibration = calibration_text("corpus", chars=40_000)
+    assert held_out[:200] not in calibration
+    samples = calibration_samples(ckpt.tokenizer.encode(calibration), 16, 128)
+    ppl = {"fp32": perplexity(ckpt.model, ids, context=128, stride=64, progress=False).perplexity}
+    for method in ("rtn", "gptq"):
+        model = llamalab.load(smollm2_gguf, dtype=torch.float32, tokenizer=False).model
+        gptq_codes(model, samples, bits=4, group_size=128, method=method, progress=False)
+        ppl[method] = perplexity(model, ids, context=128, stride=64, progress=False).perplexity
+    print(ppl)
+    assert ppl["gptq"] - ppl["fp32"] < 0.75 * (ppl["rtn"] - ppl["fp32"]), ppl

@@ -6,17 +6,21 @@ def add_arguments(p):
     p.add_argument("--model", required=True, help="float checkpoint: .gguf file, HF or Meta directory, or hub id")
     p.add_argument("--method", choices=("rtn", "gptq"), default="rtn",
                    help="rtn: round to nearest (default); gptq: GPTQ on calibration text (writes the GPTQ layout)")
-    p.add_argument("--bits", type=int, required=True, help="rtn: 8 (Q8_0) or 4 (Q4_1; Q4_0 with --symmetric); gptq: 4, 3 or 8")
+    p.add_argument("--bits", type=int, required=True,
+                   help="rtn: 8 (Q8_0) or 4 (Q4_1; Q4_0 with --symmetric); gptq: 4, 3 or 8")
     p.add_argument("--group-size", type=int, metavar="G",
                    help="weights per scale: 32, 64 or 128 (rtn default 32, GGUF takes 32 only; gptq default 128)")
     p.add_argument("--symmetric", "--sym", action="store_true",
                    help="no per-group minimum/zero point (rtn: Q4_0; gptq: zero 2^(bits-1))")
-    p.add_argument("--act-order", action="store_true", help="gptq: columns in descending Hessian diagonal (desc_act, g_idx)")
+    p.add_argument("--act-order", action="store_true",
+                   help="gptq: columns in descending Hessian diagonal (desc_act, g_idx)")
     p.add_argument("--calibration", metavar="FILE|corpus",
-                   help="gptq: calibration text, a UTF-8 file or 'corpus' (the embedded demo prose, its first document held out)")
+                   help="gptq: calibration text, a UTF-8 file or 'corpus' (the embedded demo prose, its first "
+                        "document held out)")
     p.add_argument("--samples", type=int, help="gptq: calibration windows (default 128)")
     p.add_argument("--seq-len", type=int, help="gptq: tokens per window (default 512)")
-    p.add_argument("--out", required=True, help="output: a .gguf file, or a directory (HF-style safetensors with scales)")
+    p.add_argument("--out", required=True,
+                   help="output: a .gguf file, or a directory (HF-style safetensors with scales; GPTQ's layout)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 

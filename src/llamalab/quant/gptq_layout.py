@@ -35,6 +35,7 @@ from .gptq import from_unsigned, unsigned
 
 PARTS = ("qweight", "qzeros", "scales", "g_idx")
 MIN_PART = 16  # groups that only split into parts smaller than this are dequantized instead
+KERNEL_PART = 128  # larger groups are held as parts of at most this (same values, the kernel's group sizes)
 FORMATS = ("gptq", "gptq_v2")
 
 
@@ -99,7 +100,8 @@ def _shapes(t: dict, bits: int, where) -> tuple[int, int, int]:
     return inp, out, groups
 
 
-def from_tensors(t: dict[str, torch.Tensor], bits: int, fmt: str, where, group_size: int = -1) -> GroupCodes | torch.Tensor:
+def from_tensors(t: dict[str, torch.Tensor], bits: int, fmt: str, where,
+                 group_size: int = -1) -> GroupCodes | torch.Tensor:
     """GroupCodes of one module's GPTQ tensors (bits and group size from the quantization config, the latter
     only for a checkpoint without g_idx), or its float32 weight where its g_idx does not form groups the
     codes can hold (see the module's docstring)."""
@@ -118,6 +120,8 @@ def from_tensors(t: dict[str, torch.Tensor], bits: int, fmt: str, where, group_s
     scale = t["scales"].float().t()
     counts = torch.bincount(g_idx, minlength=groups)
     d = math.gcd(*counts.tolist())  # the largest part size every group splits into
+    if math.gcd(d, KERNEL_PART) >= 32:  # parts the int4 kernel takes (a per-row checkpoint: 128 columns)
+        d = math.gcd(d, KERNEL_PART)
     if d < MIN_PART:  # irregular groups: this layer as float
         return scale[:, g_idx] * (q - z[:, g_idx]).float()
     perm = None if bool((g_idx[1:] >= g_idx[:-1]).all()) else torch.sort(g_idx, stable=True).indices

@@ -15,6 +15,8 @@
     int8 product exactly.
   Activations enter in bfloat16 and the result returns in the input's dtype.
 - "dequantize" (CUDA, odd shapes): the codes are dequantized per call to the activation dtype, run by F.linear.
+3-bit codes (GPTQ) take the 4-bit route as they are (codes 0..7). Act-order codes (`GroupCodes.perm`) hold
+the weight's columns permuted: the activations are gathered into that order before any of the three.
 """
 
 from __future__ import annotations

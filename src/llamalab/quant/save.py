@@ -61,7 +61,8 @@ def quantize_checkpoint(src, out, *, bits: int, group_size: int | None = None, s
 
         if out.suffix == ".gguf":
             raise LlamalabError("--method gptq writes a directory in the GPTQ layout; give --out a directory name")
-        return gptq_checkpoint(src, out, bits=bits, group_size=group_size or 128, sym=symmetric, force=force, **gptq)
+        return gptq_checkpoint(src, out, bits=bits, group_size=group_size or 128, sym=symmetric, force=force,
+                               **gptq)
     if method != "rtn":
         raise LlamalabError(f"--method must be rtn or gptq, got {method!r}")
     if any(v not in (None, False) for v in gptq.values()):
