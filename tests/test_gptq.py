@@ -8,6 +8,8 @@ gptqmodel needs CUDA torch), so the layout is constructed in `autogptq_pack` fro
 `QuantLinear.pack` loop and `checkpoint_format` "gptq" (zeros stored minus one)."""
 
 import json
+import lzma
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -17,10 +19,14 @@ from safetensors.torch import load_file, save_file
 import llamalab
 from llamalab.cli import main
 from llamalab.config import ModelArgs
+from llamalab.errors import LlamalabError
 from llamalab.formats import load_state, save
 from llamalab.formats.hf import config_from_args
+from llamalab.perplexity import perplexity
 from llamalab.quant import GroupCodes, QuantLinear
+from llamalab.quant.calibration import calibration_samples, calibration_text, gptq_checkpoint
 from llamalab.quant.gptq import Hessian, gptq, grid, round_to_nearest
+from llamalab.quant.gptq_model import gptq_codes
 from llamalab.tokenizer import load_tokenizer
 from tiny import random_state
 
@@ -269,13 +275,6 @@ def test_smollm2_gptq_recovers_round_to_nearest_loss(smollm2_gguf):
     """The real model, in memory (fake-quantized float weights, float32 activations): GPTQ 4-bit group 128
     (a few calibration windows of the demo prose) against the same grid rounded to nearest, perplexity on the
     held-out first prose document."""
-    import lzma
-    from importlib import resources
-
-    from llamalab.perplexity import perplexity
-    from llamalab.quant.calibration import calibration_samples, calibration_text
-    from llamalab.quant.gptq_model import gptq_codes
-
     with lzma.open(resources.files("llamalab.data.corpus") / "prose.jsonl.xz", "rt") as f:
         held_out = json.loads(f.readline())["text"][:1800]  # ~400 tokens; never in the calibration windows
     ckpt = llamalab.load(smollm2_gguf, dtype=torch.float32)
@@ -290,3 +289,32 @@ def test_smollm2_gptq_recovers_round_to_nearest_loss(smollm2_gguf):
         ppl[method] = perplexity(model, ids, context=128, stride=64, progress=False).perplexity
     print(ppl)
     assert ppl["gptq"] - ppl["fp32"] < 0.75 * (ppl["rtn"] - ppl["fp32"]), ppl
+
+
+@pytest.mark.parametrize("sym, kind", [(False, "Q4_1"), (True, "Q4_0")])
+def test_quantize_gptq_to_gguf_blocks(tiny_hf, tmp_path, sym, kind):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    text = tmp_path / "calib.txt"
+    text.write_text("It was the best of times, it was the worst of times. " * 60)
+    argv = ["quantize", "--model", str(tiny_hf), "--method", "gptq", "--bits", "4", "--group-size", "32",
+            "--calibration", str(text), "--samples", "4", "--seq-len", "64"] + (["--sym"] if sym else [])
+    assert main(argv + ["--out", str(tmp_path / "q.gguf")]) == 0
+    assert main(argv + ["--out", str(tmp_path / "q")]) == 0  # the same GPTQ run, in the GPTQ layout
+    codes = load_state(tmp_path / "q", quantized=True)[0]
+    tensors = {t.name: t for t in GGUFReader(tmp_path / "q.gguf").tensors}
+    assert tensors["token_embd.weight"].tensor_type.name == "Q8_0"
+    for ours, name in [("layers.0.attention.wq.weight", "blk.0.attn_q.weight"),
+                       ("layers.1.feed_forward.w2.weight", "blk.1.ffn_down.weight")]:
+        t = tensors[name]
+        assert t.tensor_type.name == kind
+        got = torch.from_numpy(dequantize(t.data, t.tensor_type)).reshape(codes[ours].shape)
+        want = codes[ours].dequantize()
+        step = codes[ours].scale.float().repeat_interleave(32, 1)
+        if sym:  # Q4_0 holds GPTQ's symmetric grid exactly
+            assert torch.equal(got, want), ours
+        else:  # Q4_1's minimum is float16: GPTQ's zero point rounded
+            assert ((got - want).abs() <= 0.01 * step + 1e-7).all(), ours
+    with pytest.raises(LlamalabError, match="GGUF output holds GPTQ's values only as"):
+        gptq_checkpoint(tiny_hf, tmp_path / "x.gguf", bits=4, group_size=128)

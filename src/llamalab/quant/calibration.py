@@ -6,7 +6,9 @@ quality measurements (bench/quant_quality.py, README) compute perplexity on. The
 `seq_len` tokens at random offsets (seeded), as the GPTQ paper draws its C4 samples.
 
 The output is an HF directory in the GPTQ layout (`gptq_layout`: qweight/qzeros/scales/g_idx,
-quantize_config.json), the non-quantized tensors (embedding, norms) in float16 as GPTQ checkpoints keep them.
+quantize_config.json), the non-quantized tensors (embedding, norms) in float16 as GPTQ checkpoints keep them;
+or, for a `.gguf` path, GGUF blocks holding GPTQ's values where the grid fits one (group 32 in column order:
+Q4_1, Q4_0 when symmetric, Q8_0 at 8 bits symmetric), the embedding at Q8_0 as llama.cpp's quantizer keeps it.
 """
 
 from __future__ import annotations
@@ -73,9 +75,13 @@ def gptq_checkpoint(src, out, *, bits: int = 4, group_size: int = 128, sym: bool
     from ..formats.output import check_output
 
     out = Path(out)
+    gguf = out.suffix == ".gguf"
+    if gguf and (group_size != 32 or act_order or bits == 3 or (bits == 8 and not sym)):
+        raise LlamalabError("GGUF output holds GPTQ's values only as Q4_0 / Q4_1 / Q8_0 blocks: --bits 4 (or 8 with "
+                            "--sym) --group-size 32 without --act-order; write a directory for the rest")
     state, args, fmt, path = _source(src)
     _check(bits, group_size, state)
-    check_output(out, "hf", force=force, inputs=[path])
+    check_output(out, "gguf" if gguf else "hf", force=force, inputs=[path])
     if seq_len > args.max_seq_len:
         raise LlamalabError(f"--seq-len {seq_len} is longer than the model's context of {args.max_seq_len}")
     tokens = None
@@ -88,6 +94,9 @@ def gptq_checkpoint(src, out, *, bits: int = 4, group_size: int = 128, sym: bool
     model = model_from_state(state, args)
     codes = gptq_codes(model, tokens, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
                        method=method, progress=progress)
+    if gguf:  # GPTQ's values as GGUF blocks (llama.cpp runs them); the embedding Q8_0 as llama.cpp keeps it
+        kind = "q8_0" if bits == 8 else "q4_0" if sym else "q4_1"
+        return save({**state, **codes}, args, out, "gguf", tokenizer_src=path, gguf_type=kind, force=force)
     config = quantize_config(bits, group_size, sym, act_order, DAMP)
     return save({**state, **codes}, args, out, "hf", tokenizer_src=path, dtype=torch.float16, force=force,
                 quantization_config=config)

@@ -76,6 +76,27 @@ def from_gguf(data: np.ndarray, qtype: str, shape: tuple[int, int]) -> GroupCode
     return GroupCodes(torch.from_numpy(q), scale, zero, 4, BLOCK)
 
 
+def to_gguf(codes: GroupCodes) -> tuple[np.ndarray, str]:
+    """The inverse of `from_gguf` where the codes fit a GGUF block type: (raw blocks (out, bytes), type).
+    Groups of 32 in column order; 8 bits without zeros → Q8_0; 4 bits with zero = −8·scale → Q4_0, else
+    Q4_1 (its minimum m = zero, rounded to float16)."""
+    out, inp = codes.shape
+    if codes.group_size != BLOCK or codes.perm is not None or codes.bits not in (4, 8) or \
+            (codes.bits == 8 and codes.zero.any()):
+        raise LlamalabError(f"{codes.bits}-bit codes in groups of {codes.group_size}"
+                            f"{' in act order' if codes.perm is not None else ''} do not fit a GGUF block type "
+                            f"(Q8_0 / Q4_0 / Q4_1: groups of {BLOCK} in order, 8-bit ones symmetric)")
+    d = codes.scale.to(torch.float16).numpy().reshape(out, -1, 1).view(np.uint8)
+    if codes.bits == 8:
+        return np.concatenate([d, codes.q.numpy().reshape(out, -1, BLOCK).view(np.uint8)], -1).reshape(out, -1), "Q8_0"
+    q = codes.q.numpy().astype(np.uint8).reshape(out, -1, BLOCK)
+    nibbles = q[..., :BLOCK // 2] | (q[..., BLOCK // 2:] << 4)  # byte j: element j low, element j + 16 high
+    if torch.equal(codes.zero.float(), -8 * codes.scale.float()):
+        return np.concatenate([d, nibbles], -1).reshape(out, -1), "Q4_0"
+    m = codes.zero.to(torch.float16).numpy().reshape(out, -1, 1).view(np.uint8)
+    return np.concatenate([d, m, nibbles], -1).reshape(out, -1), "Q4_1"
+
+
 def quantize(w: torch.Tensor, bits: int, group_size: int) -> GroupCodes:
     """Round-to-nearest group-wise codes of a float (out, in) matrix: 8 bits symmetric (q = round(w / d),
     d = max|w| / 127), 4 bits asymmetric (q = round((w - min) / d), d = (max - min) / 15)."""

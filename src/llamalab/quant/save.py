@@ -59,8 +59,6 @@ def quantize_checkpoint(src, out, *, bits: int, group_size: int | None = None, s
     if method == "gptq":
         from .calibration import gptq_checkpoint
 
-        if out.suffix == ".gguf":
-            raise LlamalabError("--method gptq writes a directory in the GPTQ layout; give --out a directory name")
         return gptq_checkpoint(src, out, bits=bits, group_size=group_size or 128, sym=symmetric, force=force,
                                **gptq)
     if method != "rtn":
