@@ -78,7 +78,7 @@ def main():
     if not f32.exists():
         convert(assets.path("smollm2"), f32, "gguf", log=None)
     text = held_out(args.chars)
-    options = dict(calibration="corpus", samples=args.samples, seq_len=args.seq_len, progress=False)
+    options = dict(calibration="corpus", samples=args.samples, seq_len=args.seq_len)
     print(f"held-out: {args.chars} characters of the demo corpus' first prose document; calibration: "
           f"{args.samples} x {args.seq_len} tokens of its other prose documents; context 256, stride 128")
     print("| model | perplexity | vs fp32 | file MB | bits/weight | quantize s |")
