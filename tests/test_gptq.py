@@ -264,6 +264,13 @@ def test_bad_gptq_input_is_one_line_exit_2(tiny_hf, tmp_path, capsys):
         (bad / "config.json").write_text((ckpt / "config.json").read_text())
         save_file(tensors | {f"{name}.{part}": value}, bad / "model.safetensors")
         cases.append((["convert", str(bad), "--to", "gguf", "--out", str(tmp_path / "x.gguf")], message))
+    bad = tmp_path / "bad-config"
+    bad.mkdir()
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["quantization_config"]["group_size"] = "32"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    save_file(tensors, bad / "model.safetensors")
+    cases.append((["info", str(bad)], "GPTQ group_size '32' is not a positive integer or -1"))
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

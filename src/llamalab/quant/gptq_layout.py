@@ -139,9 +139,11 @@ def quantize_config(bits: int, group_size: int, sym: bool, act_order: bool, damp
 
 def read_config(cfg: dict, where) -> tuple[int, str]:
     """(bits, checkpoint_format) of a GPTQ quantization config, checked."""
-    bits, fmt = cfg.get("bits"), cfg.get("checkpoint_format", "gptq")
-    if bits not in (2, 3, 4, 8):
+    bits, fmt, group = cfg.get("bits"), cfg.get("checkpoint_format", "gptq"), cfg.get("group_size", -1)
+    if bits not in (2, 3, 4, 8) or isinstance(bits, bool):
         raise LlamalabError(f"{where}: GPTQ bits {bits!r} unsupported (2, 3, 4 or 8)")
+    if not isinstance(group, int) or isinstance(group, bool) or (group < 1 and group != -1):
+        raise LlamalabError(f"{where}: GPTQ group_size {group!r} is not a positive integer or -1")
     if fmt not in FORMATS:
         raise LlamalabError(f"{where}: GPTQ checkpoint_format {fmt!r} unsupported ({', '.join(FORMATS)})")
     return bits, fmt
