@@ -18,24 +18,13 @@ import torch
 
 from . import threads
 from .atomic import check_apart
+from .calibrate import float_source, gptq_checkpoint
 from .errors import LlamalabError
-from .formats import load_state, save
+from .formats import save
 from .quant.codes import BLOCK, quantize
 
-FLOAT_TYPES = {"F32", "F16", "BF16"}
 DIRECTORY_GROUPS = (32, 64, 128)
 EMBEDDINGS = ("tok_embeddings.weight", "output.weight")
-
-
-def _source(src):
-    src = load_state(src)
-    meta = src.extra.get("metadata", {})
-    quantized = sorted({t for t in src.extra.get("tensor_types", {}).values() if t not in FLOAT_TYPES})
-    if quantized or "quantization_config" in meta:
-        what = ", ".join(quantized) or meta["quantization_config"].get("quant_method", "quantized")
-        raise LlamalabError(f"{src.path} is already quantized ({what}); quantize a float checkpoint "
-                            f"(e.g. `llamalab convert {src.path} --to gguf --out model-f32.gguf` first)")
-    return src.state, src.args, src.format, src.path
 
 
 def _check(bits: int, group_size: int, gguf: bool, symmetric: bool) -> None:
@@ -51,17 +40,26 @@ def _check(bits: int, group_size: int, gguf: bool, symmetric: bool) -> None:
 
 
 def quantize_checkpoint(src, out, *, bits: int, group_size: int | None = None, symmetric: bool = False,
-                        force: bool = False) -> Path:
+                        force: bool = False, method: str = "rtn", **gptq) -> Path:
     """Write the quantized checkpoint to `out` (atomically) and return its path: a `.gguf` file, else an
-    HF-style directory of group codes."""
+    HF-style directory of group codes. method "gptq": calibrated, a GPTQ-layout directory
+    (`calibrate.gptq_checkpoint`, which takes the `gptq` options: act_order, calibration, samples, seq_len)."""
     out = Path(out)
+    if method == "gptq":
+        return gptq_checkpoint(src, out, bits=bits, group_size=group_size or 128, sym=symmetric, force=force,
+                               **gptq)
+    if method != "rtn":
+        raise LlamalabError(f"--method must be rtn or gptq, got {method!r}")
+    if any(v not in (None, False) for v in gptq.values()):
+        raise LlamalabError(f"{', '.join('--' + k.replace('_', '-') for k, v in gptq.items() if v not in (None, False))} "
+                            "applies to --method gptq only")
     gguf = out.suffix == ".gguf"
     group_size = group_size or BLOCK
     _check(bits, group_size, gguf, symmetric)
     check_apart(out, [src])  # before anything is read: --force never replaces the float source
     if out.exists() and not force:
         raise LlamalabError(f"{out} already exists; pass --force to replace it")
-    state, args, fmt, path = _source(src)
+    state, args, fmt, path = float_source(src)
     for name, w in state.items():  # every matrix must split into whole groups
         if w.ndim == 2 and w.shape[1] % group_size:
             raise LlamalabError(f"--group-size {group_size} does not divide the width {w.shape[1]} of {name}; "

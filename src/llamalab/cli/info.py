@@ -33,6 +33,8 @@ def run(args):
           f"head_dim={cfg.head_dim} ffn_dim={cfg.hidden_dim}")
     print(f"            vocab_size={cfg.vocab_size} norm_eps={cfg.norm_eps:g} rope_theta={cfg.rope_theta:g} "
           f"rope_scaling={cfg.rope_scaling} max_seq_len={cfg.max_seq_len} tie_embeddings={cfg.tie_embeddings}")
+    if extra.get("quantization"):
+        print(f"quantized   {extra['quantization']}")
     print("dtypes      " + ", ".join(f"{t}: {n}" for t, n in Counter(types.values()).most_common()))
     tok = src.tokenizer()
     if tok is not None:

@@ -1,16 +1,29 @@
 from .common import add_threads_argument
 from .types import positive_int
 
-HELP = ("Quantize a float checkpoint's weights to 8 or 4 bits: GGUF Q8_0 / Q4_1 / Q4_0 (run by llamalab and "
-        "llama.cpp) or a safetensors directory of group codes (group size 32, 64 or 128).")
+HELP = ("Quantize a float checkpoint's weights: round to nearest (8 or 4 bits: GGUF Q8_0 / Q4_1 / Q4_0, or a "
+        "safetensors directory of group codes) or GPTQ, calibrated (4, 3 or 8 bits: a directory in the GPTQ layout).")
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="float checkpoint: .gguf file, HF or Meta directory, or hub id")
-    p.add_argument("--bits", type=positive_int, required=True, help="8 (Q8_0) or 4 (Q4_1; Q4_0 with --symmetric)")
-    p.add_argument("--group-size", type=positive_int, metavar="G", help="weights per scale: 32 (default), 64 or 128; GGUF takes 32 only")
-    p.add_argument("--symmetric", action="store_true", help="4 bits without a per-block minimum (Q4_0)")
-    p.add_argument("--out", required=True, help="output: a .gguf file, or a directory (HF-style safetensors with scales)")
+    p.add_argument("--method", choices=("rtn", "gptq"), default="rtn",
+                   help="rtn: round to nearest (default); gptq: GPTQ on calibration text (writes the GPTQ layout)")
+    p.add_argument("--bits", type=positive_int, required=True,
+                   help="rtn: 8 (Q8_0) or 4 (Q4_1; Q4_0 with --symmetric); gptq: 4, 3 or 8")
+    p.add_argument("--group-size", type=positive_int, metavar="G",
+                   help="weights per scale: 32, 64 or 128 (rtn default 32, GGUF takes 32 only; gptq default 128)")
+    p.add_argument("--symmetric", "--sym", action="store_true",
+                   help="no per-group minimum/zero point (rtn: Q4_0; gptq: zero 2^(bits-1))")
+    p.add_argument("--act-order", action="store_true",
+                   help="gptq: columns in descending Hessian diagonal (desc_act, g_idx)")
+    p.add_argument("--calibration", metavar="FILE|corpus",
+                   help="gptq: calibration text, a UTF-8 file or 'corpus' (the embedded demo prose, its first "
+                        "document held out)")
+    p.add_argument("--samples", type=positive_int, help="gptq: calibration windows (default 128)")
+    p.add_argument("--seq-len", type=positive_int, help="gptq: tokens per window (default 512)")
+    p.add_argument("--out", required=True,
+                   help="output: a .gguf file, or a directory (HF-style safetensors with scales; GPTQ's layout)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_threads_argument(p)
 
@@ -18,7 +31,11 @@ def add_arguments(p):
 def run(args):
     from llamalab.quantize import quantize_checkpoint
 
+    gptq = {k: v for k, v in dict(act_order=args.act_order, calibration=args.calibration, samples=args.samples,
+                                  seq_len=args.seq_len).items() if v not in (None, False)}
+    if args.method == "gptq":
+        gptq.setdefault("calibration", "corpus")
     out = quantize_checkpoint(args.model, args.out, bits=args.bits, group_size=args.group_size,
-                              symmetric=args.symmetric, force=args.force)
+                              symmetric=args.symmetric, force=args.force, method=args.method, **gptq)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
     print(f"wrote {out} ({size / 1e6:.1f} MB)")

@@ -19,7 +19,8 @@ from gguf.quants import dequantize, quantize
 from ..atomic import staged_file
 from ..config import ModelArgs
 from ..errors import LlamalabError
-from ..quant import GGUF_TYPES, from_gguf
+from ..quant import GGUF_TYPES, GroupCodes, from_gguf
+from ..quant.codes import to_gguf as to_gguf_blocks
 from ..tokenizer import find_tokenizer, open_gguf
 from .names import name_maps
 from .output import check_output
@@ -138,7 +139,11 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
 # ---------------------------------------------------------------------------------------------- write
 
 def _encode(w: torch.Tensor, gguf_type: str):
-    """numpy data + GGML type for one tensor. Norms (1-D) stay F32, as llama.cpp does."""
+    """numpy data + GGML type for one tensor. Norms (1-D) stay F32, as llama.cpp does. `GroupCodes`
+    (GPTQ's, `quantize --method gptq --out X.gguf`) are written as they are, as the block type they fit."""
+    if isinstance(w, GroupCodes):
+        data, kind = to_gguf_blocks(w)
+        return data, Q[kind]
     array = w.detach().to(torch.float32).cpu().numpy()
     if w.ndim == 1 or gguf_type == "f32":
         return array, Q.F32

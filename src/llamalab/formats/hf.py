@@ -20,6 +20,7 @@ from ..atomic import staged_dir, write_text
 from ..config import ModelArgs
 from ..bounded import read_json
 from ..errors import LlamalabError
+from ..quant import gptq_layout
 from ..quant.codes import SUFFIXES, GroupCodes, from_tensors, permute_rows, to_tensors
 from ..tokenizer import save_tokenizer
 from .names import name_maps
@@ -102,7 +103,7 @@ def config_from_args(args: ModelArgs, dtype: torch.dtype, tokenizer=None) -> dic
 # ---------------------------------------------------------------------------------------------- read
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I8": torch.int8, "U8": torch.uint8}
+           "I8": torch.int8, "U8": torch.uint8, "I32": torch.int32, "I64": torch.int64}
 
 
 def _read_safetensors(file: Path, lazy: bool = False) -> dict[str, torch.Tensor]:
@@ -171,8 +172,8 @@ def _check_inside(directory: Path, name: str, source: str) -> None:
 
 def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
     """Read an HF directory into our names and rotary layout. lazy: meta-device tensors (headers only).
-    A directory `llamalab quantize` wrote holds group codes: kept as `GroupCodes` with `quantized`, else
-    dequantized to float32."""
+    A directory `llamalab quantize` wrote holds group codes, a GPTQ checkpoint (`quant/gptq_layout.py`) its
+    packed codes: kept as `GroupCodes` with `quantized`, else dequantized to float32."""
     path = Path(path)
     cfg = _read_json(path / "config.json")
     args = args_from_config(cfg, path / "config.json")
@@ -183,6 +184,9 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
         _check_inside(path, name, index.name if index.is_file() else "the directory")
         raw.update(_read_safetensors(path / name, lazy))
     state, stored = {}, {}
+    gptq = gptq_layout.config_of(cfg, path)  # a GPTQ checkpoint (AutoGPTQ / GPTQModel): its codes kept
+    if gptq is not None:
+        raw = gptq_layout.read_state(raw, gptq, lazy=lazy, quantized=quantized, where=path, types=stored)
     for key, w in _group_codes(raw, lazy, quantized, path, stored).items():  # a module's parts: maybe two shards
         ours = to_ours(key)
         if ours is None:
@@ -205,12 +209,16 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
         else:
             raise LlamalabError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from embed_tokens")
     types = {to_ours(k): t for k, t in stored.items() if to_ours(k) in state}  # (not a tied output's)
-    return state, args, {"metadata": cfg, **({"tensor_types": types} if types else {})}
+    extra = {"metadata": cfg, **({"tensor_types": types} if types else {})}
+    if gptq is not None:
+        extra["quantization"] = gptq_layout.describe(gptq)
+    return state, args, extra
 
 
 # --------------------------------------------------------------------------------------------- write
 
-def _hf_state(state: dict[str, torch.Tensor], args: ModelArgs, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _hf_state(state: dict[str, torch.Tensor], args: ModelArgs, dtype: torch.dtype,
+              pack=to_tensors) -> dict[str, torch.Tensor]:
     out = {}
     for key, w in state.items():
         if key == "output.weight" and args.tie_embeddings:
@@ -223,7 +231,7 @@ def _hf_state(state: dict[str, torch.Tensor], args: ModelArgs, dtype: torch.dtyp
         elif key.endswith("attention.wk.weight"):
             w = _rows(w, lambda m: meta_to_hf_rotary(m, args.kv_heads))
         if isinstance(w, GroupCodes):  # `<module>.weight` → `<module>.qweight/.scales/.zeros`
-            out.update((f"{name.removesuffix('.weight')}.{k}", t) for k, t in to_tensors(w).items())
+            out.update((f"{name.removesuffix('.weight')}.{k}", t) for k, t in pack(w).items())
         else:
             out[name] = w.to(dtype).contiguous()
     return out
@@ -238,10 +246,13 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, tokenizer_src=
     Shards into model-0000K-of-0000N.safetensors + model.safetensors.index.json when larger than
     `max_shard_size` (bytes, or "5GB"), as huggingface_hub's `save_torch_state_dict` lays them out.
     tokenizer_src: a Tokenizer, or a path (GGUF / tokenizer dir) to load one from; its files go along.
-    `GroupCodes` values are written in our quantized layout, described by `quantization_config`.
+    `GroupCodes` values are written in our quantized layout, described by `quantization_config`, or in
+    the GPTQ layout when its `quant_method` is "gptq" (with AutoGPTQ's quantize_config.json beside).
     """
     check_output(out, "hf", force=force)
-    tensors = _hf_state(state, args, dtype)
+    gptq = (quantization_config or {}).get("quant_method") == "gptq"
+    pack = (lambda c: gptq_layout.to_tensors(c, quantization_config["group_size"])) if gptq else to_tensors
+    tensors = _hf_state(state, args, dtype, pack)
     with staged_dir(out) as tmp:
         save_torch_state_dict(tensors, tmp, max_shard_size=max_shard_size)
         tokenizer = save_tokenizer(tokenizer_src, tmp)
@@ -253,5 +264,7 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, tokenizer_src=
         cfg = config_from_args(args, dtype, tokenizer)
         if quantization_config:
             cfg["quantization_config"] = quantization_config
+        if gptq:
+            write_text(tmp / "quantize_config.json", json.dumps(quantization_config, indent=2) + "\n")
         write_text(tmp / "config.json", json.dumps(cfg, indent=2) + "\n")
     return Path(out)

@@ -1,10 +1,12 @@
-"""Weight-only quantization: 8- and 4-bit group codes, read from / written to GGUF (Q8_0, Q4_0, Q4_1)
-and our safetensors layout, and the layers that run them without dequantizing the whole model.
+"""Weight-only quantization: 8-, 4- (and 3-) bit group codes, read from / written to GGUF (Q8_0, Q4_0, Q4_1),
+our safetensors layout and the HF GPTQ layout, and the layers that run them without dequantizing the whole model.
 
     codes.py   GroupCodes: the one canonical form (q, scale, zero per group); GGUF block decoding; RTN
     linear.py  QuantLinear / QuantEmbedding: our int8 kernel, PyTorch's int4 one, the dequantizing fallback
     cpu_kernel.py, int8_linear.cpp   the int8 kernel (llama.cpp's Q8_0 arithmetic), built once per machine
     model.py   build_quantized(state, args): a Transformer from a state dict holding codes
+    gptq.py    GPTQ on one matrix (Hessian, Cholesky, lazy batches, act-order); gptq_model.py: over a model, layer
+               by layer; calibration.py: `quantize --method gptq`; gptq_layout.py: the HF GPTQ checkpoint layout
 """
 
 from .codes import GGUF_TYPES, GroupCodes, from_gguf, quantize

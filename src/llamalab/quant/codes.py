@@ -31,6 +31,9 @@ class GroupCodes:
     zero: torch.Tensor   # (out, in // group_size)
     bits: int
     group_size: int
+    # act-order (GPTQ's desc_act): the codes' columns are the weight's columns `perm` (groups contiguous in
+    # that order), so W[:, perm] = the dequantized codes and y = x[..., perm] · codesᵀ; None: in order
+    perm: torch.Tensor | None = None
 
     @property
     def shape(self) -> torch.Size:
@@ -39,11 +42,14 @@ class GroupCodes:
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         g = self.group_size
         w = self.q.float().unflatten(-1, (-1, g)) * self.scale.float()[..., None] + self.zero.float()[..., None]
-        return w.flatten(-2).to(dtype)
+        w = w.flatten(-2)
+        if self.perm is not None:  # back to the weight's own column order
+            w = w[..., torch.argsort(self.perm)]
+        return w.to(dtype)
 
     def rows(self, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
         """Dequantized rows `index` (any shape) → (*index.shape, in): an embedding lookup."""
-        part = GroupCodes(self.q[index], self.scale[index], self.zero[index], self.bits, self.group_size)
+        part = GroupCodes(self.q[index], self.scale[index], self.zero[index], self.bits, self.group_size, self.perm)
         return part.dequantize(dtype)
 
 
@@ -68,6 +74,27 @@ def from_gguf(data: np.ndarray, qtype: str, shape: tuple[int, int]) -> GroupCode
     else:
         zero = -8 * scale
     return GroupCodes(torch.from_numpy(q), scale, zero, 4, BLOCK)
+
+
+def to_gguf(codes: GroupCodes) -> tuple[np.ndarray, str]:
+    """The inverse of `from_gguf` where the codes fit a GGUF block type: (raw blocks (out, bytes), type).
+    Groups of 32 in column order; 8 bits without zeros → Q8_0; 4 bits with zero = −8·scale → Q4_0, else
+    Q4_1 (its minimum m = zero, rounded to float16)."""
+    out, inp = codes.shape
+    if codes.group_size != BLOCK or codes.perm is not None or codes.bits not in (4, 8) or \
+            (codes.bits == 8 and codes.zero.any()):
+        raise LlamalabError(f"{codes.bits}-bit codes in groups of {codes.group_size}"
+                            f"{' in act order' if codes.perm is not None else ''} do not fit a GGUF block type "
+                            f"(Q8_0 / Q4_0 / Q4_1: groups of {BLOCK} in order, 8-bit ones symmetric)")
+    d = codes.scale.to(torch.float16).numpy().reshape(out, -1, 1).view(np.uint8)
+    if codes.bits == 8:
+        return np.concatenate([d, codes.q.numpy().reshape(out, -1, BLOCK).view(np.uint8)], -1).reshape(out, -1), "Q8_0"
+    q = codes.q.numpy().astype(np.uint8).reshape(out, -1, BLOCK)
+    nibbles = q[..., :BLOCK // 2] | (q[..., BLOCK // 2:] << 4)  # byte j: element j low, element j + 16 high
+    if torch.equal(codes.zero.float(), -8 * codes.scale.float()):
+        return np.concatenate([d, nibbles], -1).reshape(out, -1), "Q4_0"
+    m = codes.zero.to(torch.float16).numpy().reshape(out, -1, 1).view(np.uint8)
+    return np.concatenate([d, m, nibbles], -1).reshape(out, -1), "Q4_1"
 
 
 def quantize(w: torch.Tensor, bits: int, group_size: int) -> GroupCodes:
@@ -130,4 +157,4 @@ def from_tensors(t: dict[str, torch.Tensor], where) -> GroupCodes:
 
 def permute_rows(codes: GroupCodes, fn) -> GroupCodes:
     """The same codes with their rows reordered by `fn` (a function of an (out, X) matrix)."""
-    return GroupCodes(fn(codes.q), fn(codes.scale), fn(codes.zero), codes.bits, codes.group_size)
+    return GroupCodes(fn(codes.q), fn(codes.scale), fn(codes.zero), codes.bits, codes.group_size, codes.perm)

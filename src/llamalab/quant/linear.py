@@ -15,6 +15,8 @@
     int8 product exactly.
   Activations enter in bfloat16 and the result returns in the input's dtype.
 - "dequantize" (CUDA, odd shapes): the codes are dequantized per call to the activation dtype, run by F.linear.
+3-bit codes (GPTQ) take the 4-bit route as they are (codes 0..7). Act-order codes (`GroupCodes.perm`) hold
+the weight's columns permuted: the activations are gathered into that order before any of the three.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = codes.shape
         self.bits, self.group_size = codes.bits, codes.group_size
+        # act-order codes: the activations' columns are gathered into the codes' order first
+        self.register_buffer("perm", codes.perm, persistent=False)
         cpu = codes.q.device.type == "cpu"
         if cpu and codes.bits == 8 and codes.group_size % INT8_BLOCK == 0 and not codes.zero.any() \
                 and not (codes.q == -128).any() and cpu_kernel.available():
@@ -63,7 +67,7 @@ class QuantLinear(nn.Module):
             return
         self.path = "int4pack"
         scale, zero = codes.scale.float(), codes.zero.float()
-        if codes.bits == 4:
+        if codes.bits <= 4:  # 4 bits (and 3, codes 0..7) map onto the kernel's nibbles as they are
             p, s, z = codes.q, scale, zero + 8 * scale
         else:  # each group of g codes becomes a group of high nibbles then a group of low nibbles: width 2·in
             q = codes.q.to(torch.int16).unflatten(-1, (-1, codes.group_size))
@@ -80,6 +84,8 @@ class QuantLinear(nn.Module):
         return GroupCodes(self.q, self.scale, zero, self.bits, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.perm is not None:
+            x = x[..., self.perm]
         if self.path == "int8":
             flat = x.reshape(-1, self.in_features).float().contiguous()
             y = torch.ops.llamalab.int8_linear(flat, self.q, self.scale, self.group_size)
@@ -93,7 +99,8 @@ class QuantLinear(nn.Module):
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def rows(self, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-        """Dequantized weight rows W[index] → (*index.shape, in_features)."""
+        """Dequantized weight rows W[index] → (*index.shape, in_features), in the codes' column order (an
+        embedding's never permuted)."""
         if self.path != "int4pack":
             return self._codes().rows(index, dtype)
         width = self.in_features * (2 if self.bits == 8 else 1)
@@ -103,11 +110,14 @@ class QuantLinear(nn.Module):
         return w.to(dtype)
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        """The weight in its own column order (an act-order layer's codes are stored permuted)."""
         device = (self.sz if self.path == "int4pack" else self.q).device
-        return self.rows(torch.arange(self.out_features, device=device), dtype)
+        w = self.rows(torch.arange(self.out_features, device=device), dtype)
+        return w if self.perm is None else w[:, torch.argsort(self.perm)]
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, bits={self.bits}, group_size={self.group_size}, {self.path}"
+        order = ", act-order" if self.perm is not None else ""
+        return f"{self.in_features}, {self.out_features}, bits={self.bits}, group_size={self.group_size}, {self.path}{order}"
 
 
 def _packed_rows(packed, sz, index, K: int, g: int) -> torch.Tensor:

@@ -11,8 +11,9 @@ from .linear import QuantEmbedding, QuantLinear
 
 
 def _to(codes: GroupCodes, device) -> GroupCodes:
+    perm = None if codes.perm is None else codes.perm.to(device)
     return GroupCodes(codes.q.to(device), codes.scale.to(device), codes.zero.to(device), codes.bits,
-                      codes.group_size)
+                      codes.group_size, perm)
 
 
 def build_quantized(state: dict, args, *, device="cpu", dtype=torch.float32) -> Transformer:
