@@ -63,3 +63,4 @@ if __name__ == "__main__":
     if "FAULT_KILL_IN_CHECKPOINT" in os.environ:
         kill_in_checkpoint(int(os.environ["FAULT_KILL_IN_CHECKPOINT"]))
     sys.exit(main(sys.argv[1:]))
+

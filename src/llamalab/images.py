@@ -15,13 +15,13 @@ edge to `size` keeping the aspect ratio (CLIP, the long side `int(size · long /
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .bounded import read_json
 from .errors import LlamalabError
 
 MAX_PIXELS = 64 * 1024 * 1024  # 64 Mpx: far above any camera photo a model is shown, far below a bomb
@@ -74,7 +74,7 @@ def read_preprocess(directory, default: Preprocess) -> Preprocess:
     if not file.is_file():
         return default
     try:
-        return Preprocess.from_config(json.loads(file.read_text()), file)
+        return Preprocess.from_config(read_json(file), file)
     except (OSError, ValueError) as e:
         raise LlamalabError(f"{file}: cannot read JSON ({e})") from None
 

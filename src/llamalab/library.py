@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .atomic import staged_dir, write_text
+from .bounded import read_json
 from .errors import LlamalabError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
@@ -76,7 +77,7 @@ def manifest(name: str, root: Path | None = None) -> dict:
     if not path.is_file():
         have = ", ".join(names(root)) or "none yet (add one with `llamalab models import PATH --name NAME`)"
         raise LlamalabError(f"no model named {full_name(name)!r} in the library {root}; it has: {have}")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def entries(root: Path | None = None) -> list[dict]:

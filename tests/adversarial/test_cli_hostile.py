@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_output import without_notices
 from token_data import write_token_dataset
 
 from llamalab.cli import main
@@ -45,7 +46,7 @@ def cli(*args, env=None, timeout=180) -> subprocess.CompletedProcess:
 
 
 def one_line(code: int, err: str, command: str, *needles: str) -> str:
-    err = err.strip()
+    err = without_notices(err)
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"llamalab {command}"), err
     assert ": error: " in err and "Traceback" not in err, err

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from token_data import write_token_dataset
+from cli_output import without_notices
 
 MEMORY = 3 << 30  # address space for the child: loading SmolLM2 fits in 2 GB
 NO_SPACE = ("full=$1; mount -t tmpfs -o size=64k tmpfs \"$1\" && mount -t tmpfs -o ro tmpfs \"$2\" && shift 2 || exit 1; "
@@ -25,7 +26,7 @@ def cli(*args, stdin: bytes = b"", wrap=(), timeout=120) -> subprocess.Completed
 
 
 def one_line_error(p: subprocess.CompletedProcess, command: str, *needles: str) -> str:
-    err = p.stderr.decode(errors="replace").strip()
+    err = without_notices(p.stderr.decode(errors="replace"))
     assert p.returncode == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"llamalab {command}: error: "), err
     for needle in needles:

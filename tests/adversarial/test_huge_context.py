@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from test_cli_input import MEMORY, cli
 
+from cli_output import without_notices
 from llamalab.cli import main
 from llamalab.config import PRESETS
 from llamalab.formats import save
@@ -89,7 +90,7 @@ def test_hf_claiming_2_to_the_33_positions_evaluates_and_generates_as_the_real_o
 
 def one_line(capsys, argv, *needles):
     code = main(argv)
-    err = capsys.readouterr().err.strip()
+    err = without_notices(capsys.readouterr().err)
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"llamalab {argv[0]}: error: ") and all(n in err for n in needles), err
 

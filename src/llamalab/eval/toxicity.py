@@ -19,6 +19,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..bounded import loads
 from ..errors import LlamalabError
 from ..textio import read_records
 from .resume import grouped_metrics, resumable
@@ -89,7 +90,7 @@ class Perspective:
 
     def _score(self, raw: bytes) -> float:
         try:
-            value = json.loads(raw)["attributeScores"]["TOXICITY"]["summaryScore"]["value"]
+            value = loads(raw)["attributeScores"]["TOXICITY"]["summaryScore"]["value"]
             if isinstance(value, (int, float)) and 0.0 <= value <= 1.0:
                 return float(value)
         except (ValueError, KeyError, TypeError):
@@ -100,7 +101,7 @@ class Perspective:
 
 def _error(e) -> str:
     try:
-        return str(json.loads(e.read())["error"]["message"])[:200]
+        return str(loads(e.read())["error"]["message"])[:200]
     except (ValueError, KeyError, TypeError):
         return str(e.reason)
 

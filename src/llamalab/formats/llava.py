@@ -17,6 +17,7 @@ import torch
 from huggingface_hub import save_torch_state_dict
 
 from ..atomic import staged_dir, write_text
+from ..bounded import read_json
 from ..errors import LlamalabError
 from ..images import Preprocess, read_preprocess
 from ..tokenizer import save_tokenizer
@@ -134,7 +135,7 @@ def is_llava(path: Path) -> bool:
     """Whether `path` (a directory, or a file in one) holds a llava-hf checkpoint."""
     directory = path if path.is_dir() else path.parent
     try:
-        return json.loads((directory / "config.json").read_text()).get("model_type") == "llava"
+        return read_json(directory / "config.json").get("model_type") == "llava"
     except (OSError, ValueError, AttributeError):
         return False  # not ours to explain: the other readers say what is wrong with it
 

@@ -29,6 +29,7 @@ import math
 import numpy as np
 import torch
 
+from ..bounded import read_json
 from ..errors import LlamalabError
 from .codes import GroupCodes
 from .gptq import from_unsigned, unsigned
@@ -161,13 +162,12 @@ def describe(qcfg: dict) -> str:
 def config_of(cfg: dict, directory) -> dict | None:
     """The GPTQ quantization config of an HF directory: config.json's `quantization_config`, else AutoGPTQ's
     `quantize_config.json`; None when the checkpoint is not GPTQ."""
-    import json
 
     q = cfg.get("quantization_config")
     file = directory / "quantize_config.json"
     if q is None and file.is_file():
         try:
-            q = json.loads(file.read_text())
+            q = read_json(file)
         except (OSError, ValueError) as e:
             raise LlamalabError(f"{file}: cannot read JSON ({e})") from None
     if isinstance(q, dict) and q.get("quant_method", "gptq" if q.get("bits") else None) == "gptq":
