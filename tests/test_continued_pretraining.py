@@ -76,6 +76,7 @@ def test_bad_input_is_one_clear_error(code_text, smol_data, smollm2_gguf, llama_
     other = tmp_path / "spm-data"  # the same text in LLaMA's 32K SentencePiece vocabulary
     assert main(["data", "prepare", "--source", f"code={code_text}", "--tokenizer", str(llama_spm_gguf), "--out",
                  str(other), "--workers", "1", "--no-progress"]) == 0
+    capsys.readouterr()  # data prepare's own notice (the thread policy) is not train's
     fails(base + ["--data", str(other)], "was tokenized with a 32000-token vocabulary")
     fails(base + ["--data", str(smol_data), "model.n_layers=12"], "model.n_layers cannot change when starting from a checkpoint")
     fails(base + ["--data", str(smol_data), "--model", "llama-7b"], "with init_from the model is the checkpoint's")
