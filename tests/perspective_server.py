@@ -13,9 +13,9 @@ Its toxicity is a fixed function of the text (`score`), so a test can recompute 
 from __future__ import annotations
 
 import json
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from loopback import LoopbackServer, QuietHandler
 
 KEY = "test-key"
 
@@ -24,15 +24,12 @@ def score(text: str) -> float:
     return round(min(1.0, sum(c in "aeiou" for c in text.lower()) / 40), 6)
 
 
-class PerspectiveServer:
+class PerspectiveServer(LoopbackServer):
     def __init__(self, body: bytes | None = None):
         self.body, self.texts = body, []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 url = urllib.parse.urlparse(self.path)
                 if url.path != "/v1alpha1/comments:analyze":
@@ -60,21 +57,4 @@ class PerspectiveServer:
             def _error(self, code, status, message):
                 self._raw(code, json.dumps({"error": {"code": code, "message": message, "status": status}}).encode())
 
-            def _raw(self, code, data):
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1alpha1/comments:analyze"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self._listen(Handler, "/v1alpha1/comments:analyze")

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from loopback import LoopbackServer, QuietHandler
 
 
-class ScriptedEndpoint:
+class ScriptedEndpoint(LoopbackServer):
     def __init__(self, reply=None, *, status: int = 200, body: bytes | None = None, delay: float = 0.0,
                  fail_first: int = 0):
         self.reply, self.status, self.body, self.delay = reply, status, body, delay
@@ -25,10 +26,7 @@ class ScriptedEndpoint:
         self.lock = threading.Lock()
         endpoint = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 if self.path.rstrip("/") == "/v1/models":
                     return self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model",
@@ -57,21 +55,4 @@ class ScriptedEndpoint:
             def _send(self, status, obj):
                 self._raw(status, json.dumps(obj).encode(), "application/json")
 
-            def _raw(self, status, data, kind):
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self._listen(Handler, "/v1")

@@ -25,18 +25,9 @@ PAIRS = 50
 
 @pytest.fixture(scope="module")
 def server(smollm2_gguf, tmp_path_factory):
-    import os
-
-    threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # the server and this process share the machine's cores
-    try:
-        s = ServerProcess(smollm2_gguf, "--max-batch", "8", "--context", "1024", "--no-ui",
-                          log=tmp_path_factory.mktemp("serve") / "server.log")
-    finally:
-        if threads is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = threads
+    s = ServerProcess(smollm2_gguf, "--max-batch", "8", "--context", "1024", "--no-ui",  # one thread: the server
+                      log=tmp_path_factory.mktemp("serve") / "server.log",    # and this process share the cores
+                      env={"OMP_NUM_THREADS": "1"})
     yield s
     assert s.stop() == 0, s.log()
 

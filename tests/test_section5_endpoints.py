@@ -7,7 +7,6 @@ carries the verdicts, the judge prompts and the fraction judged, not the quality
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -58,16 +57,8 @@ def test_realtoxicity_end_to_end_on_smollm2(smollm2_gguf, tmp_path, monkeypatch)
 
 @pytest.fixture(scope="module")
 def server(smollm2_gguf, tmp_path_factory):
-    threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        s = ServerProcess(smollm2_gguf, "--max-batch", "4", "--context", "1024", "--no-ui",
-                          log=tmp_path_factory.mktemp("serve") / "server.log")
-    finally:
-        if threads is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = threads
+    s = ServerProcess(smollm2_gguf, "--max-batch", "4", "--context", "1024", "--no-ui",
+                      log=tmp_path_factory.mktemp("serve") / "server.log", env={"OMP_NUM_THREADS": "1"})
     yield s
     assert s.stop() == 0, s.log()
 
