@@ -14,7 +14,7 @@ import torch
 from llamalab import library, models
 from llamalab.errors import LlamalabError
 from llamalab.runtime import load_runnable
-from llamalab.runtime.load import from_library
+from llamalab.formats import load_state, resolve
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +81,12 @@ def test_bad_names_and_unknown_names(lib):
 
 def test_a_library_name_loads_where_a_path_does(lib, smollm2_gguf, monkeypatch):
     monkeypatch.setenv("LLAMALAB_HOME", str(lib.parent))
-    assert from_library("smol") == library.resolve("smol", lib)
-    assert from_library(str(smollm2_gguf)) == str(smollm2_gguf)
-    assert from_library("org/name") == "org/name"  # a hub id stays one
+    assert resolve("smol") == library.resolve("smol", lib)
+    assert resolve(str(smollm2_gguf)) == smollm2_gguf
+    assert not library.looks_like_name("org/name")  # a hub id stays one
     with pytest.raises(LlamalabError, match=r"no model of that name in the library .* smol2:q4, smol:latest"):
-        from_library("nope")
+        resolve("nope")
+    assert load_state("smol2:q4").path == library.resolve("smol2:q4", lib)  # quantize, convert, lora merge too
     by_name, by_path = load_runnable("smol2:q4", device="cpu"), load_runnable(smollm2_gguf, device="cpu")
     ids = by_path.encode("The capital of France is")
     assert by_name.encode("The capital of France is") == ids

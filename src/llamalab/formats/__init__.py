@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 from huggingface_hub import snapshot_download
 
+from .. import library
 from ..config import ModelArgs
 from ..errors import LlamalabError
 from ..model import Transformer
@@ -65,11 +66,18 @@ def detect_format(path: Path) -> tuple[str, Path]:
 
 
 def resolve(path_or_id) -> Path:
-    """A local path, or a hub id ("org/name") downloaded with huggingface_hub when no such path exists.
-    Only a bare "org/name" may be a hub id; a name with a checkpoint suffix or `./`, `/`, `~` is a path."""
+    """A local path; else a model of the library (`llamalab models import`) by its name (`smol`, `smol:q4`);
+    else a hub id ("org/name") downloaded with huggingface_hub. Only a bare "org/name" may be a hub id; a
+    name with a checkpoint suffix or `./`, `/`, `~` is a path."""
     path = Path(path_or_id).expanduser()
     if path.exists():
         return path
+    if library.looks_like_name(path_or_id):
+        if library.full_name(path_or_id) not in library.names():
+            have = ", ".join(library.names()) or "none"
+            raise LlamalabError(f"{path_or_id}: no such file or directory, and no model of that name in the library "
+                                f"{library.home()} (it has: {have}); check the path, or `llamalab models list`")
+        return Path(library.resolve(path_or_id))
     if isinstance(path_or_id, str) and re.fullmatch(r"[\w-][\w.-]*/[\w.-]*[\w-]", path_or_id) and \
             path.suffix not in (".gguf", ".safetensors", ".json", ".pth", ".model"):
         print(f"{path_or_id}: no such local path; fetching it from the Hugging Face Hub", file=sys.stderr)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from .. import library
 from ..chat_templates import render_for, resolve_template
 from ..config import ModelArgs
 from ..device import resolve_device
@@ -98,18 +97,6 @@ def _dtype(dtype) -> torch.dtype | None:
     return getattr(torch, dtype)
 
 
-def from_library(path_or_name):
-    """The path the loaders read: `path_or_name` itself, or the library model of that name when no such
-    path exists (`llamalab models import`)."""
-    if not library.looks_like_name(path_or_name) or Path(path_or_name).expanduser().exists():
-        return path_or_name
-    if library.full_name(path_or_name) not in library.names():
-        have = ", ".join(library.names()) or "none"
-        raise LlamalabError(f"{path_or_name}: no such file or directory, and no model of that name in the library "
-                            f"{library.home()} (it has: {have}); check the path, or `llamalab models list`")
-    return library.resolve(path_or_name)
-
-
 def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor_parallel: int = 1,
                   threads: int | None = None, template: str | None = None, compile: bool = False) -> Runnable:
     """The checkpoint `path_or_name` (a .gguf file, an HF or Meta directory, a hub id, a library name) as a
@@ -137,7 +124,7 @@ def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor
     if tensor_parallel > 1:
         dtype = dtype or torch.float32  # the shards are float weights: a quantized file is dequantized
         world = init_distributed(device or "auto")
-    ckpt = load(from_library(path_or_name), device=str(resolve_device(device)), dtype=dtype, adapter=adapter)
+    ckpt = load(path_or_name, device=str(resolve_device(device)), dtype=dtype, adapter=adapter)
     if ckpt.vision is not None and world is not None:
         raise LlamalabError(f"{path_or_name}: --tensor-parallel does not shard a LLaVA checkpoint's vision tower yet")
     if ckpt.tokenizer is None:
