@@ -106,7 +106,7 @@ def test_training_layouts_that_cannot_work_are_one_clear_error(tmp_path):
         return load_config(None, [(k, str(v).lower()) for k, v in kw.items()])
 
     with pytest.raises(LlamalabError, match="tensor_parallel 2 needs a multiple of 2 processes but this launch has 1"):
-        train(cfg(tensor_parallel=2, data=tmp_path, out_dir=tmp_path / "run"))
+        train(cfg(tensor_parallel=2, data=tmp_path / "data", out_dir=tmp_path / "run"))  # apart: the output rule
     assert not (tmp_path / "run").exists()
     tiny = get_preset("tiny")  # 4 query heads, 2 key/value heads
     cases = [(cfg(tensor_parallel=4), World(world_size=4, tp=4), "does not divide this model's 4 query heads, "
