@@ -16,7 +16,8 @@ The rule, in order:
 2. auto: the CPUs available — the affinity mask (`os.sched_getaffinity`: taskset, cpusets), capped by a cgroup
    CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`) rounded up. Quiet, that is every core, as before.
    Then, every `interval` seconds of work, `adapt()` measures how much of those CPUs other processes used
-   (busy time of the CPUs in the mask from /proc/stat, minus this process's own CPU time) and runs with
+   (busy time of the CPUs in the mask from /proc/stat, minus this process's own CPU time; the time of niced
+   processes not counted when this one is not niced: they yield to us) and runs with
    round(available − others) threads, at least 1, at most the available count. Back to all of them when the
    others go quiet.
 
@@ -195,12 +196,15 @@ def _sample(cpus: tuple[int, ...]) -> tuple[float, float, float] | None:
     except OSError:
         return None
     wanted, busy = set(cpus), 0
+    # user nice system idle iowait irq softirq steal: all but idle and iowait are busy (steal too: the hypervisor
+    # gave that time to another machine) — except `nice`, the time of lower-priority processes, when this one is
+    # not niced itself: the scheduler gives them what our threads leave over (a `nice 19` job costs our team ~1%),
+    # so they take no thread from us
+    fields = (0, 2, 5, 6, 7) if os.getpriority(os.PRIO_PROCESS, 0) <= 0 else (0, 1, 2, 5, 6, 7)
     for line in lines:
         words = line.split()
         if not wanted or int(words[0][3:]) in wanted:
-            # user nice system idle iowait irq softirq steal: all but idle and iowait are busy (steal too:
-            # the hypervisor gave that time to another machine)
-            busy += sum(int(w) for w in words[1:4]) + sum(int(w) for w in words[6:9])
+            busy += sum(int(words[1 + i]) for i in fields)
     return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
 
 
