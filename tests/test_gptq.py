@@ -7,6 +7,7 @@ No independent GPTQ implementation runs here (auto-gptq 0.7.1 does not import wi
 gptqmodel needs CUDA torch), so the layout is constructed in `autogptq_pack` from AutoGPTQ's
 `QuantLinear.pack` loop and `checkpoint_format` "gptq" (zeros stored minus one)."""
 
+import copy
 import json
 import lzma
 from importlib import resources
@@ -120,6 +121,7 @@ def gptq_checkpoint_by_hand(out, bits: int, sym: bool, g_idx_kind: str, group: i
 
     gen = torch.Generator().manual_seed(seed)
     cfg = config_from_args(HF_ARGS, torch.float32)
+    torch.manual_seed(seed)  # the float parts (embeddings, norms) too: one checkpoint per argument set
     model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
     tensors = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
     for i in range(HF_ARGS.n_layers):
@@ -172,7 +174,10 @@ def test_gptq_checkpoint_loads_onto_codes(tmp_path, bits, sym, g_idx_kind, group
         assert isinstance(wv, QuantLinear) and wv.bits == bits and (wv.perm is not None) == (g_idx_kind == "act-order")
         hf_w = reference.model.layers[1].self_attn.v_proj.weight
         assert torch.equal(wv.dequantize(), hf_w) or (wv.dequantize() - hf_w).abs().max() < 1e-6
-        assert (got - want).norm() < 0.03 * want.norm(), ((got - want).norm() / want.norm())  # bfloat16 activations
+        # bfloat16 activations: bounded by what transformers itself drifts when it runs these weights in bfloat16
+        with torch.no_grad():
+            drift = (copy.deepcopy(reference).to(torch.bfloat16)(tokens).logits.float() - want).norm()
+        assert (got - want).norm() < 2 * drift + 0.01 * want.norm(), ((got - want).norm() / want.norm(), drift)
     # the int4 kernel's layout holds scales and zeros in bfloat16: its weights within that rounding
     want_w2 = reference.model.layers[0].mlp.down_proj.weight
     got_w2 = w2.dequantize() if isinstance(w2, QuantLinear) else w2.weight
