@@ -1,5 +1,5 @@
-"""`torch.ops.llamalab.int8_linear`: the CPU matmul of group-wise int8 codes (`int8_linear.cpp`), built on
-first use.
+"""The package's CPU kernels (`torch.ops.llamalab.*`, every `*.cpp` beside this file, one shared library),
+built on first use. `int8_linear.cpp`: the matmul of group-wise int8 codes.
 
 PyTorch ships no CPU kernel for group-wise int8 weights (its int8 one is per-channel; routed through its int4
 one, as two nibbles, Q8_0 decoded at ~0.6× llama.cpp). `int8_linear.cpp` does llama.cpp's integer dot products.
@@ -25,7 +25,12 @@ import torch
 
 from ..device import cxx_compiler
 
-SOURCE = Path(__file__).with_name("int8_linear.cpp")
+# Each source registers its ops with TORCH_LIBRARY_FRAGMENT(llamalab, m); FAKES gives each op its output shape
+# for compiled graphs (an op missing here cannot be traced).
+SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
+FAKES = {
+    "int8_linear": lambda x, q, *_: x.new_empty(x.shape[0], q.shape[0]),
+}
 
 
 def _cpu() -> str:
@@ -48,7 +53,7 @@ def _command(cxx: str, out: Path, march: str) -> list[str]:
     lib = Path(torch.__file__).parent / "lib"
     # this machine's instructions (VNNI where present); torch's own OpenMP runtime, already loaded
     native = [] if sys.platform == "darwin" else [f"-march={march}", "-fopenmp"]
-    return [cxx, str(SOURCE), "-o", str(out), "-shared", "-fPIC", "-O3", "-std=c++17", *native,
+    return [cxx, *map(str, SOURCES), "-o", str(out), "-shared", "-fPIC", "-O3", "-std=c++17", *native,
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
             *(f"-I{p}" for p in include_paths()), f"-L{lib}", f"-Wl,-rpath,{lib}", "-lc10", "-ltorch_cpu"]
 
@@ -58,12 +63,12 @@ def _build(cxx: str, march: str = "native") -> Path:
     into a temporary file and renamed into place (concurrent builds each write whole files). `march`: the
     instruction set (the tests build the AVX2 and the portable variants too)."""
     key = hashlib.sha256(b"\0".join(s.encode() for s in (
-        SOURCE.read_text(), cxx, torch.__version__, _cpu(), march))).hexdigest()[:16]
-    lib = _cache_dir() / f"int8_linear-{key}.so"
+        *(p.read_text() for p in SOURCES), cxx, torch.__version__, _cpu(), march))).hexdigest()[:16]
+    lib = _cache_dir() / f"llamalab-kernels-{key}.so"
     if lib.exists():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
-    print("llamalab: compiling the CPU kernel for int8 weights (once per machine, ~10 s)", file=sys.stderr)
+    print("llamalab: compiling the CPU kernels for quantized weights (once per machine, ~10 s)", file=sys.stderr)
     fd, tmp = tempfile.mkstemp(dir=lib.parent, suffix=".so.tmp")
     os.close(fd)
     try:
@@ -79,7 +84,7 @@ def _build(cxx: str, march: str = "native") -> Path:
 
 @functools.cache
 def available() -> bool:
-    """Is `torch.ops.llamalab.int8_linear` loaded (building it if needed)?"""
+    """Are the `torch.ops.llamalab` kernels loaded (building them if needed)?"""
     if os.environ.get("LLAMALAB_CPU_KERNEL", "1") == "0":
         return False
     cxx = cxx_compiler()
@@ -94,8 +99,6 @@ def available() -> bool:
               "PyTorch's int4 kernel, which is slower", file=sys.stderr)
         return False
 
-    @torch.library.register_fake("llamalab::int8_linear")
-    def _(x, q, scale, group_size):
-        return x.new_empty(x.shape[0], q.shape[0])
-
+    for op, fake in FAKES.items():
+        torch.library.register_fake(f"llamalab::{op}", fake)
     return True

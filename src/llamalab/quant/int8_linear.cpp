@@ -156,7 +156,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY(llamalab, m) {
+TORCH_LIBRARY_FRAGMENT(llamalab, m) {
   m.def("int8_linear(Tensor x, Tensor q, Tensor scale, int group_size) -> Tensor");
 }
 
