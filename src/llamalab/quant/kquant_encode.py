@@ -1,0 +1,281 @@
+"""K-quant block encoders (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): the bytes llama.cpp's reference quantizers write.
+
+A port of ggml's `quantize_row_q{2,3,4,5,6}_K_ref` and their helpers (`nearest_int`, `make_qx_quants`,
+`make_q3_quants`, `make_qkx2_quants`; ggml-quants.c, llama.cpp, MIT licence) to numpy, vectorized over
+blocks: every float32 operation is the one the C code performs, in the same order (sums run element by
+element, as `np.cumsum` does), so the blocks come out byte for byte. No importance matrix: these are the
+reference (imatrix-free) quantizers that `llama-quantize` uses when it is given none.
+
+`encode(rows, kind)` takes a float32 (n, k) array, k a multiple of 256, and returns (n, k // 256 * size)
+uint8 blocks in GGUF's layout (`gguf.quants.dequantize` reads them back).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+QK_K = 256
+SIZES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
+CHUNK = 4096  # super-blocks per numpy pass: ~4 MB arrays
+F32 = np.float32
+
+
+def nearest_int(f: np.ndarray) -> np.ndarray:
+    """ggml's nearest_int: the float trick (round half to even for |f| < 2**22, its own bits beyond)."""
+    bits = (np.asarray(f, F32) + F32(12582912.0)).view(np.int32)
+    return (bits & 0x007FFFFF) - 0x00400000
+
+
+def _sum(a: np.ndarray) -> np.ndarray:
+    """Sum over the last axis one element after another, in float32 (C's `s += a[i]` loop)."""
+    return np.cumsum(a, axis=-1, dtype=F32)[..., -1]
+
+
+def _f16(v: np.ndarray) -> np.ndarray:
+    """GGML_FP32_TO_FP16 then back: the value the block stores."""
+    return v.astype(np.float16).astype(F32)
+
+
+def _abs_argmax(x: np.ndarray):
+    """The first element of largest magnitude (C's `if (ax > amax)` scan from amax = 0)."""
+    i = np.argmax(np.abs(x), axis=-1)
+    v = np.take_along_axis(x, i[..., None], axis=-1)[..., 0]
+    return v, np.abs(v)
+
+
+def make_qx_quants(x: np.ndarray, nmax: int):
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL) over rows of x: (scale, L)."""
+    mx, amax = _abs_argmax(x)
+    zero = amax < F32(1e-15)
+    mx = np.where(zero, F32(1), mx)
+    w = x * x
+
+    def trial(iscale):
+        l = np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+        lf = l.astype(F32)
+        return l, _sum(w * x * lf), _sum(w * lf * lf)
+
+    l, sumlx, suml2 = trial(F32(-nmax) / mx)
+    L = l + nmax
+    scale = np.where(suml2 != 0, sumlx / np.where(suml2 != 0, suml2, F32(1)), F32(0))
+    best = scale * sumlx
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        l, sumlx, suml2 = trial(-(F32(nmax) + F32(0.1) * F32(step)) / mx)
+        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        L = np.where(better[:, None], l + nmax, L)
+        scale = np.where(better, sumlx / np.where(suml2 > 0, suml2, F32(1)), scale)
+        best = np.where(better, scale * sumlx, best)
+    return np.where(zero, F32(0), scale), np.where(zero[:, None], 0, L)
+
+
+def make_q3_quants(x: np.ndarray, nmax: int):
+    """make_q3_quants(n, nmax, x, L, do_rmse=true) over rows of x: (scale, L)."""
+    mx, amax = _abs_argmax(x)
+    zero = amax < F32(1e-15)
+    mx = np.where(zero, F32(1), mx)
+    L = np.clip(nearest_int((F32(-nmax) / mx)[:, None] * x), -nmax, nmax - 1)
+    w = x * x
+    lf = L.astype(F32)
+    sumlx, suml2 = _sum(w * x * lf), _sum(w * lf * lf)
+    # up to 5 passes of coordinate descent; a pass that changes nothing leaves the state as it was, so
+    # running all 5 for every row equals C's early break
+    for _ in range(5):
+        for i in range(x.shape[1]):
+            wi, xi, li = w[:, i], x[:, i], L[:, i].astype(F32)
+            slx = sumlx - wi * xi * li
+            sl2 = suml2 - wi * li * li
+            new = np.clip(nearest_int(xi * sl2 / np.where(slx > 0, slx, F32(1))), -nmax, nmax - 1)
+            nf = new.astype(F32)
+            slx2, sl22 = slx + wi * xi * nf, sl2 + wi * nf * nf
+            take = (slx > 0) & (new != L[:, i]) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+            L[:, i] = np.where(take, new, L[:, i])
+            sumlx, suml2 = np.where(take, slx2, sumlx), np.where(take, sl22, suml2)
+    scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1)), F32(0))
+    return np.where(zero, F32(0), scale), np.where(zero[:, None], 0, L + nmax)
+
+
+def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
+                     use_mad: bool):
+    """make_qkx2_quants over rows of x with weights w: (scale, the_min, L)."""
+    lo = np.minimum(x.min(axis=1), F32(0))
+    hi = x.max(axis=1)
+    sum_w, sum_x = _sum(w), _sum(w * x)
+    flat = hi == lo
+
+    def error(scale, lo, L):
+        diff = scale[:, None] * L.astype(F32) + lo[:, None] - x
+        return _sum(w * (np.abs(diff) if use_mad else diff * diff))
+
+    def levels(iscale, lo):
+        return np.clip(nearest_int(iscale[:, None] * (x - lo[:, None])), 0, nmax)
+
+    span = np.where(flat, F32(1), hi - lo)
+    iscale = F32(nmax) / span
+    scale = F32(1) / iscale
+    L = levels(iscale, lo)
+    best = error(scale, lo, L)
+    for step in range(nstep + 1):
+        span = np.where(flat, F32(1), hi - lo)
+        Laux = levels((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / span, lo)
+        lf = Laux.astype(F32)
+        wl = w * lf
+        sum_l, sum_l2, sum_xl = _sum(wl), _sum(wl * lf), _sum(wl * x)
+        D = sum_w * sum_l2 - sum_l * sum_l
+        ok = (D > 0) & ~flat
+        Ds = np.where(ok, D, F32(1))
+        this_scale = (sum_w * sum_xl - sum_x * sum_l) / Ds
+        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / Ds
+        pos = this_min > 0
+        this_min = np.where(pos, F32(0), this_min)
+        this_scale = np.where(pos, sum_xl / np.where(ok, sum_l2, F32(1)), this_scale)
+        cur = error(this_scale, this_min, Laux)
+        better = ok & (cur < best)
+        L = np.where(better[:, None], Laux, L)
+        best = np.where(better, cur, best)
+        scale, lo = np.where(better, this_scale, scale), np.where(better, this_min, lo)
+    return np.where(flat, F32(0), scale), -lo, np.where(flat[:, None], 0, L)
+
+
+def _requantize(x, d, m, L, lo, hi):
+    """L = clamp(nearest_int((x + m) / d)) where d != 0; L kept where d == 0 (C's `if (!d) continue`)."""
+    live = d != 0
+    q = np.clip(nearest_int((x + m[..., None]) / np.where(live, d, F32(1))[..., None]), lo, hi)
+    return np.where(live[..., None], q, L)
+
+
+def _pack2(L: np.ndarray) -> np.ndarray:
+    """(n, 256) 2-bit values → (n, 64): qs[j/4 + l] = L[j+l] | L[j+l+32] << 2 | L[j+l+64] << 4 | L[j+l+96] << 6."""
+    q = L.reshape(-1, 2, 4, 32).astype(np.uint8)
+    return (q[:, :, 0] | q[:, :, 1] << 2 | q[:, :, 2] << 4 | q[:, :, 3] << 6).reshape(-1, 64)
+
+
+def _scale_max(v: np.ndarray) -> np.ndarray:
+    """C's running `if (v > m) m = v` from m = 0."""
+    return np.maximum(v.max(axis=1), F32(0))
+
+
+def _u8(v: np.ndarray) -> np.ndarray:
+    return (v & 0xFF).astype(np.uint8)
+
+
+def _q2_k(x: np.ndarray) -> np.ndarray:
+    n = x.shape[0]
+    sub = x.reshape(-1, 16)
+    scales, mins, L = make_qkx2_quants(sub, np.abs(sub), 3, -0.5, 0.1, 15, True)
+    scales, mins, L = scales.reshape(n, 16), mins.reshape(n, 16), L.reshape(n, 16, 16)
+    ms, mm = _scale_max(scales), _scale_max(mins)
+    sc = np.where(ms[:, None] > 0, nearest_int((F32(15) / np.where(ms > 0, ms, F32(1)))[:, None] * scales), 0)
+    sc = _u8(sc).astype(np.int32)
+    d = np.where(ms > 0, ms / F32(15), F32(0)).astype(np.float16)
+    lm = nearest_int((F32(15) / np.where(mm > 0, mm, F32(1)))[:, None] * mins) << 4
+    sc = _u8(np.where(mm[:, None] > 0, sc | lm, sc)).astype(np.int32)
+    dmin = np.where(mm > 0, mm / F32(15), F32(0)).astype(np.float16)
+    dd = d.astype(F32)[:, None] * (sc & 0xF).astype(F32)
+    dm = dmin.astype(F32)[:, None] * (sc >> 4).astype(F32)
+    L = _requantize(x.reshape(n, 16, 16), dd, dm, L, 0, 3).reshape(n, 256)
+    return np.concatenate([sc.astype(np.uint8), _pack2(L), d.reshape(n, 1).view(np.uint8),
+                           dmin.reshape(n, 1).view(np.uint8)], axis=1)
+
+
+def _q3_k(x: np.ndarray) -> np.ndarray:
+    n = x.shape[0]
+    scales, L = make_q3_quants(x.reshape(-1, 16), 4)
+    scales, L = scales.reshape(n, 16), L.reshape(n, 16, 16)
+    max_scale, _ = _abs_argmax(scales)
+    live = max_scale != 0
+    iscale = F32(-32) / np.where(live, max_scale, F32(1))
+    l = nearest_int(iscale[:, None] * scales)
+    l = np.clip(((l + 128) & 0xFF) - 128, -32, 31) + 32  # int8_t l = nearest_int(...)
+    l = np.where(live[:, None], l, 0)
+    packed = np.zeros((n, 12), np.int32)
+    packed[:, :8] = (l[:, :8] & 0xF) | (l[:, 8:] & 0xF) << 4
+    hi = l >> 4
+    for j in range(16):
+        packed[:, 8 + j % 4] |= hi[:, j] << (2 * (j // 4))
+    d = np.where(live, F32(1) / iscale, F32(0)).astype(np.float16)
+    dd = d.astype(F32)[:, None] * np.where(live[:, None], l - 32, -32).astype(F32)
+    L = _requantize(x.reshape(n, 16, 16), dd, np.zeros_like(dd), L - 4, -4, 3) + 4
+    L = L.reshape(n, 256)
+    high = L > 3
+    hmask = (high.reshape(n, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :, None]).sum(
+        axis=1, dtype=np.uint8)
+    return np.concatenate([hmask, _pack2(np.where(high, L - 4, L)), _u8(packed),
+                           d.reshape(n, 1).view(np.uint8)], axis=1)
+
+
+def _k_scales(x: np.ndarray, nmax: int, rmin: float, nstep: int):
+    """Q4_K / Q5_K: 8 sub-blocks of 32 with a scale and a min each, 6-bit codes of both, the levels."""
+    n = x.shape[0]
+    sub = x.reshape(-1, 32)
+    av_x = np.sqrt(_sum(sub * sub) / F32(32))
+    scales, mins, L = make_qkx2_quants(sub, av_x[:, None] + np.abs(sub), nmax, rmin, 0.1, nstep, False)
+    scales, mins = scales.reshape(n, 8), mins.reshape(n, 8)
+    ms, mm = _scale_max(scales), _scale_max(mins)
+    inv_s = np.where(ms > 0, F32(63) / np.where(ms > 0, ms, F32(1)), F32(0))
+    inv_m = np.where(mm > 0, F32(63) / np.where(mm > 0, mm, F32(1)), F32(0))
+    ls = np.minimum(63, _u8(nearest_int(inv_s[:, None] * scales)).astype(np.int32))
+    lm = np.minimum(63, _u8(nearest_int(inv_m[:, None] * mins)).astype(np.int32))
+    packed = np.zeros((n, 12), np.int32)
+    packed[:, :4] = ls[:, :4] | (ls[:, 4:] >> 4) << 6
+    packed[:, 4:8] = lm[:, :4] | (lm[:, 4:] >> 4) << 6
+    packed[:, 8:] = (ls[:, 4:] & 0xF) | (lm[:, 4:] & 0xF) << 4
+    d, dmin = (ms / F32(63)).astype(np.float16), (mm / F32(63)).astype(np.float16)
+    dd = d.astype(F32)[:, None] * ls.astype(F32)
+    dm = dmin.astype(F32)[:, None] * lm.astype(F32)
+    L = _requantize(x.reshape(n, 8, 32), dd, dm, L.reshape(n, 8, 32), 0, nmax).reshape(n, 256)
+    head = np.concatenate([d.reshape(n, 1).view(np.uint8), dmin.reshape(n, 1).view(np.uint8), _u8(packed)], 1)
+    return head, L
+
+
+def _q4_k(x: np.ndarray) -> np.ndarray:
+    head, L = _k_scales(x, 15, -1.0, 20)
+    q = L.reshape(-1, 4, 2, 32).astype(np.uint8)
+    return np.concatenate([head, (q[:, :, 0] | q[:, :, 1] << 4).reshape(-1, 128)], axis=1)
+
+
+def _q5_k(x: np.ndarray) -> np.ndarray:
+    head, L = _k_scales(x, 31, -0.5, 15)
+    q = L.reshape(-1, 4, 2, 32).astype(np.uint8)  # [n, pair k, half, 32]
+    bits = (q >> 4) << (2 * np.arange(4, dtype=np.uint8)[None, :, None, None] + np.arange(2, dtype=np.uint8)[None, None, :, None])
+    qh = bits.reshape(-1, 8, 32).sum(axis=1, dtype=np.uint8)
+    ql = ((q[:, :, 0] & 0xF) | (q[:, :, 1] & 0xF) << 4).reshape(-1, 128)
+    return np.concatenate([head, qh, ql], axis=1)
+
+
+def _q6_k(x: np.ndarray) -> np.ndarray:
+    n = x.shape[0]
+    scales, L = make_qx_quants(x.reshape(-1, 16), 32)
+    scales, L = scales.reshape(n, 16), L.reshape(n, 16, 16)
+    max_scale, max_abs = _abs_argmax(scales)
+    live = max_abs >= F32(1e-15)
+    iscale = F32(-128) / np.where(live, max_scale, F32(1))
+    d = np.where(live, F32(1) / iscale, F32(0)).astype(np.float16)
+    sc = np.minimum(127, nearest_int(iscale[:, None] * scales))
+    sc = (((sc + 128) & 0xFF) - 128).astype(np.int8)
+    dd = d.astype(F32)[:, None] * sc.astype(F32)
+    L = (_requantize(x.reshape(n, 16, 16), dd, np.zeros_like(dd), L - 32, -32, 31) + 32).reshape(n, 2, 4, 32)
+    L = L.astype(np.uint8)
+    ql = np.concatenate([L[:, :, 0] & 0xF | (L[:, :, 2] & 0xF) << 4, L[:, :, 1] & 0xF | (L[:, :, 3] & 0xF) << 4],
+                        axis=2).reshape(n, 128)
+    qh = (L[:, :, 0] >> 4 | (L[:, :, 1] >> 4) << 2 | (L[:, :, 2] >> 4) << 4 | (L[:, :, 3] >> 4) << 6).reshape(n, 64)
+    out = np.concatenate([ql, qh, sc.view(np.uint8), d.reshape(n, 1).view(np.uint8)], axis=1)
+    out[~live] = 0  # memset(&y[i], 0, ...)
+    return out
+
+
+ENCODERS = {"Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k}
+
+
+def encode(rows: np.ndarray, kind: str) -> np.ndarray:
+    """(n, k) float32 rows, k a multiple of 256 → (n, k // 256 * SIZES[kind]) uint8 blocks."""
+    rows = np.ascontiguousarray(rows, dtype=F32)
+    if rows.ndim != 2 or rows.shape[1] % QK_K:
+        raise ValueError(f"{kind} needs rows of a multiple of {QK_K} values, got shape {rows.shape}")
+    blocks = rows.reshape(-1, QK_K)
+    out = np.empty((blocks.shape[0], SIZES[kind]), np.uint8)
+    with np.errstate(all="ignore"):  # masked lanes divide by zero or overflow, as the C code never does
+        for start in range(0, blocks.shape[0], CHUNK):
+            out[start:start + CHUNK] = ENCODERS[kind](blocks[start:start + CHUNK])
+    return out.reshape(rows.shape[0], -1)
