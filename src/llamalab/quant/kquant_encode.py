@@ -12,11 +12,15 @@ uint8 blocks in GGUF's layout (`gguf.quants.dequantize` reads them back).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+
+from ..threads import worker_count
 
 QK_K = 256
 SIZES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
-CHUNK = 4096  # super-blocks per numpy pass: ~4 MB arrays
+CHUNK = 512  # super-blocks per numpy pass: arrays of 512 KB, which stay in cache
 F32 = np.float32
 
 
@@ -27,33 +31,35 @@ def nearest_int(f: np.ndarray) -> np.ndarray:
 
 
 def _sum(a: np.ndarray) -> np.ndarray:
-    """Sum over the last axis one element after another, in float32 (C's `s += a[i]` loop)."""
-    return np.cumsum(a, axis=-1, dtype=F32)[..., -1]
+    """Sum over the first axis one element after another, in float32 (C's `s += a[i]` loop)."""
+    s = a[0].copy()
+    for row in a[1:]:
+        s += row
+    return s
 
 
-def _f16(v: np.ndarray) -> np.ndarray:
-    """GGML_FP32_TO_FP16 then back: the value the block stores."""
-    return v.astype(np.float16).astype(F32)
-
-
-def _abs_argmax(x: np.ndarray):
+def _abs_argmax(x: np.ndarray, axis: int = 0):
     """The first element of largest magnitude (C's `if (ax > amax)` scan from amax = 0)."""
-    i = np.argmax(np.abs(x), axis=-1)
-    v = np.take_along_axis(x, i[..., None], axis=-1)[..., 0]
+    i = np.expand_dims(np.argmax(np.abs(x), axis=axis), axis)
+    v = np.take_along_axis(x, i, axis=axis).squeeze(axis)
     return v, np.abs(v)
 
 
+# The helpers below take sub-blocks as columns: x is (values per sub-block, sub-blocks), so a per-sub-block
+# quantity is a row vector that broadcasts, and a sum over a sub-block adds contiguous rows.
+
 def make_qx_quants(x: np.ndarray, nmax: int):
-    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL) over rows of x: (scale, L)."""
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL) per column of x: (scale, L)."""
     mx, amax = _abs_argmax(x)
     zero = amax < F32(1e-15)
     mx = np.where(zero, F32(1), mx)
     w = x * x
+    wx = w * x
 
     def trial(iscale):
-        l = np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+        l = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
         lf = l.astype(F32)
-        return l, _sum(w * x * lf), _sum(w * lf * lf)
+        return l, _sum(wx * lf), _sum(w * lf * lf)
 
     l, sumlx, suml2 = trial(F32(-nmax) / mx)
     L = l + nmax
@@ -64,61 +70,59 @@ def make_qx_quants(x: np.ndarray, nmax: int):
             continue
         l, sumlx, suml2 = trial(-(F32(nmax) + F32(0.1) * F32(step)) / mx)
         better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        L = np.where(better[:, None], l + nmax, L)
+        L = np.where(better, l + nmax, L)
         scale = np.where(better, sumlx / np.where(suml2 > 0, suml2, F32(1)), scale)
         best = np.where(better, scale * sumlx, best)
-    return np.where(zero, F32(0), scale), np.where(zero[:, None], 0, L)
+    return np.where(zero, F32(0), scale), np.where(zero, 0, L)
 
 
 def make_q3_quants(x: np.ndarray, nmax: int):
-    """make_q3_quants(n, nmax, x, L, do_rmse=true) over rows of x: (scale, L)."""
+    """make_q3_quants(n, nmax, x, L, do_rmse=true) per column of x: (scale, L)."""
     mx, amax = _abs_argmax(x)
     zero = amax < F32(1e-15)
     mx = np.where(zero, F32(1), mx)
-    L = np.clip(nearest_int((F32(-nmax) / mx)[:, None] * x), -nmax, nmax - 1)
+    L = np.clip(nearest_int((F32(-nmax) / mx) * x), -nmax, nmax - 1)
     w = x * x
     lf = L.astype(F32)
     sumlx, suml2 = _sum(w * x * lf), _sum(w * lf * lf)
     # up to 5 passes of coordinate descent; a pass that changes nothing leaves the state as it was, so
-    # running all 5 for every row equals C's early break
+    # running all 5 for every column equals C's early break
     for _ in range(5):
-        for i in range(x.shape[1]):
-            wi, xi, li = w[:, i], x[:, i], L[:, i].astype(F32)
+        for i in range(x.shape[0]):
+            wi, xi, li = w[i], x[i], L[i].astype(F32)
             slx = sumlx - wi * xi * li
             sl2 = suml2 - wi * li * li
             new = np.clip(nearest_int(xi * sl2 / np.where(slx > 0, slx, F32(1))), -nmax, nmax - 1)
             nf = new.astype(F32)
             slx2, sl22 = slx + wi * xi * nf, sl2 + wi * nf * nf
-            take = (slx > 0) & (new != L[:, i]) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
-            L[:, i] = np.where(take, new, L[:, i])
+            take = (slx > 0) & (new != L[i]) & (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+            L[i] = np.where(take, new, L[i])
             sumlx, suml2 = np.where(take, slx2, sumlx), np.where(take, sl22, suml2)
     scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1)), F32(0))
-    return np.where(zero, F32(0), scale), np.where(zero[:, None], 0, L + nmax)
+    return np.where(zero, F32(0), scale), np.where(zero, 0, L + nmax)
 
 
 def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
                      use_mad: bool):
-    """make_qkx2_quants over rows of x with weights w: (scale, the_min, L)."""
-    lo = np.minimum(x.min(axis=1), F32(0))
-    hi = x.max(axis=1)
+    """make_qkx2_quants per column of x with weights w: (scale, the_min, L)."""
+    lo = np.minimum(x.min(axis=0), F32(0))
+    hi = x.max(axis=0)
     sum_w, sum_x = _sum(w), _sum(w * x)
     flat = hi == lo
 
     def error(scale, lo, L):
-        diff = scale[:, None] * L.astype(F32) + lo[:, None] - x
+        diff = scale * L.astype(F32) + lo - x
         return _sum(w * (np.abs(diff) if use_mad else diff * diff))
 
     def levels(iscale, lo):
-        return np.clip(nearest_int(iscale[:, None] * (x - lo[:, None])), 0, nmax)
+        return np.clip(nearest_int(iscale * (x - lo)), 0, nmax)
 
-    span = np.where(flat, F32(1), hi - lo)
-    iscale = F32(nmax) / span
+    iscale = F32(nmax) / np.where(flat, F32(1), hi - lo)
     scale = F32(1) / iscale
     L = levels(iscale, lo)
     best = error(scale, lo, L)
     for step in range(nstep + 1):
-        span = np.where(flat, F32(1), hi - lo)
-        Laux = levels((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / span, lo)
+        Laux = levels((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / np.where(flat, F32(1), hi - lo), lo)
         lf = Laux.astype(F32)
         wl = w * lf
         sum_l, sum_l2, sum_xl = _sum(wl), _sum(wl * lf), _sum(wl * x)
@@ -132,10 +136,20 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
         this_scale = np.where(pos, sum_xl / np.where(ok, sum_l2, F32(1)), this_scale)
         cur = error(this_scale, this_min, Laux)
         better = ok & (cur < best)
-        L = np.where(better[:, None], Laux, L)
+        L = np.where(better, Laux, L)
         best = np.where(better, cur, best)
         scale, lo = np.where(better, this_scale, scale), np.where(better, this_min, lo)
-    return np.where(flat, F32(0), scale), -lo, np.where(flat[:, None], 0, L)
+    return np.where(flat, F32(0), scale), -lo, np.where(flat, 0, L)
+
+
+def _columns(x: np.ndarray, k: int) -> np.ndarray:
+    """(n, 256) super-blocks → (k, n * 256 // k): one sub-block of k values per column."""
+    return np.ascontiguousarray(x.reshape(-1, k).T)
+
+
+def _rows(L: np.ndarray, n: int) -> np.ndarray:
+    """The inverse of `_columns` for levels: (k, n * 256 // k) → (n, 256 // k, k)."""
+    return L.T.reshape(n, -1, L.shape[0])
 
 
 def _requantize(x, d, m, L, lo, hi):
@@ -162,9 +176,9 @@ def _u8(v: np.ndarray) -> np.ndarray:
 
 def _q2_k(x: np.ndarray) -> np.ndarray:
     n = x.shape[0]
-    sub = x.reshape(-1, 16)
+    sub = _columns(x, 16)
     scales, mins, L = make_qkx2_quants(sub, np.abs(sub), 3, -0.5, 0.1, 15, True)
-    scales, mins, L = scales.reshape(n, 16), mins.reshape(n, 16), L.reshape(n, 16, 16)
+    scales, mins, L = scales.reshape(n, 16), mins.reshape(n, 16), _rows(L, n)
     ms, mm = _scale_max(scales), _scale_max(mins)
     sc = np.where(ms[:, None] > 0, nearest_int((F32(15) / np.where(ms > 0, ms, F32(1)))[:, None] * scales), 0)
     sc = _u8(sc).astype(np.int32)
@@ -181,9 +195,9 @@ def _q2_k(x: np.ndarray) -> np.ndarray:
 
 def _q3_k(x: np.ndarray) -> np.ndarray:
     n = x.shape[0]
-    scales, L = make_q3_quants(x.reshape(-1, 16), 4)
-    scales, L = scales.reshape(n, 16), L.reshape(n, 16, 16)
-    max_scale, _ = _abs_argmax(scales)
+    scales, L = make_q3_quants(_columns(x, 16), 4)
+    scales, L = scales.reshape(n, 16), _rows(L, n)
+    max_scale, _ = _abs_argmax(scales, axis=1)
     live = max_scale != 0
     iscale = F32(-32) / np.where(live, max_scale, F32(1))
     l = nearest_int(iscale[:, None] * scales)
@@ -208,9 +222,9 @@ def _q3_k(x: np.ndarray) -> np.ndarray:
 def _k_scales(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     """Q4_K / Q5_K: 8 sub-blocks of 32 with a scale and a min each, 6-bit codes of both, the levels."""
     n = x.shape[0]
-    sub = x.reshape(-1, 32)
+    sub = _columns(x, 32)
     av_x = np.sqrt(_sum(sub * sub) / F32(32))
-    scales, mins, L = make_qkx2_quants(sub, av_x[:, None] + np.abs(sub), nmax, rmin, 0.1, nstep, False)
+    scales, mins, L = make_qkx2_quants(sub, av_x + np.abs(sub), nmax, rmin, 0.1, nstep, False)
     scales, mins = scales.reshape(n, 8), mins.reshape(n, 8)
     ms, mm = _scale_max(scales), _scale_max(mins)
     inv_s = np.where(ms > 0, F32(63) / np.where(ms > 0, ms, F32(1)), F32(0))
@@ -224,7 +238,7 @@ def _k_scales(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     d, dmin = (ms / F32(63)).astype(np.float16), (mm / F32(63)).astype(np.float16)
     dd = d.astype(F32)[:, None] * ls.astype(F32)
     dm = dmin.astype(F32)[:, None] * lm.astype(F32)
-    L = _requantize(x.reshape(n, 8, 32), dd, dm, L.reshape(n, 8, 32), 0, nmax).reshape(n, 256)
+    L = _requantize(x.reshape(n, 8, 32), dd, dm, _rows(L, n), 0, nmax).reshape(n, 256)
     head = np.concatenate([d.reshape(n, 1).view(np.uint8), dmin.reshape(n, 1).view(np.uint8), _u8(packed)], 1)
     return head, L
 
@@ -246,9 +260,9 @@ def _q5_k(x: np.ndarray) -> np.ndarray:
 
 def _q6_k(x: np.ndarray) -> np.ndarray:
     n = x.shape[0]
-    scales, L = make_qx_quants(x.reshape(-1, 16), 32)
-    scales, L = scales.reshape(n, 16), L.reshape(n, 16, 16)
-    max_scale, max_abs = _abs_argmax(scales)
+    scales, L = make_qx_quants(_columns(x, 16), 32)
+    scales, L = scales.reshape(n, 16), _rows(L, n)
+    max_scale, max_abs = _abs_argmax(scales, axis=1)
     live = max_abs >= F32(1e-15)
     iscale = F32(-128) / np.where(live, max_scale, F32(1))
     d = np.where(live, F32(1) / iscale, F32(0)).astype(np.float16)
@@ -275,7 +289,17 @@ def encode(rows: np.ndarray, kind: str) -> np.ndarray:
         raise ValueError(f"{kind} needs rows of a multiple of {QK_K} values, got shape {rows.shape}")
     blocks = rows.reshape(-1, QK_K)
     out = np.empty((blocks.shape[0], SIZES[kind]), np.uint8)
-    with np.errstate(all="ignore"):  # masked lanes divide by zero or overflow, as the C code never does
-        for start in range(0, blocks.shape[0], CHUNK):
+
+    def chunk(start):
+        with np.errstate(all="ignore"):  # masked lanes divide by zero or overflow, as the C code never does
             out[start:start + CHUNK] = ENCODERS[kind](blocks[start:start + CHUNK])
+
+    starts = range(0, blocks.shape[0], CHUNK)
+    workers = min(worker_count(), len(starts))
+    if workers > 1:  # numpy lets go of the GIL inside its loops
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(chunk, starts))
+    else:
+        for start in starts:
+            chunk(start)
     return out.reshape(rows.shape[0], -1)
