@@ -1,5 +1,8 @@
 """`llamalab quantize`: a float checkpoint → 8- or 4-bit weights, in a GGUF file or a safetensors directory.
 
+`--type` (q4_k_m, q5_k_m, q6_k, q3_k_m, q2_k, q8_0, q4_0, q4_1, f16, bf16, ...): a GGUF file as llama.cpp's
+`quantize` writes it — its per-tensor type mix (`formats.gguf_mix`) and its reference quantizers' bytes.
+
 GGUF (a `.gguf` path): the block types llama.cpp runs — Q8_0 for 8 bits, Q4_1 (or Q4_0 with
 `symmetric`) for 4 bits; blocks are always 32 wide; norms stay F32; with 4 bits the embedding (and a
 tied output head) stays Q8_0, as llama.cpp's own quantizer does. The blocks come from the `gguf` package.
@@ -21,6 +24,7 @@ from .atomic import check_apart
 from .calibrate import float_source, gptq_checkpoint
 from .errors import LlamalabError
 from .formats import save
+from .formats.gguf_mix import check_file_type
 from .quant.codes import BLOCK, quantize
 
 DIRECTORY_GROUPS = (32, 64, 128)
@@ -39,12 +43,47 @@ def _check(bits: int, group_size: int, gguf: bool, symmetric: bool) -> None:
         raise LlamalabError("--symmetric (Q4_0) applies to .gguf output only")
 
 
-def quantize_checkpoint(src, out, *, bits: int, group_size: int | None = None, symmetric: bool = False,
-                        force: bool = False, method: str = "rtn", **gptq) -> Path:
+def _check_type(kind: str, out: Path, bits, group_size, symmetric: bool, method: str, gptq: dict) -> str:
+    kind = check_file_type(kind)
+    if bits is not None:
+        raise LlamalabError("--type and --bits both choose the weights' type; pass one (--bits 8 is --type q8_0; "
+                            "--bits 4 is Q4_1 with the embedding at Q8_0)")
+    if out.suffix != ".gguf":
+        raise LlamalabError(f"--type writes a GGUF file; give --out a .gguf name (got {out})")
+    extra = [flag for flag, on in (("--group-size", group_size is not None), ("--symmetric", symmetric),
+                                   ("--method gptq", method != "rtn"),
+                                   *(("--" + k.replace("_", "-"), v not in (None, False)) for k, v in gptq.items()))
+             if on]
+    if extra:
+        raise LlamalabError(f"{', '.join(extra)} does not apply to --type (llama.cpp's block types fix their own "
+                            "block sizes)")
+    return kind
+
+
+def quantize_file_type(src, out: Path, kind: str, *, force: bool = False) -> Path:
+    """`quantize --type`: a GGUF in one of llama.cpp's file types (`formats.gguf_mix`), each tensor at the
+    type llama.cpp's `quantize` gives it, the blocks byte for byte its reference quantizers' (no imatrix)."""
+    check_apart(out, [src])
+    if out.exists() and not force:
+        raise LlamalabError(f"{out} already exists; pass --force to replace it")
+    state, args, fmt, path = float_source(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    threads.adapt()
+    return save(state, args, out, "gguf", tokenizer_src=path, ftype=kind, force=force)  # atomic
+
+
+def quantize_checkpoint(src, out, *, bits: int | None = None, group_size: int | None = None, symmetric: bool = False,
+                        force: bool = False, method: str = "rtn", file_type: str | None = None, **gptq) -> Path:
     """Write the quantized checkpoint to `out` (atomically) and return its path: a `.gguf` file, else an
     HF-style directory of group codes. method "gptq": calibrated, a GPTQ-layout directory
-    (`calibrate.gptq_checkpoint`, which takes the `gptq` options: act_order, calibration, samples, seq_len)."""
+    (`calibrate.gptq_checkpoint`, which takes the `gptq` options: act_order, calibration, samples, seq_len).
+    file_type: one of llama.cpp's file types (q4_k_m, q6_k, q8_0, f16, ...; `quantize_file_type`), not with bits."""
     out = Path(out)
+    if file_type is not None:
+        kind = _check_type(file_type, out, bits, group_size, symmetric, method or "rtn", gptq)
+        return quantize_file_type(src, out, kind, force=force)
+    if bits is None:
+        raise LlamalabError("choose the weights' type: --type (q4_k_m, q6_k, q8_0, ...) or --bits (8 or 4)")
     if method == "gptq":
         return gptq_checkpoint(src, out, bits=bits, group_size=group_size or 128, sym=symmetric, force=force,
                                **gptq)

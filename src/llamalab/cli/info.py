@@ -13,6 +13,7 @@ def run(args):
     from pathlib import Path
 
     from ..formats import expected_shapes, llava, load_state
+    from ..formats.gguf_mix import type_summary
 
     if llava.is_llava(Path(args.path)):
         return print("\n".join(llava.describe(Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent)))
@@ -36,6 +37,11 @@ def run(args):
     if extra.get("quantization"):
         print(f"quantized   {extra['quantization']}")
     print("dtypes      " + ", ".join(f"{t}: {n}" for t, n in Counter(types.values()).most_common()))
+    if fmt == "gguf":  # each tensor group's GGML types, and the file's bits per weight
+        groups, bpw, size, weights = type_summary(path)
+        for i, (group, kinds) in enumerate(groups):
+            print(f"{'types' if i == 0 else '':<12}{group:<12} " + ", ".join(f"{k} ×{n}" for k, n in kinds.most_common()))
+        print(f"bits/weight {bpw:.2f} ({size:,} tensor bytes over {weights:,} weights)")
     tok = src.tokenizer()
     if tok is not None:
         print(f"tokenizer   {type(tok).__name__}: {tok.vocab_size} tokens, bos={tok.bos_token!r} "

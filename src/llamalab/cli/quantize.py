@@ -1,16 +1,20 @@
 from .common import add_threads_argument
 from .types import positive_int
 
-HELP = ("Quantize a float checkpoint's weights: round to nearest (8 or 4 bits: GGUF Q8_0 / Q4_1 / Q4_0, or a "
-        "safetensors directory of group codes) or GPTQ, calibrated (4, 3 or 8 bits: a directory in the GPTQ layout).")
+HELP = ("Quantize a float checkpoint's weights: a llama.cpp file type (--type q4_k_m, q6_k, q8_0, ...: GGUF as "
+        "llama.cpp writes it), round to nearest (8 or 4 bits: GGUF Q8_0 / Q4_1 / Q4_0, or a safetensors directory "
+        "of group codes) or GPTQ, calibrated (4, 3 or 8 bits: a directory in the GPTQ layout).")
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="float checkpoint: .gguf file, HF or Meta directory, or hub id")
     p.add_argument("--method", choices=("rtn", "gptq"), default="rtn",
                    help="rtn: round to nearest (default); gptq: GPTQ on calibration text (writes the GPTQ layout)")
-    p.add_argument("--bits", type=positive_int, required=True,
-                   help="rtn: 8 (Q8_0) or 4 (Q4_1; Q4_0 with --symmetric); gptq: 4, 3 or 8")
+    p.add_argument("--type", metavar="TYPE", help="a llama.cpp file type, GGUF output: q4_k_m, q5_k_m, q6_k, q8_0, "
+                   "q4_0, q4_1, f16, bf16 (also q2_k, q3_k_s/m/l, q4_k_s, q5_k_s, q5_0, q5_1, f32), each tensor "
+                   "at the type llama.cpp's quantize gives it")
+    p.add_argument("--bits", type=positive_int,
+                   help="rtn: 8 (Q8_0) or 4 (Q4_1; Q4_0 with --symmetric; the embedding at Q8_0); gptq: 4, 3 or 8")
     p.add_argument("--group-size", type=positive_int, metavar="G",
                    help="weights per scale: 32, 64 or 128 (rtn default 32, GGUF takes 32 only; gptq default 128)")
     p.add_argument("--symmetric", "--sym", action="store_true",
@@ -35,7 +39,7 @@ def run(args):
                                   seq_len=args.seq_len).items() if v not in (None, False)}
     if args.method == "gptq":
         gptq.setdefault("calibration", "corpus")
-    out = quantize_checkpoint(args.model, args.out, bits=args.bits, group_size=args.group_size,
+    out = quantize_checkpoint(args.model, args.out, bits=args.bits, group_size=args.group_size, file_type=args.type,
                               symmetric=args.symmetric, force=args.force, method=args.method, **gptq)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
     print(f"wrote {out} ({size / 1e6:.1f} MB)")

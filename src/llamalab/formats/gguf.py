@@ -15,6 +15,7 @@ from gguf import GGML_QUANT_VERSION, GGUFWriter, LlamaFileType, RopeScalingType
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFValueType as V
 from gguf.quants import dequantize, quantize
+from tqdm import tqdm
 
 from ..atomic import staged_file
 from ..config import ModelArgs
@@ -22,6 +23,7 @@ from ..errors import LlamalabError
 from ..quant import GGUF_TYPES, GroupCodes, from_gguf
 from ..quant.codes import to_gguf as to_gguf_blocks
 from ..tokenizer import find_tokenizer, open_gguf
+from .gguf_mix import FILE_TYPES, check_file_type, encode, tensor_types
 from .names import name_maps
 from .output import check_output
 
@@ -178,11 +180,38 @@ def _add_tokenizer(writer, tokenizer_src):
             writer.add_key_value(key, value, vtype)
 
 
+def _add_tensors(writer, state, args: ModelArgs, gguf_type: str, ftype: str | None) -> None:
+    """Every tensor, in GGUF's names: with `ftype`, each at the type llama.cpp gives it in such a file
+    (`gguf_mix`), a progress bar over the tensors; else every matrix at `gguf_type`."""
+    state = {k: w for k, w in state.items() if not (k == "output.weight" and args.tie_embeddings)}  # llama.cpp
+    names = {}  # reuses token_embd.weight when output.weight is absent
+    for key in state:
+        names[key] = to_gguf(key)
+        if names[key] is None:
+            raise LlamalabError(f"cannot write tensor {key!r} to GGUF: not a llama parameter")
+    types = None
+    if ftype is not None:
+        shapes = {names[k]: tuple(w.shape) for k, w in state.items()}
+        types = tensor_types(shapes, ftype, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.kv_heads)
+    show = ftype is not None and sum(w.numel() for w in state.values()) > 50_000_000  # seconds: show progress
+    for key, w in tqdm(state.items(), desc=f"quantizing to {ftype}", unit="tensor", disable=not show):
+        if types is not None and not isinstance(w, GroupCodes):
+            data, qtype = encode(w.detach().to(torch.float32).cpu().numpy(), types[names[key]]), types[names[key]]
+        else:  # 4-bit files keep the embedding (the output head too, when tied) at Q8_0
+            embedding = key in ("tok_embeddings.weight", "output.weight")
+            data, qtype = _encode(w, "q8_0" if gguf_type in ("q4_0", "q4_1") and embedding else gguf_type)
+        raw = qtype if data.dtype == np.uint8 else None  # uint8: quantized blocks (BF16 too)
+        writer.add_tensor(names[key], data, raw_dtype=raw)
+
+
 def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str = "f32",
-         tokenizer_src=None, name: str | None = None, force: bool = False) -> Path:
+         tokenizer_src=None, name: str | None = None, force: bool = False, ftype: str | None = None) -> Path:
     """Write a llama GGUF that llama.cpp and `gguf.GGUFReader` read, atomically (`force` replaces an
     existing GGUF file, see `output`).
 
+    gguf_type: every matrix at f32 | f16 | q8_0 | q4_0 | q4_1 (4-bit files keep the embedding at Q8_0).
+    ftype: instead, one of llama.cpp's file types (`gguf_mix.FILE_TYPES`: q4_k_m, q6_k, q8_0, bf16, ...), each
+    tensor at the type llama.cpp's `quantize` gives it, and general.file_type as llama.cpp writes it.
     tokenizer_src: a GGUF file whose tokenizer.* metadata is copied, or a Tokenizer / tokenizer directory
     (None: the file carries no vocabulary).
     """
@@ -190,6 +219,8 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
                   "q4_0": LlamaFileType.MOSTLY_Q4_0, "q4_1": LlamaFileType.MOSTLY_Q4_1}
     if gguf_type not in file_types:
         raise LlamalabError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(file_types)}")
+    if ftype is not None:
+        ftype = check_file_type(ftype)
     kind = (args.rope_scaling or {}).get("rope_type", (args.rope_scaling or {}).get("type"))
     if args.rope_scaling and kind != "linear":
         raise LlamalabError(f"writing {kind} rope scaling to GGUF is not supported (llama.cpp wants a rope_freqs "
@@ -216,20 +247,11 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
             writer.add_rope_scaling_factor(float(args.rope_scaling["factor"]))
         writer.add_layer_norm_rms_eps(args.norm_eps)
         writer.add_vocab_size(args.vocab_size)
-        writer.add_file_type(file_types[gguf_type])
+        writer.add_file_type(FILE_TYPES[ftype][0] if ftype else file_types[gguf_type])
         writer.add_quantization_version(GGML_QUANT_VERSION)
         if tokenizer_src is not None:
             _add_tokenizer(writer, tokenizer_src)
-        for key, w in state.items():
-            if key == "output.weight" and args.tie_embeddings:
-                continue  # llama.cpp reuses token_embd.weight when output.weight is absent
-            gname = to_gguf(key)
-            if gname is None:
-                raise LlamalabError(f"cannot write tensor {key!r} to GGUF: not a llama parameter")
-            # 4-bit files keep the embedding (the output head too, when tied) at Q8_0, as llama.cpp does
-            embedding = key in ("tok_embeddings.weight", "output.weight")
-            data, qtype = _encode(w, "q8_0" if gguf_type in ("q4_0", "q4_1") and embedding else gguf_type)
-            writer.add_tensor(gname, data, raw_dtype=qtype if data.dtype == np.uint8 else None)  # uint8: quantized
+        _add_tensors(writer, state, args, gguf_type, ftype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

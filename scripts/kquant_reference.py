@@ -1,0 +1,114 @@
+"""Regenerate tests/data/kquant/ with llama.cpp's own quantizer (llama-cpp-python's `llama_model_quantize`).
+
+    PYTHONPATH=src python scripts/kquant_reference.py [--check-smollm2]
+
+1. tiny_reference.json: the float model of tests/kquant_source.py written as an F32 GGUF (our `formats.save`),
+   quantized by llama.cpp to each file type; for every type the file's general.file_type and, per tensor,
+   its GGML type and the sha256 of its bytes (the quantized files themselves are ~13 MB together, too big to
+   keep). The sha256 of every source tensor is there too, so a test knows it starts from the same floats.
+2. smollm2_q4_k_m_types.json: the type llama.cpp gives each tensor of SmolLM2-135M quantized to Q4_K_M
+   (from an F32 GGUF of the test checkpoint's weights): its 576-wide rows take the fallbacks.
+--check-smollm2 (not stored, not in CI): our `quantize --type q4_k_m` of the same F32 SmolLM2 byte-compared
+with llama.cpp's, and both files' logits from llama.cpp on one prompt (llama.cpp loads ours).
+Needs llama-cpp-python; each llama.cpp call runs in a process of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+
+import numpy as np  # noqa: E402
+from gguf import GGUFReader  # noqa: E402
+
+from llamalab import assets  # noqa: E402
+from llamalab.formats import gguf as gguf_format  # noqa: E402
+from llamalab.formats.gguf_mix import FILE_TYPES  # noqa: E402
+
+OUT = ROOT / "tests" / "data" / "kquant"
+TYPES = ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "q8_0", "q4_0",
+         "q4_1", "q5_0", "q5_1", "f16", "bf16"]
+QUANTIZE = """
+import sys, llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype, p.nthread = int(sys.argv[3]), 2
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))
+"""
+
+
+def llama_quantize(src: Path, out: Path, ftype: str) -> None:
+    code = int(FILE_TYPES[ftype][0])
+    subprocess.run([sys.executable, "-c", QUANTIZE, str(src), str(out), str(code)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def tensor_table(path: Path) -> dict:
+    reader = GGUFReader(path)
+    return {t.name: [t.tensor_type.name, hashlib.sha256(np.ascontiguousarray(t.data).tobytes()).hexdigest()]
+            for t in reader.tensors}
+
+
+def file_type(path: Path) -> int:
+    return int(GGUFReader(path).fields["general.file_type"].contents())
+
+
+def tiny(tmp: Path) -> None:
+    from kquant_source import ARGS, source_state
+
+    src = gguf_format.save(source_state(), ARGS, tmp / "tiny-f32.gguf", gguf_type="f32")
+    table = {"source": {k: v[1] for k, v in tensor_table(src).items()}, "types": {}}
+    for ftype in TYPES:
+        out = tmp / f"tiny-{ftype}.gguf"
+        llama_quantize(src, out, ftype)
+        table["types"][ftype] = {"file_type": file_type(out), "tensors": tensor_table(out)}
+        print(f"{ftype}: {out.stat().st_size:,} bytes")
+    (OUT / "tiny_reference.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+def smollm2(tmp: Path, check: bool) -> None:
+    state, args, _ = gguf_format.load_state(assets.path("smollm2"))
+    src = gguf_format.save(state, args, tmp / "smollm2-f32.gguf", gguf_type="f32", tokenizer_src=assets.path("smollm2"))
+    theirs = tmp / "smollm2-llama.cpp-q4_k_m.gguf"
+    llama_quantize(src, theirs, "q4_k_m")
+    types = {name: kind for name, (kind, _) in tensor_table(theirs).items()}
+    (OUT / "smollm2_q4_k_m_types.json").write_text(json.dumps(types, indent=1, sort_keys=True) + "\n")
+    if check:
+        ours = gguf_format.save(state, args, tmp / "smollm2-ours-q4_k_m.gguf", ftype="q4_k_m", tokenizer_src=src)
+        a, b = tensor_table(ours), tensor_table(theirs)
+        same = sum(a[k] == b[k] for k in b)
+        print(f"SmolLM2 Q4_K_M: {same}/{len(b)} tensors byte-identical to llama.cpp's; file_type "
+              f"{file_type(ours)} vs {file_type(theirs)}")
+        for path in (theirs, ours):
+            print(path.name, subprocess.run([sys.executable, "-c", LOGITS, str(path)], capture_output=True,
+                                            text=True, check=True).stdout.strip())
+
+
+LOGITS = """
+import sys, hashlib, numpy as np, llama_cpp
+m = llama_cpp.Llama(sys.argv[1], n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+m.eval(m.tokenize(b"The capital of France is", add_bos=True))
+x = np.array(m.scores[:m.n_tokens], dtype=np.float32)
+print("logits sha256", hashlib.sha256(x.tobytes()).hexdigest()[:16], "argmax", x[-1].argmax(), "sum", float(x.sum()))
+"""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check-smollm2", action="store_true", help="also compare our Q4_K_M SmolLM2 with llama.cpp's")
+    args = p.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny(Path(tmp))
+        smollm2(Path(tmp), args.check_smollm2)
+
+
+if __name__ == "__main__":
+    main()
