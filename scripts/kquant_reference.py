@@ -4,7 +4,7 @@
 
 1. tiny_reference.json: the float model of tests/kquant_source.py written as an F32 GGUF (our `formats.save`),
    quantized by llama.cpp to each file type; for every type the file's general.file_type and, per tensor,
-   its GGML type and the sha256 of its bytes (the quantized files themselves are ~13 MB together, too big to
+   its GGML type and the sha256 of its bytes (the quantized files themselves are ~24 MB together, too big to
    keep). The sha256 of every source tensor is there too, so a test knows it starts from the same floats.
 2. smollm2_q4_k_m_types.json: the type llama.cpp gives each tensor of SmolLM2-135M quantized to Q4_K_M
    (from an F32 GGUF of the test checkpoint's weights): its 576-wide rows take the fallbacks.

@@ -5,6 +5,7 @@ our safetensors layout and the HF GPTQ layout, and the layers that run them with
     linear.py  QuantLinear / QuantEmbedding: our int8 kernel, PyTorch's int4 one, the dequantizing fallback
     cpu_kernel.py, int8_linear.cpp   the int8 kernel (llama.cpp's Q8_0 arithmetic), built once per machine
     model.py   build_quantized(state, args): a Transformer from a state dict holding codes
+    kquant_encode.py   Q2_K..Q6_K blocks as llama.cpp's reference quantizers write them (numpy, byte for byte)
     gptq.py    GPTQ on one matrix (Hessian, Cholesky, lazy batches, act-order); gptq_model.py: over a model, layer
                by layer; calibration.py: `quantize --method gptq`; gptq_layout.py: the HF GPTQ checkpoint layout
 """
