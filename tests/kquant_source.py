@@ -41,9 +41,12 @@ def source_state() -> dict[str, torch.Tensor]:
               "output.weight": (a.vocab_size, a.dim)}
     for i in range(a.n_layers):
         p = f"layers.{i}."
-        shapes.update({p + "attention.wq.weight": (a.n_heads * hd, a.dim), p + "attention.wk.weight": (a.kv_heads * hd, a.dim),
-                       p + "attention.wv.weight": (a.kv_heads * hd, a.dim), p + "attention.wo.weight": (a.dim, a.n_heads * hd),
-                       p + "feed_forward.w1.weight": (a.hidden_dim, a.dim), p + "feed_forward.w2.weight": (a.dim, a.hidden_dim),
+        shapes.update({p + "attention.wq.weight": (a.n_heads * hd, a.dim),
+                       p + "attention.wk.weight": (a.kv_heads * hd, a.dim),
+                       p + "attention.wv.weight": (a.kv_heads * hd, a.dim),
+                       p + "attention.wo.weight": (a.dim, a.n_heads * hd),
+                       p + "feed_forward.w1.weight": (a.hidden_dim, a.dim),
+                       p + "feed_forward.w2.weight": (a.dim, a.hidden_dim),
                        p + "feed_forward.w3.weight": (a.hidden_dim, a.dim),
                        p + "attention_norm.weight": (a.dim,), p + "ffn_norm.weight": (a.dim,)})
     state = {}

@@ -55,8 +55,8 @@ def _check_type(kind: str, out: Path, bits, group_size, symmetric: bool, method:
                                    *(("--" + k.replace("_", "-"), v not in (None, False)) for k, v in gptq.items()))
              if on]
     if extra:
-        raise LlamalabError(f"{', '.join(extra)} does not apply to --type (llama.cpp's block types fix their own "
-                            "block sizes)")
+        raise LlamalabError(f"{', '.join(extra)} does not apply to --type (llama.cpp's round-to-nearest blocks, "
+                            "their sizes fixed); drop it, or use --bits")
     return kind
 
 

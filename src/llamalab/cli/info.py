@@ -40,7 +40,8 @@ def run(args):
     if fmt == "gguf":  # each tensor group's GGML types, and the file's bits per weight
         groups, bpw, size, weights = type_summary(path)
         for i, (group, kinds) in enumerate(groups):
-            print(f"{'types' if i == 0 else '':<12}{group:<12} " + ", ".join(f"{k} ×{n}" for k, n in kinds.most_common()))
+            counts = ", ".join(f"{k} ×{n}" for k, n in kinds.most_common())
+            print(f"{'types' if i == 0 else '':<12}{group:<12} {counts}")
         print(f"bits/weight {bpw:.2f} ({size:,} tensor bytes over {weights:,} weights)")
     tok = src.tokenizer()
     if tok is not None:

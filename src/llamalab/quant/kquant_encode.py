@@ -252,7 +252,8 @@ def _q4_k(x: np.ndarray) -> np.ndarray:
 def _q5_k(x: np.ndarray) -> np.ndarray:
     head, L = _k_scales(x, 31, -0.5, 15)
     q = L.reshape(-1, 4, 2, 32).astype(np.uint8)  # [n, pair k, half, 32]
-    bits = (q >> 4) << (2 * np.arange(4, dtype=np.uint8)[None, :, None, None] + np.arange(2, dtype=np.uint8)[None, None, :, None])
+    shift = 2 * np.arange(4, dtype=np.uint8)[None, :, None, None] + np.arange(2, dtype=np.uint8)[None, None, :, None]
+    bits = (q >> 4) << shift  # the fifth bit of pair k, half h at bit 2k + h
     qh = bits.reshape(-1, 8, 32).sum(axis=1, dtype=np.uint8)
     ql = ((q[:, :, 0] & 0xF) | (q[:, :, 1] & 0xF) << 4).reshape(-1, 128)
     return np.concatenate([head, qh, ql], axis=1)
