@@ -4,15 +4,18 @@
     matcher = grammar.start()                      # one per sequence (a cheap copy of the compiled matcher)
     matcher.fill(bitmask, row); matcher.accept(token)   # the engine: mask the row's logits, then advance
 
-The library is llguidance (Microsoft's Rust grammar engine, no Python dependencies), picked by measurement
-against outlines-core (`bench/structured.py --quick`, SmolLM2's 49152-token vocabulary, on 2 shared CPU cores:
-the numbers are contended, the ratio is what counts). The per-token mask of an object schema with five typed
-properties cost llguidance 0.09 ms median and outlines-core 0.02 ms once its index was built, but
-outlines-core first compiles the schema's regex into a DFA over the whole vocabulary: 1.9 s for that schema
-(llguidance: 3 ms), it cannot express "any JSON object" (`json_object`: no recursion in a regular
-language), and its index grows with every optional property. xgrammar was not measured: it requires torch,
-transformers and triton from the registry (a second torch stack). Decode speed with a schema, engine and
-SmolLM2 in one run: 0.97x without at batch 1, 0.93x at batch 8 (numbers in the bench's output).
+The library is llguidance (Microsoft's Rust grammar engine, no Python dependencies), picked by measurement:
+`python bench/structured.py --quick` (SmolLM2's 49152-token vocabulary, one thread, on a shared 2-core
+machine: contended numbers, the ratios are what counts) gave, for an object schema of five typed properties,
+
+    llguidance      compile    3.2 ms   mask per token 0.012 ms (median)
+    outlines-core   compile  149.0 ms   mask per token 0.062 ms (median)
+    engine decode, greedy, 24 tokens:  batch 1  28.6 → 26.6 tok/s with a schema (0.93x)
+                                       batch 8  36.3 → 38.4 tok/s with a schema (1.06x, noise)
+
+outlines-core also compiles a regex into a DFA over the whole vocabulary (its cost grows with every optional
+property) and cannot express "any JSON object" (OpenAI's `json_object`: recursion is not regular).
+xgrammar was not measured: it requires torch, transformers and triton from the registry (a second stack).
 
 Checks (each a LlamalabError, the server's 400): the schema is a JSON object that passes the JSON Schema
 metaschema (`jsonschema`, draft 2020-12 unless `$schema` names another), at most MAX_SCHEMA_CHARS of JSON and
