@@ -20,8 +20,10 @@ xgrammar was not measured: it requires torch, transformers and triton from the r
 Checks (each a LlamalabError, the server's 400): the schema is a JSON object that passes the JSON Schema
 metaschema (`jsonschema`, draft 2020-12 unless `$schema` names another), at most MAX_SCHEMA_CHARS of JSON and
 MAX_DEPTH levels deep; llguidance's own compile error as one line; and compilation is bounded by
-llguidance's parser limits (grammar size, lexer fuel), so a pathological schema fails fast instead of
-taking minutes.
+llguidance's parser limits (grammar size, lexer fuel) and by COMPILE_SECONDS of wall clock, so a pathological
+schema fails fast instead of taking minutes (measured: 2000 optional properties 1.5 s, 60 alternatives of 20
+properties 1.0 s, regexes such as `(.*a){40}` or `[a-z]{1000,50000}` milliseconds: lazy automata).
+Compiled grammars are cached per tokenizer and schema (CACHE of them).
 
 The tokenizer bridge (`token_bytes`) gives llguidance every token as the bytes it stands for: GPT-2 style
 byte-level BPE (SmolLM2, LLaMA 3) through the byte↔unicode table; SentencePiece pieces with "▁" as a space and
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 
 import llguidance
 import llguidance.torch
@@ -44,9 +47,11 @@ from .errors import LlamalabError
 
 MAX_SCHEMA_CHARS = 64 * 1024  # a schema's JSON text
 MAX_DEPTH = 24                # nesting of objects/arrays in a schema
+COMPILE_SECONDS = 10.0        # a grammar not compiled by then is refused (the compilation ends on its own)
 LIMITS = dict(max_grammar_size=200_000, initial_lexer_fuel=2_000_000, step_lexer_fuel=400_000,
               max_lexer_states=100_000)
-JSON_OPTIONS = {"whitespace_flexible": False}  # compact JSON (no free whitespace): the model cannot pad forever
+JSON_OPTIONS = {"whitespace_flexible": False,  # compact JSON (no free whitespace): the model cannot pad forever
+                "coerce_one_of": True}       # oneOf is followed as anyOf (exclusivity is not enforced)
 _lock = threading.Lock()
 
 
@@ -159,7 +164,14 @@ class Grammar:
     def __init__(self, tokenizer, grammar: str, what: str):
         self.vocab_size = tokenizer.vocab_size
         limits = llguidance.LLParserLimits(**LIMITS, verbose_errors=False)
-        self._proto = llguidance.LLMatcher(ll_tokenizer(tokenizer), grammar, log_level=0, limits=limits)
+        lltok, built = ll_tokenizer(tokenizer), []
+        worker = threading.Thread(target=lambda: built.append(
+            llguidance.LLMatcher(lltok, grammar, log_level=0, limits=limits)), daemon=True)
+        worker.start()  # llguidance compiles without the GIL
+        worker.join(COMPILE_SECONDS)
+        if not built:
+            raise LlamalabError(f"{what} took more than {COMPILE_SECONDS:g} s to compile into a grammar; simplify it")
+        self._proto = built[0]
         if self._proto.is_error():
             raise LlamalabError(f"{what} cannot be compiled into a grammar: {_one_line(self._proto.get_error())}")
 
@@ -204,8 +216,27 @@ def new_bitmask(rows: int, vocab: int) -> torch.Tensor:
     return torch.full((rows, (vocab + 31) // 32), -1, dtype=torch.int32)
 
 
+CACHE = 64
+_cache: OrderedDict = OrderedDict()
+
+
 def compile_json(tokenizer, schema: dict | None, what: str = "schema") -> Grammar:
     """A grammar for JSON text matching `schema` (None: any JSON object, OpenAI's `json_object`)."""
+    key = (id(tokenizer), json.dumps(schema, sort_keys=True), what)
+    with _lock:
+        hit = _cache.get(key)
+        if hit is not None and hit[0] is tokenizer:
+            _cache.move_to_end(key)
+            return hit[1]
+    compiled = _compile_json(tokenizer, schema, what)
+    with _lock:
+        _cache[key] = (tokenizer, compiled)
+        while len(_cache) > CACHE:
+            _cache.popitem(last=False)
+    return compiled
+
+
+def _compile_json(tokenizer, schema: dict | None, what: str) -> Grammar:
     if schema is None:
         schema = {"type": "object"}
     else:
