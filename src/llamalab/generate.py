@@ -398,11 +398,12 @@ def _generator(model: Transformer, seed: int | None) -> torch.Generator | None:
 def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              repetition_penalty: float = 1.0, stop_ids: Iterable[int] = (), seed: int | None = None,
-             truncate: str | None = None, compile: bool = False) -> list[list[int]]:
+             truncate: str | None = None, compile: bool = False, grammar: Grammar | None = None) -> list[list[int]]:
     """New token ids for each prompt (ending with the stop id if one was sampled), all decoded together.
 
     temperature 0 = greedy. `seed` makes sampling reproducible. A prompt that does not fit in the
     context with max_new_tokens is an error unless truncate="left" (keep the most recent tokens).
+    grammar: every sequence's tokens follow it (`grammar.compile_json`).
     """
     sampler = Sampler(temperature, top_k, top_p, min_p, repetition_penalty)
     prompts = _check_context(model, [list(p) for p in prompts], max_new_tokens, truncate)
@@ -411,8 +412,8 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     engine = Engine(model, max_batch=len(prompts), max_len=max(map(len, prompts)) + max_new_tokens,
                     compile=compile)
     generator = _generator(model, seed)
-    seqs = [engine.add(p, max_new_tokens=max_new_tokens, sampler=sampler, generator=generator, stop_ids=stop_ids)
-            for p in prompts]
+    seqs = [engine.add(p, max_new_tokens=max_new_tokens, sampler=sampler, generator=generator, stop_ids=stop_ids,
+                       grammar=grammar) for p in prompts]
     while engine.step():
         pass
     return [s.tokens for s in seqs]
@@ -422,14 +423,14 @@ def stream(model: Transformer, prompt: list[int], *, max_new_tokens: int, temper
            top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
            repetition_penalty: float = 1.0, stop_ids: Iterable[int] = (), seed: int | None = None,
            truncate: str | None = None, compile: bool = False,
-           embeddings: torch.Tensor | None = None) -> Iterator[int]:
+           embeddings: torch.Tensor | None = None, grammar: Grammar | None = None) -> Iterator[int]:
     """`generate` for one prompt, yielding each new token id as soon as it is sampled. embeddings: the
     prompt's input rows (see `Engine.add`); such a prompt is never truncated."""
     sampler = Sampler(temperature, top_k, top_p, min_p, repetition_penalty)
     (prompt,) = _check_context(model, [list(prompt)], max_new_tokens, None if embeddings is not None else truncate)
     engine = Engine(model, max_len=len(prompt) + max_new_tokens, compile=compile)
     seq = engine.add(prompt, max_new_tokens=max_new_tokens, sampler=sampler, generator=_generator(model, seed),
-                     stop_ids=stop_ids, embeddings=embeddings)
+                     stop_ids=stop_ids, embeddings=embeddings, grammar=grammar)
     yield seq.tokens[-1]
     while engine.step():
         yield seq.tokens[-1]

@@ -43,6 +43,7 @@ import torch
 from jsonschema import validators
 from jsonschema.exceptions import SchemaError
 
+from .bounded import read_json
 from .errors import LlamalabError
 
 MAX_SCHEMA_CHARS = 64 * 1024  # a schema's JSON text
@@ -155,6 +156,18 @@ def check_schema(schema, where: str = "schema") -> None:
     except SchemaError as e:
         at = "/".join(str(p) for p in e.absolute_path) or "(top)"
         raise LlamalabError(f"{where} is not a valid JSON schema at {at}: {e.message[:200]}") from None
+
+
+def read_schema(path) -> dict:
+    """A JSON schema from a file (bounded like every JSON input), checked."""
+    try:
+        schema = read_json(path)
+    except OSError as e:
+        raise LlamalabError(f"{path}: cannot read the JSON schema ({e.strerror or e})") from None
+    except ValueError as e:
+        raise LlamalabError(f"{path}: not a JSON document ({e}); a JSON schema is a JSON object") from None
+    check_schema(schema, str(path))
+    return schema
 
 
 # ---------------------------------------------------------------------------------------- grammars
