@@ -174,8 +174,9 @@ def read_schema(path) -> dict:
 class Grammar:
     """A compiled grammar; `start()` gives each sequence its own matcher."""
 
-    def __init__(self, tokenizer, grammar: str, what: str):
+    def __init__(self, tokenizer, grammar: str, what: str, schema: dict | None = None):
         self.vocab_size = tokenizer.vocab_size
+        self.schema = schema  # what it was compiled from (None: any JSON object), for other ranks to compile
         limits = llguidance.LLParserLimits(**LIMITS, verbose_errors=False)
         lltok, built = ll_tokenizer(tokenizer), []
         worker = threading.Thread(target=lambda: built.append(
@@ -258,4 +259,4 @@ def _compile_json(tokenizer, schema: dict | None, what: str) -> Grammar:
         source = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
     except (ValueError, TypeError) as e:
         raise LlamalabError(f"{what} cannot be compiled into a grammar: {_one_line(e)}") from None
-    return Grammar(tokenizer, source, what)
+    return Grammar(tokenizer, source, what, schema)
