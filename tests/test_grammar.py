@@ -125,3 +125,25 @@ def test_required_call_schema_is_one_of_the_tools():
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"name": "weather", "arguments": {}}, schema)
     assert tools.call_schema(two, "time")["properties"]["name"] == {"const": "time"}
+
+
+QWEN_LIKE = ("{%- if tools %}<|im_start|>system\n# Tools\n<tools>{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n"
+             "</tools><|im_end|>\n{%- endif %}{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+             "{%- for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}</tool_call>{%- endfor %}"
+             "<|im_end|>\n{%- endfor %}<|im_start|>assistant\n")
+
+
+def test_a_template_with_tools_renders_them_itself():
+    from llamalab.chat_templates import render
+
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}]},
+                {"role": "tool", "content": "rain", "tool_call_id": "c1"}]
+    assert tools.uses_tools(QWEN_LIKE) and not tools.uses_tools("chatml")
+    text = render(tools.conversation(messages, WEATHER, native=True), QWEN_LIKE, tools=WEATHER)
+    assert json.dumps(WEATHER[0], ensure_ascii=False) in text  # the template's own tools section
+    assert '<tool_call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call>' in text  # arguments as an object
+    assert "<|im_start|>tool\nrain" in text and "You can call functions" not in text
+    default = render(tools.conversation(messages, WEATHER, native=False), "chatml")
+    assert default.startswith("<|im_start|>system\nYou can call functions") and "<tool_response>\nrain" in default
