@@ -348,7 +348,7 @@ class Engine:
         if token in seq.stop_ids or (seq.text_stream is not None and seq.text_stream.stopped):
             seq.finish_reason = "stop"
         elif len(seq.tokens) >= seq.max_new_tokens or (seq.matcher is not None and seq.matcher.finished):
-            seq.finish_reason = "length" if len(seq.tokens) >= seq.max_new_tokens else "stop"
+            seq.finish_reason = "stop" if seq.matcher is not None and seq.matcher.finished else "length"
             if seq.text_stream is not None:
                 seq.new_text += seq.text_stream.finish()
         if seq.text_stream is not None:
