@@ -102,7 +102,8 @@ def test_copy_and_delete_act_on_the_library(client, home):
     ({"model": "smol", "messages": [], "options": {"top_p": 3}}, 400, "options.top_p"),
     ({"model": "smol", "messages": [{"role": "user", "content": "x"}], "options": {"num_ctx": 10 ** 6}}, 400,
      "num_ctx"),
-    ({"model": "smol", "messages": [{"role": "user", "content": "x"}], "format": "json"}, 400, "format"),
+    ({"model": "smol", "messages": [{"role": "user", "content": "x"}], "format": "xml"}, 400, "format"),
+    ({"model": "smol", "messages": [{"role": "user", "content": "x"}], "format": {"type": 3}}, 400, "not a valid JSON schema"),
 ])
 def test_bad_input_is_a_400_or_404_with_one_message(server, body, status, says):
     r = httpx.post(f"{server.url}/api/chat", json=body, timeout=60)

@@ -30,6 +30,8 @@ from test_tensor_parallel import cli
 
 QUESTION = "What is the capital of France?"
 N = 8  # new tokens
+CITY = {"type": "object", "properties": {"capital": {"type": "string", "maxLength": 20}}, "required": ["capital"],
+        "additionalProperties": False}
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +71,14 @@ def test_eval_tp3_gives_the_one_process_choices_and_generations(smollm2, tmp_pat
 
 
 def test_serve_tp3_answers_like_one_process_and_stops_cleanly(smollm2, tmp_path, monkeypatch):
-    """A greedy chat request and a seeded sampled completion (rank 0 sends the seed with the operation;
-    every rank samples the same token), then SIGTERM to rank 0: it drains, tells the others, all exit 0."""
-    one = {"chat": in_process("generate", "--model", str(smollm2), "--no-stream",
+    """A greedy chat request, a seeded sampled completion (rank 0 sends the seed with the operation;
+    every rank samples the same token) and a chat request constrained by a JSON schema (rank 0 sends the
+    schema, every rank masks alike), then SIGTERM to rank 0: it drains, tells the others, all exit 0."""
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(CITY))
+    one = {"json": in_process("generate", "--model", str(smollm2), "--no-stream", "--chat", "--prompt", QUESTION,
+                              "--max-new-tokens", "40", "--json-schema", str(schema)),
+           "chat": in_process("generate", "--model", str(smollm2), "--no-stream",
                               "--chat", "--prompt", QUESTION, "--max-new-tokens", str(N)),
            "sampled": in_process("generate", "--model", str(smollm2), "--no-stream",
                                  "--prompt", "The capital of France is", "--max-new-tokens", str(N),
@@ -87,6 +94,10 @@ def test_serve_tp3_answers_like_one_process_and_stops_cleanly(smollm2, tmp_path,
         sampled = httpx.post(f"{server.url}/v1/completions", timeout=300, json={
             "model": "smol", "prompt": "The capital of France is", "max_tokens": N, "temperature": 0.8, "seed": 3})
         assert sampled.json()["choices"][0]["text"] == one["sampled"]
+        constrained = httpx.post(f"{server.url}/v1/chat/completions", timeout=300, json={
+            "model": "smol", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 40, "temperature": 0,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}})
+        assert constrained.json()["choices"][0]["message"]["content"] == one["json"] and json.loads(one["json"])
         rank0 = int(re.search(r"Started server process \[(\d+)\]", server.log()).group(1))
         os.kill(rank0, signal.SIGTERM)  # what Ctrl-C / a supervisor does to the server
         assert server.proc.wait(120) == 0, server.log()

@@ -15,6 +15,11 @@ last token of every active slot at that slot's own position (the attention mask 
 slots' lengths) and reads the sampled tokens back with one host sync. Each sequence has its own
 sampling settings, random generator, stop ids and stop strings, and ends with a `finish_reason`:
 "stop" (a stop id — the last token returned, as in HF `generate` — or a stop string) or "length".
+
+A sequence may carry a grammar (`grammar.Grammar`, e.g. a JSON schema): before each of its tokens is sampled,
+the tokens the grammar does not allow next get logit -inf in its row alone, so constrained and free
+sequences (and different schemas) decode in one batch. It ends with "stop" once the grammar is complete
+(the model's stop token is then the only one allowed, or the grammar admits nothing more).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from . import threads
 from .errors import LlamalabError
 from .fast import compiled_step
+from .grammar import Grammar, Matcher, allowed, new_bitmask
 from .model import KVCache, Transformer
 from .sampling import Sampler
 
@@ -86,6 +92,7 @@ class Sequence:
     error: str | None = None          # why it failed (finish_reason "error"): this sequence alone stops
     top_logprobs: int | None = None   # record log-probabilities: the chosen token's and the k best
     logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)  # per token
+    matcher: Matcher | None = None    # the grammar its tokens must follow (None: free)
 
     @property
     def done(self) -> bool:
@@ -165,7 +172,8 @@ class Engine:
     def add(self, prompt: list[int], *, max_new_tokens: int, sampler: Sampler | None = None,
             generator: torch.Generator | None = None, stop_ids: Iterable[int] = (), stop: Iterable[str] = (),
             tokenizer=None, slot: int | None = None, cached: int = 0,
-            top_logprobs: int | None = None, embeddings: torch.Tensor | None = None) -> Sequence:
+            top_logprobs: int | None = None, embeddings: torch.Tensor | None = None,
+            grammar: Grammar | None = None) -> Sequence:
         """Prefill `prompt` into a free slot (or `slot`) and sample its first new token.
 
         cached: the slot's cache already holds the keys/values of prompt[:cached] (a conversation's
@@ -174,6 +182,7 @@ class Engine:
         token, its log-probability under the model (before any sampling control) and the k most
         probable (token, log-probability) pairs in `seq.logprobs`. embeddings: (1, len(prompt), dim), the
         prompt's input rows when they are not just its tokens' embeddings (LLaVA: images spliced in).
+        grammar: the new tokens must follow it (see the module's docstring).
         """
         prompt = [int(t) for t in prompt]
         if embeddings is not None and tuple(embeddings.shape[:2]) != (1, len(prompt)):
@@ -191,7 +200,7 @@ class Engine:
             raise LlamalabError("stop strings need the tokenizer")
         seq = Sequence(prompt, max_new_tokens, sampler or Sampler(), generator, frozenset(stop_ids), slot,
                        TextStream(tokenizer, stop_ids=stop_ids, stop=stop) if tokenizer is not None else None,
-                       top_logprobs=top_logprobs)
+                       top_logprobs=top_logprobs, matcher=grammar.start() if grammar is not None else None)
         self.slots[slot] = seq
         try:
             self._prefill(seq, cached, embeddings)
@@ -215,7 +224,7 @@ class Engine:
             self.seen[slot] = False
             self.seen[slot, tokens.new_tensor(prompt)] = True
             seen = self.seen[slot:slot + 1]
-        token = int(seq.sampler(logits, seen, generator)[0])
+        token = int(seq.sampler(self._constrain(logits, [seq], [0]), seen, generator)[0])
         if top_logprobs is not None:
             _record_logprobs(logits, [seq], [token], rows=[0])
         self._accept(seq, token)
@@ -263,7 +272,9 @@ class Engine:
             self.lengths[s.slot] += 1
             if self.seen is not None and s.sampler.uses_history:
                 self.seen[s.slot, s.tokens[-1]] = True
-        sampled = [(s, t) for s, t in zip(active, self._sample(logits, active)) if t is not None]
+        constrained = [s for s in active if s.matcher is not None]
+        masked = self._constrain(logits, constrained, [s.slot for s in constrained], isolate=True)
+        sampled = [(s, t) for s, t in zip(active, self._sample(masked, active)) if t is not None and not s.done]
         scored = [(s, t) for s, t in sampled if s.top_logprobs is not None]
         if scored:
             _record_logprobs(logits, *zip(*scored), rows=[s.slot for s, _ in scored])
@@ -301,6 +312,28 @@ class Engine:
             out.update((s.slot, t) for s, t in zip(members, picked))
         return [out.get(s.slot) for s in active]
 
+    def _constrain(self, logits: torch.Tensor, seqs: list[Sequence], rows: list[int],
+                   isolate: bool = False) -> torch.Tensor:
+        """`logits` with each constrained sequence's row masked to the tokens its grammar allows next (a
+        copy; the model's own logits stay for log-probabilities). isolate: a sequence whose grammar fails
+        fails alone."""
+        seqs = [(s, r) for s, r in zip(seqs, rows) if s.matcher is not None]
+        if not seqs:
+            return logits
+        bitmask = new_bitmask(len(seqs), logits.shape[-1])
+        for i, (s, _) in enumerate(seqs):
+            try:
+                s.matcher.fill(bitmask, i)
+            except Exception as e:
+                if not isolate:
+                    raise
+                self._fail(s, e)
+        keep = allowed(bitmask, logits.shape[-1]).to(logits.device)
+        index = torch.tensor([r for _, r in seqs], device=logits.device)
+        masked = logits.clone()
+        masked[index] = logits[index].masked_fill(~keep, float("-inf"))
+        return masked
+
     def _fail(self, seq: Sequence, e: Exception) -> None:
         if not self.isolate:
             raise e
@@ -310,10 +343,12 @@ class Engine:
         seq.tokens.append(token)
         if seq.text_stream is not None:
             seq.new_text = seq.text_stream.push(token)
+        if seq.matcher is not None and token not in seq.stop_ids:
+            seq.matcher.accept(token)
         if token in seq.stop_ids or (seq.text_stream is not None and seq.text_stream.stopped):
             seq.finish_reason = "stop"
-        elif len(seq.tokens) >= seq.max_new_tokens:
-            seq.finish_reason = "length"
+        elif len(seq.tokens) >= seq.max_new_tokens or (seq.matcher is not None and seq.matcher.finished):
+            seq.finish_reason = "stop" if seq.matcher is not None and seq.matcher.finished else "length"
             if seq.text_stream is not None:
                 seq.new_text += seq.text_stream.finish()
         if seq.text_stream is not None:
@@ -363,11 +398,12 @@ def _generator(model: Transformer, seed: int | None) -> torch.Generator | None:
 def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              repetition_penalty: float = 1.0, stop_ids: Iterable[int] = (), seed: int | None = None,
-             truncate: str | None = None, compile: bool = False) -> list[list[int]]:
+             truncate: str | None = None, compile: bool = False, grammar: Grammar | None = None) -> list[list[int]]:
     """New token ids for each prompt (ending with the stop id if one was sampled), all decoded together.
 
     temperature 0 = greedy. `seed` makes sampling reproducible. A prompt that does not fit in the
     context with max_new_tokens is an error unless truncate="left" (keep the most recent tokens).
+    grammar: every sequence's tokens follow it (`grammar.compile_json`).
     """
     sampler = Sampler(temperature, top_k, top_p, min_p, repetition_penalty)
     prompts = _check_context(model, [list(p) for p in prompts], max_new_tokens, truncate)
@@ -376,8 +412,8 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     engine = Engine(model, max_batch=len(prompts), max_len=max(map(len, prompts)) + max_new_tokens,
                     compile=compile)
     generator = _generator(model, seed)
-    seqs = [engine.add(p, max_new_tokens=max_new_tokens, sampler=sampler, generator=generator, stop_ids=stop_ids)
-            for p in prompts]
+    seqs = [engine.add(p, max_new_tokens=max_new_tokens, sampler=sampler, generator=generator, stop_ids=stop_ids,
+                       grammar=grammar) for p in prompts]
     while engine.step():
         pass
     return [s.tokens for s in seqs]
@@ -387,14 +423,14 @@ def stream(model: Transformer, prompt: list[int], *, max_new_tokens: int, temper
            top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
            repetition_penalty: float = 1.0, stop_ids: Iterable[int] = (), seed: int | None = None,
            truncate: str | None = None, compile: bool = False,
-           embeddings: torch.Tensor | None = None) -> Iterator[int]:
+           embeddings: torch.Tensor | None = None, grammar: Grammar | None = None) -> Iterator[int]:
     """`generate` for one prompt, yielding each new token id as soon as it is sampled. embeddings: the
     prompt's input rows (see `Engine.add`); such a prompt is never truncated."""
     sampler = Sampler(temperature, top_k, top_p, min_p, repetition_penalty)
     (prompt,) = _check_context(model, [list(prompt)], max_new_tokens, None if embeddings is not None else truncate)
     engine = Engine(model, max_len=len(prompt) + max_new_tokens, compile=compile)
     seq = engine.add(prompt, max_new_tokens=max_new_tokens, sampler=sampler, generator=_generator(model, seed),
-                     stop_ids=stop_ids, embeddings=embeddings)
+                     stop_ids=stop_ids, embeddings=embeddings, grammar=grammar)
     yield seq.tokens[-1]
     while engine.step():
         yield seq.tokens[-1]

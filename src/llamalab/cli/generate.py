@@ -28,6 +28,8 @@ def add_arguments(p):
     p.add_argument("--no-stream", action="store_true", help="print the text once, at the end")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence/turn tokens")
     p.add_argument("--truncate", choices=["left"], help="drop the oldest prompt tokens if the context is too small")
+    p.add_argument("--json-schema", metavar="FILE", help="the answer is JSON valid against this JSON schema")
+    p.add_argument("--json", action="store_true", help="the answer is a JSON object (any)")
     add_tensor_parallel_argument(p)
 
 
@@ -37,18 +39,20 @@ def run(args):
     if args.input and args.tensor_parallel > 1:
         raise LlamalabError("--input does not combine with --tensor-parallel yet; use --prompt")
     if args.input:
-        if args.image:
-            raise LlamalabError("--image goes with --prompt, not --input")
+        if args.image or args.json_schema or args.json:
+            raise LlamalabError("--image, --json and --json-schema go with --prompt, not --input")
         return answer_input(args)
+    from ..grammar import read_schema
     from ..images import open_image
     from ..runtime import complete
 
     images = [open_image(path) for path in args.image]  # a bad image fails before the (slow) load
+    schema = read_schema(args.json_schema) if args.json_schema else None
     rt = load_model(args)
     out = sys.stdout if rt.is_main else io.StringIO()  # every rank decodes the same tokens; rank 0 prints
     for piece in complete(rt, args.prompt, chat=args.chat, system=args.system, stop=args.stop,
                           ignore_eos=args.ignore_eos, truncate=args.truncate, streaming=not args.no_stream,
-                          images=images, **sampling_kwargs(args)):
+                          images=images, json_schema=schema, json_object=args.json, **sampling_kwargs(args)):
         out.write(piece)
         out.flush()
     if out.isatty():

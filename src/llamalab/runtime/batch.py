@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..generate import Engine, Sequence
+from ..grammar import Grammar
 from ..sampling import Sampler
 
 
@@ -29,12 +30,14 @@ class Job:
     stop_ids: Iterable[int] = ()
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
+    grammar: Grammar | None = None  # the tokens must follow it (`grammar.compile_json`)
 
 
 def admit(engine: Engine, job: Job, tokenizer=None) -> Sequence:
     """Prefill `job` into a free slot of `engine` and sample its first token (`Engine.add`)."""
     return engine.add(job.prompt, max_new_tokens=job.max_new_tokens, sampler=job.sampler, generator=job.generator,
-                      stop_ids=job.stop_ids, stop=job.stop, tokenizer=tokenizer, top_logprobs=job.top_logprobs)
+                      stop_ids=job.stop_ids, stop=job.stop, tokenizer=tokenizer, top_logprobs=job.top_logprobs,
+                      grammar=job.grammar)
 
 
 def run_batch(engine: Engine, jobs: list[Job], *, tokenizer=None, order: Iterable[int] | None = None,

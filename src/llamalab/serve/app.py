@@ -27,17 +27,18 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ..chat_templates import render_for
+from ..chat_templates import render, resolve_template
 from ..errors import LlamalabError
 from ..generate import Engine
 from ..sampling import Sampler
-from . import ollama, page
+from . import ollama, page, tools
 from .guard import Guard
 from .metrics import Metrics
 from .mirror import Leader
 from .protocol import APIError, ChatRequest, CompletionRequest, Sampling, validation_message
 from .responses import Choice, Formatter
 from .scheduler import Job, Params, QueueFull, Scheduler
+from .structured import response_grammar
 
 log = logging.getLogger("llamalab.serve")
 
@@ -82,12 +83,23 @@ class Service:
     def chat_job(self, req: ChatRequest) -> Job:
         self._check_common(req)
         try:
-            text = render_for(self.tokenizer, req.conversation(), self.settings.template)
+            offered, forced = tools.checked(req.tools, req.tool_choice)
+        except LlamalabError as e:
+            raise APIError(400, str(e), param="tools") from None
+        try:
+            template = resolve_template(self.settings.template, self.tokenizer)
+            native = tools.uses_tools(template)
+            messages = tools.conversation(req.conversation(), offered, native)
+            text = render(messages, template, True, bos_token=self.tokenizer.bos_token or "",
+                          eos_token=self.tokenizer.eos_token or "", **({"tools": offered} if native and offered else {}))
         except LlamalabError as e:
             raise APIError(400, str(e), param="messages") from None
         prompt = self.tokenizer.encode(text, bos=False)  # the template places BOS itself
         top = (req.top_logprobs or 0) if req.logprobs else None
-        return self._job(req, [prompt], req.max_completion_tokens or req.max_tokens, top)
+        grammar = response_grammar(self.tokenizer, req.response_format, offered, forced)
+        job = self._job(req, [prompt], req.max_completion_tokens or req.max_tokens, top, grammar)
+        job.tools = offered or None
+        return job
 
     def completion_job(self, req: CompletionRequest) -> Job:
         self._check_common(req)
@@ -100,7 +112,8 @@ class Service:
             if not p:
                 raise APIError(400, "the prompt is empty (and the tokenizer adds no BOS token)", param="prompt")
             prompts.append(p)
-        return self._job(req, prompts, req.max_tokens, req.logprobs)
+        grammar = response_grammar(self.tokenizer, req.response_format, [], None)
+        return self._job(req, prompts, req.max_tokens, req.logprobs, grammar)
 
     def _check_common(self, req: Sampling) -> None:
         if req.model is not None and req.model != self.settings.name:
@@ -110,7 +123,8 @@ class Service:
         if message:
             raise APIError(400, message)
 
-    def _job(self, req: Sampling, prompts: list[list[int]], max_tokens: int | None, top: int | None) -> Job:
+    def _job(self, req: Sampling, prompts: list[list[int]], max_tokens: int | None, top: int | None,
+             grammar=None) -> Job:
         longest = max(map(len, prompts))
         room = self.context - longest + 1  # the last new token is never fed back into the cache
         if room < 1 or (max_tokens or 1) > room:
@@ -126,7 +140,7 @@ class Service:
         sampler = Sampler(req.temperature, req.top_k if req.top_k and req.top_k > 0 else None,
                           req.top_p if req.top_p < 1 else None, req.min_p or None, req.repetition_penalty)
         params = Params(max_tokens or room, sampler, req.seed, req.stop_strings(),
-                        frozenset() if req.ignore_eos else frozenset(self.tokenizer.stop_ids), top)
+                        frozenset() if req.ignore_eos else frozenset(self.tokenizer.stop_ids), top, grammar)
         return Job(prompts, params, n=req.n)
 
 
@@ -181,7 +195,8 @@ def _routes(app: FastAPI, service: Service) -> None:
         body = await _parse(request, ChatRequest)
         job = await run_in_threadpool(service.chat_job, body)  # template + tokenizer off the event loop
         return await _answer(service, request, body, job, Formatter(
-            chat=True, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs))
+            chat=True, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs,
+            tools=job.tools))
 
     @app.post("/v1/completions", dependencies=authorized)
     async def completions(request: Request):
@@ -247,7 +262,9 @@ async def _stream(service: Service, job: Job, fmt: Formatter, usage: bool):
             if update.error:  # this request ends here (its other choices are released); the others go on
                 yield _json(APIError(500, f"generation failed: {update.error}").body())
                 return
-            yield _json(fmt.chunk(update))
+            chunk = fmt.chunk(update)
+            if chunk is not None:
+                yield _json(chunk)
         if usage:
             yield _json(fmt.usage_chunk(job))
         yield "[DONE]"

@@ -6,12 +6,13 @@ all-reduces per layer, the logits' all-gather) to meet. Rank 0's engine is wrapp
 sends a small JSON description of each operation to the other ranks before running it; they `follow`:
 
     {"op": "add", "prompt": [...], "slot": 0, "max_new_tokens": 64, "sampler": {...}, "seed": 7,
-     "stop_ids": [...], "stop": [...], "text": true}
+     "stop_ids": [...], "stop": [...], "text": true, "grammar": {"schema": {...} or null} or null}
     {"op": "step"}   {"op": "release", "slot": 0}   {"op": "beat"}   {"op": "stop"}
 
 Every rank samples the same token: the logits are the same on every rank (the all-gather hands each the
 same values) and each sequence samples from a generator seeded alike on every rank, with the request's own
-seed or one rank 0 draws and sends. While the server is idle, rank 0 sends a heartbeat now and then so that
+seed or one rank 0 draws and sends; a constrained sequence's schema is sent too, and each rank compiles it
+(the same grammar masks the same tokens everywhere). While the server is idle, rank 0 sends a heartbeat now and then so that
 the others' wait never runs into the process group's timeout; when it shuts down it sends "stop".
 """
 
@@ -26,6 +27,7 @@ import torch
 
 from ..errors import LlamalabError
 from ..generate import Engine
+from ..grammar import Grammar, compile_json
 from ..sampling import Sampler
 from ..tensor_parallel import share
 
@@ -49,7 +51,7 @@ class Leader:
 
     def add(self, prompt: list[int], *, max_new_tokens: int, sampler: Sampler | None = None,
             generator: torch.Generator | None = None, stop_ids=(), stop=(), tokenizer=None, slot: int | None = None,
-            top_logprobs: int | None = None):
+            top_logprobs: int | None = None, grammar: Grammar | None = None):
         sampler = sampler or Sampler()
         if slot is None:
             slot = next((i for i, s in enumerate(self.engine.slots) if s is None), None)
@@ -62,10 +64,10 @@ class Leader:
         with self._lock:
             self._send(op="add", prompt=[int(t) for t in prompt], slot=slot, max_new_tokens=max_new_tokens,
                        sampler=dataclasses.asdict(sampler), seed=seed, stop_ids=sorted(stop_ids), stop=list(stop),
-                       text=tokenizer is not None)
+                       text=tokenizer is not None, grammar=None if grammar is None else {"schema": grammar.schema})
             return self.engine.add(prompt, max_new_tokens=max_new_tokens, sampler=sampler, generator=generator,
                                    stop_ids=stop_ids, stop=stop, tokenizer=tokenizer, slot=slot,
-                                   top_logprobs=top_logprobs)
+                                   top_logprobs=top_logprobs, grammar=grammar)
 
     def step(self):
         with self._lock:
@@ -120,8 +122,9 @@ def follow(engine: Engine, tokenizer) -> None:
             seed = op["seed"]
             generator = None if seed is None else torch.Generator(engine.device).manual_seed(seed)
             try:
+                grammar = op.get("grammar") and compile_json(tokenizer, op["grammar"]["schema"])
                 engine.add(op["prompt"], max_new_tokens=op["max_new_tokens"], sampler=Sampler(**op["sampler"]),
                            generator=generator, stop_ids=op["stop_ids"], stop=op["stop"],
-                           tokenizer=tokenizer if op["text"] else None, slot=op["slot"])
+                           tokenizer=tokenizer if op["text"] else None, slot=op["slot"], grammar=grammar or None)
             except LlamalabError:  # rank 0 fails the same way, before any collective
                 pass

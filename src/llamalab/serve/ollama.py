@@ -11,6 +11,12 @@ num_predict (-1: up to the context), stop, repeat_penalty; num_ctx is accepted u
 Defaults are ollama's (temperature 0.8, top_k 40, top_p 0.9). This server answers for its one model
 (`--model`); `keep_alive` is checked (a duration: "5m", "1h30m", seconds, -1 or 0) and reported by /api/ps.
 /api/copy and /api/delete act on the model library. Errors are ollama's `{"error": "..."}` bodies.
+
+Structured outputs and tools: `format` "json" (any JSON object) or a JSON schema object constrains the answer
+(`structured.py`); /api/chat's `tools` (OpenAI's function shape) work as on /v1 (`tools.py`, tool_choice
+"auto"), the answer's calls coming back as `message.tool_calls` [{"function": {"name", "arguments": {...}}}]
+(streamed: the whole answer in the last line before `done`); `role: "tool"` messages (with `tool_name`) and
+assistant messages carrying `tool_calls` are accepted.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import library
 from ..errors import LlamalabError
-from .protocol import INT64, MAX_COUNT, MAX_STOP, MAX_STOP_CHARS, APIError, ChatRequest, CompletionRequest, \
+from . import tools as tool_calls
+from .protocol import INT64, MAX_COUNT, MAX_STOP, MAX_STOP_CHARS, APIError, ChatRequest, CompletionRequest, Tool, \
     validation_message
 from .scheduler import Job, QueueFull
 
@@ -53,10 +60,32 @@ class Options(_Body):
     stop: Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOP)] | None = None
 
 
+class CalledFunction(_Body):
+    name: StrictStr
+    arguments: dict = {}
+
+
+class ToolCall(_Body):
+    function: CalledFunction
+
+
 class Message(_Body):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: StrictStr = ""
     images: list | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: StrictStr | None = None
+
+    def openai(self) -> dict:
+        """The message in /v1's shape."""
+        out = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [{"id": f"call_{i}", "type": "function", "function": {
+                "name": c.function.name, "arguments": json.dumps(c.function.arguments)}}
+                for i, c in enumerate(self.tool_calls)]
+        if self.role == "tool":
+            out["tool_call_id"] = self.tool_name or ""
+        return out
 
 
 class _Request(_Body):
@@ -67,9 +96,18 @@ class _Request(_Body):
     format: object = None
     images: list | None = None
 
+    def response_format(self) -> dict | None:
+        """`format` as /v1's response_format: "json" → json_object, a schema → json_schema."""
+        if self.format in (None, ""):
+            return None
+        if self.format == "json":
+            return {"type": "json_object"}
+        if isinstance(self.format, dict):
+            return {"type": "json_schema", "json_schema": {"name": "format", "schema": self.format}}
+        raise APIError(400, f"format: must be \"json\" or a JSON schema object, got {json.dumps(self.format)[:80]}",
+                       param="format")
+
     def refused(self) -> str | None:
-        if self.format not in (None, ""):
-            return "format (structured outputs) is not supported yet"
         if self.images:
             return "images are not supported (this server runs text models)"
         return None
@@ -77,11 +115,9 @@ class _Request(_Body):
 
 class ChatBody(_Request):
     messages: list[Message] = []
-    tools: list | None = None
+    tools: list[Tool] | None = None
 
     def refused(self) -> str | None:
-        if self.tools:
-            return "tools (tool calls) are not supported yet"
         if any(m.images for m in self.messages):
             return "images are not supported (this server runs text models)"
         return super().refused()
@@ -186,11 +222,12 @@ class Ollama:
             raise APIError(400, refused)
         keep = keep_alive_seconds(body.keep_alive)
         self.expires = None if keep < 0 else time.time() + keep
-        sampling = self._sampling(body)
+        sampling = {**self._sampling(body), "response_format": body.response_format()}
         if isinstance(body, ChatBody):
             if not body.messages:
                 return None
-            messages = [{"role": m.role, "content": m.content} for m in body.messages]
+            messages = [m.openai() for m in body.messages]
+            sampling["tools"] = body.tools
         elif not body.prompt:
             return None
         elif body.raw:
@@ -237,8 +274,15 @@ def _final(o: Ollama, job: Job | None, started: float, reason: str) -> dict:
             "eval_count": job.completion_tokens if job else 0, "eval_duration": int(max(now - first, 0) * 1e9)}
 
 
-def _piece(o: Ollama, chat: bool, text: str) -> dict:
+def _piece(o: Ollama, chat: bool, text: str, job: Job | None = None, reason: str = "") -> dict:
+    """A line's body; with tools, the whole answer's (`reason` "stop") parsed for tool calls."""
     body = {"model": o.served, "created_at": _now()}
+    if chat and job is not None and job.tools and reason == "stop":
+        content, calls = tool_calls.parse(text, job.tools)
+        if calls:
+            return {**body, "message": {"role": "assistant", "content": content or "", "tool_calls": [
+                {"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
+                for c in calls]}}
     if chat:
         return {**body, "message": {"role": "assistant", "content": text}}
     return {**body, "response": text}
@@ -264,20 +308,24 @@ async def _answer(o: Ollama, request: Request, body: _Request, chat: bool):
             reason = update.finish_reason or reason
     finally:
         o.service.scheduler.cancel(job)
-    return JSONResponse({**_piece(o, chat, "".join(text)), **_final(o, job, started, reason)})
+    return JSONResponse({**_piece(o, chat, "".join(text), job, reason), **_final(o, job, started, reason)})
 
 
 async def _lines(o: Ollama, job: Job, chat: bool, started: float):
     """NDJSON: one line per update, then the `done` line; a client that goes away cancels the job."""
-    reason = "stop"
+    reason, held = "stop", []
     try:
         async for update in job.updates():
             if update.error:
                 yield json.dumps({"error": f"generation failed: {update.error}"}) + "\n"
                 return
             reason = update.finish_reason or reason
-            if update.text:
+            if job.tools and chat:  # held back: the whole answer is parsed for tool calls at its end
+                held.append(update.text)
+            elif update.text:
                 yield json.dumps({**_piece(o, chat, update.text), "done": False}, ensure_ascii=False) + "\n"
+        if held:
+            yield json.dumps({**_piece(o, chat, "".join(held), job, reason), "done": False}, ensure_ascii=False) + "\n"
         yield json.dumps({**_piece(o, chat, ""), **_final(o, job, started, reason)}) + "\n"
     finally:
         o.service.scheduler.cancel(job)

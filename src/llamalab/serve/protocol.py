@@ -9,13 +9,19 @@ Fields we accept beyond OpenAI's are vLLM's names for the same sampling controls
 `repetition_penalty`). Unknown fields are ignored, as clients send vendor extras; fields OpenAI has but
 this server does not implement are refused when they would change the answer (a non-zero
 `presence_penalty`, `echo`, ...), never silently dropped.
+
+Structured outputs and tools (OpenAI's shapes; checked further, and compiled, in `structured.py`/`tools.py`):
+`response_format` {"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict"}}
+on both routes; `tools` [{"type": "function", "function": {"name", "description", "parameters"}}] and
+`tool_choice` ("auto" | "none" | "required" | {"type": "function", "function": {"name"}}) on chat, whose
+messages may be `role: "tool"` (with `tool_call_id`) or an assistant turn carrying `tool_calls`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 MAX_STOP = 4          # stop strings per request (OpenAI's limit)
 MAX_STOP_CHARS = 256  # characters per stop string
@@ -47,6 +53,50 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(_Body):
+    name: StrictStr | None = None
+    description: StrictStr | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Body):
+    type: StrictStr  # "text" | "json_object" | "json_schema" (another: a 400 naming these)
+    json_schema: JSONSchemaFormat | None = None
+
+
+class Function(_Body):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    description: StrictStr | None = None
+    parameters: dict | None = None
+    strict: StrictBool | None = None
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: Function
+
+
+class ChosenFunction(_Body):
+    name: StrictStr
+
+
+class ToolChoice(_Body):
+    type: Literal["function"]
+    function: ChosenFunction
+
+
+class CalledFunction(_Body):
+    name: StrictStr
+    arguments: StrictStr  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Body):
+    id: StrictStr = ""
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class Sampling(_Body):
     """The fields /v1/completions and /v1/chat/completions share."""
 
@@ -68,6 +118,7 @@ class Sampling(_Body):
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None
     ignore_eos: bool = False  # vLLM's: decode past the end-of-sequence token (benchmarks want fixed lengths)
+    response_format: ResponseFormat | None = None
 
     def unsupported(self) -> str | None:
         """The first field set to something this server cannot do, as a message."""
@@ -89,9 +140,11 @@ class TextPart(_Body):
 
 
 class Message(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | Annotated[list[TextPart], Field(min_length=1)] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: StrictStr | None = None     # a tool's answer: to which call
 
     def text(self) -> str:
         if self.content is None:
@@ -106,10 +159,23 @@ class ChatRequest(Sampling):
     max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_COUNT)] | None = None  # OpenAI's newer name for max_tokens
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["auto", "none", "required"] | ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
 
     def conversation(self) -> list[dict]:
-        """The messages as the chat template takes them (`developer` is OpenAI's newer `system`)."""
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+        """The messages as the chat template takes them (`developer` is OpenAI's newer `system`); tool calls
+        and tool answers in transformers' shape (`tools.conversation` adapts them to the template)."""
+        out = []
+        for m in self.messages:
+            message = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            if m.tool_calls:
+                message["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                    "name": c.function.name, "arguments": c.function.arguments}} for c in m.tool_calls]
+            if m.tool_call_id is not None:
+                message["tool_call_id"] = m.tool_call_id
+            out.append(message)
+        return out
 
 
 TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
@@ -143,6 +209,7 @@ SHAPES = {  # what a union-typed field takes, for one readable message instead o
     "prompt": "a string, a list of strings, a list of token ids, or a list of lists of token ids",
     "stop": f"a string or a list of at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters",
     "content": "a string or a list of {\"type\": \"text\", \"text\": ...} parts",
+    "tool_choice": "\"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
 }
 
 

@@ -1,4 +1,10 @@
-"""A request's updates → OpenAI's response bodies: chat.completion(.chunk) and text_completion."""
+"""A request's updates → OpenAI's response bodies: chat.completion(.chunk) and text_completion.
+
+A chat request with tools: each choice's answer is parsed for tool calls (`tools.parse`); one that calls
+gets `tool_calls` (content null unless text stood beside the calls) and finish_reason "tool_calls". Streamed,
+such a choice's text is held back and sent whole at its end: one delta with the content or with every
+tool call complete (index, id, type, name, arguments), then the finish_reason.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from . import tools as tool_calls
 from .scheduler import Job, Update
 
 
@@ -28,8 +35,10 @@ class Choice:
 class Formatter:
     """Bodies for one request to /v1/chat/completions (chat=True) or /v1/completions."""
 
-    def __init__(self, *, chat: bool, model: str, tokenizer, logprobs: bool):
+    def __init__(self, *, chat: bool, model: str, tokenizer, logprobs: bool, tools: list[dict] | None = None):
         self.chat, self.model, self.tokenizer, self.logprobs = chat, model, tokenizer, logprobs
+        self.tools = tools if chat else None
+        self._held: dict[int, list[str]] = {}  # with tools: each choice's text until it ends
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self._offsets: dict[int, int] = {}  # completions' text_offset per choice, when streaming
@@ -47,11 +56,22 @@ class Formatter:
             {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
             for i in range(choices)]}
 
-    def chunk(self, update: Update) -> dict:
+    def chunk(self, update: Update) -> dict | None:
+        """The chunk for an update (None: held back until the choice ends, with tools)."""
         logprobs = self._logprobs(update.logprobs, update.index) if self.logprobs else None
         finish = update.finish_reason
-        if self.chat:
-            delta = {"content": update.text} if update.text else {}
+        if self.tools:
+            self._held.setdefault(update.index, []).append(update.text)
+            if finish is None and not logprobs:
+                return None
+        if self.tools and finish is not None:
+            message, finish = self._message("".join(self._held.pop(update.index)), finish)
+            delta = {k: v for k, v in message.items() if k != "role" and v}
+            if "tool_calls" in delta:
+                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(delta["tool_calls"])]
+            choice = {"index": update.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        elif self.chat:
+            delta = {"content": update.text} if update.text and not self.tools else {}
             choice = {"index": update.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         else:
             choice = {"index": update.index, "text": update.text, "logprobs": logprobs, "finish_reason": finish}
@@ -66,12 +86,20 @@ class Formatter:
         for i, c in enumerate(choices):
             logprobs = self._logprobs(c.logprobs, i) if self.logprobs else None
             if self.chat:
-                out.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
-                            "logprobs": logprobs, "finish_reason": c.finish_reason})
+                message, finish = self._message("".join(c.text), c.finish_reason)
+                out.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish})
             else:
                 out.append({"index": i, "text": "".join(c.text), "logprobs": logprobs,
                             "finish_reason": c.finish_reason})
         return {**self._envelope(False), "choices": out, "usage": usage(job)}
+
+    def _message(self, text: str, finish: str | None) -> tuple[dict, str | None]:
+        """The assistant message for a choice's text, and its finish_reason: tool calls when it made some."""
+        if self.tools and finish == "stop":
+            content, calls = tool_calls.parse(text, self.tools)
+            if calls:
+                return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+        return {"role": "assistant", "content": text}, finish
 
     # --------------------------------------------------------------------------------------- logprobs
     def _token(self, token: int) -> str:

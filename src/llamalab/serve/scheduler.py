@@ -30,6 +30,7 @@ import torch
 
 from ..errors import LlamalabError
 from ..generate import Engine, Sequence
+from ..grammar import Grammar
 from ..runtime import batch
 from ..sampling import Sampler
 
@@ -52,6 +53,7 @@ class Params:
     stop: tuple[str, ...] = ()
     stop_ids: frozenset = frozenset()
     top_logprobs: int | None = None  # None: no log-probabilities
+    grammar: Grammar | None = None   # the tokens follow it (structured outputs, a required tool call)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Job:
     first_token: float | None = None  # when the first token of any choice came out
     cancelled: bool = False
     completion_tokens: int = 0
+    tools: list[dict] | None = None  # the request's tools: its answers are parsed for tool calls
     _events: asyncio.Queue = field(default_factory=asyncio.Queue)
     _open: int = 0  # choices not finished yet
 
@@ -217,7 +220,7 @@ class Scheduler:
             if p.seed is not None:
                 generator = torch.Generator(self.engine.device).manual_seed(p.seed + pending.index)
             seq = batch.admit(self.engine, batch.Job(pending.prompt, p.max_tokens, p.sampler, generator, p.stop_ids,
-                                                     p.stop, p.top_logprobs), self.tokenizer)
+                                                     p.stop, p.top_logprobs, p.grammar), self.tokenizer)
             self._running[id(seq)] = (seq, pending)
             if self.metrics:
                 self.metrics.prompt_tokens.inc(len(pending.prompt))
