@@ -7,35 +7,21 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from llamalab.cli import main
 from llamalab.generate import Engine, decode_text, stream
 from llamalab.images import preprocess
 from llamalab.runtime import load_runnable
 from llamalab.runtime.vision import image_prompt
-from llamalab.tokenizer import save_tokenizer
-
-IMAGE_TOKEN = 49151
+from tiny_llava import IMAGE_TOKEN, write_picture, write_tiny_llava
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, smollm2_gguf):
     """A tiny random LLaVA (CLIP tower) written by transformers, with SmolLM2's tokenizer."""
     out = tmp_path_factory.mktemp("llava")
-    torch.manual_seed(0)
-    text = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                       tie_word_embeddings=True)
-    vision = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=28, patch_size=14)
-    ref = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
-                                                    vision_feature_layer=-2)).eval()
-    ref.save_pretrained(out)
-    save_tokenizer(smollm2_gguf, out)
-    image = tmp_path_factory.mktemp("img") / "cat.png"
-    Image.effect_mandelbrot((64, 48), (-2, -1.2, 1, 1.2), 40).convert("RGB").save(image)
-    return ref, out, image
+    ref = write_tiny_llava(out, smollm2_gguf)
+    return ref, out, write_picture(tmp_path_factory.mktemp("img") / "cat.png")
 
 
 def reference_tokens(checkpoint):

@@ -52,6 +52,7 @@ def run(args):
     from pathlib import Path
 
     from ..chat_templates import resolve_template
+    from ..runtime.vision import image_input
     from ..serve.app import Settings, new_engine
     from ..serve.connections import allowed_hosts
     from ..serve.server import bind, serve
@@ -74,4 +75,4 @@ def run(args):
 
         return follow(new_engine(rt.model, settings), rt.tokenizer)
     serve(rt.model, rt.tokenizer, settings, sock, drain_timeout=args.drain_timeout, log_level=args.log_level,
-          limits=limits)
+          limits=limits, vision=image_input(rt))

@@ -29,12 +29,14 @@ class Job:
     stop_ids: Iterable[int] = ()
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
+    embeddings: torch.Tensor | None = None  # the prompt's input rows when images are spliced in (LLaVA)
 
 
 def admit(engine: Engine, job: Job, tokenizer=None) -> Sequence:
     """Prefill `job` into a free slot of `engine` and sample its first token (`Engine.add`)."""
     return engine.add(job.prompt, max_new_tokens=job.max_new_tokens, sampler=job.sampler, generator=job.generator,
-                      stop_ids=job.stop_ids, stop=job.stop, tokenizer=tokenizer, top_logprobs=job.top_logprobs)
+                      stop_ids=job.stop_ids, stop=job.stop, tokenizer=tokenizer, top_logprobs=job.top_logprobs,
+                      embeddings=job.embeddings)
 
 
 def run_batch(engine: Engine, jobs: list[Job], *, tokenizer=None, order: Iterable[int] | None = None,

@@ -2,46 +2,95 @@
 engine prefills (the image tokens' rows replaced by the images' projected features).
 
 An image goes where the prompt says `<image>` (one mark per image, in order); a prompt without marks gets
-them in front, each followed by a line break, as LLaVA's own prompts have them. Each mark becomes as many
-image tokens as one image fills (`LlavaArgs.image_tokens`); the text between marks is encoded piece by piece,
-as a tokenizer does around a special token.
+them in front, each followed by a line break, as LLaVA's own prompts (and llava-1.5's chat template) have
+them. Each mark becomes as many image tokens as one image fills (`LlavaArgs.image_tokens`); the text between
+marks is encoded piece by piece, as a tokenizer does around a special token.
+
+`ImageInput` is the part the server and chat share: images → features (the vision tower and projector, run
+once per image), text with marks → token ids, ids + features → the rows to prefill.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from ..chat_templates import render_for
 from ..errors import LlamalabError
-from ..images import open_image, preprocess
+from ..images import Preprocess, open_image, preprocess
+from ..vision import Llava
 from .load import Runnable
 
 MARK = "<image>"
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """A LLaVA checkpoint's way from images to prompt rows."""
+    llava: Llava
+    preprocess: Preprocess
+
+    @property
+    def image_tokens(self) -> int:
+        return self.llava.args.image_tokens
+
+    def features(self, images: list) -> torch.Tensor:
+        """(N, image_tokens, text dim) for images given as paths, bytes or opened `open_image`s."""
+        pixels = torch.stack([torch.from_numpy(preprocess(i if isinstance(i, Image.Image) else open_image(i),
+                                                             self.preprocess)) for i in images])
+        with torch.inference_mode():
+            return self.llava.image_features(pixels.to(self.llava.language_model.norm.weight.device))
+
+    def ids(self, tokenizer, text: str, *, mark: str = MARK, bos: bool = False) -> list[int]:
+        """Token ids of `text` with each `mark` replaced by one image's image tokens."""
+        first, *rest = text.split(mark)
+        ids = tokenizer.encode(first, bos=bos)
+        for piece in rest:
+            ids += [self.llava.args.image_token_id] * self.image_tokens
+            ids += tokenizer.encode(piece, bos=False) if piece else []
+        return ids
+
+    def rows(self, ids: list[int], features: torch.Tensor | None) -> torch.Tensor:
+        """The input rows (1, T, dim) of `ids` with the images' features at their image tokens."""
+        with torch.inference_mode():
+            return self.llava.splice(torch.tensor([ids], device=self.llava.language_model.norm.weight.device),
+                                     features)
+
+
+def image_input(rt: Runnable) -> ImageInput | None:
+    """The runnable's `ImageInput` (None: a text-only model)."""
+    return None if rt.vision is None else ImageInput(rt.vision, rt.preprocess)
+
+
+def no_vision(name: str) -> LlamalabError:
+    return LlamalabError(f"{name} is a text-only model: it has no vision tower; images need a vision model "
+                         "(a LLaVA checkpoint)")
+
+
+def with_marks(text: str, images: int, mark: str = MARK) -> str:
+    """`text` with one `mark` per image: its own, or (none given) all in front, each followed by a line break."""
+    marks = text.count(mark)
+    if marks == 0:
+        return f"{mark}\n" * images + text
+    if marks != images:
+        raise LlamalabError(f"the prompt has {marks} {mark} marks but {images} images were given; "
+                            f"put one {mark} where each image goes, or none to put them all in front")
+    return text
 
 
 def image_prompt(rt: Runnable, text: str, images: list, *, chat: bool = False,
                  system: str | None = None) -> tuple[list[int], torch.Tensor]:
     """(token ids, input rows (1, T, dim)) for `text` with `images` (paths, bytes or opened `open_image`s) at
     its `<image>` marks."""
-    if rt.vision is None:
-        raise LlamalabError(f"{rt.name} is a text-only model; images need a vision model (a llava-hf checkpoint)")
-    marks = text.count(MARK)
-    if marks == 0:
-        text = f"{MARK}\n" * len(images) + text
-    elif marks != len(images):
-        raise LlamalabError(f"the prompt has {marks} {MARK} marks but {len(images)} images were given; "
-                            f"put one {MARK} where each image goes, or none to put them all in front")
-    pixels = torch.stack([torch.from_numpy(preprocess(i if isinstance(i, Image.Image) else open_image(i),
-                                                         rt.preprocess)) for i in images])
+    eyes = image_input(rt)
+    if eyes is None:
+        raise no_vision(rt.name)
+    text = with_marks(text, len(images))
+    features = eyes.features(images)
     if chat:
         text = render_for(rt.tokenizer, ([{"role": "system", "content": system}] if system else [])
                           + [{"role": "user", "content": text}], rt.template)
-    first, *rest = text.split(MARK)
-    ids = rt.tokenizer.encode(first, bos=not chat and rt.tokenizer.add_bos)
-    for piece in rest:
-        ids += [rt.vision.args.image_token_id] * rt.vision.args.image_tokens
-        ids += rt.tokenizer.encode(piece, bos=False) if piece else []
-    with torch.inference_mode():
-        rows = rt.vision.embed(torch.tensor([ids], device=rt.device), pixels.to(rt.device))
-    return ids, rows
+    ids = eyes.ids(rt.tokenizer, text, bos=not chat and rt.tokenizer.add_bos)
+    return ids, eyes.rows(ids, features)

@@ -10,7 +10,8 @@ through the same checks (context, ranges, strict JSON). `options`: temperature, 
 num_predict (-1: up to the context), stop, repeat_penalty; num_ctx is accepted up to the server's context.
 Defaults are ollama's (temperature 0.8, top_k 40, top_p 0.9). This server answers for its one model
 (`--model`); `keep_alive` is checked (a duration: "5m", "1h30m", seconds, -1 or 0) and reported by /api/ps.
-/api/copy and /api/delete act on the model library. Errors are ollama's `{"error": "..."}` bodies.
+/api/copy and /api/delete act on the model library. Errors are ollama's `{"error": "..."}` bodies. `images`
+(base64, on a chat message or a generate body) go to a LLaVA checkpoint as /v1's data: URL parts would.
 """
 
 from __future__ import annotations
@@ -56,7 +57,14 @@ class Options(_Body):
 class Message(_Body):
     role: Literal["system", "user", "assistant"]
     content: StrictStr = ""
-    images: list | None = None
+    images: list[StrictStr] | None = None  # base64, each
+
+    def as_openai(self) -> dict:
+        """The /v1 message it means: its images as data: URL parts (the same reading and checks)."""
+        if not self.images:
+            return {"role": self.role, "content": self.content}
+        return {"role": self.role, "content": [{"type": "image_url", "image_url": {"url": f"data:;base64,{b}"}}
+                                               for b in self.images] + [{"type": "text", "text": self.content}]}
 
 
 class _Request(_Body):
@@ -65,13 +73,11 @@ class _Request(_Body):
     options: Options = Options()
     keep_alive: StrictStr | int | float | None = None
     format: object = None
-    images: list | None = None
+    images: list[StrictStr] | None = None  # base64, each (generate's)
 
     def refused(self) -> str | None:
         if self.format not in (None, ""):
             return "format (structured outputs) is not supported yet"
-        if self.images:
-            return "images are not supported (this server runs text models)"
         return None
 
 
@@ -82,8 +88,6 @@ class ChatBody(_Request):
     def refused(self) -> str | None:
         if self.tools:
             return "tools (tool calls) are not supported yet"
-        if any(m.images for m in self.messages):
-            return "images are not supported (this server runs text models)"
         return super().refused()
 
 
@@ -102,6 +106,8 @@ class GenerateBody(_Request):
             return "a per-request template is not supported; the model's own chat template is used"
         if self.context:
             return "context (token ids of an earlier answer) is not supported; use /api/chat"
+        if self.raw and self.images:
+            return "images need the chat template: raw is not supported with images"
         return super().refused()
 
 
@@ -190,14 +196,14 @@ class Ollama:
         if isinstance(body, ChatBody):
             if not body.messages:
                 return None
-            messages = [{"role": m.role, "content": m.content} for m in body.messages]
+            messages = [m.as_openai() for m in body.messages]
         elif not body.prompt:
             return None
         elif body.raw:
             return self.service.completion_job(CompletionRequest(prompt=body.prompt, **sampling))
         else:
             messages = ([{"role": "system", "content": body.system}] if body.system else []) + \
-                [{"role": "user", "content": body.prompt}]
+                [Message(role="user", content=body.prompt, images=body.images).as_openai()]
         return self.service.chat_job(ChatRequest(messages=messages, **sampling))
 
     def details(self) -> dict:
@@ -319,7 +325,7 @@ def add_routes(app: FastAPI, service, model, dependencies) -> None:
         info = {f"llama.{k}": v for k, v in entry.get("config", {}).items()}
         return {"modelfile": f"FROM {o.served}\n", "parameters": "", "template": entry.get("template") or "",
                 "license": entry.get("license") or "", "details": o.details(), "model_info": info,
-                "capabilities": ["completion"], "modified_at": o.tag()["modified_at"]}
+                "capabilities": ["completion"] + (["vision"] if service.vision else []), "modified_at": o.tag()["modified_at"]}
 
     @app.post("/api/copy", dependencies=dependencies)
     async def copy(request: Request):
