@@ -5,7 +5,8 @@ from .common import (add_adapter_argument, add_chat_arguments, add_compile_argum
                      sampling_kwargs)
 from .types import positive_int
 
-HELP = "Chat with a model in the terminal (streams answers; /reset clears the conversation, /exit quits)."
+HELP = ("Chat with a model in the terminal (streams answers; /image PATH attaches an image to the next message on "
+        "a LLaVA checkpoint, /reset clears the conversation, /exit quits).")
 
 
 def add_arguments(p):
@@ -43,7 +44,8 @@ def run(args):
     out = sys.stdout if rt.is_main else open(os.devnull, "w")
     interactive = rt.is_main and sys.stdin.isatty()
     if interactive:
-        print("llamalab chat: /reset starts over, /exit or Ctrl-D quits", file=sys.stderr)
+        print("llamalab chat: /image PATH attaches an image, /reset starts over, /exit or Ctrl-D quits",
+              file=sys.stderr)
 
     def write(piece: str):
         out.write(piece)

@@ -12,6 +12,7 @@ once per image), text with marks → token ids, ids + features → the rows to p
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -94,3 +95,43 @@ def image_prompt(rt: Runnable, text: str, images: list, *, chat: bool = False,
                           + [{"role": "user", "content": text}], rt.template)
     ids = eyes.ids(rt.tokenizer, text, bos=not chat and rt.tokenizer.add_bos)
     return ids, eyes.rows(ids, features)
+
+
+class ConversationImages:
+    """The images of a chat: `/image PATH` attaches one to the next user message (its features computed once,
+    then); the message gets a mark per image in front (a mark no typed text contains), and every turn's prompt
+    gets the features of all images so far at their marks. The images only ever grow within a conversation (or
+    all go with `reset`), so a cached prefix of the token ids holds the same images."""
+
+    def __init__(self, rt: Runnable):
+        self.eyes, self.name = image_input(rt), rt.name
+        self.mark = f"<image-{secrets.token_hex(8)}>"
+        self.kept: list[torch.Tensor] = []      # (1, image_tokens, dim) each, of the messages so far
+        self.waiting: list[torch.Tensor] = []   # attached to the next message
+
+    def attach(self, path: str) -> None:
+        path = path.strip().strip("'\"")
+        if not path:
+            raise LlamalabError("/image needs a path: /image PATH")
+        if self.eyes is None:
+            raise no_vision(self.name)
+        self.waiting.append(self.eyes.features([open_image(path)]))
+
+    def content(self, text: str) -> str:
+        """A user message's content with a mark for each waiting image."""
+        return f"{self.mark}\n" * len(self.waiting) + text
+
+    def prompt(self, tokenizer, rendered: str) -> tuple[list[int], torch.Tensor | None]:
+        """Token ids of a rendered conversation (the template places BOS) and its rows (None: no images)."""
+        features = self.kept + self.waiting
+        if not features:
+            return tokenizer.encode(rendered, bos=False), None
+        ids = self.eyes.ids(tokenizer, rendered, mark=self.mark)
+        return ids, self.eyes.rows(ids, torch.cat(features))
+
+    def commit(self) -> None:
+        """The message went through: its images are the conversation's now."""
+        self.kept, self.waiting = self.kept + self.waiting, []
+
+    def reset(self) -> None:
+        self.kept, self.waiting = [], []
