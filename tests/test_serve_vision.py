@@ -2,7 +2,8 @@
 by the official openai and ollama clients: an image sent as an OpenAI `image_url` data: URL, or in ollama's
 `images`, gets the answer `llamalab generate --image --chat` gives for the same picture and question, which
 here is checked against transformers' `LlavaForConditionalGeneration.generate`; image and text requests
-decode together; bad images, remote URLs and too many images are one 400 each."""
+decode together; bad images, remote URLs and too many images are one 400 each; the chat page's Image button
+(headless Chromium, as test_serve_page drives the text flow) sends one."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from llamalab.images import preprocess
 from llamalab.runtime import load_runnable
 from llamalab.runtime.vision import image_prompt
 from llamalab.serve.process import ServerProcess
+from test_serve_page import browser, by_id, messages, stored, wait  # noqa: F401 (browser: the page's fixture)
 from tiny_llava import write_picture, write_tiny_llava
 
 N = 8
@@ -155,3 +157,22 @@ def test_bad_images_are_one_400_each(server, material):
                                                                   "images": ["@@"]}]}, "not valid base64")
     refused(server, "/api/generate", {"model": "llava", "prompt": "Hi", "raw": True, "images": [b64(picture)]},
             "raw is not supported with images")
+
+
+def test_the_chat_page_sends_an_attached_image(browser, server, material, expected):
+    """The page's Image button reads the file into a data: URL, shows it in the message and sends it as an
+    `image_url` part: the answer is `generate --image --chat`'s."""
+    browser.get(server.url + "/")
+    wait(browser, lambda: by_id(browser, "model-name").text == "llava")
+    for field, value in (("temperature", 0), ("max-tokens", N)):
+        by_id(browser, field).clear()
+        by_id(browser, field).send_keys(str(value))
+    by_id(browser, "image-file").send_keys(str(material[2][0]))
+    wait(browser, lambda: by_id(browser, "attached").text.startswith("1 image"))
+    by_id(browser, "input").send_keys(QUESTION + "\n")
+    wait(browser, lambda: len(messages(browser, streaming=True)) == 2 and not messages(browser, streaming=True)[1][2])
+    conversation = stored(browser)["messages"]
+    assert conversation[0]["images"] == [data_url(material[2][0])]
+    assert conversation[1]["content"] == expected["pictures"][0]
+    assert browser.execute_script("return document.querySelectorAll('#messages .msg.user img.thumb').length") == 1
+    assert not by_id(browser, "attached").is_displayed()
