@@ -1,8 +1,8 @@
 import sys
 
-from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
-                     add_sampling_arguments, add_tensor_parallel_argument, context_length, load_model,
-                     sampling_kwargs)
+from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_mmproj_argument,
+                     add_model_arguments, add_sampling_arguments, add_tensor_parallel_argument, context_length,
+                     load_model, sampling_kwargs)
 from .types import positive_int
 
 HELP = ("Chat with a model in the terminal (streams answers; /image PATH attaches an image to the next message on "
@@ -12,6 +12,7 @@ HELP = ("Chat with a model in the terminal (streams answers; /image PATH attache
 def add_arguments(p):
     add_model_arguments(p)
     add_adapter_argument(p)
+    add_mmproj_argument(p)
     add_sampling_arguments(p, max_new_tokens=512)
     add_chat_arguments(p)
     add_compile_argument(p)

@@ -47,10 +47,13 @@ class ImageInput:
     def ids(self, tokenizer, text: str, *, mark: str = MARK, bos: bool = False) -> list[int]:
         """Token ids of `text` with each `mark` replaced by one image's image tokens."""
         first, *rest = text.split(mark)
-        ids = tokenizer.encode(first, bos=bos)
-        for piece in rest:
-            ids += [self.llava.args.image_token_id] * self.image_tokens
-            ids += tokenizer.encode(piece, bos=False) if piece else []
+        image = self.llava.args.image_token_id
+        pieces = [tokenizer.encode(first, bos=bos)] + [tokenizer.encode(p, bos=False) if p else [] for p in rest]
+        if any(image in piece for piece in pieces):
+            raise LlamalabError(f"the text holds the image token (id {image}) itself; images go in as images only")
+        ids = pieces[0]
+        for piece in pieces[1:]:
+            ids += [image] * self.image_tokens + piece
         return ids
 
     def rows(self, ids: list[int], features: torch.Tensor | None) -> torch.Tensor:
