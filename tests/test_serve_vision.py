@@ -79,7 +79,8 @@ def data_url(path) -> str:
 
 
 def image_message(url: str, text: str = QUESTION) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]}]
+    return [{"role": "user", "content": [{"type": "text", "text": text},
+                                         {"type": "image_url", "image_url": {"url": url}}]}]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from ..images import Preprocess
 from ..model import Transformer
 from ..quant import GroupCodes, build_quantized
 from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_gguf_fields
-from . import gguf, hf, llava, meta
+from . import adaption_prompt, gguf, hf, llava, meta
 from . import mmproj as mmproj_file
 from .output import check_output
 from .peft import attach_adapter
@@ -169,7 +169,9 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
         model = model_from_state(src.state, src.args, device=device, dtype=dtype or torch.float32)
     ckpt = Checkpoint(model=model, args=src.args, tokenizer=src.tokenizer() if tokenizer else None, format=src.format,
                       metadata=src.extra.get("metadata", {}), path=src.path)
-    if adapter:
+    if adapter and adaption_prompt.is_adaption_prompt(adapter):  # LLaMA-Adapter, peft's adaption_prompt
+        adaption_prompt.attach(ckpt.model, adaption_prompt.load(adapter, ckpt.args))
+    elif adapter:
         attach_adapter(ckpt, adapter)
     if mmproj:
         ckpt.vision, ckpt.preprocess = mmproj_file.attach(ckpt.model, ckpt.args, mmproj, device)

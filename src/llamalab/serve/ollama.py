@@ -325,7 +325,8 @@ def add_routes(app: FastAPI, service, model, dependencies) -> None:
         info = {f"llama.{k}": v for k, v in entry.get("config", {}).items()}
         return {"modelfile": f"FROM {o.served}\n", "parameters": "", "template": entry.get("template") or "",
                 "license": entry.get("license") or "", "details": o.details(), "model_info": info,
-                "capabilities": ["completion"] + (["vision"] if service.vision else []), "modified_at": o.tag()["modified_at"]}
+                "capabilities": ["completion"] + (["vision"] if service.vision else []),
+                "modified_at": o.tag()["modified_at"]}
 
     @app.post("/api/copy", dependencies=dependencies)
     async def copy(request: Request):
