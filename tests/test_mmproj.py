@@ -141,3 +141,10 @@ def test_bad_mmproj_is_one_line(pair, tmp_path, capsys):
                  "--prompt", "Hi"]) == 2
     err = capsys.readouterr().err
     assert "cut.gguf" in err and "Traceback" not in err
+
+
+def test_info_describes_an_mmproj_file(pair, capsys):
+    assert main(["info", str(pair[2])]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("format      mmproj") and "n_layers=1 (kept)" in out and "image_tokens=4" in out
+    assert "feature_layer=1" in out and "width 32" in out

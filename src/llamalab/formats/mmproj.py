@@ -151,3 +151,31 @@ def attach(language_model: Transformer, text: ModelArgs, path, device="cpu") -> 
     model.vision_tower.to(device)
     model.multi_modal_projector.to(device)
     return model.eval(), preprocess
+
+
+def is_mmproj(path: Path) -> bool:
+    """Whether `path` is a GGUF file of architecture "clip" (a projector file, not a language model)."""
+    try:
+        if not path.is_file():
+            return False
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                return False
+        return read_metadata(path).get("general.architecture") == "clip"
+    except (OSError, LlamalabError):
+        return False  # not ours to explain: the GGUF reader says what is wrong with it
+
+
+def describe(path) -> list[str]:
+    """`llamalab info`'s lines for an mmproj file."""
+    state, v, layer, pre = load(path)
+    count = {part: sum(w.numel() for k, w in state.items() if k.startswith(part))
+             for part in ("vision_tower", "multi_modal_projector")}
+    projector = state["multi_modal_projector.linear_2.weight"].shape[0]
+    return ["format      mmproj (llama.cpp's LLaVA projector file: CLIP tower + MLP projector)", f"path        {path}",
+            f"params      {sum(count.values()):,} (vision tower {count['vision_tower']:,}, projector "
+            f"{count['multi_modal_projector']:,})",
+            f"vision      clip: dim={v.dim} n_layers={v.n_layers} (kept) n_heads={v.n_heads} ffn_dim={v.ffn_dim} "
+            f"image_size={v.image_size} patch_size={v.patch_size} act={v.act}",
+            f"images      feature_layer={layer} image_tokens={v.n_patches} mean={pre.mean} std={pre.std}",
+            f"projector   mlp (LLaVA-1.5) into a language model of width {projector}"]
