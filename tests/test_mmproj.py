@@ -7,9 +7,6 @@ greedy tokens."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import numpy as np
 import pytest
 import torch
