@@ -4,12 +4,14 @@ equals /v1's for the same conversation; bad input is a 4xx with ollama's error b
 
 from __future__ import annotations
 
+import base64
 import json
 
 import httpx
 import ollama
 import openai
 import pytest
+from PIL import Image
 
 from llamalab import models
 from llamalab.serve.process import ServerProcess
@@ -114,3 +116,19 @@ def test_pull_says_to_import(client):
     with pytest.raises(ollama.ResponseError) as e:
         client.pull("llama2")
     assert e.value.status_code == 400 and "llamalab models import" in e.value.error
+
+
+def test_an_image_for_a_text_model_is_a_400(client, server, tmp_path):
+    png = tmp_path / "dot.png"
+    Image.new("RGB", (4, 4), "red").save(png)
+    with pytest.raises(ollama.ResponseError) as e:
+        client.chat(model="smol", messages=[{"role": "user", "content": "What is it?", "images": [png]}])
+    assert e.value.status_code == 400 and "has no vision tower" in e.value.error
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model="smol", prompt="What is it?", images=[png])
+    assert e.value.status_code == 400 and "has no vision tower" in e.value.error
+    v1 = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+    url = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    with pytest.raises(openai.BadRequestError, match="has no vision tower"):
+        v1.chat.completions.create(model="smol", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What is it?"}, {"type": "image_url", "image_url": {"url": url}}]}])

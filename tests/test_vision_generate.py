@@ -4,38 +4,28 @@ on the same pixels; bad images and an image for a text-only model: one line."""
 
 from __future__ import annotations
 
+import io
+import sys
+
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from llamalab.cli import main
 from llamalab.generate import Engine, decode_text, stream
 from llamalab.images import preprocess
 from llamalab.runtime import load_runnable
 from llamalab.runtime.vision import image_prompt
-from llamalab.tokenizer import save_tokenizer
-
-IMAGE_TOKEN = 49151
+from cli_output import without_notices
+from tiny_llava import IMAGE_TOKEN, write_picture, write_tiny_llava
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, smollm2_gguf):
     """A tiny random LLaVA (CLIP tower) written by transformers, with SmolLM2's tokenizer."""
     out = tmp_path_factory.mktemp("llava")
-    torch.manual_seed(0)
-    text = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                       tie_word_embeddings=True)
-    vision = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=28, patch_size=14)
-    ref = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
-                                                    vision_feature_layer=-2)).eval()
-    ref.save_pretrained(out)
-    save_tokenizer(smollm2_gguf, out)
-    image = tmp_path_factory.mktemp("img") / "cat.png"
-    Image.effect_mandelbrot((64, 48), (-2, -1.2, 1, 1.2), 40).convert("RGB").save(image)
-    return ref, out, image
+    ref = write_tiny_llava(out, smollm2_gguf)
+    return ref, out, write_picture(tmp_path_factory.mktemp("img") / "cat.png")
 
 
 def reference_tokens(checkpoint):
@@ -93,3 +83,37 @@ def test_engine_batches_image_and_text_prompts_together(checkpoint):
     while engine.step():
         pass
     assert first.tokens == alone and second.tokens == expected
+
+
+def chat(monkeypatch, capsys, model, lines: str, *args) -> tuple[str, list[str]]:
+    """`llamalab chat` with `lines` on its standard input (a pipe, not a terminal): its stdout and error lines."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    assert main(["chat", "--model", str(model), *args]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return captured.out, without_notices(captured.err).splitlines()
+
+
+def test_chat_image_command_through_a_pipe(checkpoint, tmp_path, capsys, monkeypatch):
+    """`/image PATH` attaches the picture to the next message: the answer is `generate --image --chat`'s; a
+    missing file and a non-image are one error line each and the chat goes on (the next turn still sees the
+    first picture, whose features stay spliced into the cached conversation)."""
+    _, out, image = checkpoint
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["generate", "--model", str(out), "--chat", "--image", str(image), "--prompt", "What is in the "
+                 "picture?", "--max-new-tokens", "8", "--no-stream"]) == 0
+    expected = capsys.readouterr().out
+    stdout, errors = chat(monkeypatch, capsys, out, f"/image {image}\nWhat is in the picture?\n"
+                          f"/image {tmp_path / 'gone.png'}\n/image {tmp_path / 'notes.png'}\n/image\nAnd now?\n",
+                          "--max-new-tokens", "8")
+    first, second, end = stdout.split("\n")
+    assert first == expected and second and not end
+    assert len(errors) == 3, errors
+    assert "gone.png: no such file" in errors[0] and "notes.png: not an image" in errors[1]
+    assert "/image needs a path" in errors[2]
+
+
+def test_chat_image_on_a_text_model_is_one_line(smollm2_gguf, checkpoint, capsys, monkeypatch):
+    stdout, errors = chat(monkeypatch, capsys, smollm2_gguf, f"/image {checkpoint[2]}\n", "--max-new-tokens", "2")
+    assert stdout == "" and len(errors) == 1, errors
+    assert errors[0].startswith("llamalab chat: error: ") and "has no vision tower" in errors[0]

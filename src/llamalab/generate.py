@@ -454,7 +454,9 @@ class Session:
     def stream(self, prompt: list[int], *, max_new_tokens: int, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
                repetition_penalty: float = 1.0, stop_ids: Iterable[int] = (),
-               seed: int | None = None) -> Iterator[int]:
+               seed: int | None = None, embeddings: torch.Tensor | None = None) -> Iterator[int]:
+        """embeddings: the prompt's input rows (see `Engine.add`); the caller keeps a cached prefix's rows the
+        same (a conversation's images only grow)."""
         sampler = Sampler(temperature, top_k, top_p, min_p, repetition_penalty)
         prompt = list(prompt)
         if len(prompt) + max_new_tokens > self.max_len:
@@ -468,7 +470,7 @@ class Session:
         self.tokens = prompt[:reuse]
         model = self.engine.model
         seq = self.engine.add(prompt, max_new_tokens=max_new_tokens, sampler=sampler, slot=0, cached=reuse,
-                              generator=_generator(model, seed), stop_ids=stop_ids)
+                              generator=_generator(model, seed), stop_ids=stop_ids, embeddings=embeddings)
         try:
             yield seq.tokens[-1]
             while self.engine.step():

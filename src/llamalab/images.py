@@ -14,6 +14,8 @@ edge to `size` keeping the aspect ratio (CLIP, the long side `int(size · long /
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from .bounded import read_json
 from .errors import LlamalabError
 
 MAX_PIXELS = 64 * 1024 * 1024  # 64 Mpx: far above any camera photo a model is shown, far below a bomb
+MAX_IMAGE_BYTES = 16 * 1024 * 1024  # one encoded image sent inline (base64 / a data: URL), decoded
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)  # SigLIP's (transformers' IMAGENET_STANDARD_MEAN/STD)
 
@@ -86,7 +89,10 @@ def open_image(source, *, max_pixels: int = MAX_PIXELS, name: str | None = None)
         image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
     except FileNotFoundError:
         raise LlamalabError(f"{where}: no such file; check the path") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # Pillow's own check, for a header claiming far more than ours allows
+        raise LlamalabError(f"{where}: the image claims more pixels than the limit of {max_pixels}; "
+                            "scale the image down first") from None
+    except UnidentifiedImageError:
         raise LlamalabError(f"{where}: not an image Pillow can read (PNG, JPEG, WebP, GIF, ...)") from None
     except OSError as e:
         raise LlamalabError(f"{where}: cannot read ({e})") from None
@@ -100,6 +106,30 @@ def open_image(source, *, max_pixels: int = MAX_PIXELS, name: str | None = None)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise LlamalabError(f"{where}: the image data is damaged or truncated ({e})") from None
     return image
+
+
+def decode_base64(text: str, where: str, *, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of a base64 image (standard alphabet, padding required), its size checked before decoding."""
+    if len(text) > (max_bytes + 2) // 3 * 4:
+        raise LlamalabError(f"{where}: the image is over {max_bytes // (1024 * 1024)} MiB; send a smaller one")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise LlamalabError(f"{where}: not valid base64") from None
+
+
+def data_url_bytes(url: str, where: str, *, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The image bytes of a `data:[<media type>][;base64],<data>` URL (RFC 2397); any other URL is refused,
+    since nothing is fetched."""
+    scheme = url[:url.find(":") + 1].lower() if ":" in url[:16] else ""
+    if scheme != "data:":
+        shown = f"{scheme}// URLs are" if scheme in ("http:", "https:") else "that URL is"
+        raise LlamalabError(f"{where}: {shown} not accepted: only data: URLs (data:image/png;base64,...) are, "
+                            "since this server fetches nothing")
+    head, comma, data = url[5:].partition(",")
+    if not comma or not head.lower().endswith(";base64"):
+        raise LlamalabError(f"{where}: a data: URL must be base64 (data:image/png;base64,...)")
+    return decode_base64(data, where, max_bytes=max_bytes)
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:

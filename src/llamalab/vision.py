@@ -195,16 +195,21 @@ class Llava(nn.Module):
     def embed(self, tokens: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings (B, T, dim) with the image tokens' rows replaced by the images' features, in order:
         the i-th image token of the batch (row-major) gets the i-th patch feature of the images in turn."""
+        has_images = pixels is not None and len(pixels) > 0
+        return self.splice(tokens, self.image_features(pixels) if has_images else None)
+
+    def splice(self, tokens: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+        """`embed` with the images' features (N, image_tokens, dim) already computed (`image_features`)."""
         h = self.language_model.tok_embeddings(tokens)
         slots = tokens == self.args.image_token_id
         n_slots = int(slots.sum())
-        if pixels is None or len(pixels) == 0:
+        if features is None or len(features) == 0:
             if n_slots:
                 raise ValueError(f"the prompt holds {n_slots} image tokens but no image was given")
             return h
-        features = self.image_features(pixels).to(h.dtype)
+        features = features.to(h.dtype)
         if features.shape[0] * features.shape[1] != n_slots:
-            raise ValueError(f"{len(pixels)} image(s) fill {features.shape[0] * features.shape[1]} image tokens, "
+            raise ValueError(f"{len(features)} image(s) fill {features.shape[0] * features.shape[1]} image tokens, "
                              f"but the prompt holds {n_slots}")
         return h.masked_scatter(slots[..., None], features.reshape(-1, h.shape[-1]))
 

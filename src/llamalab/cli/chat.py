@@ -1,16 +1,18 @@
 import sys
 
-from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
-                     add_sampling_arguments, add_tensor_parallel_argument, context_length, load_model,
-                     sampling_kwargs)
+from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_mmproj_argument,
+                     add_model_arguments, add_sampling_arguments, add_tensor_parallel_argument, context_length,
+                     load_model, sampling_kwargs)
 from .types import positive_int
 
-HELP = "Chat with a model in the terminal (streams answers; /reset clears the conversation, /exit quits)."
+HELP = ("Chat with a model in the terminal (streams answers; /image PATH attaches an image to the next message on "
+        "a LLaVA checkpoint, /reset clears the conversation, /exit quits).")
 
 
 def add_arguments(p):
     add_model_arguments(p)
     add_adapter_argument(p)
+    add_mmproj_argument(p)
     add_sampling_arguments(p, max_new_tokens=512)
     add_chat_arguments(p)
     add_compile_argument(p)
@@ -43,7 +45,8 @@ def run(args):
     out = sys.stdout if rt.is_main else open(os.devnull, "w")
     interactive = rt.is_main and sys.stdin.isatty()
     if interactive:
-        print("llamalab chat: /reset starts over, /exit or Ctrl-D quits", file=sys.stderr)
+        print("llamalab chat: /image PATH attaches an image, /reset starts over, /exit or Ctrl-D quits",
+              file=sys.stderr)
 
     def write(piece: str):
         out.write(piece)

@@ -92,7 +92,14 @@ def load_model(args):
 
     return load_runnable(args.model, device=args.device, dtype=args.dtype, adapter=getattr(args, "adapter", None),
                          tensor_parallel=getattr(args, "tensor_parallel", 1), threads=getattr(args, "threads", None),
-                         template=getattr(args, "template", None), compile=getattr(args, "compile", False))
+                         template=getattr(args, "template", None), compile=getattr(args, "compile", False),
+                         mmproj=getattr(args, "mmproj", None))
+
+
+def add_mmproj_argument(p):
+    """--mmproj FILE: llama.cpp's LLaVA projector file for a text GGUF (generate, chat, serve)."""
+    p.add_argument("--mmproj", metavar="FILE", help="llama.cpp's LLaVA projector file (mmproj-*.gguf: a CLIP vision "
+                   "tower and projector) for the --model GGUF, so it takes images")
 
 
 def context_length(args, model_context: int | None = None, default: int = 2048) -> int | None:

@@ -2,8 +2,9 @@ import io
 import sys
 
 from ..errors import LlamalabError
-from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_model_arguments,
-                     add_sampling_arguments, add_tensor_parallel_argument, load_model, sampling_kwargs)
+from .common import (add_adapter_argument, add_chat_arguments, add_compile_argument, add_mmproj_argument,
+                     add_model_arguments, add_sampling_arguments, add_tensor_parallel_argument, load_model,
+                     sampling_kwargs)
 from .types import positive_int
 
 HELP = "Continue a prompt with a model (greedy or sampled); prints only the continuation, streamed."
@@ -20,6 +21,7 @@ def add_arguments(p):
     p.add_argument("--name", help="with --input: the model's name in the answers (default: the checkpoint's)")
     add_model_arguments(p)
     add_adapter_argument(p)
+    add_mmproj_argument(p)
     add_sampling_arguments(p, max_new_tokens=128)
     add_chat_arguments(p)
     add_compile_argument(p)

@@ -1,6 +1,7 @@
 from collections import Counter
 
-HELP = "Show a checkpoint's format, config, parameter count and tensors (GGUF file, HF or Meta directory)."
+HELP = ("Show a checkpoint's format, config, parameter count and tensors (GGUF file, HF or Meta directory; a "
+        "llava-hf directory or an mmproj file: its vision tower and projector).")
 
 
 def add_arguments(p):
@@ -12,9 +13,11 @@ def add_arguments(p):
 def run(args):
     from pathlib import Path
 
-    from ..formats import expected_shapes, llava, load_state
+    from ..formats import expected_shapes, llava, load_state, mmproj
     from ..formats.gguf_mix import type_summary
 
+    if mmproj.is_mmproj(Path(args.path)):
+        return print("\n".join(mmproj.describe(Path(args.path))))
     if llava.is_llava(Path(args.path)):
         return print("\n".join(llava.describe(Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent)))
     src = load_state(args.path, lazy=True)

@@ -1,6 +1,6 @@
 from . import serve_options
-from .common import (add_adapter_argument, add_compile_argument, add_model_arguments, add_tensor_parallel_argument,
-                     context_length, load_model)
+from .common import (add_adapter_argument, add_compile_argument, add_mmproj_argument, add_model_arguments,
+                     add_tensor_parallel_argument, context_length, load_model)
 
 HELP = "Serve a model over HTTP with OpenAI's API (chat/completions, streaming, continuous batching) and a chat page."
 
@@ -10,6 +10,7 @@ SERVER_PACKAGES = ("fastapi", "uvicorn", "sse_starlette", "prometheus_client")
 def add_arguments(p):
     add_model_arguments(p)
     add_adapter_argument(p)
+    add_mmproj_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0 = any free one; the address is printed)")
     p.add_argument("--max-batch", type=int, default=8, metavar="N", help="sequences decoding together (default 8)")
@@ -52,6 +53,7 @@ def run(args):
     from pathlib import Path
 
     from ..chat_templates import resolve_template
+    from ..runtime.vision import image_input
     from ..serve.app import Settings, new_engine
     from ..serve.connections import allowed_hosts
     from ..serve.server import bind, serve
@@ -74,4 +76,4 @@ def run(args):
 
         return follow(new_engine(rt.model, settings), rt.tokenizer)
     serve(rt.model, rt.tokenizer, settings, sock, drain_timeout=args.drain_timeout, log_level=args.log_level,
-          limits=limits)
+          limits=limits, vision=image_input(rt))

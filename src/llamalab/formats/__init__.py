@@ -20,10 +20,12 @@ from huggingface_hub import snapshot_download
 from .. import library
 from ..config import ModelArgs
 from ..errors import LlamalabError
+from ..images import Preprocess
 from ..model import Transformer
 from ..quant import GroupCodes, build_quantized
 from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_gguf_fields
-from . import gguf, hf, llava, meta
+from . import adaption_prompt, gguf, hf, llava, meta
+from . import mmproj as mmproj_file
 from .output import check_output
 from .peft import attach_adapter
 from .shapes import check_layers, check_state, expected_shapes  # noqa: F401  (formats.expected_shapes)
@@ -41,6 +43,7 @@ class Checkpoint:
     metadata: dict = field(default_factory=dict)
     path: Path | None = None
     vision: "llava.Llava | None" = None  # a LLaVA checkpoint: the whole model (`model` is its language model)
+    preprocess: "Preprocess | None" = None  # its images' preprocessing, where the checkpoint says (an mmproj file)
 
 
 def detect_format(path: Path) -> tuple[str, Path]:
@@ -147,14 +150,17 @@ def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False) -> Lo
 
 
 def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = True,
-         adapter=None) -> Checkpoint:
+         adapter=None, mmproj=None) -> Checkpoint:
     """Load a .gguf file, an HF directory, a Meta directory, or a hub id into our Transformer.
 
     dtype None: quantized weights stay quantized and run as such (`llamalab.quant`), the rest is float32;
     a dtype dequantizes everything to it. adapter: a LoRA adapter directory (peft's layout) to run with
     the weights, unmerged (`llamalab lora merge` folds one in for good). A llava-hf directory loads whole
-    (`Checkpoint.vision`), its language model as `model`."""
+    (`Checkpoint.vision`), its language model as `model`; so does a text GGUF with llama.cpp's projector file
+    beside it (`mmproj`: its CLIP tower and LLaVA projector)."""
     if llava.is_llava(path := resolve(path_or_id)):
+        if mmproj:
+            raise LlamalabError(f"{path}: a LLaVA checkpoint has its vision tower already; drop --mmproj")
         return _load_llava(path, device=device, dtype=dtype, tokenizer=tokenizer, adapter=adapter)
     src = load_state(path_or_id, quantized=dtype is None)
     if any(isinstance(v, GroupCodes) for v in src.state.values()):
@@ -163,8 +169,12 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
         model = model_from_state(src.state, src.args, device=device, dtype=dtype or torch.float32)
     ckpt = Checkpoint(model=model, args=src.args, tokenizer=src.tokenizer() if tokenizer else None, format=src.format,
                       metadata=src.extra.get("metadata", {}), path=src.path)
-    if adapter:
+    if adapter and adaption_prompt.is_adaption_prompt(adapter):  # LLaMA-Adapter, peft's adaption_prompt
+        adaption_prompt.attach(ckpt.model, adaption_prompt.load(adapter, ckpt.args))
+    elif adapter:
         attach_adapter(ckpt, adapter)
+    if mmproj:
+        ckpt.vision, ckpt.preprocess = mmproj_file.attach(ckpt.model, ckpt.args, mmproj, device)
     return ckpt
 
 

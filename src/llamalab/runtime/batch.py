@@ -31,13 +31,14 @@ class Job:
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
     grammar: Grammar | None = None  # the tokens must follow it (`grammar.compile_json`)
+    embeddings: torch.Tensor | None = None  # the prompt's input rows when images are spliced in (LLaVA)
 
 
 def admit(engine: Engine, job: Job, tokenizer=None) -> Sequence:
     """Prefill `job` into a free slot of `engine` and sample its first token (`Engine.add`)."""
     return engine.add(job.prompt, max_new_tokens=job.max_new_tokens, sampler=job.sampler, generator=job.generator,
                       stop_ids=job.stop_ids, stop=job.stop, tokenizer=tokenizer, top_logprobs=job.top_logprobs,
-                      grammar=job.grammar)
+                      grammar=job.grammar, embeddings=job.embeddings)
 
 
 def run_batch(engine: Engine, jobs: list[Job], *, tokenizer=None, order: Iterable[int] | None = None,

@@ -6,16 +6,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from ..chat_templates import resolve_template
+from ..chat_templates import render_for, resolve_template
 from ..errors import LlamalabError
 from ..generate import Session, stream_text
 from ..tensor_parallel import share
 from .load import Runnable
+from .vision import ConversationImages
 
 
 def converse(rt: Runnable, read: Callable[[], str | None], write: Callable[[str], object], *, context: int,
              system: str | None = None, **sampling) -> None:
-    """Chat until `read()` gives None (the end) or /exit: `/reset` starts over, an empty line is skipped, every
+    """Chat until `read()` gives None (the end) or /exit: `/reset` starts over, `/image PATH` attaches an image
+    to the next message (a LLaVA checkpoint; a bad one is an error line), an empty line is skipped, every
     answer streams to `write` as it is decoded. Under tensor parallelism rank 0 reads and every rank decodes
     the same tokens (only rank 0's `write` should show them). A turn that fails (it no longer fits the
     context) is one error line on rank 0's stderr, and the conversation goes on; Ctrl-C stops an answer."""
@@ -24,7 +26,7 @@ def converse(rt: Runnable, read: Callable[[], str | None], write: Callable[[str]
     session = Session(rt.model, max_len=context, compile=rt.compile)
     sampling["seed"] = rt.agree_seed(sampling.get("seed"), sampling.get("temperature"))
     start = [{"role": "system", "content": system}] if system else []
-    messages = list(start)
+    messages, images = list(start), ConversationImages(rt)
     while True:
         line = share(read() if rt.is_main else None, session.engine.device)  # rank 0's line on every rank
         if line is None or line.strip() in ("/exit", "/quit"):
@@ -32,13 +34,22 @@ def converse(rt: Runnable, read: Callable[[], str | None], write: Callable[[str]
         if line.strip() == "/reset":
             messages = list(start)
             session.reset()
+            images.reset()
+            continue
+        if line.strip() == "/image" or line.strip().startswith("/image "):
+            try:
+                images.attach(line.strip().removeprefix("/image"))
+            except LlamalabError as e:
+                if rt.is_main:
+                    print(f"llamalab chat: error: {e}", file=sys.stderr)
             continue
         if not line.strip():
             continue
-        turn = messages + [{"role": "user", "content": line}]
+        turn = messages + [{"role": "user", "content": images.content(line)}]
         answer = []
         try:
-            tokens = session.stream(rt.encode_chat(turn, template), **sampling, stop_ids=tok.stop_ids)
+            ids, rows = images.prompt(tok, render_for(tok, turn, template))
+            tokens = session.stream(ids, **sampling, stop_ids=tok.stop_ids, embeddings=rows)
             for piece in stream_text(tokens, tok, stop_ids=tok.stop_ids):
                 answer.append(piece)
                 write(piece)
@@ -50,3 +61,4 @@ def converse(rt: Runnable, read: Callable[[], str | None], write: Callable[[str]
             pass
         write("\n")
         messages = turn + [{"role": "assistant", "content": "".join(answer)}]
+        images.commit()

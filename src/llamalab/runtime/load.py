@@ -98,7 +98,8 @@ def _dtype(dtype) -> torch.dtype | None:
 
 
 def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor_parallel: int = 1,
-                  threads: int | None = None, template: str | None = None, compile: bool = False) -> Runnable:
+                  threads: int | None = None, template: str | None = None, compile: bool = False,
+                  mmproj=None) -> Runnable:
     """The checkpoint `path_or_name` (a .gguf file, an HF or Meta directory, a hub id, a library name) as a
     `Runnable`.
 
@@ -107,7 +108,8 @@ def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor
     (ours or peft's) run unmerged; tensor_parallel N > 1: shard the weights by heads over the N processes of a
     torchrun launch (every process loads the whole checkpoint and keeps its shard); threads: CPU threads for
     torch; template: the chat template (a name, a Jinja file; default the checkpoint's own), checked before
-    the load; compile: engines compile the decode step. The checkpoint must carry a tokenizer."""
+    the load; compile: engines compile the decode step; mmproj: llama.cpp's LLaVA projector file for a text
+    GGUF (its vision tower and projector). The checkpoint must carry a tokenizer."""
     if tensor_parallel < 1:
         raise LlamalabError(f"--tensor-parallel must be >= 1, got {tensor_parallel}")
     if tensor_parallel > 1 and compile:
@@ -124,7 +126,7 @@ def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor
     if tensor_parallel > 1:
         dtype = dtype or torch.float32  # the shards are float weights: a quantized file is dequantized
         world = init_distributed(device or "auto")
-    ckpt = load(path_or_name, device=str(resolve_device(device)), dtype=dtype, adapter=adapter)
+    ckpt = load(path_or_name, device=str(resolve_device(device)), dtype=dtype, adapter=adapter, mmproj=mmproj)
     if ckpt.vision is not None and world is not None:
         raise LlamalabError(f"{path_or_name}: --tensor-parallel does not shard a LLaVA checkpoint's vision tower yet")
     if ckpt.tokenizer is None:
@@ -136,4 +138,5 @@ def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor
     return Runnable(ckpt.model, ckpt.args, ckpt.tokenizer, chosen, ckpt.format, ckpt.path, str(path_or_name),
                     adapter=adapter and str(adapter), compile=compile, world=world, tensor_parallel=tensor_parallel,
                     metadata=ckpt.metadata, vision=ckpt.vision,
-                    preprocess=preprocess_for(ckpt.path, ckpt.vision.args) if ckpt.vision is not None else None)
+                    preprocess=ckpt.preprocess or (preprocess_for(ckpt.path, ckpt.vision.args)
+                                                   if ckpt.vision is not None else None))

@@ -1,6 +1,11 @@
 """The FastAPI app: OpenAI's /v1 routes on the continuous-batching scheduler, plus /health, /metrics and
 the chat page at /.
 
+On a LLaVA checkpoint (`vision=`), chat messages may hold images as OpenAI `image_url` parts with data: URLs
+(an http(s) URL is refused: the server fetches nothing); each image is read bounded (`images`: encoded size,
+then the pixel count before decoding), its features spliced into the prompt's rows, and the request decodes
+on the same engine as any other.
+
     app = create_app(model, tokenizer, Settings(name="smollm2"))   # then run it with any ASGI server
 
 Every error is an OpenAI error body with a 4xx status (5xx only for the server's own faults); request
@@ -15,6 +20,7 @@ import asyncio
 import hmac
 import json
 import logging
+import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -27,12 +33,14 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ..chat_templates import render, resolve_template
+from ..chat_templates import render, render_for, resolve_template
 from ..errors import LlamalabError
 from ..generate import Engine
+from ..images import MAX_IMAGE_BYTES, data_url_bytes, open_image
+from ..runtime.vision import ImageInput
 from ..sampling import Sampler
 from . import ollama, page, tools
-from .guard import Guard
+from .guard import MAX_BODY, Guard
 from .metrics import Metrics
 from .mirror import Leader
 from .protocol import APIError, ChatRequest, CompletionRequest, Sampling, validation_message
@@ -41,6 +49,8 @@ from .scheduler import Job, Params, QueueFull, Scheduler
 from .structured import response_grammar
 
 log = logging.getLogger("llamalab.serve")
+
+IMAGE_BODY = 2 * MAX_IMAGE_BYTES  # a vision model's request bodies may be this much larger (images in base64)
 
 
 @dataclass
@@ -70,8 +80,8 @@ def new_engine(model, settings: Settings) -> Engine:
 class Service:
     """What the routes share: the tokenizer, the scheduler and the settings."""
 
-    def __init__(self, model, tokenizer, settings: Settings):
-        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+    def __init__(self, model, tokenizer, settings: Settings, vision: ImageInput | None = None):
+        self.model, self.tokenizer, self.settings, self.vision = model, tokenizer, settings, vision
         self.metrics = Metrics()
         engine = new_engine(model, settings)
         if settings.mirrored:
@@ -82,6 +92,8 @@ class Service:
     # ------------------------------------------------------------------------- request → job (sync)
     def chat_job(self, req: ChatRequest) -> Job:
         self._check_common(req)
+        if req.images():
+            return self._image_job(req)
         try:
             offered, forced = tools.checked(req.tools, req.tool_choice)
         except LlamalabError as e:
@@ -99,6 +111,34 @@ class Service:
         grammar = response_grammar(self.tokenizer, req.response_format, offered, forced)
         job = self._job(req, [prompt], req.max_completion_tokens or req.max_tokens, top, grammar)
         job.tools = offered or None
+        return job
+
+    def _image_job(self, req: ChatRequest) -> Job:
+        """A chat with images: read and checked (size, pixels), the conversation rendered with a mark no text
+        can contain where each image goes, the marks made image tokens, and their rows filled with the
+        images' features (the vision tower runs here, off the decode thread)."""
+        found = [(f"messages[{i}] image {j + 1}", url) for i, m in enumerate(req.messages)
+                 for j, url in enumerate(m.images())]
+        if self.vision is None:
+            raise APIError(400, f"the model `{self.settings.name}` has no vision tower: it takes no images; "
+                                "serve a vision model (a LLaVA checkpoint) for images", param="messages")
+        needed = len(found) * self.vision.image_tokens
+        if needed >= self.context:
+            raise APIError(400, f"{len(found)} image(s) take {needed} tokens; this model's context is "
+                                f"{self.context} tokens; send fewer images", param="messages",
+                           code="context_length_exceeded")
+        mark = f"<image-{secrets.token_hex(8)}>"
+        try:
+            images = [open_image(data_url_bytes(url, where), name=where) for where, url in found]
+            text = render_for(self.tokenizer, req.conversation(mark), self.settings.template)
+        except LlamalabError as e:
+            raise APIError(400, str(e), param="messages") from None
+        if text.count(mark) != len(images):
+            raise APIError(400, "the chat template left out a message that holds an image", param="messages")
+        prompt = self.vision.ids(self.tokenizer, text, mark=mark)
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        job = self._job(req, [prompt], req.max_completion_tokens or req.max_tokens, top)
+        job.embeddings = [self.vision.rows(prompt, self.vision.features(images))]
         return job
 
     def completion_job(self, req: CompletionRequest) -> Job:
@@ -144,8 +184,9 @@ class Service:
         return Job(prompts, params, n=req.n)
 
 
-def create_app(model, tokenizer, settings: Settings) -> FastAPI:
-    service = Service(model, tokenizer, settings)
+def create_app(model, tokenizer, settings: Settings, vision: ImageInput | None = None) -> FastAPI:
+    """vision: a LLaVA checkpoint's image input (`runtime.vision.image_input`); chats may then hold images."""
+    service = Service(model, tokenizer, settings, vision)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -160,7 +201,7 @@ def create_app(model, tokenizer, settings: Settings) -> FastAPI:
     app = FastAPI(title="llamalab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
     app.add_middleware(Guard, metrics=service.metrics, allowed_hosts=settings.allowed_hosts,
-                       body_timeout=settings.body_timeout)
+                       body_timeout=settings.body_timeout, max_body=MAX_BODY + (IMAGE_BODY if vision else 0))
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -10,7 +10,8 @@ through the same checks (context, ranges, strict JSON). `options`: temperature, 
 num_predict (-1: up to the context), stop, repeat_penalty; num_ctx is accepted up to the server's context.
 Defaults are ollama's (temperature 0.8, top_k 40, top_p 0.9). This server answers for its one model
 (`--model`); `keep_alive` is checked (a duration: "5m", "1h30m", seconds, -1 or 0) and reported by /api/ps.
-/api/copy and /api/delete act on the model library. Errors are ollama's `{"error": "..."}` bodies.
+/api/copy and /api/delete act on the model library. Errors are ollama's `{"error": "..."}` bodies. `images`
+(base64, on a chat message or a generate body) go to a LLaVA checkpoint as /v1's data: URL parts would.
 
 Structured outputs and tools: `format` "json" (any JSON object) or a JSON schema object constrains the answer
 (`structured.py`); /api/chat's `tools` (OpenAI's function shape) work as on /v1 (`tools.py`, tool_choice
@@ -72,13 +73,16 @@ class ToolCall(_Body):
 class Message(_Body):
     role: Literal["system", "user", "assistant", "tool"]
     content: StrictStr = ""
-    images: list | None = None
+    images: list[StrictStr] | None = None  # base64, each
     tool_calls: list[ToolCall] | None = None
     tool_name: StrictStr | None = None
 
     def openai(self) -> dict:
-        """The message in /v1's shape."""
+        """The message in /v1's shape: its images as data: URL parts (the same reading and checks)."""
         out = {"role": self.role, "content": self.content}
+        if self.images:
+            out["content"] = [{"type": "image_url", "image_url": {"url": f"data:;base64,{b}"}}
+                              for b in self.images] + [{"type": "text", "text": self.content}]
         if self.tool_calls:
             out["tool_calls"] = [{"id": f"call_{i}", "type": "function", "function": {
                 "name": c.function.name, "arguments": json.dumps(c.function.arguments)}}
@@ -94,7 +98,7 @@ class _Request(_Body):
     options: Options = Options()
     keep_alive: StrictStr | int | float | None = None
     format: object = None
-    images: list | None = None
+    images: list[StrictStr] | None = None  # base64, each (generate's)
 
     def response_format(self) -> dict | None:
         """`format` as /v1's response_format: "json" → json_object, a schema → json_schema."""
@@ -108,8 +112,6 @@ class _Request(_Body):
                        param="format")
 
     def refused(self) -> str | None:
-        if self.images:
-            return "images are not supported (this server runs text models)"
         return None
 
 
@@ -118,8 +120,6 @@ class ChatBody(_Request):
     tools: list[Tool] | None = None
 
     def refused(self) -> str | None:
-        if any(m.images for m in self.messages):
-            return "images are not supported (this server runs text models)"
         return super().refused()
 
 
@@ -138,6 +138,8 @@ class GenerateBody(_Request):
             return "a per-request template is not supported; the model's own chat template is used"
         if self.context:
             return "context (token ids of an earlier answer) is not supported; use /api/chat"
+        if self.raw and self.images:
+            return "images need the chat template: raw is not supported with images"
         return super().refused()
 
 
@@ -234,7 +236,7 @@ class Ollama:
             return self.service.completion_job(CompletionRequest(prompt=body.prompt, **sampling))
         else:
             messages = ([{"role": "system", "content": body.system}] if body.system else []) + \
-                [{"role": "user", "content": body.prompt}]
+                [Message(role="user", content=body.prompt, images=body.images).openai()]
         return self.service.chat_job(ChatRequest(messages=messages, **sampling))
 
     def details(self) -> dict:
@@ -367,7 +369,8 @@ def add_routes(app: FastAPI, service, model, dependencies) -> None:
         info = {f"llama.{k}": v for k, v in entry.get("config", {}).items()}
         return {"modelfile": f"FROM {o.served}\n", "parameters": "", "template": entry.get("template") or "",
                 "license": entry.get("license") or "", "details": o.details(), "model_info": info,
-                "capabilities": ["completion"], "modified_at": o.tag()["modified_at"]}
+                "capabilities": ["completion"] + (["vision"] if service.vision else []),
+                "modified_at": o.tag()["modified_at"]}
 
     @app.post("/api/copy", dependencies=dependencies)
     async def copy(request: Request):

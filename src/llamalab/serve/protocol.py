@@ -139,19 +139,41 @@ class TextPart(_Body):
     text: StrictStr
 
 
+class ImageURL(_Body):
+    url: StrictStr
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Body):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class Message(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | Annotated[list[TextPart], Field(min_length=1)] | None = None
+    content: StrictStr | Annotated[list[Part], Field(min_length=1)] | None = None
     name: StrictStr | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
     tool_call_id: StrictStr | None = None     # a tool's answer: to which call
 
-    def text(self) -> str:
+    def text(self, mark: str | None = None) -> str:
+        """The content as text; with `mark`, the message's images go in front as that mark each, followed by a
+        line break (llava-1.5's chat template's order, and `generate --image`'s)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        text = "".join(part.text for part in self.content if isinstance(part, TextPart))
+        return f"{mark}\n" * len(self.images()) + text if mark else text
+
+    def images(self) -> list[str]:
+        """The URLs of the message's images, in order."""
+        if not isinstance(self.content, list):
+            return []
+        return [part.image_url.url for part in self.content if isinstance(part, ImagePart)]
 
 
 class ChatRequest(Sampling):
@@ -163,12 +185,13 @@ class ChatRequest(Sampling):
     tool_choice: Literal["auto", "none", "required"] | ToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
 
-    def conversation(self) -> list[dict]:
+    def conversation(self, mark: str | None = None) -> list[dict]:
         """The messages as the chat template takes them (`developer` is OpenAI's newer `system`); tool calls
-        and tool answers in transformers' shape (`tools.conversation` adapts them to the template)."""
+        and tool answers in transformers' shape (`tools.conversation` adapts them to the template); with
+        `mark`, each image is that mark (see `Message.text`)."""
         out = []
         for m in self.messages:
-            message = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            message = {"role": "system" if m.role == "developer" else m.role, "content": m.text(mark)}
             if m.tool_calls:
                 message["tool_calls"] = [{"id": c.id, "type": "function", "function": {
                     "name": c.function.name, "arguments": c.function.arguments}} for c in m.tool_calls]
@@ -176,6 +199,9 @@ class ChatRequest(Sampling):
                 message["tool_call_id"] = m.tool_call_id
             out.append(message)
         return out
+
+    def images(self) -> list[str]:
+        return [url for m in self.messages for url in m.images()]
 
 
 TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
@@ -208,7 +234,8 @@ class CompletionRequest(Sampling):
 SHAPES = {  # what a union-typed field takes, for one readable message instead of one per union branch
     "prompt": "a string, a list of strings, a list of token ids, or a list of lists of token ids",
     "stop": f"a string or a list of at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters",
-    "content": "a string or a list of {\"type\": \"text\", \"text\": ...} parts",
+    "content": "a string or a list of {\"type\": \"text\", \"text\": ...} and {\"type\": \"image_url\", "
+               "\"image_url\": {\"url\": \"data:image/png;base64,...\"}} parts",
     "tool_choice": "\"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
 }
 

@@ -75,6 +75,7 @@ class Job:
     prompts: list[list[int]]
     params: Params
     n: int = 1
+    embeddings: list | None = None  # per prompt: its input rows (1, T, dim) when images are spliced in, or None
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float | None = None  # when the first token of any choice came out
     cancelled: bool = False
@@ -111,6 +112,10 @@ class _Pending:
     @property
     def prompt(self) -> list[int]:
         return self.job.prompts[self.index // self.job.n]
+
+    @property
+    def embeddings(self):
+        return self.job.embeddings[self.index // self.job.n] if self.job.embeddings else None
 
 
 class Scheduler:
@@ -220,7 +225,8 @@ class Scheduler:
             if p.seed is not None:
                 generator = torch.Generator(self.engine.device).manual_seed(p.seed + pending.index)
             seq = batch.admit(self.engine, batch.Job(pending.prompt, p.max_tokens, p.sampler, generator, p.stop_ids,
-                                                     p.stop, p.top_logprobs, p.grammar), self.tokenizer)
+                                                     p.stop, p.top_logprobs, p.grammar,
+                                                     pending.embeddings), self.tokenizer)
             self._running[id(seq)] = (seq, pending)
             if self.metrics:
                 self.metrics.prompt_tokens.inc(len(pending.prompt))

@@ -34,13 +34,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(model, tokenizer, settings: Settings, sock: socket.socket, *, drain_timeout: float = 30.0,
-          log_level: str = "info", limits: Limits = Limits()) -> None:
-    """Serve on `sock` (from `bind`, done before the slow model load so a busy port fails at once)."""
+          log_level: str = "info", limits: Limits = Limits(), vision=None) -> None:
+    """Serve on `sock` (from `bind`, done before the slow model load so a busy port fails at once); vision: a
+    LLaVA checkpoint's image input (`runtime.vision.image_input`)."""
     import uvicorn
     from sse_starlette.sse import AppStatus
 
     open_files_for(limits)
-    app = create_app(model, tokenizer, settings)
+    app = create_app(model, tokenizer, settings, vision)
     AppStatus.disable_automatic_graceful_drain()  # streams end on their own while the server drains
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=drain_timeout,
                             timeout_keep_alive=limits.keep_alive, access_log=log_level == "debug",
