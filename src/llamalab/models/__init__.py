@@ -12,7 +12,6 @@ path through it, with what its Modelfile gave it (`library.preset`).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from .. import library
