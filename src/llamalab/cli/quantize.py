@@ -6,7 +6,7 @@ HELP = ("Quantize a float checkpoint's weights: round to nearest (8 or 4 bits: G
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="float checkpoint: .gguf file, HF or Meta directory, or hub id")
+    p.add_argument("--model", required=True, help="float checkpoint: .gguf file, HF or Meta directory, hub id, or a library name")
     p.add_argument("--method", choices=("rtn", "gptq"), default="rtn",
                    help="rtn: round to nearest (default); gptq: GPTQ on calibration text (writes the GPTQ layout)")
     p.add_argument("--bits", type=positive_int, required=True,
