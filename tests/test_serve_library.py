@@ -5,7 +5,9 @@ model's SYSTEM and PARAMETER as defaults; embeddings against transformers' Llama
 from __future__ import annotations
 
 import json
+import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import httpx
@@ -94,13 +96,16 @@ def test_a_created_model_answers_with_its_system_prompt_and_parameters(client):
     assert generated.response == mine.message.content
 
 
-def test_two_names_alternate_and_max_loaded_one_evicts(client):
+def test_two_names_alternate_and_max_loaded_one_evicts(client, server):
     answers = {}
     for name in ["smol", "smol2", "smol"]:
-        r = client.generate(model=name, prompt=QUESTION, options=GREEDY)
-        assert r.response and r.response == answers.setdefault(name, r.response)
+        with ThreadPoolExecutor(2) as pool:  # two requests at once for a model not loaded: one load, both answered
+            both = list(pool.map(lambda _: client.generate(model=name, prompt=QUESTION, options=GREEDY), range(2)))
+        assert both[0].response and both[0].response == both[1].response == answers.setdefault(name, both[0].response)
         assert loaded(client) == [f"{name}:latest"]  # --max-loaded 1: the other one made room
     assert answers["smol"] == answers["smol2"]  # the same bytes under two names
+    assert len(re.findall(r"\bloaded smol2:latest \(", server.log())) == 1  # "unloaded ..." has no word boundary
+    assert server.log().count("unloaded smol2:latest (to make room for smol:latest)") == 1
 
 
 def test_embeddings_are_transformers_mean_pooled_last_hidden_state(client, server, hf_smollm2):
