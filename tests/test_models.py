@@ -142,3 +142,32 @@ def test_perplexity_takes_a_library_name(lib, smollm2_gguf, tmp_path, monkeypatc
                      "--json"]) in (0, None)
         answers.append(json.loads(capsys.readouterr().out))
     assert answers[0]["perplexity"] == answers[1]["perplexity"] > 1
+
+
+def test_a_modelfile_adapter_is_stored_once_and_applied_by_name(lib, smollm2_gguf, tmp_path, monkeypatch):
+    """ADAPTER: the adapter's files go into the store; loading the created name runs the base with it, as
+    `--adapter DIR` does; removing the name frees the adapter's bytes and keeps the base's."""
+    from llamalab.formats.lora import LoraSpec
+    from llamalab.formats.peft import save_adapter
+
+    args = load_state(smollm2_gguf, lazy=True).args
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for i in range(args.n_layers):
+        state[f"layers.{i}.attention.wq.lora_a.weight"] = torch.randn(2, args.dim, generator=g) * 0.05
+        state[f"layers.{i}.attention.wq.lora_b.weight"] = torch.randn(args.dim, 2, generator=g) * 0.05
+    save_adapter(tmp_path / "adapter", state, LoraSpec(rank=2, alpha=4, targets=("wq",)), args)
+    (tmp_path / "Modelfile").write_text("FROM smol\nADAPTER ./adapter\n")
+    blobs = len(list((lib / "blobs").iterdir()))
+    models.create("tuned", (tmp_path / "Modelfile").read_text(), base_dir=tmp_path, root=lib)
+    try:
+        assert len(list((lib / "blobs").iterdir())) == blobs + len(list((tmp_path / "adapter").iterdir()))
+        monkeypatch.setenv("LLAMALAB_HOME", str(lib.parent))
+        by_name = load_runnable("tuned", device="cpu")
+        by_flag = load_runnable(smollm2_gguf, device="cpu", adapter=tmp_path / "adapter")
+        ids = torch.tensor([by_flag.encode("The capital of France is")])
+        with torch.no_grad():
+            assert torch.equal(by_name.model(ids), by_flag.model(ids)) and by_name.adapter
+    finally:
+        models.remove("tuned", lib)
+    assert len(list((lib / "blobs").iterdir())) == blobs
