@@ -20,7 +20,6 @@ Every error names the line: "Modelfile line 3: unknown instruction FORM; expecte
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
 
 from ..chat_templates import TEMPLATES, compile_jinja
@@ -68,13 +67,7 @@ def _value(text: str, lines: list[str], i: int) -> tuple[str, int]:
 
 def _parameter(m: Modelfile, value: str, line: int) -> None:
     key, _, raw = value.partition(" ")
-    raw = raw.strip()
-    if key.lower() == "stop" and raw.startswith('"'):
-        try:
-            raw = shlex.split(raw)[0]
-        except ValueError:
-            raise LlamalabError(f"Modelfile line {line}: PARAMETER stop {raw!r} has an unclosed quote") from None
-    set_parameter(m, key, raw, f"Modelfile line {line}: PARAMETER {key.lower()}")
+    set_parameter(m, key, raw.strip(), f"Modelfile line {line}: PARAMETER {key.lower()}")
 
 
 def set_parameter(m: Modelfile, key: str, raw, where: str) -> None:
@@ -149,7 +142,7 @@ def _apply(m: Modelfile, word: str, value: str, line: int) -> None:
         role, _, content = value.partition(" ")
         if role.lower() not in ROLES:
             raise LlamalabError(f"Modelfile line {line}: MESSAGE role {role!r} is not one of {', '.join(ROLES)}")
-        m.messages.append({"role": role.lower(), "content": _value(content.strip(), [content.strip()], 0)[0]})
+        m.messages.append({"role": role.lower(), "content": content})
 
 
 def parse(text: str) -> Modelfile:
@@ -163,10 +156,10 @@ def parse(text: str) -> Modelfile:
                 raise LlamalabError(f"Modelfile line {i + 1}: unknown instruction {word}; expected "
                                     f"{', '.join(INSTRUCTIONS)}")
             rest = rest.strip()
-            if word.upper() == "PARAMETER" or word.upper() == "MESSAGE":
+            if word.upper() in ("PARAMETER", "MESSAGE"):  # NAME VALUE: the value may be quoted
                 head, _, tail = rest.partition(" ")
-                value, end = _value(tail.strip(), lines, i) if tail.strip().startswith('"""') else (rest, i)
-                value = f"{head} {value}" if end != i else value
+                value, end = _value(tail.strip(), lines, i)
+                value = f"{head} {value}".strip()
             else:
                 value, end = _value(rest, lines, i)
             if not value.strip() and word.upper() != "SYSTEM":
