@@ -206,7 +206,10 @@ class Pool:
                 lock = self._locks.get(entry.name)
                 if entry.expires is not None and entry.expires <= now and not entry.busy() and \
                         not (lock and lock.locked()):
-                    await self.unload(entry.name, reason="keep_alive expired")
+                    try:
+                        await self.unload(entry.name, reason="keep_alive expired")
+                    except Exception:  # never let the reaper die: the next round tries again
+                        log.exception("unloading %s failed", entry.name)
 
     async def stop(self) -> None:
         if self._reaper is not None:
