@@ -16,7 +16,10 @@ import openai
 import pytest
 import torch
 
+from cli_output import without_notices
 from llamalab import models
+from llamalab.cli import main
+from llamalab.serve.pool import Budget
 from llamalab.serve.process import ServerProcess
 
 QUESTION = "What is the capital of France?"
@@ -162,3 +165,15 @@ def test_bad_input(server, path, body, status, says):
     assert r.status_code == status and says in message, r.text
     if status == 404:
         assert "pirate:latest, smol2:latest, smol:latest" in message
+
+
+def test_max_loaded_is_a_count_or_a_size(capsys):
+    assert Budget.parse("2") == Budget(count=2) and Budget.parse("1.5GB") == Budget(bytes=1_500_000_000)
+    assert Budget.parse("800MiB") == Budget(bytes=800 << 20)
+    for bad in ("lots", "0", "1.5", "2 parsecs", "-1"):
+        assert main(["serve", "--max-loaded", bad, "--port", "0"]) == 2
+        err = without_notices(capsys.readouterr().err)
+        assert err == f"llamalab serve: error: --max-loaded {bad!r}: give a count of models (e.g. 2) or a size " \
+                      "(e.g. 1.5GB, 800MiB), more than 0"
+    assert main(["serve", "--adapter", "x", "--port", "0"]) == 2
+    assert "--adapter needs --model" in capsys.readouterr().err

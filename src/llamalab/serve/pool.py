@@ -122,6 +122,7 @@ class Pool:
                  estimate: Callable[[str], int] = lambda name: 0, reap_every: float = 0.25):
         self._load, self.budget, self._estimate, self.reap_every = load, budget, estimate, reap_every
         self._loaded: dict[str, Loaded] = {}
+        self._loading: dict[str, int] = {}  # models being loaded → the bytes they were expected to take
         self._locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task | None = None
         self._loop = None
@@ -156,31 +157,36 @@ class Pool:
             entry.pending -= 1
 
     async def _bring(self, full: str) -> Loaded:
-        await self._make_room(full)
+        self._loading[full] = await self._make_room(full)  # counted against the budget while it loads
         try:
             service = await run_in_threadpool(self._load, full)
         except LlamalabError as e:
             raise APIError(500, f"loading {full} failed: {e}") from None
+        finally:
+            self._loading.pop(full, None)
         service.scheduler.start(self._loop or asyncio.get_running_loop())
         entry = self._loaded[full] = Loaded(full, service, resident_bytes(service.model, service.scheduler.engine))
         log.info("loaded %s (%.0f MB)", full, entry.size / 1e6)
         return entry
 
-    async def _make_room(self, full: str) -> None:
-        """Evict the least recently used idle models until `full` fits the budget; wait while all are busy."""
+    async def _make_room(self, full: str) -> int:
+        """Evict the least recently used idle models until `full` fits the budget; wait while all are busy (or
+        loading). The bytes it is expected to take."""
         need = self._estimate(full) if self.budget.bytes else 0
-        while self._loaded and not self._fits(need):
+        while (self._loaded or self._loading) and not self._fits(need):
             idle = sorted((e for e in self._loaded.values() if not e.busy()), key=lambda e: e.used)
             if idle:
                 await self.unload(idle[0].name, reason=f"to make room for {full}")
             else:
                 await asyncio.sleep(0.05)
+        return need
 
     def _fits(self, need: int) -> bool:
         b = self.budget
-        if b.count is not None and len(self._loaded) + 1 > b.count:
+        if b.count is not None and len(self._loaded) + len(self._loading) + 1 > b.count:
             return False
-        return b.bytes is None or sum(e.size for e in self._loaded.values()) + need <= b.bytes
+        held = sum(e.size for e in self._loaded.values()) + sum(self._loading.values())
+        return b.bytes is None or held + need <= b.bytes
 
     async def unload(self, name: str, reason: str = "idle") -> None:
         entry = self._loaded.pop(name, None)
