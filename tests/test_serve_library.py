@@ -38,7 +38,7 @@ def home(smollm2_gguf, tmp_path_factory):
     """The same checkpoint under two names (one blob), and a model made of it with a Modelfile."""
     root = tmp_path_factory.mktemp("llamalab-home")
     models.import_model(smollm2_gguf, "smol", root / "models")
-    models.import_model(smollm2_gguf, "smol2", root / "models")
+    models.copy("smol", "smol2", root / "models")  # a second name: the server loads it as a model of its own
     models.create("pirate", MODELFILE, root=root / "models")
     return root
 
@@ -131,23 +131,6 @@ def test_embeddings_are_transformers_mean_pooled_last_hidden_state(client, serve
     assert "smol2:latest" in [m.id for m in oa.models.list().data] and loaded(client) == ["smol:latest"]
 
 
-def test_ps_and_keep_alive(client):
-    client.generate(model="smol", prompt="Hi", options={"num_predict": 1}, keep_alive="2s")
-    (m,) = client.ps().models
-    assert m.model == "smol:latest" and m.size > 100_000_000 and m.context_length == 256
-    left = (m.expires_at - datetime.now(timezone.utc)).total_seconds()
-    assert 0 < left <= 2.5
-    deadline = time.monotonic() + 30
-    while loaded(client) and time.monotonic() < deadline:  # idle past its keep_alive: unloaded
-        time.sleep(0.2)
-    assert loaded(client) == []
-    client.generate(model="smol", keep_alive=-1)  # no prompt: load it, for good
-    (m,) = client.ps().models
-    assert (m.expires_at - datetime.now(timezone.utc)).days > 365
-    gone = client.generate(model="smol", keep_alive=0)  # ollama's "unload now"
-    assert gone.done_reason == "unload" and loaded(client) == []
-
-
 @pytest.mark.parametrize("path, body, status, says", [
     ("/api/chat", {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404,
      "model 'nope' not found; the library has: "),
@@ -165,6 +148,23 @@ def test_bad_input(server, path, body, status, says):
     assert r.status_code == status and says in message, r.text
     if status == 404:
         assert "pirate:latest, smol2:latest, smol:latest" in message
+
+
+def test_ps_and_keep_alive(client):
+    client.generate(model="smol", prompt="Hi", options={"num_predict": 1}, keep_alive="2s")
+    (m,) = client.ps().models
+    assert m.model == "smol:latest" and m.size > 100_000_000 and m.context_length == 256
+    left = (m.expires_at - datetime.now(timezone.utc)).total_seconds()
+    assert 0 < left <= 2.5
+    deadline = time.monotonic() + 30
+    while loaded(client) and time.monotonic() < deadline:  # idle past its keep_alive: unloaded
+        time.sleep(0.2)
+    assert loaded(client) == []
+    client.generate(model="smol", keep_alive=-1)  # no prompt: load it, for good
+    (m,) = client.ps().models
+    assert (m.expires_at - datetime.now(timezone.utc)).days > 365
+    gone = client.generate(model="smol", keep_alive=0)  # ollama's "unload now"
+    assert gone.done_reason == "unload" and loaded(client) == []
 
 
 def test_max_loaded_is_a_count_or_a_size(capsys):
