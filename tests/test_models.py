@@ -118,7 +118,7 @@ def test_cli_create_and_run(lib, smollm2_gguf, tmp_path, monkeypatch, capsys):
     try:
         assert main(["run", "oneword", question]) in (0, None)
         ran = capsys.readouterr().out
-        assert main(["generate", "--model", str(smollm2_gguf), "--chat", "--system", "Answer in one\nword.",
+        assert main(["generate", "--model", "smol", "--chat", "--system", "Answer in one\nword.",  # by name too
                      "--prompt", question, "--max-new-tokens", "8"]) in (0, None)
         assert ran.strip() and ran.strip() == capsys.readouterr().out.strip()
         for text, says in [("FROM smol\nFORM smol\n", "Modelfile line 2: unknown instruction FORM; expected FROM, "
