@@ -107,7 +107,7 @@ def test_cli_one_line_errors(lib):
     assert out.returncode == 0 and "smol:latest" in out.stdout and "Q4_1" in out.stdout
 
 
-def test_cli_create_and_run(lib, smollm2_gguf, tmp_path, monkeypatch, capsys):
+def test_cli_create_and_run(lib, tmp_path, monkeypatch, capsys):
     """`create NAME -f Modelfile` then `run NAME PROMPT`: the answer `generate --chat` gives with the same system
     prompt and length; a bad Modelfile is one line naming its line, exit 2."""
     monkeypatch.setenv("LLAMALAB_HOME", str(lib.parent))
