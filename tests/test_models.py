@@ -115,6 +115,10 @@ def test_cli_create_and_run(lib, tmp_path, monkeypatch, capsys):
     (tmp_path / "Modelfile").write_text('# one word\nFROM smol\nPARAMETER num_predict 8\nSYSTEM """Answer in one\nword."""\n')
     assert main(["create", "oneword", "-f", str(tmp_path / "Modelfile")]) in (0, None)
     assert capsys.readouterr().out.splitlines()[-1] == "oneword:latest  from smol:latest"
+    assert main(["models", "show", "oneword"]) in (0, None)
+    shown = capsys.readouterr().out
+    assert "from          smol:latest\nModelfile:\nFROM smol:latest\nPARAMETER num_predict 8\n" in shown
+    assert 'SYSTEM """Answer in one\nword."""' in shown
     try:
         assert main(["run", "oneword", question]) in (0, None)
         ran = capsys.readouterr().out
