@@ -85,6 +85,16 @@ def entries(root: Path | None = None) -> list[dict]:
     return [{"name": n, **manifest(n, root)} for n in names(root)]
 
 
+def preset(name: str, root: Path | None = None) -> dict:
+    """What a Modelfile gave `name` (`llamalab create`): system, parameters, messages, template, and the path of
+    its adapter's tree; {} for an imported model."""
+    root = root or home()
+    found = dict(manifest(name, root).get("preset") or {})
+    if found.get("adapter"):
+        found["adapter"] = str(root / "trees" / found["adapter"]["digest"])
+    return found
+
+
 def resolve(name: str, root: Path | None = None) -> Path:
     """The path the loaders read for the library model `name` (its tree, or its one file)."""
     root = root or home()
@@ -129,6 +139,15 @@ def add_blob(src: Path, root: Path) -> tuple[str, int]:
         return sha, target.stat().st_size
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def add_files(sources: dict[str, Path], root: Path) -> tuple[dict[str, str], int]:
+    """Every file of `sources` (relative path → file) as a blob → ({relative path: sha256}, total bytes)."""
+    files, size = {}, 0
+    for rel, file in sources.items():
+        files[rel], n = add_blob(file, root)
+        size += n
+    return files, size
 
 
 def tree_digest(files: dict[str, str]) -> str:
@@ -181,8 +200,9 @@ def remove(name: str, root: Path | None = None) -> None:
 def collect(root: Path) -> None:
     """Delete the trees and blobs no manifest names (and leftovers of interrupted imports); under `locked`."""
     kept = entries(root)
-    digests = {e["digest"] for e in kept}
-    shas = {sha for e in kept for sha in e["files"].values()}
+    adapters = [e["preset"]["adapter"] for e in kept if (e.get("preset") or {}).get("adapter")]
+    digests = {e["digest"] for e in kept} | {a["digest"] for a in adapters}
+    shas = {sha for e in kept + adapters for sha in e["files"].values()}
     for tree in (root / "trees").glob("*") if (root / "trees").is_dir() else []:
         if tree.name not in digests:
             shutil.rmtree(tree, ignore_errors=True)

@@ -32,6 +32,8 @@ COMMANDS = {
     "chat": "chat",
     "serve": "serve",
     "models": "models",
+    "create": "create",
+    "run": "run",
     "data": "data",
     "train": "train",
     "finetune": "finetune",

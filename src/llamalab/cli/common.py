@@ -35,11 +35,11 @@ def parse_overrides(args) -> list[tuple[str, str]]:
     return pairs
 
 
-def add_model_arguments(p, *, keep_quantized: bool = True):
+def add_model_arguments(p, *, keep_quantized: bool = True, required: bool = True):
     """--model, --dtype, --device: which checkpoint, loaded how. keep_quantized: without --dtype, a
     quantized checkpoint runs quantized (else the default dequantizes to float32)."""
-    p.add_argument("--model", required=True, help="checkpoint: .gguf file, HF or Meta directory, hub id, or a "
-                                                 "library name (`llamalab models list`)")
+    p.add_argument("--model", required=required, help="checkpoint: .gguf file, HF or Meta directory, hub id, or a "
+                   "library name (`llamalab models list`)" + ("" if required else "; none: the whole library"))
     if keep_quantized:
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                        help="dequantize to this dtype (default: quantized weights stay quantized, else float32)")

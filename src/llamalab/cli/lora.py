@@ -4,7 +4,7 @@ HELP = "LoRA adapters: fold one into its base checkpoint (`lora merge`) and writ
 def add_arguments(p):
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     m = sub.add_parser("merge", help="base + adapter → one checkpoint (hf, meta or gguf)")
-    m.add_argument("--model", required=True, help="the base: a .gguf file, an HF or Meta directory, or a hub id")
+    m.add_argument("--model", required=True, help="the base: a .gguf file, an HF or Meta directory, a hub id, or a library name")
     m.add_argument("--adapter", required=True, help="adapter directory (ours or peft's: adapter_config.json + "
                    "adapter_model.safetensors)")
     m.add_argument("--out", required=True, help="output directory (a file for --to gguf)")

@@ -48,6 +48,8 @@ def run(args):
         print("config        " + " ".join(f"{k}={v}" for k, v in e["config"].items()))
         print(f"size          {_size(e['size'])} in {len(e['files'])} file(s)")
         print("template      " + ("yes (--json shows it)" if e.get("template") else "none"))
+        if e.get("modelfile"):
+            print(f"from          {e['parent']}\nModelfile:\n" + e["modelfile"], end="")
     elif args.action == "cp":
         models.copy(args.src, args.dst)
     else:

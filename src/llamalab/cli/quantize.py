@@ -7,7 +7,7 @@ HELP = ("Quantize a float checkpoint's weights: a llama.cpp file type (--type q4
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="float checkpoint: .gguf file, HF or Meta directory, or hub id")
+    p.add_argument("--model", required=True, help="float checkpoint: .gguf file, HF or Meta directory, hub id, or a library name")
     p.add_argument("--method", choices=("rtn", "gptq"), default="rtn",
                    help="rtn: round to nearest (default); gptq: GPTQ on calibration text (writes the GPTQ layout)")
     p.add_argument("--type", metavar="TYPE", help="a llama.cpp file type, GGUF output: q4_k_m, q5_k_m, q6_k, q8_0, "

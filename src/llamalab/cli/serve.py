@@ -2,13 +2,14 @@ from . import serve_options
 from .common import (add_adapter_argument, add_compile_argument, add_mmproj_argument, add_model_arguments,
                      add_tensor_parallel_argument, context_length, load_model)
 
-HELP = "Serve a model over HTTP with OpenAI's API (chat/completions, streaming, continuous batching) and a chat page."
+HELP = ("Serve a model (or, without --model, every library model by name, loaded on demand) over HTTP: OpenAI's "
+        "and ollama's APIs, streaming, continuous batching, embeddings, a chat page.")
 
 SERVER_PACKAGES = ("fastapi", "uvicorn", "sse_starlette", "prometheus_client")
 
 
 def add_arguments(p):
-    add_model_arguments(p)
+    add_model_arguments(p, required=False)
     add_adapter_argument(p)
     add_mmproj_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -62,18 +63,19 @@ def run(args):
     limits, key = serve_options.checked(args)
     if args.template:
         resolve_template(args.template)  # a bad name fails before the port is bound
+    pool = serve_options.library_mode(args) if args.model is None else {}
     leader = os.environ.get("RANK", "0") == "0"  # under --tensor-parallel only rank 0 listens
     sock = bind(args.host, args.port) if leader else None  # so does a busy port
-    rt = load_model(args)
+    rt = load_model(args) if args.model else None
     settings = Settings(
-        name=args.served_model_name or Path(args.model.rstrip("/")).name.removesuffix(".gguf"),
+        name=args.served_model_name or Path((args.model or "library").rstrip("/")).name.removesuffix(".gguf"),
         max_batch=args.max_batch, max_queue=args.max_queue,
-        context=context_length(args, rt.args.max_seq_len, 2048),
-        api_key=key, template=rt.template, ui=not args.no_ui, mirrored=args.tensor_parallel > 1, compile=args.compile,
+        context=context_length(args, rt.args.max_seq_len if rt else 1 << 31, 2048),
+        api_key=key, template=rt.template if rt else args.template, ui=not args.no_ui, mirrored=args.tensor_parallel > 1, compile=args.compile,
         allowed_hosts=allowed_hosts(args.host, args.allowed_host), body_timeout=limits.body_timeout)
     if not leader:  # run the engine operations of rank 0's server on this rank's shard
         from ..serve.mirror import follow
 
         return follow(new_engine(rt.model, settings), rt.tokenizer)
-    serve(rt.model, rt.tokenizer, settings, sock, drain_timeout=args.drain_timeout, log_level=args.log_level,
-          limits=limits, vision=image_input(rt))
+    serve(rt and rt.model, rt and rt.tokenizer, settings, sock, drain_timeout=args.drain_timeout,
+          log_level=args.log_level, limits=limits, vision=rt and image_input(rt), **pool)

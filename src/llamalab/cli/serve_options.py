@@ -19,8 +19,26 @@ def add_arguments(p):
                    f"(default {DEFAULTS['header_timeout']:g})")
     p.add_argument("--body-timeout", type=float, default=DEFAULTS["body_timeout"], metavar="S",
                    help=f"seconds a client has to send a request's body; then 408 (default {DEFAULTS['body_timeout']:g})")
+    p.add_argument("--max-loaded", metavar="N|SIZE", help="without --model: models held loaded at once, a count "
+                   "(e.g. 2) or a size (e.g. 2GB: weights + KV cache); the least recently used idle one makes room "
+                   "(default: no bound)")
     p.add_argument("--keep-alive", type=int, default=DEFAULTS["keep_alive"], metavar="S",
                    help=f"seconds an idle keep-alive connection is held (default {DEFAULTS['keep_alive']})")
+
+
+def library_mode(args) -> dict:
+    """`serve` without --model: the options for `server.serve` (budget, load options); a clear error for
+    options that need one model."""
+    from ..errors import LlamalabError
+    from ..serve.pool import Budget
+
+    for flag in ("adapter", "served_model_name"):
+        if getattr(args, flag, None):
+            raise LlamalabError(f"--{flag.replace('_', '-')} needs --model (the library's models are served by name)")
+    if args.tensor_parallel > 1:
+        raise LlamalabError("--tensor-parallel needs --model (library models load on demand in one process)")
+    return {"budget": Budget.parse(args.max_loaded),
+            "load_options": {"device": args.device, "dtype": args.dtype, "threads": args.threads}}
 
 
 def checked(args):

@@ -15,17 +15,18 @@ from .vision import ConversationImages
 
 
 def converse(rt: Runnable, read: Callable[[], str | None], write: Callable[[str], object], *, context: int,
-             system: str | None = None, **sampling) -> None:
+             system: str | None = None, messages: list[dict] = (), stop=(), **sampling) -> None:
     """Chat until `read()` gives None (the end) or /exit: `/reset` starts over, `/image PATH` attaches an image
     to the next message (a LLaVA checkpoint; a bad one is an error line), an empty line is skipped, every
-    answer streams to `write` as it is decoded. Under tensor parallelism rank 0 reads and every rank decodes
+    answer streams to `write` as it is decoded; `messages` open the conversation (after `system`), `stop`
+    strings end an answer. Under tensor parallelism rank 0 reads and every rank decodes
     the same tokens (only rank 0's `write` should show them). A turn that fails (it no longer fits the
     context) is one error line on rank 0's stderr, and the conversation goes on; Ctrl-C stops an answer."""
     tok = rt.tokenizer
     template = rt.template or resolve_template(None, tok)  # no template at all: fail now, not at the first message
     session = Session(rt.model, max_len=context, compile=rt.compile)
     sampling["seed"] = rt.agree_seed(sampling.get("seed"), sampling.get("temperature"))
-    start = [{"role": "system", "content": system}] if system else []
+    start = ([{"role": "system", "content": system}] if system else []) + list(messages)
     messages, images = list(start), ConversationImages(rt)
     while True:
         line = share(read() if rt.is_main else None, session.engine.device)  # rank 0's line on every rank
@@ -50,7 +51,7 @@ def converse(rt: Runnable, read: Callable[[], str | None], write: Callable[[str]
         try:
             ids, rows = images.prompt(tok, render_for(tok, turn, template))
             tokens = session.stream(ids, **sampling, stop_ids=tok.stop_ids, embeddings=rows)
-            for piece in stream_text(tokens, tok, stop_ids=tok.stop_ids):
+            for piece in stream_text(tokens, tok, stop_ids=tok.stop_ids, stop=stop):
                 answer.append(piece)
                 write(piece)
         except LlamalabError as e:

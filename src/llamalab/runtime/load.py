@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .. import library
 from ..chat_templates import render_for, resolve_template
 from ..config import ModelArgs
 from ..device import resolve_device
@@ -52,6 +53,7 @@ class Runnable:
     metadata: dict = field(default_factory=dict)
     vision: Llava | None = None     # a LLaVA checkpoint: the whole model (`model` is its language model)
     preprocess: Preprocess | None = None  # and how its images become pixels
+    preset: dict = field(default_factory=dict)  # a library model's Modelfile: system, parameters, messages
 
     @property
     def is_main(self) -> bool:
@@ -97,6 +99,14 @@ def _dtype(dtype) -> torch.dtype | None:
     return getattr(torch, dtype)
 
 
+def library_preset(path_or_name) -> dict:
+    """What a library model's Modelfile gave it (`library.preset`); {} for a path or an imported model."""
+    if not isinstance(path_or_name, str) or Path(path_or_name).expanduser().exists() or \
+            not library.looks_like_name(path_or_name) or library.full_name(path_or_name) not in library.names():
+        return {}
+    return library.preset(path_or_name)
+
+
 def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor_parallel: int = 1,
                   threads: int | None = None, template: str | None = None, compile: bool = False,
                   mmproj=None) -> Runnable:
@@ -109,7 +119,9 @@ def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor
     torchrun launch (every process loads the whole checkpoint and keeps its shard); threads: CPU threads for
     torch; template: the chat template (a name, a Jinja file; default the checkpoint's own), checked before
     the load; compile: engines compile the decode step; mmproj: llama.cpp's LLaVA projector file for a text
-    GGUF (its vision tower and projector). The checkpoint must carry a tokenizer."""
+    GGUF (its vision tower and projector). The checkpoint must carry a tokenizer. A library model made with
+    `llamalab create` brings its Modelfile's adapter and template (unless given here) and its defaults
+    (`Runnable.preset`: system, parameters, messages)."""
     if tensor_parallel < 1:
         raise LlamalabError(f"--tensor-parallel must be >= 1, got {tensor_parallel}")
     if tensor_parallel > 1 and compile:
@@ -118,6 +130,8 @@ def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor
     if tensor_parallel > 1 and adapter:
         raise LlamalabError("--adapter does not combine with --tensor-parallel (LoRA layers are not sharded): "
                             "fold it in first with `llamalab lora merge` and serve the merged checkpoint")
+    preset = library_preset(path_or_name)
+    adapter, template = adapter or preset.get("adapter"), template or preset.get("template")
     if template:
         resolve_template(template)  # a bad name fails before the (slow) load
     if threads:
@@ -137,6 +151,6 @@ def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor
     chosen = resolve_template(template, ckpt.tokenizer) if template or ckpt.tokenizer.chat_template else None
     return Runnable(ckpt.model, ckpt.args, ckpt.tokenizer, chosen, ckpt.format, ckpt.path, str(path_or_name),
                     adapter=adapter and str(adapter), compile=compile, world=world, tensor_parallel=tensor_parallel,
-                    metadata=ckpt.metadata, vision=ckpt.vision,
+                    metadata=ckpt.metadata, vision=ckpt.vision, preset=preset,
                     preprocess=ckpt.preprocess or (preprocess_for(ckpt.path, ckpt.vision.args)
                                                    if ckpt.vision is not None else None))

@@ -22,7 +22,7 @@ import json
 import logging
 import secrets
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,16 +33,20 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from .. import library
 from ..chat_templates import render, render_for, resolve_template
 from ..errors import LlamalabError
 from ..generate import Engine
 from ..images import MAX_IMAGE_BYTES, data_url_bytes, open_image
-from ..runtime.vision import ImageInput
+from ..runtime import load_runnable
+from ..runtime.preset import conversation
+from ..runtime.vision import ImageInput, image_input
 from ..sampling import Sampler
-from . import ollama, page, tools
+from . import embeddings, ollama, ollama_create, page, tools
 from .guard import MAX_BODY, Guard
 from .metrics import Metrics
 from .mirror import Leader
+from .pool import Budget, Fixed, Pool
 from .protocol import APIError, ChatRequest, CompletionRequest, Sampling, validation_message
 from .responses import Choice, Formatter
 from .scheduler import Job, Params, QueueFull, Scheduler
@@ -80,9 +84,11 @@ def new_engine(model, settings: Settings) -> Engine:
 class Service:
     """What the routes share: the tokenizer, the scheduler and the settings."""
 
-    def __init__(self, model, tokenizer, settings: Settings, vision: ImageInput | None = None):
+    def __init__(self, model, tokenizer, settings: Settings, *, metrics: Metrics | None = None,
+                 preset: dict | None = None, vision: ImageInput | None = None):
         self.model, self.tokenizer, self.settings, self.vision = model, tokenizer, settings, vision
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
+        self.preset = preset or {}  # a library model's Modelfile values: defaults under the request's own
         engine = new_engine(model, settings)
         if settings.mirrored:
             engine = Leader(engine)
@@ -92,6 +98,7 @@ class Service:
     # ------------------------------------------------------------------------- request → job (sync)
     def chat_job(self, req: ChatRequest) -> Job:
         self._check_common(req)
+        req = self.with_preset(req)
         if req.images():
             return self._image_job(req)
         try:
@@ -101,7 +108,7 @@ class Service:
         try:
             template = resolve_template(self.settings.template, self.tokenizer)
             native = tools.uses_tools(template)
-            messages = tools.conversation(req.conversation(), offered, native)
+            messages = tools.conversation(conversation(self.preset, req.conversation()), offered, native)
             text = render(messages, template, True, bos_token=self.tokenizer.bos_token or "",
                           eos_token=self.tokenizer.eos_token or "", **({"tools": offered} if native and offered else {}))
         except LlamalabError as e:
@@ -130,7 +137,7 @@ class Service:
         mark = f"<image-{secrets.token_hex(8)}>"
         try:
             images = [open_image(data_url_bytes(url, where), name=where) for where, url in found]
-            text = render_for(self.tokenizer, req.conversation(mark), self.settings.template)
+            text = render_for(self.tokenizer, conversation(self.preset, req.conversation(mark)), self.settings.template)
         except LlamalabError as e:
             raise APIError(400, str(e), param="messages") from None
         if text.count(mark) != len(images):
@@ -143,6 +150,7 @@ class Service:
 
     def completion_job(self, req: CompletionRequest) -> Job:
         self._check_common(req)
+        req = self.with_preset(req)
         prompts = []
         for p in req.prompts():
             if isinstance(p, str):
@@ -155,8 +163,26 @@ class Service:
         grammar = response_grammar(self.tokenizer, req.response_format, [], None)
         return self._job(req, prompts, req.max_tokens, req.logprobs, grammar)
 
+    def with_preset(self, req: Sampling) -> Sampling:
+        """The request with the Modelfile's parameters where it sets none of its own."""
+        params = self.preset.get("parameters") or {}
+        names = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "seed": "seed",
+                 "repeat_penalty": "repetition_penalty", "num_predict": "max_tokens", "stop": "stop"}
+        unset = {names[k]: v for k, v in params.items() if k in names and names[k] not in req.model_fields_set}
+        if unset.get("max_tokens", 1) < 1:
+            unset.pop("max_tokens")
+        return req.model_copy(update=unset) if unset else req
+
+    def answers_to(self, name: str) -> bool:
+        if name == self.settings.name:
+            return True
+        try:
+            return library.full_name(name) == library.full_name(self.settings.name)
+        except LlamalabError:
+            return False
+
     def _check_common(self, req: Sampling) -> None:
-        if req.model is not None and req.model != self.settings.name:
+        if req.model is not None and not self.answers_to(req.model):
             raise APIError(404, f"the model `{req.model}` does not exist; this server serves "
                                 f"`{self.settings.name}`", param="model", code="model_not_found")
         message = req.unsupported()
@@ -184,71 +210,108 @@ class Service:
         return Job(prompts, params, n=req.n)
 
 
-def create_app(model, tokenizer, settings: Settings, vision: ImageInput | None = None) -> FastAPI:
-    """vision: a LLaVA checkpoint's image input (`runtime.vision.image_input`); chats may then hold images."""
-    service = Service(model, tokenizer, settings, vision)
+def library_service(name: str, settings: Settings, metrics: Metrics, load_options: dict) -> Service:
+    """The library model `name` loaded as a `Service` (its Modelfile's template, parameters and num_ctx)."""
+    rt = load_runnable(name, **load_options)
+    num_ctx = (rt.preset.get("parameters") or {}).get("num_ctx")
+    own = replace(settings, name=name, template=settings.template or rt.template,
+                  context=min(settings.context, num_ctx or settings.context, rt.args.max_seq_len))
+    return Service(rt.model, rt.tokenizer, own, metrics=metrics, preset=rt.preset, vision=image_input(rt))
+
+
+def estimate_bytes(name: str, settings: Settings) -> int:
+    """What loading `name` will hold, before loading it: its files and a float32 KV cache."""
+    entry = library.manifest(name)
+    c = entry.get("config") or {}
+    cache = 2 * c.get("n_layers", 0) * settings.max_batch * (min(settings.context, c.get("max_seq_len", 0)) + 1) * \
+        c.get("n_kv_heads", 0) * (c.get("dim", 0) // max(c.get("n_heads", 1), 1)) * 4
+    return entry.get("size", 0) + cache
+
+
+def create_app(model, tokenizer, settings: Settings, *, vision: ImageInput | None = None, budget: Budget = Budget(),
+               load_options: dict | None = None) -> FastAPI:
+    """The app for one model (`model`, `tokenizer`), or with model None for every model of the library by name,
+    loaded on demand with `load_options` (`runtime.load_runnable`'s device, dtype, threads) within `budget`.
+    vision: a LLaVA checkpoint's image input (`runtime.vision.image_input`); chats may then hold images."""
+    metrics = Metrics()
+    if model is not None:
+        services = Fixed(Service(model, tokenizer, settings, metrics=metrics, vision=vision))
+    else:
+        services = Pool(lambda name: library_service(name, settings, metrics, load_options or {}), budget,
+                        lambda name: estimate_bytes(name, settings))
 
     @asynccontextmanager
     async def lifespan(app):
         loop = asyncio.get_running_loop()
-        service.metrics.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # read in the loop (/metrics)
-        service.scheduler.start(loop)
+        metrics.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # read in the loop (/metrics)
+        services.start(loop)
         yield
-        service.scheduler.stop()
-        if service.settings.mirrored:
-            service.scheduler.engine.close()  # the other ranks return
+        await services.stop()
+        if settings.mirrored:
+            services.service.scheduler.engine.close()  # the other ranks return
 
     app = FastAPI(title="llamalab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.service = service
-    app.add_middleware(Guard, metrics=service.metrics, allowed_hosts=settings.allowed_hosts,
-                       body_timeout=settings.body_timeout, max_body=MAX_BODY + (IMAGE_BODY if vision else 0))
+    app.state.services, app.state.settings, app.state.metrics = services, settings, metrics
+    app.state.service = getattr(services, "service", None)
+    app.add_middleware(Guard, metrics=metrics, allowed_hosts=settings.allowed_hosts,
+                       body_timeout=settings.body_timeout,
+                       max_body=MAX_BODY + (IMAGE_BODY if vision or model is None else 0))
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    _routes(app, service)
+    _routes(app, services, metrics)
     return app
 
 
-def _routes(app: FastAPI, service: Service) -> None:
+def _routes(app: FastAPI, services, metrics: Metrics) -> None:
     authorized = [Depends(_authorize)]
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", **service.scheduler.load()}
+        loads = [e.service.scheduler.load() for e in services.loaded()]
+        return {"status": "ok", "running": sum(x["running"] for x in loads),
+                "waiting": sum(x["waiting"] for x in loads), "loaded": [e.name for e in services.loaded()]}
 
     @app.get("/metrics")
-    async def metrics():
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics_page():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", dependencies=authorized)
     async def models():
-        return {"object": "list", "data": [_model_card(service)]}
+        return {"object": "list", "data": _model_cards(services)}
 
     @app.get("/v1/models/{model_id:path}", dependencies=authorized)
     async def model(model_id: str):
-        if model_id != service.settings.name:
-            raise APIError(404, f"the model `{model_id}` does not exist", param="model", code="model_not_found")
-        return _model_card(service)
+        for card in _model_cards(services):
+            if card["id"] == model_id or (services.library and model_id in library.names()
+                                          and library.full_name(model_id) == card["id"]):
+                return card
+        raise APIError(404, f"the model `{model_id}` does not exist", param="model", code="model_not_found")
 
     @app.post("/v1/chat/completions", dependencies=authorized)
     async def chat_completions(request: Request):
         body = await _parse(request, ChatRequest)
-        job = await run_in_threadpool(service.chat_job, body)  # template + tokenizer off the event loop
-        return await _answer(service, request, body, job, Formatter(
-            chat=True, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs,
-            tools=job.tools))
+        async with services.use(body.model) as service:
+            job = await run_in_threadpool(service.chat_job, body)  # template + tokenizer off the event loop
+            return await _answer(service, request, body, job, Formatter(
+                chat=True, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs,
+                tools=job.tools))
 
     @app.post("/v1/completions", dependencies=authorized)
     async def completions(request: Request):
         body = await _parse(request, CompletionRequest)
-        job = await run_in_threadpool(service.completion_job, body)
-        return await _answer(service, request, body, job, Formatter(
-            chat=False, model=service.settings.name, tokenizer=service.tokenizer, logprobs=body.logprobs is not None))
+        async with services.use(body.model) as service:
+            job = await run_in_threadpool(service.completion_job, body)
+            return await _answer(service, request, body, job, Formatter(
+                chat=False, model=service.settings.name, tokenizer=service.tokenizer,
+                logprobs=body.logprobs is not None))
 
-    ollama.add_routes(app, service, service.model, authorized)
+    ollama.add_routes(app, services, authorized)
+    embeddings.add_routes(app, services, authorized)
+    ollama_create.add_routes(app, services, authorized)
 
-    if service.settings.ui:
+    if app.state.settings.ui:
         @app.get("/", response_class=HTMLResponse)
         async def chat_page():
             return HTMLResponse(page.html(), headers=page.headers())
@@ -263,13 +326,17 @@ async def _parse(request: Request, shape: type[Sampling]) -> Sampling:
         raise APIError(400, message, param=param) from None
 
 
-def _model_card(service: Service) -> dict:
-    return {"id": service.settings.name, "object": "model", "created": 0, "owned_by": "llamalab",
-            "max_model_len": service.context}
+def _model_cards(services) -> list[dict]:
+    if not services.library:
+        service = services.service
+        return [{"id": service.settings.name, "object": "model", "created": 0, "owned_by": "llamalab",
+                 "max_model_len": service.context}]
+    return [{"id": e["name"], "object": "model", "created": int(e.get("modified", 0)), "owned_by": "llamalab"}
+            for e in library.entries()]
 
 
 async def _authorize(request: Request) -> None:
-    key = request.app.state.service.settings.api_key
+    key = request.app.state.settings.api_key
     if key is None:
         return
     header = request.headers.get("authorization", "")

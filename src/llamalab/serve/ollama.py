@@ -190,12 +190,11 @@ def _now() -> str:
 class Ollama:
     """The /api routes' logic over the app's `Service` (its tokenizer, scheduler and settings)."""
 
-    def __init__(self, service, model):
-        self.service, self.model = service, model
+    def __init__(self, service):
+        self.service, self.model = service, service.model
         self.name = service.settings.name
         self.served = library.full_name(self.name) if library.looks_like_name(self.name) else self.name
         self.loaded_at = time.time()
-        self.expires: float | None = None
 
     def check_model(self, name: str) -> None:
         if name in (self.name, self.served):
@@ -208,7 +207,10 @@ class Ollama:
         raise APIError(404, f"model {name!r} not found; this server serves {self.served!r}", param="model")
 
     def _sampling(self, body: _Request) -> dict:
-        o = body.options
+        """The options in /v1's names: the request's own, else the Modelfile's (`PARAMETER`), else ollama's."""
+        params = self.service.preset.get("parameters") or {}
+        o = body.options.model_copy(update={k: v for k, v in params.items()
+                                            if k in Options.model_fields and k not in body.options.model_fields_set})
         if o.num_ctx is not None and o.num_ctx > self.service.context:
             raise APIError(400, f"options.num_ctx {o.num_ctx} exceeds this server's context of "
                                 f"{self.service.context} tokens (serve --context)", param="options.num_ctx")
@@ -222,8 +224,6 @@ class Ollama:
         refused = body.refused()
         if refused:
             raise APIError(400, refused)
-        keep = keep_alive_seconds(body.keep_alive)
-        self.expires = None if keep < 0 else time.time() + keep
         sampling = {**self._sampling(body), "response_format": body.response_format()}
         if isinstance(body, ChatBody):
             if not body.messages:
@@ -240,11 +240,7 @@ class Ollama:
         return self.service.chat_job(ChatRequest(messages=messages, **sampling))
 
     def details(self) -> dict:
-        entry = self._entry()
-        params = entry.get("parameters") or sum(p.numel() for p in self.model.parameters())
-        return {"parent_model": "", "format": entry.get("format", ""), "family": entry.get("family", "llama"),
-                "families": [entry.get("family", "llama")], "parameter_size": _short(params),
-                "quantization_level": entry.get("quantization", "")}
+        return details(self._entry(), lambda: sum(p.numel() for p in self.model.parameters()))
 
     def _entry(self) -> dict:
         try:
@@ -253,10 +249,22 @@ class Ollama:
             return {}
 
     def tag(self) -> dict:
-        entry = self._entry()
-        modified = datetime.fromtimestamp(entry.get("modified", self.loaded_at), timezone.utc)
-        return {"name": self.served, "model": self.served, "modified_at": modified.isoformat(),
-                "size": entry.get("size", 0), "digest": entry.get("digest", ""), "details": self.details()}
+        return tag(self.served, self._entry(), self.details(), self.loaded_at)
+
+
+def details(entry: dict, count=lambda: 0) -> dict:
+    """ollama's `details` of a model from its library manifest (`count()`: its parameters when it has none)."""
+    family = entry.get("family", "llama")
+    return {"parent_model": entry.get("parent", ""), "format": entry.get("format", ""), "family": family,
+            "families": [family], "parameter_size": _short(entry.get("parameters") or count()),
+            "quantization_level": entry.get("quantization", "")}
+
+
+def tag(name: str, entry: dict, info: dict | None = None, modified: float = 0.0) -> dict:
+    """A model as /api/tags lists it."""
+    when = datetime.fromtimestamp(entry.get("modified", modified), timezone.utc)
+    return {"name": name, "model": name, "modified_at": when.isoformat(), "size": entry.get("size", 0),
+            "digest": entry.get("digest", ""), "details": info or details(entry)}
 
 
 def _short(n: int) -> str:
@@ -333,27 +341,65 @@ async def _lines(o: Ollama, job: Job, chat: bool, started: float):
         o.service.scheduler.cancel(job)
 
 
-def add_routes(app: FastAPI, service, model, dependencies) -> None:
-    o = Ollama(service, model)
+def of(service) -> Ollama:
+    """The /api logic of a loaded model (made once per service)."""
+    if getattr(service, "ollama", None) is None:
+        service.ollama = Ollama(service)
+    return service.ollama
 
+
+async def _run(services, request: Request, shape, chat: bool):
+    body = await _parse(request, shape)
+    keep = keep_alive_seconds(body.keep_alive)  # garbage is a 400 before any load
+    empty = not (body.messages if chat else body.prompt)
+    if keep == 0 and empty and services.library:  # ollama's "unload now"
+        name = services.name_of(body.model)
+        await services.unload(name, reason="keep_alive 0")
+        line = {"model": name, "created_at": _now(), **({"message": {"role": "assistant", "content": ""}} if chat
+                                                         else {"response": ""}), "done": True, "done_reason": "unload"}
+        return JSONResponse(line)
+    async with services.use(body.model, keep) as service:
+        return await _answer(of(service), request, body, chat)
+
+
+def _ps_entry(e) -> dict:
+    o = of(e.service)
+    expires = datetime.fromtimestamp(e.expires, timezone.utc) if e.expires is not None else \
+        datetime.now(timezone.utc) + timedelta(days=36500)  # no keep_alive given yet / negative: loaded for good
+    return {**o.tag(), "size": e.size or o.tag()["size"], "expires_at": expires.isoformat(), "size_vram": 0,
+            "context_length": e.service.context}
+
+
+def _show(name: str, entry: dict, info: dict) -> dict:
+    preset = entry.get("preset") or {}
+    params = preset.get("parameters") or {}
+    lines = [f"{k} {json.dumps(v)}" for k, vs in params.items() for v in (vs if k == "stop" else [vs])]
+    return {"modelfile": entry.get("modelfile") or f"FROM {name}\n", "parameters": "\n".join(lines),
+            "template": preset.get("template") or entry.get("template") or "", "system": preset.get("system") or "",
+            "messages": preset.get("messages") or [], "license": entry.get("license") or "", "details": info,
+            "model_info": {f"llama.{k}": v for k, v in entry.get("config", {}).items()},
+            "capabilities": ["completion", "embedding"],
+            "modified_at": tag(name, entry, info)["modified_at"]}
+
+
+def add_routes(app: FastAPI, services, dependencies) -> None:
     @app.post("/api/chat", dependencies=dependencies)
     async def chat(request: Request):
-        return await _answer(o, request, await _parse(request, ChatBody), chat=True)
+        return await _run(services, request, ChatBody, chat=True)
 
     @app.post("/api/generate", dependencies=dependencies)
     async def generate(request: Request):
-        return await _answer(o, request, await _parse(request, GenerateBody), chat=False)
+        return await _run(services, request, GenerateBody, chat=False)
 
     @app.get("/api/tags", dependencies=dependencies)
     async def tags():
-        return {"models": [o.tag()]}
+        if services.library:
+            return {"models": [tag(e["name"], e) for e in library.entries()]}
+        return {"models": [of(services.service).tag()]}
 
     @app.get("/api/ps", dependencies=dependencies)
     async def ps():
-        expires = datetime.fromtimestamp(o.expires, timezone.utc) if o.expires else \
-            datetime.now(timezone.utc) + timedelta(days=36500)  # no keep_alive given yet: loaded for good
-        return {"models": [{**o.tag(), "expires_at": expires.isoformat(), "size_vram": 0,
-                            "context_length": service.context}]}
+        return {"models": [_ps_entry(e) for e in services.loaded()]}
 
     @app.get("/api/version")
     async def version():
@@ -364,13 +410,17 @@ def add_routes(app: FastAPI, service, model, dependencies) -> None:
 
     @app.post("/api/show", dependencies=dependencies)
     async def show(request: Request):
-        o.check_model((await _parse(request, NameBody)).which())
-        entry = o._entry()
-        info = {f"llama.{k}": v for k, v in entry.get("config", {}).items()}
-        return {"modelfile": f"FROM {o.served}\n", "parameters": "", "template": entry.get("template") or "",
-                "license": entry.get("license") or "", "details": o.details(), "model_info": info,
-                "capabilities": ["completion"] + (["vision"] if service.vision else []),
-                "modified_at": o.tag()["modified_at"]}
+        name = (await _parse(request, NameBody)).which()
+        if services.library:
+            full = services.name_of(name)
+            entry = library.manifest(full)
+            return _show(full, entry, details(entry))
+        o = of(services.service)
+        o.check_model(name)
+        shown = _show(o.served, o._entry(), o.details())
+        if services.service.vision is not None:
+            shown["capabilities"].append("vision")
+        return shown
 
     @app.post("/api/copy", dependencies=dependencies)
     async def copy(request: Request):
@@ -380,7 +430,10 @@ def add_routes(app: FastAPI, service, model, dependencies) -> None:
 
     @app.delete("/api/delete", dependencies=dependencies)
     async def delete(request: Request):
-        _library(library.remove, (await _parse(request, NameBody)).which())
+        name = (await _parse(request, NameBody)).which()
+        _library(library.remove, name)
+        if services.library:  # a loaded model goes with its name
+            await services.unload(library.full_name(name), reason="deleted")
         return JSONResponse({})
 
     @app.post("/api/pull", dependencies=dependencies)

@@ -32,7 +32,8 @@ class ServerProcess:
         if tensor_parallel > 1:
             launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(tensor_parallel)]
             args = (*args, "--tensor-parallel", str(tensor_parallel))
-        self.proc = subprocess.Popen([*launch, *entry, "serve", "--model", str(model), "--port", "0", *args],
+        model_args = ["--model", str(model)] if model is not None else []  # None: the whole library
+        self.proc = subprocess.Popen([*launch, *entry, "serve", *model_args, "--port", "0", *args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.url = self._wait_for_address(startup_timeout)
 

@@ -16,6 +16,7 @@ import sys
 
 from ..errors import LlamalabError
 from .app import Settings, create_app
+from .pool import Budget
 from .connections import MAX_HEAD, Limits, open_files_for, quiet_floods, timed_protocol
 
 
@@ -34,14 +35,16 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(model, tokenizer, settings: Settings, sock: socket.socket, *, drain_timeout: float = 30.0,
-          log_level: str = "info", limits: Limits = Limits(), vision=None) -> None:
+          log_level: str = "info", limits: Limits = Limits(), vision=None, budget: Budget = Budget(),
+          load_options: dict | None = None) -> None:
     """Serve on `sock` (from `bind`, done before the slow model load so a busy port fails at once); vision: a
-    LLaVA checkpoint's image input (`runtime.vision.image_input`)."""
+    LLaVA checkpoint's image input (`runtime.vision.image_input`). With model None: every model of the library
+    by name, loaded on demand within `budget` (`create_app`)."""
     import uvicorn
     from sse_starlette.sse import AppStatus
 
     open_files_for(limits)
-    app = create_app(model, tokenizer, settings, vision)
+    app = create_app(model, tokenizer, settings, vision=vision, budget=budget, load_options=load_options)
     AppStatus.disable_automatic_graceful_drain()  # streams end on their own while the server drains
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=drain_timeout,
                             timeout_keep_alive=limits.keep_alive, access_log=log_level == "debug",
@@ -50,8 +53,10 @@ def serve(model, tokenizer, settings: Settings, sock: socket.socket, *, drain_ti
     quiet_floods(log_level)  # after uvicorn.Config, which sets up its loggers
     address = sock.getsockname()
     shown = f"[{address[0]}]" if sock.family == socket.AF_INET6 else address[0]
-    print(f"llamalab serve: {settings.name} on http://{shown}:{address[1]}/ "
-          f"({settings.max_batch} slots x {app.state.service.context} tokens, queue {settings.max_queue}"
+    what = settings.name if model is not None else "the model library"
+    slots = app.state.service.context if model is not None else f"up to {settings.context}"
+    print(f"llamalab serve: {what} on http://{shown}:{address[1]}/ "
+          f"({settings.max_batch} slots x {slots} tokens, queue {settings.max_queue}"
           f"{', API key required' if settings.api_key else ''}; Ctrl-C drains and stops)",
           file=sys.stderr, flush=True)
     # uvicorn re-raises the signal it drained on once it is done; a drained server exits 0 instead
