@@ -65,10 +65,12 @@ def quantized(f32: Path, kind: str) -> Path:
     """`f32` written as `kind` (F16, Q8_0, Q4_K_M, ...) by llama.cpp's llama_model_quantize, in a process of its own."""
     if kind == "F32":
         return f32
-    out = f32.with_name(f32.name.replace("-f32", f"-{kind.lower()}"))
+    out = f32.with_name(f32.name.replace("-f32.gguf", f".llama-cpp-{kind}.gguf"))
     if not out.exists():
-        subprocess.run([sys.executable, __file__, "--worker", "quantize", "--file", str(f32), "--kind", kind,
-                        "--out", str(out)], check=True)
+        run = subprocess.run([sys.executable, __file__, "--worker", "quantize", "--file", str(f32), "--kind", kind,
+                              "--out", str(out)], capture_output=True, text=True)  # llama.cpp logs every tensor
+        if run.returncode:
+            raise RuntimeError((run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1][:200])
     return out
 
 
@@ -248,7 +250,7 @@ def main():
         for kind in args.types:
             try:
                 path = quantized(f32, kind)
-            except (subprocess.CalledProcessError, AttributeError) as e:
+            except RuntimeError as e:
                 print(f"{name:10s} {kind:7s} could not be written by llama_model_quantize ({e})", flush=True)
                 continue
             nbytes = streamed_bytes(path)
