@@ -146,7 +146,16 @@ def summary(times, load_s: float, prompt: int, n: int) -> dict:
     warm = times[1:] or times
     return {"load_s": load_s, "ttft_s": times[0][0], "prefill": prompt / statistics.median(t[0] for t in warm),
             "decode": (n - 1) / statistics.median(t[1] for t in warm),
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (ru_maxrss would carry the parent's peak across exec on Linux)."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(args) -> None:
