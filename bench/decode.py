@@ -209,8 +209,8 @@ def row(name: str, kind: str, nbytes: int, bw: float, ours: dict | None, ref: di
 
     bound = bw / nbytes
     frac = [f"{d['decode'] / bound:.0%}".rjust(w) if d else "-".rjust(w) for d, w in ((ours, 13), (ref, 9))]
-    return (f"{name:10s} {kind:7s} {nbytes / 1e6:7.0f} | {cell(ours, 'decode', 17, '.1f')} {cell(ref, 'decode', 9, '.1f')} "
-            f"{ratio('decode')} | {frac[0]} {frac[1]} | {cell(ours, 'prefill', 12, '.1f')} "
+    return (f"{name:10s} {kind:7s} {nbytes / 1e6:7.0f} | {cell(ours, 'decode', 17, '.1f')} "
+            f"{cell(ref, 'decode', 9, '.1f')} {ratio('decode')} | {frac[0]} {frac[1]} | {cell(ours, 'prefill', 12, '.1f')} "
             f"{cell(ref, 'prefill', 9, '.1f')} {ratio('prefill')} | {cell(ours, 'ttft_s', 11, '.2f')} "
             f"{cell(ref, 'ttft_s', 9, '.2f')} | {cell(ours, 'load_s', 11, '.2f')} {cell(ref, 'load_s', 9, '.2f')} | "
             f"{cell(ours, 'rss_mb', 11, '.0f')} {cell(ref, 'rss_mb', 9, '.0f')} | "
@@ -219,8 +219,8 @@ def row(name: str, kind: str, nbytes: int, bw: float, ours: dict | None, ref: di
 
 def parse():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--types", nargs="+", default=["F32", "F16", "Q8_0", "Q4_0", "Q4_K_M", "Q6_K"],
-                    help="GGUF types (llama.cpp's LLAMA_FTYPE_MOSTLY_* names, and F32)")
+    ap.add_argument("--types", nargs="+", help="GGUF types (llama.cpp's LLAMA_FTYPE_MOSTLY_* names, and F32; "
+                    "default F32 F16 Q8_0 Q4_0 Q4_K_M Q6_K, with --quick F32 Q8_0)")
     ap.add_argument("--models", nargs="+", default=["smollm2", "slice"], choices=["smollm2", "slice"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -238,7 +238,8 @@ def parse():
     ap.add_argument("--no-repack", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
-        args.types, args.new_tokens, args.prompt_tokens, args.rounds = ["F32", "Q8_0"], 8, 64, 1
+        args.new_tokens, args.prompt_tokens, args.rounds = 8, 64, 1
+    args.types = args.types or (["F32", "Q8_0"] if args.quick else ["F32", "F16", "Q8_0", "Q4_0", "Q4_K_M", "Q6_K"])
     return args
 
 

@@ -106,7 +106,8 @@ def test_a_float16_checkpoint_stays_16bit_and_matches_float64(f16_gguf):
 def test_switched_off_keeps_torch_matmul_and_float32(f16_gguf, monkeypatch):
     monkeypatch.setenv("LLAMALAB_FLOAT_KERNEL", "0")
     model = llamalab.load(f16_gguf, dtype=None, tokenizer=False).model
-    assert type(model.layers[0].attention.wq) is nn.Linear and model.layers[0].attention.wq.weight.dtype == torch.float32
+    wq = model.layers[0].attention.wq
+    assert type(wq) is nn.Linear and wq.weight.dtype == torch.float32
     assert route(model) == 0
 
 

@@ -158,8 +158,8 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
     dtype None: quantized weights stay quantized and run as such (`llamalab.quant`), the rest is float32
     except that on CPU float16 / bfloat16 matrices stay 16-bit, and every float projection runs through our
     matrix-vector kernel (`quant.float_linear`); a dtype dequantizes everything to it. adapter: a LoRA
-    adapter directory (peft's layout) to run with the weights, unmerged (`llamalab lora merge` folds one in for good). A llava-hf directory loads whole
-    (`Checkpoint.vision`), its language model as `model`."""
+    adapter directory (peft's layout) to run with the weights, unmerged (`llamalab lora merge` folds one in
+    for good). A llava-hf directory loads whole (`Checkpoint.vision`), its language model as `model`."""
     if llava.is_llava(path := resolve(path_or_id)):
         return _load_llava(path, device=device, dtype=dtype, tokenizer=tokenizer, adapter=adapter)
     src = load_state(path_or_id, quantized=dtype is None)
