@@ -8,11 +8,12 @@ both sides so every comparison covers all 64 tokens.
 import pytest
 import torch
 
-import llamalab
 from llamalab.chat_templates import render_for
 from llamalab.cli import main as cli_main
 from llamalab.device import has_cxx_compiler
 from llamalab.generate import decode_text, generate, stream, stream_text
+from llamalab.quant import FloatLinear, cpu_kernel
+from llamalab.runtime import load_runnable
 from llamalab.tokenizer import load_tokenizer
 
 N = 64
@@ -35,7 +36,10 @@ CHATS = [
 
 @pytest.fixture(scope="module")
 def ours(smollm2_gguf):
-    return llamalab.load(smollm2_gguf)
+    # the default inference path (as generate, chat, serve, eval load): float projections on our CPU kernel
+    rt = load_runnable(smollm2_gguf, device="cpu", dtype="float32")
+    assert isinstance(rt.model.layers[0].attention.wq, FloatLinear) or not cpu_kernel.available()
+    return rt
 
 
 def hf_greedy(hf_smollm2, prompts: list[list[int]]) -> list[list[int]]:

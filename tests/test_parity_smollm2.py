@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import llamalab
+from llamalab.quant import FloatLinear, cpu_kernel
+from llamalab.runtime import load_runnable
 
 PROMPTS = [
     "The LLaMA models were trained on publicly available data only: CommonCrawl, C4, GitHub, Wikipedia, "
@@ -24,7 +25,10 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def ours(smollm2_gguf):
-    return llamalab.load(smollm2_gguf)
+    # the default inference path (as generate, chat, serve, eval load): float projections on our CPU kernel
+    rt = load_runnable(smollm2_gguf, device="cpu", dtype="float32")
+    assert isinstance(rt.model.layers[0].attention.wq, FloatLinear) or not cpu_kernel.available()
+    return rt
 
 
 @pytest.fixture(scope="module")

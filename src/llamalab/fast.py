@@ -9,7 +9,9 @@ CPU (MKL's fp32 GEMV reads ~11 GB/s on a 2-core AMD EPYC that streams ~27 GB/s; 
 both), so on CPU we let inductor rewrite one-row float matmuls as a fused multiply-and-sum over each
 weight row (its `decompose_mm_pass`), which it vectorizes and parallelizes over rows: the weights are
 streamed once at close to the read bandwidth. Batches of more rows keep the BLAS GEMM, which reuses each
-weight for every row; the quantized layers keep their own kernels (see `quant.linear`).
+weight for every row; the quantized layers keep their own kernels (see `quant.linear`). Models loaded through
+the runtime already run their float projections on our bandwidth-bound kernel (`quant.float_linear`, an op
+the compiled graph calls as it is); the rewrite applies where that kernel is off (LLAMALAB_FLOAT_KERNEL=0).
 
 On CPU inductor generates C++, so it needs a compiler: without one we say so once and decode eagerly.
 The first steps pay the compilation (tens of seconds), so it is opt-in (`--compile`).

@@ -23,6 +23,7 @@ from ..errors import LlamalabError
 from ..images import Preprocess
 from ..model import Transformer
 from ..quant import GroupCodes, build_quantized
+from ..quant import float_linear
 from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_gguf_fields
 from . import adaption_prompt, gguf, hf, llava, meta
 from . import mmproj as mmproj_file
@@ -96,12 +97,16 @@ def resolve(path_or_id) -> Path:
 
 
 def model_from_state(state: dict[str, torch.Tensor], args: ModelArgs, *, device="cpu",
-                     dtype=torch.float32) -> Transformer:
-    """The Transformer whose parameters are these tensors (cast to dtype, moved to device)."""
+                     dtype=torch.float32, keep_16bit: bool = False) -> Transformer:
+    """The Transformer whose parameters are these tensors (cast to dtype, moved to device); keep_16bit: float16
+    and bfloat16 matrices keep their dtype (for `quant.float_linear.route`, which runs them as they are)."""
+    def cast(v: torch.Tensor) -> torch.Tensor:
+        keep = keep_16bit and v.dim() == 2 and v.dtype in float_linear.HALF
+        return v.to(device=device, dtype=v.dtype if keep else dtype)
+
     with torch.device("meta"):
         model = Transformer(args)
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()},
-                          strict=not args.tie_embeddings, assign=True)
+    model.load_state_dict({k: cast(v) for k, v in state.items()}, strict=not args.tie_embeddings, assign=True)
     model.tie_weights()
     model.init_buffers(device)
     return model.eval()
@@ -153,11 +158,12 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
          adapter=None, mmproj=None) -> Checkpoint:
     """Load a .gguf file, an HF directory, a Meta directory, or a hub id into our Transformer.
 
-    dtype None: quantized weights stay quantized and run as such (`llamalab.quant`), the rest is float32;
-    a dtype dequantizes everything to it. adapter: a LoRA adapter directory (peft's layout) to run with
-    the weights, unmerged (`llamalab lora merge` folds one in for good). A llava-hf directory loads whole
-    (`Checkpoint.vision`), its language model as `model`; so does a text GGUF with llama.cpp's projector file
-    beside it (`mmproj`: its CLIP tower and LLaVA projector)."""
+    dtype None: quantized weights stay quantized and run as such (`llamalab.quant`), the rest is float32
+    except that on CPU float16 / bfloat16 matrices stay 16-bit, and every float projection runs through our
+    matrix-vector kernel (`quant.float_linear`); a dtype dequantizes everything to it. adapter: a LoRA
+    adapter directory (peft's layout) to run with the weights, unmerged (`llamalab lora merge` folds one in
+    for good). A llava-hf directory loads whole (`Checkpoint.vision`), its language model as `model`; so does
+    a text GGUF with llama.cpp's projector file beside it (`mmproj`: its CLIP tower and LLaVA projector)."""
     if llava.is_llava(path := resolve(path_or_id)):
         if mmproj:
             raise LlamalabError(f"{path}: a LLaVA checkpoint has its vision tower already; drop --mmproj")
@@ -166,7 +172,10 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
     if any(isinstance(v, GroupCodes) for v in src.state.values()):
         model = build_quantized(src.state, src.args, device=device)
     else:
-        model = model_from_state(src.state, src.args, device=device, dtype=dtype or torch.float32)
+        fast = dtype is None and float_linear.enabled(device)
+        model = model_from_state(src.state, src.args, device=device, dtype=dtype or torch.float32, keep_16bit=fast)
+    if dtype is None:
+        float_linear.route(model)
     ckpt = Checkpoint(model=model, args=src.args, tokenizer=src.tokenizer() if tokenizer else None, format=src.format,
                       metadata=src.extra.get("metadata", {}), path=src.path)
     if adapter and adaption_prompt.is_adaption_prompt(adapter):  # LLaMA-Adapter, peft's adaption_prompt

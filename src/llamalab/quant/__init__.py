@@ -4,6 +4,8 @@ our safetensors layout and the HF GPTQ layout, and the layers that run them with
     codes.py   GroupCodes: the one canonical form (q, scale, zero per group); GGUF block decoding; RTN
     linear.py  QuantLinear / QuantEmbedding: our int8 kernel, PyTorch's int4 one, the dequantizing fallback
     cpu_kernel.py, int8_linear.cpp   the int8 kernel (llama.cpp's Q8_0 arithmetic), built once per machine
+    float_linear.py, float_linear.cpp   FloatLinear / route(model): float32, bfloat16 and float16 projections
+               on CPU at the memory's bandwidth (the default inference path), prompts through a GEMM
     model.py   build_quantized(state, args): a Transformer from a state dict holding codes
     kquant_encode.py   Q2_K..Q6_K blocks as llama.cpp's reference quantizers write them (numpy, byte for byte)
     gptq.py    GPTQ on one matrix (Hessian, Cholesky, lazy batches, act-order); gptq_model.py: over a model, layer
@@ -11,8 +13,9 @@ our safetensors layout and the HF GPTQ layout, and the layers that run them with
 """
 
 from .codes import GGUF_TYPES, GroupCodes, from_gguf, quantize
+from .float_linear import FloatEmbedding, FloatLinear, route
 from .linear import QuantEmbedding, QuantLinear
 from .model import build_quantized, is_quantized, weight_bytes
 
-__all__ = ["GGUF_TYPES", "GroupCodes", "QuantEmbedding", "QuantLinear", "build_quantized", "from_gguf",
-           "is_quantized", "quantize", "weight_bytes"]
+__all__ = ["FloatEmbedding", "FloatLinear", "GGUF_TYPES", "GroupCodes", "QuantEmbedding", "QuantLinear", "build_quantized", "from_gguf",
+           "is_quantized", "quantize", "route", "weight_bytes"]

@@ -1,5 +1,6 @@
 """The package's CPU kernels (`torch.ops.llamalab.*`, every `*.cpp` beside this file, one shared library),
-built on first use. `int8_linear.cpp`: the matmul of group-wise int8 codes.
+built on first use. `int8_linear.cpp`: the matmul of group-wise int8 codes; `float_linear.cpp`: the matmul of
+float32 / bfloat16 / float16 weights at batch sizes of decoding (`quant.float_linear`).
 
 PyTorch ships no CPU kernel for group-wise int8 weights (its int8 one is per-channel; routed through its int4
 one, as two nibbles, Q8_0 decoded at ~0.6× llama.cpp). `int8_linear.cpp` does llama.cpp's integer dot products.
@@ -7,7 +8,8 @@ It is compiled once per CPU type with the C++ compiler torch.compile uses (`-mar
 CPU has it), cached under ~/.cache/llamalab/kernels (or $LLAMALAB_CACHE/kernels) and loaded as a torch op,
 so compiled graphs call it like an aten kernel. Without a compiler, or if the build
 fails, `available()` is False (with one notice on stderr) and `QuantLinear` runs int8 codes through PyTorch's
-int4 kernel instead; LLAMALAB_CPU_KERNEL=0 chooses that path deliberately.
+int4 kernel instead and float layers run through PyTorch's matmul (16-bit weights widened to float32 on load);
+LLAMALAB_CPU_KERNEL=0 chooses those paths deliberately.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..device import cxx_compiler
 SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
 FAKES = {
     "int8_linear": lambda x, q, *_: x.new_empty(x.shape[0], q.shape[0]),
+    "float_linear": lambda x, w: x.new_empty(x.shape[0], w.shape[0]),
 }
 
 
@@ -68,7 +71,7 @@ def _build(cxx: str, march: str = "native") -> Path:
     if lib.exists():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
-    print("llamalab: compiling the CPU kernels for quantized weights (once per machine, ~10 s)", file=sys.stderr)
+    print("llamalab: compiling the CPU kernels for the weights' matrix products (once per machine, ~20 s)", file=sys.stderr)
     fd, tmp = tempfile.mkstemp(dir=lib.parent, suffix=".so.tmp")
     os.close(fd)
     try:
@@ -89,14 +92,14 @@ def available() -> bool:
         return False
     cxx = cxx_compiler()
     if cxx is None:
-        print("llamalab: no C++ compiler found (set CXX or install g++); int8 layers run through PyTorch's "
-              "int4 kernel, which is slower", file=sys.stderr)
+        print("llamalab: no C++ compiler found (set CXX or install g++); float and int8 layers run through "
+              "PyTorch's slower kernels", file=sys.stderr)
         return False
     try:
         torch.ops.load_library(_build(cxx))
     except (OSError, RuntimeError) as e:
-        print(f"llamalab: could not build the CPU kernel for int8 weights ({e}); int8 layers run through "
-              "PyTorch's int4 kernel, which is slower", file=sys.stderr)
+        print(f"llamalab: could not build the CPU kernels ({e}); float and int8 layers run through PyTorch's "
+              "slower kernels", file=sys.stderr)
         return False
 
     for op, fake in FAKES.items():

@@ -5,7 +5,7 @@
     engine = rt.engine(max_batch=8, max_len=2048)
 
 It resolves the device (the GPU when there is one), loads the checkpoint (quantized weights stay quantized
-unless a dtype is given), attaches a LoRA adapter, requires a tokenizer, resolves the chat template, and
+unless a dtype is given; on CPU float projections run through our matrix-vector kernel, `quant.float_linear`), attaches a LoRA adapter, requires a tokenizer, resolves the chat template, and
 under tensor parallelism joins the torchrun process group and keeps this rank's shard of the weights.
 generate, chat, serve, eval (and lm-eval through its adapter), perplexity, self-instruct and judge all load
 through it, so they share its checks and its messages.
@@ -29,6 +29,7 @@ from ..formats.llava import preprocess_for
 from ..generate import Engine
 from ..images import Preprocess
 from ..model import Transformer
+from ..quant import route
 from ..tensor_parallel import shard_for_inference, share
 from ..tokenizer import Tokenizer
 from ..vision import Llava
@@ -148,6 +149,8 @@ def load_runnable(path_or_name, *, device=None, dtype=None, adapter=None, tensor
                             f"(put tokenizer.model or tokenizer.json next to it)")
     if world is not None:
         shard_for_inference(ckpt.model, tensor_parallel)
+    else:  # float projections on CPU through our kernel (done already by `load` without a dtype)
+        route(ckpt.model)
     chosen = resolve_template(template, ckpt.tokenizer) if template or ckpt.tokenizer.chat_template else None
     return Runnable(ckpt.model, ckpt.args, ckpt.tokenizer, chosen, ckpt.format, ckpt.path, str(path_or_name),
                     adapter=adapter and str(adapter), compile=compile, world=world, tensor_parallel=tensor_parallel,
