@@ -4,14 +4,17 @@ our safetensors layout and the HF GPTQ layout, and the layers that run them with
     codes.py   GroupCodes: the one canonical form (q, scale, zero per group); GGUF block decoding; RTN
     linear.py  QuantLinear / QuantEmbedding: our int8 kernel, PyTorch's int4 one, the dequantizing fallback
     cpu_kernel.py, int8_linear.cpp   the int8 kernel (llama.cpp's Q8_0 arithmetic), built once per machine
+    ggml.py, ggml_linear.cpp   GGMLBlocks / GGMLLinear: GGUF K-quants, Q5_0, Q5_1 kept as the file's blocks,
+               run by llama.cpp's arithmetic (q8_K / q8_0 / q8_1 activations, integer dot products)
     model.py   build_quantized(state, args): a Transformer from a state dict holding codes
     gptq.py    GPTQ on one matrix (Hessian, Cholesky, lazy batches, act-order); gptq_model.py: over a model, layer
                by layer; calibration.py: `quantize --method gptq`; gptq_layout.py: the HF GPTQ checkpoint layout
 """
 
 from .codes import GGUF_TYPES, GroupCodes, from_gguf, quantize
+from .ggml import BLOCK_TYPES, GGMLBlocks, GGMLLinear
 from .linear import QuantEmbedding, QuantLinear
 from .model import build_quantized, is_quantized, weight_bytes
 
-__all__ = ["GGUF_TYPES", "GroupCodes", "QuantEmbedding", "QuantLinear", "build_quantized", "from_gguf",
+__all__ = ["BLOCK_TYPES", "GGMLBlocks", "GGMLLinear", "GGUF_TYPES", "GroupCodes", "QuantEmbedding", "QuantLinear", "build_quantized", "from_gguf",
            "is_quantized", "quantize", "weight_bytes"]
