@@ -21,7 +21,7 @@ from .. import library
 from ..config import ModelArgs
 from ..errors import LlamalabError
 from ..model import Transformer
-from ..quant import GroupCodes, build_quantized
+from ..quant import GGMLBlocks, GroupCodes, build_quantized
 from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_gguf_fields
 from . import gguf, hf, llava, meta
 from .output import check_output
@@ -157,7 +157,7 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
     if llava.is_llava(path := resolve(path_or_id)):
         return _load_llava(path, device=device, dtype=dtype, tokenizer=tokenizer, adapter=adapter)
     src = load_state(path_or_id, quantized=dtype is None)
-    if any(isinstance(v, GroupCodes) for v in src.state.values()):
+    if any(isinstance(v, (GroupCodes, GGMLBlocks)) for v in src.state.values()):
         model = build_quantized(src.state, src.args, device=device)
     else:
         model = model_from_state(src.state, src.args, device=device, dtype=dtype or torch.float32)

@@ -100,7 +100,10 @@ void quantize_q8_K(const float* x, Q8K* y, int64_t nb) {  // quantize_row_q8_K_r
   }
 }
 
-void quantize_q8(const float* x, Q8* y, int64_t nb) {  // quantize_row_q8_0_ref / quantize_row_q8_1_ref
+// quantize_row_q8_0 / quantize_row_q8_1 as llama.cpp's x86 build runs them (arch/x86/quants.c): d = max|x| / 127
+// kept as float16, x · (127 / max|x|) rounded half to even; q8_1 adds s = d · Σ q (float16). (The portable
+// reference, quantize_row_q8_0_ref, multiplies by 1 / d and rounds half away from zero: a few codes differ.)
+void quantize_q8(const float* x, Q8* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += Q32) {
     float amax = 0.f;
     bool finite = true;
@@ -108,14 +111,14 @@ void quantize_q8(const float* x, Q8* y, int64_t nb) {  // quantize_row_q8_0_ref 
       finite = finite && std::isfinite(x[j]);
       amax = std::max(amax, std::fabs(x[j]));
     }
-    const float d = amax / 127.f, id = finite && d > 0.f ? 1.f / d : 0.f;
+    const float d = amax / 127.f, id = finite && amax > 0.f ? 127.f / amax : 0.f;
     int sum = 0;
     for (int j = 0; j < Q32; ++j) {
-      y[i].qs[j] = static_cast<int8_t>(std::round(x[j] * id));
+      y[i].qs[j] = static_cast<int8_t>(std::nearbyint(x[j] * id));
       sum += y[i].qs[j];
     }
     y[i].d = finite ? to_half(d) : NAN;
-    y[i].s = finite ? to_half(sum * d) : NAN;
+    y[i].s = finite ? to_half(d * static_cast<float>(sum)) : NAN;
   }
 }
 
