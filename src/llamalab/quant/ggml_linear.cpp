@@ -140,10 +140,9 @@ void unpack_q2_K(const uint8_t* b, Unpacked& u) {  // scales[16] qs[64] d dmin
   const uint8_t *scales = b, *qs = b + 16;
   u.d = half(b + 80); u.dmin = half(b + 82);
   for (int j = 0; j < 16; ++j) { u.sc[j] = scales[j] & 0xF; u.mn[j] = scales[j] >> 4; }
-  for (int e = 0; e < QK; ++e) {
-    const int n = e / 128, shift = 2 * ((e % 128) / 32), l = e % 32;
-    u.v[e] = static_cast<int8_t>((qs[32 * n + l] >> shift) & 3);
-  }
+  for (int n = 0; n < 2; ++n)
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 32; ++l) u.v[128 * n + 32 * j + l] = static_cast<int8_t>((qs[32 * n + l] >> (2 * j)) & 3);
 }
 
 void unpack_q3_K(const uint8_t* b, Unpacked& u) {  // hmask[32] qs[64] scales[12] d
@@ -158,11 +157,11 @@ void unpack_q3_K(const uint8_t* b, Unpacked& u) {  // hmask[32] qs[64] scales[12
   aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
   const int8_t* sc = reinterpret_cast<const int8_t*>(aux);
   for (int j = 0; j < 16; ++j) { u.sc[j] = sc[j] - 32; u.mn[j] = 0; }
-  for (int e = 0; e < QK; ++e) {
-    const int n = e / 128, j = (e % 128) / 32, l = e % 32;
-    const int q = (qs[32 * n + l] >> (2 * j)) & 3, high = (hmask[l] >> (4 * n + j)) & 1;
-    u.v[e] = static_cast<int8_t>(q - (high ? 0 : 4));
-  }
+  for (int n = 0; n < 2; ++n)
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 32; ++l)
+        u.v[128 * n + 32 * j + l] = static_cast<int8_t>(((qs[32 * n + l] >> (2 * j)) & 3) -
+                                                         4 * (1 - ((hmask[l] >> (4 * n + j)) & 1)));
 }
 
 void unpack_q45_K(const uint8_t* b, Unpacked& u, bool five) {  // d dmin scales[12] (qh[32]) qs[128]
@@ -174,12 +173,11 @@ void unpack_q45_K(const uint8_t* b, Unpacked& u, bool five) {  // d dmin scales[
     u.sc[2 * j] = u.sc[2 * j + 1] = d;
     u.mn[2 * j] = u.mn[2 * j + 1] = m;
   }
-  for (int e = 0; e < QK; ++e) {
-    const int c = e / 64, h = (e % 64) / 32, l = e % 32;
-    int q = (qs[32 * c + l] >> (4 * h)) & 0xF;
-    if (five) q |= ((qh[l] >> (2 * c + h)) & 1) << 4;
-    u.v[e] = static_cast<int8_t>(q);
-  }
+  for (int c = 0; c < 4; ++c)
+    for (int h = 0; h < 2; ++h)
+      for (int l = 0; l < 32; ++l)
+        u.v[64 * c + 32 * h + l] = static_cast<int8_t>(((qs[32 * c + l] >> (4 * h)) & 0xF) |
+                                                        (five ? ((qh[l] >> (2 * c + h)) & 1) << 4 : 0));
 }
 
 void unpack_q6_K(const uint8_t* b, Unpacked& u) {  // ql[128] qh[64] scales[16] d
@@ -187,11 +185,11 @@ void unpack_q6_K(const uint8_t* b, Unpacked& u) {  // ql[128] qh[64] scales[16] 
   const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
   u.d = half(b + 208); u.dmin = 0.f;
   for (int j = 0; j < 16; ++j) { u.sc[j] = scales[j]; u.mn[j] = 0; }
-  for (int e = 0; e < QK; ++e) {
-    const int n = e / 128, k = (e % 128) / 32, l = e % 32;
-    const int lo = (ql[64 * n + l + 32 * (k & 1)] >> (4 * (k >> 1))) & 0xF, hi = (qh[32 * n + l] >> (2 * k)) & 3;
-    u.v[e] = static_cast<int8_t>((lo | (hi << 4)) - 32);
-  }
+  for (int n = 0; n < 2; ++n)
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < 32; ++l)
+        u.v[128 * n + 32 * k + l] = static_cast<int8_t>((((ql[64 * n + l + 32 * (k & 1)] >> (4 * (k >> 1))) & 0xF) |
+                                                          (((qh[32 * n + l] >> (2 * k)) & 3) << 4)) - 32);
 }
 
 void unpack(int64_t type, const uint8_t* b, Unpacked& u) {
@@ -216,37 +214,76 @@ inline void unpack_q5(const uint8_t* qh4, const uint8_t* qs, int8_t* v) {
 
 // ------------------------------------------------------------------------------- dot products
 
-float dot_k_ref(int64_t type, const uint8_t* row, const Q8K* x, int64_t nb) {
+inline float block_dot(const Unpacked& u, const Q8K& x) {  // one super-block against one activation block
+  int32_t isum = 0, msum = 0;
+  for (int j = 0; j < QK / 16; ++j) {
+    int32_t s = 0;
+    for (int l = 0; l < 16; ++l) s += u.v[16 * j + l] * x.qs[16 * j + l];
+    isum += u.sc[j] * s;
+    msum += u.mn[j] * x.bsums[j];
+  }
+  return x.d * u.d * isum - x.d * u.dmin * msum;
+}
+
+#if defined(__AVX2__)
+// block_dot with AVX2: the same integer sums (exact), so the same result
+inline float block_dot_simd(const Unpacked& u, const Q8K& x) {
+  __m256i sumi = _mm256_setzero_si256();
+  for (int c = 0; c < QK / 32; ++c) {  // |v| <= 32, |q| <= 127: a pair of products fits int16
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u.v + 32 * c));
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * c));
+    const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(q, v));
+    const __m256i s = _mm256_set_m128i(_mm_set1_epi16(u.sc[2 * c + 1]), _mm_set1_epi16(u.sc[2 * c]));
+    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+  }
+  __m128i t = _mm_add_epi32(_mm256_castsi256_si128(sumi), _mm256_extracti128_si256(sumi, 1));
+  t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+  t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+  const int32_t isum = _mm_cvtsi128_si32(t);
+  int32_t msum = 0;
+  for (int j = 0; j < QK / 16; ++j) msum += u.mn[j] * x.bsums[j];
+  return x.d * u.d * isum - x.d * u.dmin * msum;
+}
+#endif
+
+// y[m] = row · x[m] for every activation row m: each super-block unpacked once for all of them
+void row_k_ref(int64_t type, const uint8_t* row, const Q8K* x, int64_t nb, int64_t M, float* y, int64_t ystride,
+               bool reference) {
   const int64_t bytes = block_bytes(type);
-  float sum = 0.f;
+  std::vector<float> acc(M, 0.f);
   Unpacked u;
   for (int64_t i = 0; i < nb; ++i) {
     unpack(type, row + i * bytes, u);
-    int32_t isum = 0, msum = 0;
-    for (int j = 0; j < QK / 16; ++j) {
-      int32_t s = 0;
-      for (int l = 0; l < 16; ++l) s += u.v[16 * j + l] * x[i].qs[16 * j + l];
-      isum += u.sc[j] * s;
-      msum += u.mn[j] * x[i].bsums[j];
+#if defined(__AVX2__)
+    if (!reference) {
+      for (int64_t m = 0; m < M; ++m) acc[m] += block_dot_simd(u, x[m * nb + i]);
+      continue;
     }
-    sum += x[i].d * u.d * isum - x[i].d * u.dmin * msum;
+#endif
+    for (int64_t m = 0; m < M; ++m) acc[m] += block_dot(u, x[m * nb + i]);
   }
-  return sum;
+  for (int64_t m = 0; m < M; ++m) y[m * ystride] = acc[m];
 }
 
-float dot_q5(int64_t type, const uint8_t* row, const Q8* x, int64_t nb) {
+void row_q5_ref(int64_t type, const uint8_t* row, const Q8* x, int64_t nb, int64_t M, float* y, int64_t ystride) {
   const bool one = type == Q5_1;
   const int64_t bytes = block_bytes(type);
-  float sum = 0.f;
+  std::vector<float> acc(M, 0.f);
   int8_t v[Q32];
   for (int64_t i = 0; i < nb; ++i) {
     const uint8_t* b = row + i * bytes;
     unpack_q5(b + (one ? 4 : 2), b + (one ? 8 : 6), v);
-    int32_t s = 0;
-    for (int j = 0; j < Q32; ++j) s += (v[j] - (one ? 0 : 16)) * x[i].qs[j];
-    sum += half(b) * x[i].d * s + (one ? half(b + 2) * x[i].s : 0.f);
+    if (!one)
+      for (int j = 0; j < Q32; ++j) v[j] -= 16;
+    const float d = half(b), m = one ? half(b + 2) : 0.f;
+    for (int64_t r = 0; r < M; ++r) {
+      const Q8& xb = x[r * nb + i];
+      int32_t s = 0;
+      for (int j = 0; j < Q32; ++j) s += v[j] * xb.qs[j];
+      acc[r] += d * xb.d * s + m * xb.s;
+    }
   }
-  return sum;
+  for (int64_t r = 0; r < M; ++r) y[r * ystride] = acc[r];
 }
 
 #if defined(__AVX2__)
@@ -317,14 +354,73 @@ float dot_q6_K(const uint8_t* row, const Q8K* x, int64_t nb) {
   return hsum(acc);
 }
 
+// ggml_vec_dot_q5_0_q8_0 / ggml_vec_dot_q5_1_q8_1, AVX2: the fifth bits expanded to bytes, one block of 32 a step
+inline __m256i bytes_from_bits_32(const uint8_t* p) {
+  uint32_t x32;
+  std::memcpy(&x32, p, 4);
+  const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  const __m256i bytes = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf),
+                                        _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+  return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+}
+inline __m256i bytes_from_nibbles_32(const uint8_t* p) {
+  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_and_si256(_mm256_set1_epi8(0xF), _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1));
+}
+
+float dot_q5(int64_t type, const uint8_t* row, const Q8* x, int64_t nb) {
+  const bool one = type == Q5_1;
+  const int64_t bytes = block_bytes(type);
+  __m256 acc = _mm256_setzero_ps();
+  float mins = 0.f;
+  for (int64_t i = 0; i < nb; ++i) {
+    const uint8_t* b = row + i * bytes;
+    __m256i q = bytes_from_nibbles_32(b + (one ? 8 : 6));
+    const __m256i high = bytes_from_bits_32(b + (one ? 4 : 2));
+    const __m256i y = load(x[i].qs);
+    __m256i p;
+    if (one) {  // 0..31 (unsigned) against q8
+      q = _mm256_or_si256(q, _mm256_and_si256(high, _mm256_set1_epi8(0x10)));
+      p = _mm256_maddubs_epi16(q, y);
+      mins += half(b + 2) * x[i].s;
+    } else {  // v − 16 (signed): |v − 16| against q8 carrying its sign
+      q = _mm256_or_si256(q, _mm256_andnot_si256(high, _mm256_set1_epi8(static_cast<char>(0xF0))));
+      p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
+    }
+    const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(half(b) * x[i].d), s, acc);
+  }
+  return hsum(acc) + mins;
+}
+
 #endif
 
-float dot_k(int64_t type, const uint8_t* row, const Q8K* x, int64_t nb, bool reference) {
+// the types with a SIMD dot product in this build (reference: the scalar code whatever the build)
+bool simd(int64_t type, bool reference) {
 #if defined(__AVX2__)
-  if (!reference && type == Q4_K) return dot_q4_K(row, x, nb);
-  if (!reference && type == Q6_K) return dot_q6_K(row, x, nb);
+  return !reference && (type == Q4_K || type == Q6_K || type == Q5_0 || type == Q5_1);
+#else
+  (void)type; (void)reference;
+  return false;
 #endif
-  return dot_k_ref(type, row, x, nb);
+}
+
+float dot_k(int64_t type, const uint8_t* row, const Q8K* x, int64_t nb) {
+#if defined(__AVX2__)
+  return type == Q4_K ? dot_q4_K(row, x, nb) : dot_q6_K(row, x, nb);
+#else
+  (void)type; (void)row; (void)x; (void)nb;
+  return 0.f;
+#endif
+}
+
+float dot_q5_simd(int64_t type, const uint8_t* row, const Q8* x, int64_t nb) {
+#if defined(__AVX2__)
+  return dot_q5(type, row, x, nb);
+#else
+  (void)type; (void)row; (void)x; (void)nb;
+  return 0.f;
+#endif
 }
 
 // ------------------------------------------------------------------------------- the op
@@ -351,10 +447,17 @@ at::Tensor ggml_linear(const at::Tensor& x, const at::Tensor& w, int64_t type, b
   float* Y = y.data_ptr<float>();
   const uint8_t* W = w.data_ptr<uint8_t>();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t m = 0; m < M; ++m)
-        Y[m * N + n] = k_quant ? dot_k(type, W + n * rb, xk.data() + m * nb, nb, reference)
-                               : dot_q5(type, W + n * rb, x8.data() + m * nb, nb);
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* row = W + n * rb;
+      if (simd(type, reference)) {  // the weight row stays in L1 while every activation row meets it
+        for (int64_t m = 0; m < M; ++m)
+          Y[m * N + n] = k_quant ? dot_k(type, row, xk.data() + m * nb, nb) : dot_q5_simd(type, row, x8.data() + m * nb, nb);
+      } else if (k_quant) {
+        row_k_ref(type, row, xk.data(), nb, M, Y + n, N, reference);
+      } else {
+        row_q5_ref(type, row, x8.data(), nb, M, Y + n, N);
+      }
+    }
   });
   return y;
 }
