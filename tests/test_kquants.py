@@ -31,7 +31,7 @@ DATA = Path(__file__).parent / "data" / "kquants"
 FILES = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q5_0", "Q5_1"]
 EOS = 2
 
-pytestmark = pytest.mark.skipif(not cpu_kernel.available(), reason="the GGUF block kernel needs a C++ compiler")
+NEEDS_KERNEL = pytest.mark.skipif(not cpu_kernel.cxx_compiler(), reason="the GGUF block kernel needs a C++ compiler")
 
 
 # ------------------------------------------------------------------ llama.cpp's activation rounding, in numpy
@@ -98,6 +98,7 @@ def random_blocks(kind: str, rows: int, width: int, rng) -> np.ndarray:
 BLOCKS = file_blocks()
 
 
+@NEEDS_KERNEL
 @pytest.mark.parametrize("kind", list(BLOCK_TYPES))
 def test_kernel_is_llama_cpp_arithmetic(kind):
     rng = np.random.default_rng(0)
@@ -121,6 +122,7 @@ def test_kernel_is_llama_cpp_arithmetic(kind):
         assert torch.equal(layer.rows(index), torch.from_numpy(dequantize(raw, Q[kind]))[index])
 
 
+@NEEDS_KERNEL
 def test_nan_activations_reach_only_their_outputs():
     raw = BLOCKS["Q4_K"]
     layer = GGMLLinear(llamalab.quant.GGMLBlocks(torch.from_numpy(raw), "Q4_K", raw.shape[1] // 144 * 256))
@@ -132,6 +134,7 @@ def test_nan_activations_reach_only_their_outputs():
 
 # ------------------------------------------------------------------ files written by llama.cpp
 
+@NEEDS_KERNEL
 @pytest.mark.parametrize("name", FILES)
 def test_llama_cpp_files_run_quantized_with_llama_cpp_logits(name):
     path = DATA / f"tiny-{name}.gguf"
