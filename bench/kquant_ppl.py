@@ -10,6 +10,12 @@ each file's type mix. Text: the demo corpus' first prose document; windows of `-
 (no overlap), each window's first token unscored. Ours: `load_runnable` (weights kept quantized) and
 `llamalab.perplexity`; llama.cpp: `Llama(logits_all=True)` on the same token windows, in a process of its own
 per file (KV cache F32, CPU weight repacking off). `--quick`: 4 windows, Q4_K_M and Q6_K only.
+"held / RSS": the weights our model holds, and the anonymous memory its load added, over the file's tensor bytes.
+
+Both sides round every matrix's activations to 8 bits per block, and SmolLM2's outlier activations make those
+blocks coarse: a float difference in the last bit (a summation order) flips a rounding, and the flip grows through
+30 layers. Reordering only our Q5_0 sums (scalar → llama.cpp's 8-lane AVX2 order) moved our Q4_K_M perplexity on
+4 windows by 0.4%: at a few thousand tokens the comparison carries that much noise; more windows average it down.
 """
 
 from __future__ import annotations
@@ -86,6 +92,16 @@ def run_llama_cpp(path: Path, job: dict) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def anon_bytes() -> int:
+    """Resident anonymous memory of this process (Linux), after returning freed heap to the system."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("RssAnon:"))
+
+
 def ours(path: Path, tokens: list[int], context: int) -> tuple[float, str, float]:
     from gguf import GGUFReader
 
@@ -93,12 +109,12 @@ def ours(path: Path, tokens: list[int], context: int) -> tuple[float, str, float
     from llamalab.quant import weight_bytes
     from llamalab.runtime import load_runnable
 
-    t = time.perf_counter()
+    before, t = anon_bytes(), time.perf_counter()
     rt = load_runnable(path, device="cpu")
-    load_s = time.perf_counter() - t
+    load_s, resident = time.perf_counter() - t, anon_bytes() - before
     tensor_bytes = sum(int(x.n_bytes) for x in GGUFReader(path).tensors)
     ppl = perplexity(rt.model, tokens, context=context, stride=context, progress=False).perplexity
-    return ppl, f"{weight_bytes(rt.model) / tensor_bytes:.2f}", load_s
+    return ppl, f"{weight_bytes(rt.model) / tensor_bytes:.2f} / {resident / tensor_bytes:.2f}", load_s
 
 
 def main() -> None:
@@ -128,7 +144,7 @@ def main() -> None:
     spans = windows(len(tokens), a.context, a.context)
     print(f"SmolLM2-135M-Instruct, {len(spans)} windows of {a.context} tokens ({len(tokens)} tokens), "
           f"threads {a.threads}; llama.cpp without CPU weight repacking, KV cache F32")
-    print(f"{'type':8} {'ours':>9} {'llama.cpp':>9} {'diff':>8}  {'weights/tensors':>15} {'load s':>7}  tensor types")
+    print(f"{'type':8} {'ours':>9} {'llama.cpp':>9} {'diff':>8}  {'held / RSS':>15} {'load s':>7}  tensor types")
     for kind in a.types:
         path = CACHE / f"smollm2-llamacpp-{kind}.gguf"
         job = {"tokens": tokens, "windows": spans, "context": a.context, "threads": a.threads,
