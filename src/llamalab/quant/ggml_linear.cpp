@@ -14,9 +14,12 @@
 //   Q5_1: w = d · v + m; activations q8_1 (adds s = d_x Σ q): d_w d_x Σ v q + m · s
 //
 // The scalar code (always compiled) is the reference: each block is unpacked into int8 values and integer
-// scales, then plain integer loops. AVX2 builds take llama.cpp's SIMD formulation for Q4_K and Q6_K (the
-// two types of a Q4_K_M file); the other types use the unpacked form, whose loops the compiler vectorizes.
-// Rows are spread over threads; each weight row is read once for all M activation rows.
+// scales, then plain integer loops. AVX2 builds take llama.cpp's SIMD formulation for Q4_K, Q6_K (the two
+// types of a Q4_K_M file), Q5_0 and Q5_1 (the fallbacks of rows that are not whole super-blocks); Q2_K, Q3_K
+// and Q5_K unpack each block once for all M activation rows and sum with AVX2 (the same exact integer sums).
+// Rows are spread over threads (at::parallel_for); each weight row is read once for all M activation rows, so
+// a prompt batch (prefill) quantizes its activations once and streams the weights once. NaN or ±inf in an
+// activation block makes its d NaN: the outputs it reaches are NaN, as a float product's would be.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
