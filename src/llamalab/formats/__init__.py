@@ -22,7 +22,7 @@ from ..config import ModelArgs
 from ..errors import LlamalabError
 from ..images import Preprocess
 from ..model import Transformer
-from ..quant import GroupCodes, build_quantized
+from ..quant import GGMLBlocks, GroupCodes, build_quantized
 from ..quant import float_linear
 from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_gguf_fields
 from . import adaption_prompt, gguf, hf, llava, meta
@@ -169,7 +169,7 @@ def load(path_or_id, *, device="cpu", dtype=torch.float32, tokenizer: bool = Tru
             raise LlamalabError(f"{path}: a LLaVA checkpoint has its vision tower already; drop --mmproj")
         return _load_llava(path, device=device, dtype=dtype, tokenizer=tokenizer, adapter=adapter)
     src = load_state(path_or_id, quantized=dtype is None)
-    if any(isinstance(v, GroupCodes) for v in src.state.values()):
+    if any(isinstance(v, (GroupCodes, GGMLBlocks)) for v in src.state.values()):
         model = build_quantized(src.state, src.args, device=device)
     else:
         fast = dtype is None and float_linear.enabled(device)

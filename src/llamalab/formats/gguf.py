@@ -20,7 +20,8 @@ from tqdm import tqdm
 from ..atomic import staged_file
 from ..config import ModelArgs
 from ..errors import LlamalabError
-from ..quant import GGUF_TYPES, GroupCodes, from_gguf
+from ..quant import BLOCK_TYPES, GGUF_TYPES, GroupCodes, from_gguf
+from ..quant import ggml as ggml_blocks
 from ..quant.codes import to_gguf as to_gguf_blocks
 from ..tokenizer import find_tokenizer, open_gguf
 from .gguf_mix import FILE_TYPES, check_file_type, encode, tensor_types
@@ -110,7 +111,8 @@ def _meta_tensor(t) -> torch.Tensor:
 def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
     """Read a llama GGUF into our state dict (dequantized; F32/F16/BF16 keep their dtype).
     lazy: tensors on the meta device (shapes and dtypes only, nothing read or dequantized).
-    quantized: Q8_0/Q4_0/Q4_1 matrices stay quantized, as `llamalab.quant.GroupCodes`."""
+    quantized: Q8_0/Q4_0/Q4_1 matrices stay quantized, as `llamalab.quant.GroupCodes`; K-quants (Q2_K..Q6_K)
+    and Q5_0/Q5_1 ones as their raw blocks, `llamalab.quant.GGMLBlocks`."""
     path = Path(path)
     reader = open_gguf(path)
     meta = read_metadata(path, reader)
@@ -121,8 +123,11 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
             unknown.append(t.name)
             continue
         try:
+            shape = tuple(int(s) for s in reversed(t.shape))
             if quantized and not lazy and t.tensor_type.name in GGUF_TYPES and len(t.shape) == 2:
-                state[name] = from_gguf(t.data, t.tensor_type.name, tuple(int(s) for s in reversed(t.shape)))
+                state[name] = from_gguf(t.data, t.tensor_type.name, shape)
+            elif quantized and not lazy and t.tensor_type.name in BLOCK_TYPES and len(t.shape) == 2:
+                state[name] = ggml_blocks.from_gguf(t.data, t.tensor_type.name, shape, t.name)
             else:
                 state[name] = _meta_tensor(t) if lazy else _to_torch(t)
         except (ValueError, IndexError) as e:

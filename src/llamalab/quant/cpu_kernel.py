@@ -1,6 +1,8 @@
 """The package's CPU kernels (`torch.ops.llamalab.*`, every `*.cpp` beside this file, one shared library),
 built on first use. `int8_linear.cpp`: the matmul of group-wise int8 codes; `float_linear.cpp`: the matmul of
-float32 / bfloat16 / float16 weights at batch sizes of decoding (`quant.float_linear`).
+float32 / bfloat16 / float16 weights at batch sizes of decoding (`quant.float_linear`); `ggml_linear.cpp`: the
+matmul of GGUF K-quant / Q5_0 / Q5_1 blocks as they are in the file (llama.cpp's arithmetic), and their row
+dequantization.
 
 PyTorch ships no CPU kernel for group-wise int8 weights (its int8 one is per-channel; routed through its int4
 one, as two nibbles, Q8_0 decoded at ~0.6× llama.cpp). `int8_linear.cpp` does llama.cpp's integer dot products.
@@ -33,6 +35,8 @@ SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
 FAKES = {
     "int8_linear": lambda x, q, *_: x.new_empty(x.shape[0], q.shape[0]),
     "float_linear": lambda x, w: x.new_empty(x.shape[0], w.shape[0]),
+    "ggml_linear": lambda x, w, *_: x.new_empty(x.shape[0], w.shape[0]),
+    "ggml_dequantize": lambda w, type, K: w.new_empty(w.shape[0], K, dtype=torch.float32),
 }
 
 
