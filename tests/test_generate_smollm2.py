@@ -8,7 +8,6 @@ both sides so every comparison covers all 64 tokens.
 import pytest
 import torch
 
-import llamalab
 from llamalab.chat_templates import render_for
 from llamalab.cli import main as cli_main
 from llamalab.device import has_cxx_compiler
@@ -34,8 +33,8 @@ CHATS = [
 
 
 @pytest.fixture(scope="module")
-def ours(smollm2_gguf):
-    return llamalab.load(smollm2_gguf)
+def ours(smollm2_fp32):
+    return smollm2_fp32
 
 
 def hf_greedy(hf_smollm2, prompts: list[list[int]]) -> list[list[int]]:

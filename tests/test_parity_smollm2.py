@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import llamalab
 
 PROMPTS = [
     "The LLaMA models were trained on publicly available data only: CommonCrawl, C4, GitHub, Wikipedia, "
@@ -23,8 +22,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def ours(smollm2_gguf):
-    return llamalab.load(smollm2_gguf)
+def ours(smollm2_fp32):
+    return smollm2_fp32
 
 
 @pytest.fixture(scope="module")
