@@ -53,3 +53,13 @@ def hf_smollm2(smollm2_gguf):
                                                  torch_dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def smollm2_fp32(smollm2_gguf):
+    """Our own load of the same GGUF, dequantized to float32 (`llamalab.load`'s default), with its tokenizer:
+    loaded once for every test that only reads it. Shared: never change its weights or modules in a test
+    (change a `copy.deepcopy` of the model)."""
+    import llamalab
+
+    return llamalab.load(smollm2_gguf)

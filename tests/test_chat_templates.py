@@ -83,7 +83,7 @@ def test_llama2_is_meta_chat_format():
         render([{"role": "assistant", "content": "x"}], "llama-2")
 
 
-def test_chat_repl_through_a_pipe(smollm2_gguf):
+def test_chat_repl_through_a_pipe(smollm2_gguf, smollm2_fp32):
     # two turns (the second re-uses the KV cache of the first), /reset, one fresh turn, /exit; float32, where
     # a cached turn and a fresh one agree to ~1e-5 in the logits, so greedy answers must be equal
     n = "12"
@@ -94,7 +94,7 @@ def test_chat_repl_through_a_pipe(smollm2_gguf):
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     # reference: a fresh, cache-less greedy `generate` of each full conversation, in this process
-    ckpt = llamalab.load(smollm2_gguf, dtype=torch.float32)
+    ckpt = smollm2_fp32  # the same GGUF, float32
     tok = ckpt.tokenizer
 
     def answer(chat):

@@ -4,8 +4,6 @@ generation against transformers, GSM8K/HumanEval end to end, and the CLI."""
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from llamalab.cli import main as cli_main
 from llamalab.config import ModelArgs
 from llamalab.eval import LLM, evaluate_task, get_task
 from llamalab.eval import scoring
@@ -30,7 +29,9 @@ def lm_eval_requests(include_dir: Path, task_name: str, limit: int):
     """lm-eval 0.4's own request construction for the first `limit` docs: [(doc_id, arguments), ...]."""
     from lm_eval.tasks import TaskManager
 
-    task = TaskManager(include_path=str(include_dir)).load_task_or_group([task_name])[task_name]
+    # only our YAMLs indexed: they `include` the stock ones by path (indexing lm-eval's thousands took seconds)
+    task = TaskManager(include_path=str(include_dir), include_defaults=False).load_task_or_group([task_name])[
+        task_name]
     task.build_all_requests(limit=limit, rank=0, world_size=1)
     return sorted(((i.doc_id, i.idx, i.arguments) for i in task.instances), key=lambda x: x[:2])
 
@@ -121,7 +122,8 @@ def test_choice_metrics_agree_with_lm_eval_process_results(benchmarks_dir, tmp_p
     from lm_eval.tasks import TaskManager
 
     names = write_task_yamls(benchmarks_dir, tmp_path, ["arc_easy"])
-    task = TaskManager(include_path=str(tmp_path)).load_task_or_group([names["arc_easy"]])[names["arc_easy"]]
+    task = TaskManager(include_path=str(tmp_path), include_defaults=False).load_task_or_group(
+        [names["arc_easy"]])[names["arc_easy"]]
     docs = list(task.eval_docs)[:20]
     _, items = build_items(get_task("arc_easy"), benchmarks_dir, limit=20)
     gen = torch.Generator().manual_seed(0)
@@ -135,9 +137,8 @@ def test_choice_metrics_agree_with_lm_eval_process_results(benchmarks_dir, tmp_p
 
 
 @pytest.fixture(scope="module")
-def smol(smollm2_gguf):
-    import llamalab
-    return llamalab.load(smollm2_gguf)
+def smol(smollm2_fp32):
+    return smollm2_fp32
 
 
 def test_greedy_generation_equals_transformers(smol, hf_smollm2):
@@ -172,21 +173,25 @@ def test_gsm8k_and_humaneval_end_to_end(smol, benchmarks_dir):
     assert not run_program(it.prefix + "    pass\n" + it.tests).passed
 
 
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "llamalab", "eval", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+def _cli(capsys, *args):
+    """`llamalab eval ARGS` run by this process (no interpreter, torch and transformers to start again): its
+    exit code and what it printed. An exception other than the one-line errors would fail the test here."""
+    capsys.readouterr()
+    code = cli_main(["eval", *args])
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
 
-def test_cli_missing_data_names_the_fetch_command(smollm2_gguf, tmp_path):
-    r = _cli("--model", str(smollm2_gguf), "--tasks", "arc_easy", "--data-dir", str(tmp_path))
+def test_cli_missing_data_names_the_fetch_command(smollm2_gguf, tmp_path, capsys):
+    r = _cli(capsys, "--model", str(smollm2_gguf), "--tasks", "arc_easy", "--data-dir", str(tmp_path))
     assert r.returncode == 2 and "llamalab assets fetch" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("--model", str(smollm2_gguf), "--tasks", "no_such_task")
+    r = _cli(capsys, "--model", str(smollm2_gguf), "--tasks", "no_such_task")
     assert r.returncode == 2 and "unknown task" in r.stderr
 
 
-def test_cli_writes_results_samples_and_table(smollm2_gguf, tmp_path):
+def test_cli_writes_results_samples_and_table(smollm2_gguf, tmp_path, capsys):
     out, log = tmp_path / "r.json", tmp_path / "s.jsonl"
-    r = _cli("--model", str(smollm2_gguf), "--tasks", "piqa,boolq", "--limit", "3", "--output", str(out),
+    r = _cli(capsys, "--model", str(smollm2_gguf), "--tasks", "piqa,boolq", "--limit", "3", "--output", str(out),
              "--log-samples", str(log), "--table")
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())

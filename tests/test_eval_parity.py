@@ -16,25 +16,19 @@ LIMIT = 8
 
 
 @pytest.fixture(scope="module")
-def setup(hf_smollm2, smollm2_gguf, benchmarks_dir, tmp_path_factory):
+def setup(hf_smollm2, smollm2_fp32, benchmarks_dir, tmp_path_factory):
     import lm_eval
-    import llamalab
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     tmp = tmp_path_factory.mktemp("lm_eval")
-    model, tok = hf_smollm2
-    model.hf_quantizer = None           # transformers' GGUF load leaves these; save_pretrained refuses them
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(tmp / "hf")
-    tok.save_pretrained(tmp / "hf")
+    model, tok = hf_smollm2  # lm-eval's HF backend takes transformers' model as loaded (no save and reload)
     names = write_task_yamls(benchmarks_dir, tmp / "tasks", TASKS)
-    tm = TaskManager(include_path=str(tmp / "tasks"))
-    hf = HFLM(pretrained=str(tmp / "hf"), dtype="float32", device="cpu", batch_size=8)
+    tm = TaskManager(include_path=str(tmp / "tasks"), include_defaults=False)  # ours: they include stock YAMLs
+    hf = HFLM(pretrained=model, tokenizer=tok, batch_size=8)  # float32, on the CPU, as loaded
     ref = lm_eval.simple_evaluate(model=hf, tasks=list(names.values()), task_manager=tm, limit=LIMIT,
                                   log_samples=True, bootstrap_iters=0)
-    ckpt = llamalab.load(smollm2_gguf)
+    ckpt = smollm2_fp32
     llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=8, progress=False)
     return llm, names, tm, ref
 

@@ -283,20 +283,20 @@ def test_bad_gptq_input_is_one_line_exit_2(tiny_hf, tmp_path, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.gguf").exists()
 
 
-def test_smollm2_gptq_recovers_round_to_nearest_loss(smollm2_gguf):
+def test_smollm2_gptq_recovers_round_to_nearest_loss(smollm2_fp32):
     """The real model, in memory (fake-quantized float weights, float32 activations): GPTQ 4-bit group 128
     (a few calibration windows of the demo prose) against the same grid rounded to nearest, perplexity on the
     held-out first prose document."""
     with lzma.open(resources.files("llamalab.data.corpus") / "prose.jsonl.xz", "rt") as f:
         held_out = json.loads(f.readline())["text"][:1800]  # ~400 tokens; never in the calibration windows
-    ckpt = llamalab.load(smollm2_gguf, dtype=torch.float32)
+    ckpt = smollm2_fp32
     ids = ckpt.tokenizer.encode(held_out)
     calibration = calibration_text("corpus", chars=40_000)
     assert held_out[:200] not in calibration
     samples = calibration_samples(ckpt.tokenizer.encode(calibration), 16, 128)
     ppl = {"fp32": perplexity(ckpt.model, ids, context=128, stride=64, progress=False).perplexity}
     for method in ("rtn", "gptq"):
-        model = llamalab.load(smollm2_gguf, dtype=torch.float32, tokenizer=False).model
+        model = copy.deepcopy(ckpt.model)  # the same float32 weights as a fresh load, without dequantizing again
         gptq_codes(model, samples, bits=4, group_size=128, method=method, progress=False)
         ppl[method] = perplexity(model, ids, context=128, stride=64, progress=False).perplexity
     print(ppl)

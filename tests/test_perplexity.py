@@ -12,7 +12,6 @@ from importlib import resources
 import pytest
 import torch
 
-import llamalab
 from llamalab.cli import main
 from llamalab.perplexity import perplexity, windows
 
@@ -46,8 +45,8 @@ def hf_strided_perplexity(model, input_ids: torch.Tensor, max_length: int, strid
     return math.exp(nll_sum / n_tokens)
 
 
-def test_perplexity_equals_transformers_strided_recipe(smollm2_gguf, hf_smollm2, text):
-    ours = llamalab.load(smollm2_gguf)
+def test_perplexity_equals_transformers_strided_recipe(smollm2_fp32, hf_smollm2, text):
+    ours = smollm2_fp32
     ids = ours.tokenizer.encode(text, bos=ours.tokenizer.add_bos)
     hf_ids = hf_smollm2[1](text, return_tensors="pt").input_ids
     assert ids == hf_ids[0].tolist() and len(ids) > 2 * CONTEXT

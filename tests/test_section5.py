@@ -92,10 +92,8 @@ def test_damaged_data_files_are_one_clear_line(tmp_path, monkeypatch, capsys):
 # ------------------------------------------------------------------------------------ against transformers
 
 @pytest.fixture(scope="module")
-def llm(smollm2_gguf):
-    import llamalab
-
-    ckpt = llamalab.load(smollm2_gguf)
+def llm(smollm2_fp32):
+    ckpt = smollm2_fp32
     return LLM(ckpt.model, ckpt.tokenizer, batch_size=8, progress=False)
 
 

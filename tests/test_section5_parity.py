@@ -16,27 +16,21 @@ METRIC = {"crows_pairs": "pct_stereotype", "winogender": "acc", "truthfulqa_mc1"
 
 
 @pytest.fixture(scope="module")
-def setup(hf_smollm2, smollm2_gguf, tmp_path_factory):
+def setup(hf_smollm2, smollm2_fp32, tmp_path_factory):
     import lm_eval
-    import llamalab
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     tmp = tmp_path_factory.mktemp("lm_eval_s5")
-    model, tok = hf_smollm2
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(tmp / "hf")
-    tok.save_pretrained(tmp / "hf")
+    model, tok = hf_smollm2  # lm-eval's HF backend takes transformers' model as loaded (no save and reload)
     names = write_section5_yamls(tmp / "tasks")
-    tm = TaskManager(include_path=str(tmp / "tasks"))
-    hf = HFLM(pretrained=str(tmp / "hf"), dtype="float32", device="cpu", batch_size=8)
+    tm = TaskManager(include_path=str(tmp / "tasks"), include_defaults=False)  # ours: they include stock YAMLs
+    hf = HFLM(pretrained=model, tokenizer=tok, batch_size=8)  # float32, on the CPU, as loaded
     out = lm_eval.simple_evaluate(model=hf, tasks=list(names.values()), task_manager=tm, limit=LIMIT,
                                   log_samples=True, bootstrap_iters=0)
     ref = {ours: {"samples": out["samples"][theirs], "results": out["results"][theirs]}
            for ours, theirs in names.items()}
-    ckpt = llamalab.load(smollm2_gguf)
+    ckpt = smollm2_fp32
     return LLM(ckpt.model, ckpt.tokenizer, batch_size=8, progress=False), names, ref
 
 

@@ -20,9 +20,7 @@ import signal
 
 import httpx
 import pytest
-import torch
 
-import llamalab
 from llamalab import formats
 from llamalab.cli import main
 from llamalab.serve.process import ServerProcess
@@ -35,9 +33,9 @@ CITY = {"type": "object", "properties": {"capital": {"type": "string", "maxLengt
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory, smollm2_gguf):
+def smollm2(tmp_path_factory, smollm2_gguf, smollm2_fp32):
     """SmolLM2-135M-Instruct's real weights (tied embeddings), float32, as an HF directory with its tokenizer."""
-    ckpt = llamalab.load(smollm2_gguf, dtype=torch.float32)
+    ckpt = smollm2_fp32
     state = {k: v for k, v in ckpt.model.state_dict().items() if k != "output.weight"}
     return formats.save(state, ckpt.args, tmp_path_factory.mktemp("smollm2") / "hf", "hf", smollm2_gguf)
 

@@ -169,3 +169,29 @@ def test_measured_count_is_cpus_minus_what_others_use(monkeypatch, busy_cpus, ou
     monkeypatch.setattr(threads.time, "monotonic", lambda: 1.0)
     assert threads.measure(policy) == expected and policy.others == pytest.approx(busy_cpus)
     assert threads.measure(policy) is None  # measured too recently
+
+
+def test_change_notice_only_for_a_drop_not_for_the_return_to_the_ceiling(monkeypatch, capsys):
+    """The count dropped before the policy's line was said (so the line said 3 of 4); the others then go quiet:
+    back to 4 is no "other processes are using" notice. The first drop after that is said, once."""
+    policy = threads.Policy(3, 4, False, "test", (0, 1, 2, 3), interval=1.0, logged=True, _last=(0.0, 100.0, 10.0))
+    clock = {"t": 0.0, "busy": 100.0}
+
+    def sample(cpus):  # `others` CPUs busy over each 1 s interval; our own process idle
+        return clock["t"], clock["busy"], 10.0
+
+    monkeypatch.setattr(threads, "_sample", sample)
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads, "_apply", lambda p: None)  # this test process's torch count stays as it is
+    monkeypatch.setattr(threads, "_policy", policy)
+
+    def step(others):
+        clock["t"] += 1.0
+        clock["busy"] += others
+        threads.adapt()
+        return policy.threads, capsys.readouterr().err
+
+    assert step(0.0) == (4, "")  # back to the ceiling: nothing to announce
+    count, err = step(2.0)
+    assert count == 2 and "other processes are using 2.0 of the 4 CPUs: 2 threads while they do" in err, err
+    assert step(0.0) == (4, "") and step(1.0) == (3, "")  # said once

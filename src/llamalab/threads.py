@@ -235,11 +235,12 @@ def adapt(announce: bool = False) -> None:
     if not policy.fixed:
         n = measure(policy)
         if n is not None and n != policy.threads:
-            if policy.logged and policy.changes == 0 and _is_main():  # the first change is said once
+            away = policy.logged and n < policy.ceiling  # a change away from the count the line announced
+            if away and policy.changes == 0 and _is_main():  # the first one is said once; a return is not
                 print(f"llamalab: other processes are using {policy.others:.1f} of the {policy.ceiling} CPUs: "
                       f"{n} thread{'s' * (n != 1)} while they do (back to {policy.ceiling} when they stop)",
                       file=sys.stderr)
-            policy.threads, policy.changes = n, policy.changes + (policy.logged or 0)
+            policy.threads, policy.changes = n, policy.changes + away
     policy.calls += 1
     if not policy.logged and (announce or policy.calls == 2):
         _log(policy)
