@@ -36,7 +36,11 @@ PROMPTS = ["Tell me about Paris.", "Name a film you like.", "Is the sky blue?", 
            "Describe Tokyo.", "Recommend a movie from the nineties.", "Do fish sleep?", "How to plant a tree?",
            "What is Lagos like?", "A comedy for tonight?", "Is water wet?", "Steps to make tea.",
            "Facts about Lima.", "Your favourite horror film?", "Can birds see colours?", "How to tie a shoe?",
-           "Give me a city in Canada.", "A film about space.", "Is coffee healthy?", "How to wash a car?"]
+           "Give me a city in Canada.", "A film about space.", "Is coffee healthy?", "How to wash a car?",
+           "Tell me about Nairobi.", "A cartoon for children?", "Is the moon made of rock?", "How to bake bread?",
+           "Describe Reykjavik.", "Which war film is best?", "Do cats dream?", "Steps to change a tyre.",
+           "Where is Montevideo?", "A scary film for Halloween?"]
+ANSWERS = 50  # (prompt, schema, seed) triples, all different: 30 prompts against 4 schemas
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
@@ -60,14 +64,14 @@ def client(server):
 def _schema_answer(client, i: int):
     schema = SCHEMAS[i % len(SCHEMAS)]
     r = client.chat.completions.create(
-        model="smol", messages=[{"role": "user", "content": PROMPTS[i]}], temperature=1, seed=i, max_tokens=300,
+        model="smol", messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], temperature=1, seed=i, max_tokens=300,
         response_format={"type": "json_schema", "json_schema": {"name": f"s{i}", "schema": schema, "strict": True}})
     return schema, r.choices[0]
 
 
 def test_json_schema_answers_always_validate(client):
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda i: _schema_answer(client, i), range(len(PROMPTS))))
+        answers = list(pool.map(lambda i: _schema_answer(client, i), range(ANSWERS)))
     for schema, choice in answers:
         assert choice.finish_reason == "stop", choice.message.content
         jsonschema.validate(json.loads(choice.message.content), schema)
