@@ -53,7 +53,8 @@ class Leader:
             generator: torch.Generator | None = None, stop_ids=(), stop=(), tokenizer=None, slot: int | None = None,
             top_logprobs: int | None = None, grammar: Grammar | None = None, embeddings: torch.Tensor | None = None):
         if embeddings is not None:  # the image rows would have to reach every rank: not built
-            raise LlamalabError("images are not supported under tensor parallelism; serve the vision model in one process")
+            raise LlamalabError("images are not supported under tensor parallelism; "
+                                "serve the vision model in one process")
         sampler = sampler or Sampler()
         if slot is None:
             slot = next((i for i, s in enumerate(self.engine.slots) if s is None), None)
