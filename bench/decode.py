@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from slice7b import CACHE, make as make_slice  # noqa: E402  (a sibling script)
+from llama_cpp_ref import quantize, quantized_path, smollm2_f32, without_repacking  # noqa: E402  (sibling scripts)
+from slice7b import make as make_slice  # noqa: E402
 
 RESULT = "RESULT "
 
@@ -50,22 +51,11 @@ def bandwidth(gib: float = 1.0, rounds: int = 5) -> float:
     return x.nbytes / best
 
 
-def smollm2_f32() -> Path:
-    from llamalab import assets
-    from llamalab.cli import main
-
-    f32 = CACHE / "smollm2-f32.gguf"
-    if not f32.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        main(["convert", str(assets.path("smollm2")), "--to", "gguf", "--out", str(f32)])
-    return f32
-
-
 def quantized(f32: Path, kind: str) -> Path:
     """`f32` written as `kind` (F16, Q8_0, Q4_K_M, ...) by llama.cpp's llama_model_quantize, in a process of its own."""
     if kind == "F32":
         return f32
-    out = f32.with_name(f32.name.replace("-f32.gguf", f".llama-cpp-{kind}.gguf"))
+    out = quantized_path(f32, kind)
     if not out.exists():
         run = subprocess.run([sys.executable, __file__, "--worker", "quantize", "--file", str(f32), "--kind", kind,
                               "--out", str(out)], capture_output=True, text=True)  # llama.cpp logs every tensor
@@ -114,13 +104,7 @@ def run_llama_cpp(args) -> dict:
     import llama_cpp
 
     if args.no_repack:  # llama.cpp's CPU weight repacking off (see the module docstring)
-        default = llama_cpp.llama_cpp.llama_model_default_params
-
-        def params():
-            p = default()
-            p.use_extra_bufts = False
-            return p
-        llama_cpp.llama_cpp.llama_model_default_params = params
+        without_repacking()
     n = args.new_tokens
     t = time.perf_counter()
     llm = llama_cpp.Llama(model_path=str(args.file), n_ctx=args.prompt_tokens + n + 8, n_threads=args.threads,
@@ -160,14 +144,7 @@ def peak_rss_mb() -> float:
 
 def worker(args) -> None:
     if args.worker == "quantize":
-        import llama_cpp
-
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype, params.nthread = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{args.kind}"), args.threads
-        tmp = args.out.with_suffix(".tmp")
-        if llama_cpp.llama_model_quantize(str(args.file).encode(), str(tmp).encode(), params) != 0:
-            sys.exit(f"llama_model_quantize failed for {args.kind}")
-        tmp.rename(args.out)
+        quantize(args.file, args.out, args.kind, args.threads)
         return
     torch.set_num_threads(args.threads)
     result = run_ours(args) if args.worker == "ours" else run_llama_cpp(args)

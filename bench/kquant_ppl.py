@@ -33,40 +33,19 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE = Path.home() / ".cache" / "llamalab" / "bench"
-FTYPES = {"Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q5_0": 8, "Q5_1": 9}
+from llama_cpp_ref import quantize, quantized_path, smollm2_f32, without_repacking  # sibling scripts
 
-
-def f32_file() -> Path:
-    from llamalab import assets
-    from llamalab.cli import main
-
-    CACHE.mkdir(parents=True, exist_ok=True)
-    f32 = CACHE / "smollm2-f32.gguf"
-    if not f32.exists():
-        main(["convert", str(assets.path("smollm2")), "--to", "gguf", "--out", str(f32)])
-    return f32
+TYPES = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q5_0", "Q5_1"]  # llama.cpp's file types (LLAMA_FTYPE_MOSTLY_*)
 
 
 def llama_cpp_nll(path: str, spec: str) -> None:
     """(In its own process.) Summed NLL and count over the windows in the JSON file `spec`, printed as JSON."""
     import llama_cpp
-    import llama_cpp.llama_cpp as lib
 
     job = json.loads(Path(spec).read_text())
     if job.get("quantize"):
-        params = lib.llama_model_quantize_default_params()
-        params.ftype = FTYPES[job["quantize"]]
-        if lib.llama_model_quantize(job["f32"].encode(), path.encode(), params) != 0:
-            raise SystemExit(f"llama_model_quantize failed for {job['quantize']}")
-    default = lib.llama_model_default_params
-
-    def no_repack():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    lib.llama_model_default_params = no_repack
+        quantize(job["f32"], path, job["quantize"])
+    without_repacking()
     llm = llama_cpp.Llama(model_path=path, n_ctx=job["context"], n_batch=job["context"], logits_all=True,
                           n_threads=job["threads"], verbose=False, type_k=llama_cpp.GGML_TYPE_F32,
                           type_v=llama_cpp.GGML_TYPE_F32)
@@ -119,7 +98,7 @@ def ours(path: Path, tokens: list[int], context: int) -> tuple[float, str, float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--types", nargs="+", default=["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"], choices=FTYPES)
+    ap.add_argument("--types", nargs="+", default=["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"], choices=TYPES)
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
@@ -137,7 +116,7 @@ def main() -> None:
     from llamalab.runtime import load_runnable
 
     torch.set_num_threads(a.threads)
-    f32 = f32_file()
+    f32 = smollm2_f32()
     with lzma.open(resources.files("llamalab.data.corpus") / "prose.jsonl.xz", "rt") as f:
         text = json.loads(f.readline())["text"]
     tokens = load_runnable(f32, device="cpu").tokenizer.encode(text)[:a.windows * a.context]
@@ -146,7 +125,7 @@ def main() -> None:
           f"threads {a.threads}; llama.cpp without CPU weight repacking, KV cache F32")
     print(f"{'type':8} {'ours':>9} {'llama.cpp':>9} {'diff':>8}  {'held / RSS':>15} {'load s':>7}  tensor types")
     for kind in a.types:
-        path = CACHE / f"smollm2-llamacpp-{kind}.gguf"
+        path = quantized_path(f32, kind)
         job = {"tokens": tokens, "windows": spans, "context": a.context, "threads": a.threads,
                "f32": str(f32), "quantize": None if path.exists() else kind}
         theirs = run_llama_cpp(path, job)

@@ -25,7 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-TYPES = {"Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q5_0": 8, "Q5_1": 9}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from llama_cpp_ref import quantize, without_repacking  # noqa: E402  (llama.cpp as the reference, shared with bench/)
+
+TYPES = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q5_0", "Q5_1"]  # llama.cpp's file types (LLAMA_FTYPE_MOSTLY_*)
 TOKENS = [1, 319, 29, 7, 260, 301, 45, 88, 2, 150, 271, 13, 99, 300, 3, 200]
 VOCAB = 320
 
@@ -70,21 +73,9 @@ def f32_model(out: Path) -> Path:
 def one(f32: Path, kind: str, out: Path) -> list[list[float]]:
     """Quantize `f32` to `kind` with llama.cpp and return llama.cpp's logits for TOKENS (in this process)."""
     import llama_cpp
-    import llama_cpp.llama_cpp as lib
 
-    params = lib.llama_model_quantize_default_params()
-    params.ftype = TYPES[kind]
-    params.nthread = 1
-    if lib.llama_model_quantize(str(f32).encode(), str(out).encode(), params) != 0:
-        raise SystemExit(f"llama_model_quantize failed for {kind}")
-    default = lib.llama_model_default_params
-
-    def no_repack():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    lib.llama_model_default_params = no_repack
+    quantize(f32, out, kind, threads=1)
+    without_repacking()
     llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, n_batch=64, n_threads=1, logits_all=True, verbose=False,
                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, flash_attn=False)
     llm.eval(TOKENS)
