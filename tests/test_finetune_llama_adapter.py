@@ -64,7 +64,7 @@ def hf_llama(base):
 
 def test_run_trains_prompt_and_gate_only_and_lowers_the_loss(trained):
     report = json.loads((trained / "report.json").read_text())
-    assert report["method"] == "llama-adapter"
+    assert (report["method"], report["adapter_len"], report["adapter_layers"]) == ("llama-adapter", 6, 1)
     assert report["trainable_params"] == 6 * ARGS.dim + 1  # one layer's prompt and gate, nothing else
     # a random model's answers are near uniform: its loss moves little (the real SmolLM2's: test_finetune_smollm2)
     assert report["val_loss_after"] < report["val_loss_before"], report
@@ -126,3 +126,91 @@ def test_adapter_flags_without_the_method_are_one_line(base, data, tmp_path, cap
     err = without_notices(capsys.readouterr().err).strip()
     assert len(err.splitlines()) == 1 and "adapter_len is a LLaMA-Adapter setting but method=full" in err, err
     assert not out.exists()
+
+
+# --adapter with a LLaMA-Adapter on the commands that run a model: peft's own adapter (gates set far from
+# their zero init, so that the answer changes) against peft's model; float32, so that greedy ties match
+
+N = 6
+
+
+@pytest.fixture(scope="module")
+def peft_adapter(base, tmp_path_factory):
+    from peft import AdaptionPromptConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(hf_llama(base), AdaptionPromptConfig(adapter_len=6, adapter_layers=2, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("adaption_gate"):
+                p.fill_(10.0)
+    out = tmp_path_factory.mktemp("peft") / "adapter"
+    model.save_pretrained(out)
+    return out, model.eval()
+
+
+def peft_greedy(model, tokenizer, ids) -> str:
+    with torch.no_grad():
+        tokens = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=N, do_sample=False, pad_token_id=0)
+    return tokenizer.decode(tokens[0, len(ids):].tolist())
+
+
+@pytest.fixture(scope="module")
+def chat_answer(base, peft_adapter):
+    """peft's greedy answer to PROMPT as a chat turn, rendered with the checkpoint's template."""
+    rt = llamalab.load_runnable(base, device="cpu")
+    return peft_greedy(peft_adapter[1], rt.tokenizer, rt.encode_chat([{"role": "user", "content": PROMPT}]))
+
+
+def cli(capsys, *argv) -> str:
+    capsys.readouterr()
+    assert main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+def test_generate_runs_a_peft_adaption_prompt(base, peft_adapter, capsys):
+    adapter, model = peft_adapter
+    run = ["generate", "--model", str(base), "--prompt", PROMPT, "--max-new-tokens", str(N), "--no-stream",
+           "--dtype", "float32"]
+    got = cli(capsys, *run, "--adapter", str(adapter))
+    tokenizer = load_tokenizer(base)
+    assert got == peft_greedy(model, tokenizer, tokenizer.encode(PROMPT, bos=tokenizer.add_bos))
+    assert got != cli(capsys, *run)  # the adapter changes the answer
+
+
+def test_chat_runs_a_peft_adaption_prompt(base, peft_adapter, chat_answer, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{PROMPT}\n/exit\n"))
+    got = cli(capsys, "chat", "--model", str(base), "--adapter", str(peft_adapter[0]), "--max-new-tokens", str(N),
+              "--dtype", "float32")
+    assert got.strip() == chat_answer.strip() and chat_answer.strip()
+
+
+def test_serve_runs_a_peft_adaption_prompt(base, peft_adapter, chat_answer, tmp_path):
+    import openai
+
+    from llamalab.serve.process import ServerProcess
+
+    with ServerProcess(base, "--adapter", str(peft_adapter[0]), "--dtype", "float32", "--served-model-name", "t",
+                       "--max-batch", "2", log=tmp_path / "server.log") as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        reply = client.chat.completions.create(model="t", messages=[{"role": "user", "content": PROMPT}],
+                                               max_tokens=N, temperature=0)
+    assert reply.choices[0].message.content == chat_answer
+
+
+def test_eval_scores_with_a_peft_adaption_prompt(base, peft_adapter, tmp_path):
+    """Each choice's log-likelihood as peft's model gives it (context and continuation split as lm-eval
+    splits them: the whole string encoded, the context's tokens first)."""
+    adapter, model = peft_adapter
+    log = tmp_path / "samples.jsonl"
+    assert main(["eval", "--model", str(base), "--adapter", str(adapter), "--dtype", "float32", "--tasks",
+                 "arc_easy", "--limit", "1", "--log-samples", str(log), "--output", str(tmp_path / "e.json")]) == 0
+    item = json.loads(log.read_text().splitlines()[0])
+    tokenizer = load_tokenizer(base)
+    for context, continuation, got in zip(item["contexts"], item["continuations"], item["loglikelihoods"]):
+        whole = tokenizer.encode(context + continuation, bos=tokenizer.add_bos)
+        n = len(tokenizer.encode(context, bos=tokenizer.add_bos))
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0].double(), -1)
+        want = sum(logp[i - 1, whole[i]].item() for i in range(n, len(whole)))
+        assert abs(got - want) < 1e-3, (got, want)

@@ -189,6 +189,8 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict:
             "model": str(run.cfg.init_from), "data": str(run.cfg.data), "format": info.format,
             "template": info.template or "the checkpoint's own",
             "method": {"nf4": "qlora-nf4", "int8": "lora-int8"}.get(run.cfg.quantize_base, run.cfg.method),
+            **({"adapter_len": run.cfg.adapter_len, "adapter_layers": run.cfg.adapter_layers}
+               if run.cfg.method == "llama-adapter" else {}),
             "examples": info.counts, "train_examples": info.train_examples, "val_examples": info.val_examples,
             "trainable_params": trainable, "total_params": summary["params"], **info.memory,
             "steps": summary["step"], "epochs": round(run.loader.epochs(), 3),
