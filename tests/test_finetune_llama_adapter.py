@@ -214,3 +214,11 @@ def test_eval_scores_with_a_peft_adaption_prompt(base, peft_adapter, tmp_path):
             logp = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0].double(), -1)
         want = sum(logp[i - 1, whole[i]].item() for i in range(n, len(whole)))
         assert abs(got - want) < 1e-3, (got, want)
+
+
+def test_lora_merge_of_a_llama_adapter_is_one_line(base, peft_adapter, tmp_path, capsys):
+    out = tmp_path / "merged"
+    assert main(["lora", "merge", "--model", str(base), "--adapter", str(peft_adapter[0]), "--out", str(out)]) == 2
+    err = without_notices(capsys.readouterr().err).strip()
+    assert len(err.splitlines()) == 1 and "no weight deltas to merge; run it unmerged with --adapter" in err, err
+    assert not out.exists()
