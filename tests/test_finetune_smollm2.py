@@ -132,3 +132,26 @@ def test_peft_adapter_in_llamalab_gives_peft_logits(smol, hf_export, smollm2_ggu
         after = (quant.model(tokens).float() - want).abs().max()
     print(f"quantized base vs peft: {before:.3f} without the adapter, {after:.3f} with it")
     assert after < before / 2, (before, after)
+
+
+def test_llama_adapter_short_run_lowers_loss_and_peft_gives_our_logits(smollm2_gguf, hf_export, tmp_path):
+    """LLaMA-Adapter with the paper's settings (10 prompt vectors in the top 30/32 of the layers, lr 9e-3): two
+    steps lower the held-out loss; peft's AdaptionPromptModel on transformers' LlamaForCausalLM loads the
+    adapter and gives our logits."""
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    (tmp_path / "pairs.jsonl").write_text("".join(PAIRS.read_text().splitlines(keepends=True)[:24]))
+    cfg = FinetuneConfig(init_from=str(smollm2_gguf), data=str(tmp_path / "pairs.jsonl"), out_dir=str(tmp_path / "run"),
+                         method="llama-adapter", seq_len=48, micro_batch_size=2, max_steps=2, val_split=0.17,
+                         samples=0, progress=False)
+    report = finetune(cfg)
+    assert report["method"] == "llama-adapter" and report["trainable_params"] == 28 * (10 * 576 + 1)  # 28 of 30
+    assert report["val_loss_after"] < report["val_loss_before"] - 0.05, report
+    path, _ = hf_export
+    ours = llamalab.load(path, adapter=tmp_path / "run" / "adapter")
+    tokens = torch.tensor([ours.tokenizer.encode(PROMPT)])
+    with torch.no_grad():
+        theirs = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32),
+                                           tmp_path / "run" / "adapter").eval()
+        assert (theirs(input_ids=tokens).logits - ours.model(tokens)).abs().max() <= 1e-4

@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import jsonschema
 import ollama
 import openai
 import pytest
@@ -120,6 +122,34 @@ def test_image_and_text_requests_decode_together(client, material, expected):
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(lambda m: ask(client, m).choices[0].message.content, requests))
     assert answers == [expected["pictures"][0], expected["text"], expected["pictures"][1]]
+
+
+COLOR = {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]},
+                                          "count": {"type": "integer", "minimum": 0, "maximum": 9}},
+         "required": ["color", "count"], "additionalProperties": False}
+TOOL = {"type": "function", "function": {"name": "describe", "description": "Describe the picture",
+                                         "parameters": COLOR}}
+
+
+def test_structured_outputs_and_tools_constrain_image_answers(client, server, material):
+    """response_format, ollama's format and a required tool call constrain an answer about an image as they do a
+    text answer (the same prompt tokens as the image alone: the image is in it)."""
+    picture = material[2][0]
+    plain = ask(client, image_message(data_url(picture)))
+    fmt = {"type": "json_schema", "json_schema": {"name": "color", "schema": COLOR, "strict": True}}
+    r = client.chat.completions.create(model="llava", messages=image_message(data_url(picture)), temperature=0,
+                                       max_tokens=60, response_format=fmt)
+    jsonschema.validate(json.loads(r.choices[0].message.content), COLOR)
+    assert r.choices[0].finish_reason == "stop" and r.usage.prompt_tokens == plain.usage.prompt_tokens
+    called = client.chat.completions.create(model="llava", messages=image_message(data_url(picture)), tools=[TOOL],
+                                            tool_choice="required", temperature=0, max_tokens=50)
+    (call,) = called.choices[0].message.tool_calls
+    assert call.function.name == "describe" and called.choices[0].finish_reason == "tool_calls"
+    jsonschema.validate(json.loads(call.function.arguments), COLOR)
+    o = ollama.Client(host=server.url, timeout=120)
+    chat = o.chat(model="llava", messages=[{"role": "user", "content": QUESTION, "images": [picture]}], format=COLOR,
+                  options={"temperature": 0, "num_predict": 60}, stream=False)
+    jsonschema.validate(json.loads(chat.message.content), COLOR)
 
 
 def png_claiming(width: int, height: int) -> bytes:

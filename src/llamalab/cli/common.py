@@ -70,7 +70,8 @@ def add_sampling_arguments(p, max_new_tokens: int):
 
 def add_adapter_argument(p):
     """--adapter: a LoRA adapter (ours or peft's) applied to the --model checkpoint by `load_model`."""
-    p.add_argument("--adapter", metavar="DIR", help="a LoRA adapter directory (ours or peft's) to run the model with")
+    p.add_argument("--adapter", metavar="DIR", help="a LoRA adapter directory (ours or peft's), or a LLaMA-Adapter "
+                   "(peft's adaption_prompt layout), to run the model with")
 
 
 def add_compile_argument(p):

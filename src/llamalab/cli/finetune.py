@@ -1,11 +1,13 @@
 from .common import add_config_arguments, parse_overrides
 
-HELP = "Instruction-tune a checkpoint (Alpaca / ShareGPT / messages / prompt-completion data): full, LoRA or QLoRA."
+HELP = ("Instruction-tune a checkpoint (Alpaca / ShareGPT / messages / prompt-completion data): full, LoRA, QLoRA or "
+        "LLaMA-Adapter.")
 
 EPILOG = """examples:
   llamalab finetune --model SmolLM2-135M-Instruct.Q4_1.gguf --data pairs.jsonl --out runs/ft --lora-rank 8
   llamalab finetune --model smol-hf/ --data alpaca.json --out runs/full --epochs 1 --lr 1e-5
   llamalab finetune --model llama-7b/ --data sharegpt.json --out runs/qlora --lora-rank 64 --quantize-base nf4
+  llamalab finetune --model llama-7b/ --data alpaca.json --out runs/adapter --method llama-adapter --adapter-len 10
   torchrun --nproc_per_node 2 -m llamalab finetune --model M --data D --out O --lora-rank 8 --parallel ddp
 The run resumes with --resume; every config key is a --flag (see `llamalab train --help` for the loop's)."""
 

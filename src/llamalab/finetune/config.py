@@ -1,6 +1,7 @@
-"""`FinetuneConfig`: a TrainConfig (the same loop, checkpoints, parallelism) plus instruction data, LoRA and
-QLoRA, with fine-tuning's defaults: Stanford Alpaca's recipe (3 epochs, cosine to zero, 3% warm-up, no
-weight decay, lr 2e-5 for full fine-tuning) and QLoRA's lr 2e-4 for adapters. Imports no torch.
+"""`FinetuneConfig`: a TrainConfig (the same loop, checkpoints, parallelism) plus instruction data, LoRA,
+QLoRA and LLaMA-Adapter, with fine-tuning's defaults: Stanford Alpaca's recipe (3 epochs, cosine to zero, 3%
+warm-up, no weight decay, lr 2e-5 for full fine-tuning), QLoRA's lr 2e-4 for LoRA adapters and the
+LLaMA-Adapter paper's lr 9e-3, prompt length 10 and share of adapted layers (top 30 of 32). Imports no torch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from ..errors import LlamalabError
 from ..train.run_config import TrainConfig
 
 QUANTIZE = ("nf4", "int8")
+METHODS = ("full", "lora", "llama-adapter")
+ADAPTER_LR = 9e-3  # LLaMA-Adapter (Zhang et al. 2023), §4.1
 NOT_FOR_FINETUNING = ("tokenizer", "mixture", "batch_tokens", "init_std", "eval_seq_lens", "eval_batches",
                       "eval_per_source")  # the validation split is evaluated whole
 
@@ -40,11 +43,15 @@ class FinetuneConfig(TrainConfig):
     lora_dropout: float = 0.05
     lora_targets: str = "q,k,v,o"  # q,k,v,o,w1,w2,w3 (or gate,down,up) or all
     quantize_base: str | None = None  # nf4 (QLoRA) | int8: the frozen base in low precision (needs LoRA)
+    method: str | None = None  # full | lora | llama-adapter; None: lora with lora_rank, else full
+    adapter_len: int | None = None  # llama-adapter: prompt length L (None: the paper's 10)
+    adapter_layers: int | None = None  # llama-adapter: top K layers adapted (None: the paper's 30/32 of them)
     samples: int = 2  # held-out instructions answered before and after training, in the report
     out_dir: str = "runs/finetune"
 
     FLOAT_KEYS: ClassVar[tuple] = TrainConfig.FLOAT_KEYS + ("val_split", "epochs", "lora_alpha", "lora_dropout")
-    STR_KEYS: ClassVar[set] = TrainConfig.STR_KEYS | {"format", "template", "lora_targets", "quantize_base"}
+    STR_KEYS: ClassVar[set] = TrainConfig.STR_KEYS | {"format", "template", "lora_targets", "quantize_base",
+                                               "method"}
 
     POSITIVE: ClassVar[tuple] = TrainConfig.POSITIVE + ("epochs", "lora_alpha")
     NONNEGATIVE: ClassVar[tuple] = TrainConfig.NONNEGATIVE + ("val_split", "lora_dropout")
@@ -57,8 +64,9 @@ class FinetuneConfig(TrainConfig):
             raise LlamalabError("config: fine-tuning needs a model to start from (--model CHECKPOINT)")
         if not self.data:
             raise LlamalabError("config: no instruction data given (--data FILE.json or .jsonl)")
+        self._check_method()
         if self.lr is None:
-            self.lr = 2e-4 if self.lora_rank is not None else 2e-5
+            self.lr = ADAPTER_LR if self.method == "llama-adapter" else 2e-4 if self.lora_rank is not None else 2e-5
         if self.batch_tokens is not None:
             raise LlamalabError("config: fine-tuning batches are counted in examples: use micro_batch_size and "
                                 "grad_accum, not batch_tokens")
@@ -84,6 +92,44 @@ class FinetuneConfig(TrainConfig):
             dataclasses.replace(self, max_steps=self.max_steps or 10**9, seq_len=self.seq_len or 1024)
             return
         super().__post_init__()
+
+    def _check_method(self) -> None:
+        """--method against the flags of the other methods; resolves None to lora or full."""
+        if self.method not in (None, *METHODS):
+            raise LlamalabError(f"config: method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method is None:
+            self.method = "lora" if self.lora_rank is not None else "full"
+        if self.method == "lora" and self.lora_rank is None:
+            raise LlamalabError("config: method=lora needs a rank: add --lora-rank R")
+        if self.method != "lora" and self.lora_rank is not None:
+            raise LlamalabError(f"config: --lora-rank is a LoRA setting but method={self.method}: drop it, or "
+                                f"use --method lora")
+        if self.method != "llama-adapter":
+            given = [k for k in ("adapter_len", "adapter_layers") if getattr(self, k) is not None]
+            if given:
+                raise LlamalabError(f"config: {given[0]} is a LLaMA-Adapter setting but method={self.method}: add "
+                                    f"--method llama-adapter, or drop it")
+            return
+        if self.quantize_base:
+            raise LlamalabError(f"config: quantize_base={self.quantize_base} is for LoRA (QLoRA); LLaMA-Adapter "
+                                f"trains on the base as it is: drop --quantize-base")
+        for key in ("adapter_len", "adapter_layers"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise LlamalabError(f"config: {key} must be a positive integer, got {value!r}")
+
+    def with_adapter(self, n_layers: int) -> "FinetuneConfig":
+        """adapter_len and adapter_layers resolved (the paper's 10 and 30/32 of `n_layers`) and checked against a
+        model of `n_layers` layers; unchanged for the other methods."""
+        if self.method != "llama-adapter":
+            return self
+        from ..formats.adaption_prompt import PAPER_LENGTH, default_layers
+
+        layers = self.adapter_layers or default_layers(n_layers)
+        if layers > n_layers:
+            raise LlamalabError(f"config: adapter_layers={layers} but {self.init_from} has {n_layers} layers: adapt "
+                                f"at most {n_layers}")
+        return dataclasses.replace(self, adapter_len=self.adapter_len or PAPER_LENGTH, adapter_layers=layers)
 
     def lora_spec(self):
         """The LoRA settings (a LoraSpec), or None for full fine-tuning."""

@@ -1,9 +1,10 @@
-"""A fine-tuning run: instruction data and a checkpoint (with LoRA layers, optionally on a 4-bit base) made
-into a `train.loop.Run`, trained by the pretraining loop's `fit`, then reported:
+"""A fine-tuning run: instruction data and a checkpoint (with LoRA layers, optionally on a 4-bit base, or
+LLaMA-Adapter's gated prompts) made into a `train.loop.Run`, trained by the pretraining loop's `fit`, then
+reported:
 
     data → template → token ids + loss masks → train / validation split → the checkpoint's model
-    (meta → LoRA → parallelisms → its weights, adapters initialized) → quantize the base? → AdamW
-    → fit (held-out loss before and after, checkpoints, resume) → adapter (peft layout) or HF model
+    (meta → LoRA or adaption prompts → parallelisms → its weights, adapters initialized) → quantize the
+    base? → AdamW → fit (held-out loss before and after, checkpoints, resume) → adapter (peft layout) or HF model
     → report.json: examples used / truncated / skipped, parameters, losses, sample answers
 """
 
@@ -18,7 +19,7 @@ from ..atomic import write_text
 from ..bounded import read_json
 from ..chat_templates import render_for
 from ..errors import LlamalabError
-from ..formats import save
+from ..formats import adaption_prompt, save
 from ..formats.lora import apply_lora, check_rank, lora_init
 from ..formats.peft import save_adapter
 from ..generate import decode_text, generate
@@ -59,7 +60,7 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     source = load_source(cfg)
     if spec is not None:
         check_rank(source.args, spec)
-    cfg = cfg.with_context(source.args.max_seq_len)
+    cfg = cfg.with_context(source.args.max_seq_len).with_adapter(source.args.n_layers)
     if source.tokenizer is None:
         raise LlamalabError(f"{source.path} ships no tokenizer; fine-tuning renders and tokenizes the data with "
                             f"the checkpoint's own (put tokenizer.json / tokenizer.model next to the weights)")
@@ -85,6 +86,9 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     if spec is not None:
         full_tensor = lora_init(source.full_tensor, torch.Generator().manual_seed(cfg.seed))
         adapt = lambda model: apply_lora(model, spec)  # noqa: E731
+    elif cfg.method == "llama-adapter":
+        full_tensor = adaption_prompt.prompt_init(source.full_tensor, torch.Generator().manual_seed(cfg.seed))
+        adapt = lambda model: adaption_prompt.add_prompts(model, cfg.adapter_len, cfg.adapter_layers)  # noqa: E731
     model, train_model = parallel.build_parallel_model(
         source.args, world=world, parallel=cfg.parallel, activation_checkpointing=cfg.activation_checkpointing,
         compile=cfg.compile, bf16=bf16, full_tensor=full_tensor, adapt=adapt)
@@ -98,15 +102,15 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
     prompts = _sample_prompts(val_rec if val_rec else train_rec, source.tokenizer, template_name, cfg.samples)
     run = loop.Run(cfg, world, source.args, model, train_model, optimizer, loader,
-                   (lambda: val) if val else None, export=_exporter(spec, source), bf16=bf16,
-                   accum=cfg.grad_accum, resume_from=resume_from, trainable_only=spec is not None,
+                   (lambda: val) if val else None, export=_exporter(cfg, spec, source), bf16=bf16,
+                   accum=cfg.grad_accum, resume_from=resume_from, trainable_only=cfg.method != "full",
                    eval_at_start=True, title=f"fine-tuning {source.path.name}")
     info = Prepared(fmt, counts, len(train_ex), len(val_ex), prompts, source.tokenizer, template_name, memory)
     return run, info
 
 
 RECIPE = ("init_from", "data", "format", "template", "val_split", "seq_len", "seed", "lora_rank", "lora_alpha",
-          "lora_targets", "quantize_base")  # what a resumed run must share with the run it continues
+          "lora_targets", "quantize_base", "method", "adapter_len", "adapter_layers")  # what a resumed run must share with the run it continues
 
 
 def _check_same_recipe(cfg: FinetuneConfig, checkpoint_dir) -> None:
@@ -146,11 +150,11 @@ def answer(model, tokenizer, prompts: list[dict], max_new_tokens: int = 96) -> l
         model.train(was_training)
 
 
-def _exporter(spec, source):
-    """The run's final artifact: the adapter in peft's layout (LoRA) or a HF model directory carrying the
-    checkpoint's tokenizer and chat template (full fine-tuning)."""
+def _exporter(cfg: FinetuneConfig, spec, source):
+    """The run's final artifact: the adapter in peft's layout (LoRA, or `adaption_prompt` for LLaMA-Adapter) or
+    a HF model directory carrying the checkpoint's tokenizer and chat template (full fine-tuning)."""
     def export(run: loop.Run) -> dict:
-        if spec is None:
+        if cfg.method == "full":
             state = parallel.full_state_dict(run.model)
             out = run.out / "model"
             if run.world.is_main:
@@ -158,7 +162,9 @@ def _exporter(spec, source):
             return {"model_dir": str(out)}
         state = parallel.full_state_dict(run.model, trainable_only=True)
         out = run.out / "adapter"
-        if run.world.is_main:
+        if run.world.is_main and spec is None:
+            adaption_prompt.save(out, state, cfg.adapter_len, cfg.adapter_layers, base=str(source.path))
+        elif run.world.is_main:
             save_adapter(out, state, spec, run.args, base=str(source.path))
         return {"adapter_dir": str(out)}
     return export
@@ -182,8 +188,9 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict:
         report = {
             "model": str(run.cfg.init_from), "data": str(run.cfg.data), "format": info.format,
             "template": info.template or "the checkpoint's own",
-            "method": {"nf4": "qlora-nf4", "int8": "lora-int8"}.get(run.cfg.quantize_base,
-                                                                     "lora" if run.trainable_only else "full"),
+            "method": {"nf4": "qlora-nf4", "int8": "lora-int8"}.get(run.cfg.quantize_base, run.cfg.method),
+            **({"adapter_len": run.cfg.adapter_len, "adapter_layers": run.cfg.adapter_layers}
+               if run.cfg.method == "llama-adapter" else {}),
             "examples": info.counts, "train_examples": info.train_examples, "val_examples": info.val_examples,
             "trainable_params": trainable, "total_params": summary["params"], **info.memory,
             "steps": summary["step"], "epochs": round(run.loader.epochs(), 3),

@@ -9,10 +9,15 @@ rotation: the prompt has no position); that attention is softmaxed on its own, s
 start of training, so the adapter starts as a no-op), projected by the layer's output weights and added to the
 layer's attention output. This is peft's `AdaptedAttention`, on our `model.Attention` (whose Meta q/k layout
 leaves every q·k product as it is), so the same adapter gives the same logits.
+
+Training (`finetune --method llama-adapter`): `add_prompts` freezes the model and adapts its top K layers
+with trainable prompts and gates, `prompt_init` draws them as peft does (prompt standard normal, gate zero),
+`save` writes what training learned in this layout.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -21,12 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import staged_dir
 from ..bounded import read_json
 from ..config import ModelArgs
 from ..errors import LlamalabError
 from ..model import Attention, Transformer, apply_rotary
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+PREFIX = "base_model.model.model.layers."
+PAPER_LENGTH = 10  # the paper's adaption prompt length L
+PAPER_LAYERS = (30, 32)  # the paper adapts the top 30 of LLaMA-7B's 32 layers
+_OURS = re.compile(r"layers\.(\d+)\.attention\.(adaption_(?:prompt|gate))")
 _KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.self_attn\.adaption_(prompt|gate)$")
 
 
@@ -107,7 +117,64 @@ def attach(model: Transformer, adapter: dict[int, tuple[torch.Tensor, torch.Tens
     """Turn the adapted layers' attention into `AdaptedAttention` with the adapter's prompt and gate."""
     device = model.norm.weight.device
     for i, (prompt, gate) in adapter.items():
-        attention = model.layers[i].attention
-        attention.__class__ = AdaptedAttention
-        attention.adaption_prompt = nn.Parameter(prompt.to(device), requires_grad=False)
-        attention.adaption_gate = nn.Parameter(gate.to(device), requires_grad=False)
+        _adapt(model.layers[i].attention, prompt.to(device), gate.to(device), trainable=False)
+
+
+def _adapt(attention: Attention, prompt: torch.Tensor, gate: torch.Tensor, *, trainable: bool) -> None:
+    attention.__class__ = AdaptedAttention
+    attention.adaption_prompt = nn.Parameter(prompt, requires_grad=trainable)
+    attention.adaption_gate = nn.Parameter(gate, requires_grad=trainable)
+
+
+def default_layers(n_layers: int) -> int:
+    """The paper's share of adapted layers (30 of 32) on a model of `n_layers`: 30 of LLaMA-7B's 32, 28 of
+    SmolLM2-135M's 30, all of a 2-layer model."""
+    return max(1, min(n_layers, round(n_layers * PAPER_LAYERS[0] / PAPER_LAYERS[1])))
+
+
+def add_prompts(model: Transformer, length: int, layers: int) -> list[int]:
+    """Freeze every parameter of `model` and adapt its top `layers` layers with trainable prompts (1, length,
+    dim) and gates (1,), as uninitialised tensors on the model's device (works on the meta device, before
+    parallelisms are applied: `prompt_init` gives their values). Returns the adapted layer indices."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    n, dim = len(model.layers), model.norm.weight.shape[0]
+    device = model.norm.weight.device
+    for i in range(n - layers, n):
+        _adapt(model.layers[i].attention, torch.empty(1, length, dim, device=device), torch.empty(1, device=device),
+               trainable=True)
+    return list(range(n - layers, n))
+
+
+def prompt_init(base_tensor, generator: torch.Generator):
+    """`full_tensor` (see train.parallel.materialize) for a model with `add_prompts`: each prompt drawn standard
+    normal (peft's and the official code's init), each gate zero (the paper's zero-init attention: training
+    starts from the base model's own answers), every base parameter from `base_tensor`."""
+    def full_tensor(name: str, shape, dtype) -> torch.Tensor:
+        if name.endswith(".adaption_prompt"):
+            return torch.randn(shape, dtype=dtype, generator=generator)
+        if name.endswith(".adaption_gate"):
+            return torch.zeros(shape, dtype=dtype)
+        return base_tensor(name, shape, dtype)
+    return full_tensor
+
+
+def save(out, state: dict[str, torch.Tensor], length: int, layers: int, base: str | None = None) -> Path:
+    """Write the prompts and gates of a trained model (our names: `layers.N.attention.adaption_prompt`, ...) as
+    the peft directory `out`, whole or not at all (it replaces an earlier one: a resumed run writes it again)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    tensors = {}
+    for key, w in sorted(state.items()):
+        m = _OURS.fullmatch(key)
+        if m is None:
+            raise ValueError(f"not an adaption prompt parameter: {key}")
+        tensors[f"{PREFIX}{m.group(1)}.self_attn.{m.group(2)}"] = w.float().contiguous()
+    config = {"peft_type": "ADAPTION_PROMPT", "task_type": "CAUSAL_LM", "adapter_len": length,
+              "adapter_layers": layers, "target_modules": "self_attn", "inference_mode": True,
+              "base_model_name_or_path": base, "revision": None, "auto_mapping": None}
+    with staged_dir(out) as tmp:
+        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return out

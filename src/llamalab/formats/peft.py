@@ -96,8 +96,12 @@ def read_config(adapter_dir) -> dict:
         config = read_json(adapter_dir / CONFIG)
     except (OSError, ValueError) as e:
         raise LlamalabError(f"{adapter_dir / CONFIG}: cannot read JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
-        raise LlamalabError(f"{adapter_dir / CONFIG}: peft_type {config.get('peft_type')!r} is not LORA")
+    kind = config.get("peft_type", "LORA") if isinstance(config, dict) else None
+    if kind == "ADAPTION_PROMPT":
+        raise LlamalabError(f"{adapter_dir} is a LLaMA-Adapter (peft's adaption_prompt): gated attention over "
+                            f"learned prompts, no weight deltas to merge; run it unmerged with --adapter")
+    if kind != "LORA":
+        raise LlamalabError(f"{adapter_dir / CONFIG}: peft_type {kind!r} is not LORA")
     for key, off in UNSUPPORTED.items():
         value = config.get(key, off)
         if value != off and value:  # None, False, [] and {} all mean "not used"

@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import library
-from ..chat_templates import render, render_for, resolve_template
+from ..chat_templates import render, resolve_template
 from ..errors import LlamalabError
 from ..generate import Engine
 from ..images import MAX_IMAGE_BYTES, data_url_bytes, open_image
@@ -97,33 +97,43 @@ class Service:
 
     # ------------------------------------------------------------------------- request → job (sync)
     def chat_job(self, req: ChatRequest) -> Job:
+        """A chat, with or without images: tools into the prompt and response_format / a required tool call as
+        the grammar its answer follows, the same for both."""
         self._check_common(req)
         req = self.with_preset(req)
-        if req.images():
-            return self._image_job(req)
         try:
             offered, forced = tools.checked(req.tools, req.tool_choice)
         except LlamalabError as e:
             raise APIError(400, str(e), param="tools") from None
-        try:
-            template = resolve_template(self.settings.template, self.tokenizer)
-            native = tools.uses_tools(template)
-            messages = tools.conversation(conversation(self.preset, req.conversation()), offered, native)
-            text = render(messages, template, True, bos_token=self.tokenizer.bos_token or "",
-                          eos_token=self.tokenizer.eos_token or "", **({"tools": offered} if native and offered else {}))
-        except LlamalabError as e:
-            raise APIError(400, str(e), param="messages") from None
-        prompt = self.tokenizer.encode(text, bos=False)  # the template places BOS itself
         top = (req.top_logprobs or 0) if req.logprobs else None
+        if req.images():
+            prompt, rows = self._image_prompt(req, offered)
+        else:
+            prompt, rows = self.tokenizer.encode(self._chat_text(req, offered), bos=False), None  # BOS: the template's
         grammar = response_grammar(self.tokenizer, req.response_format, offered, forced)
         job = self._job(req, [prompt], req.max_completion_tokens or req.max_tokens, top, grammar)
+        if rows is not None:
+            job.embeddings = [rows(prompt)]
         job.tools = offered or None
         return job
 
-    def _image_job(self, req: ChatRequest) -> Job:
+    def _chat_text(self, req: ChatRequest, offered: list[dict], mark: str | None = None) -> str:
+        """The conversation rendered with the chat template, the offered tools in it (the template's own way, or
+        as a system message), each image as `mark`."""
+        try:
+            template = resolve_template(self.settings.template, self.tokenizer)
+            native = tools.uses_tools(template)
+            messages = tools.conversation(conversation(self.preset, req.conversation(mark)), offered, native)
+            return render(messages, template, True, bos_token=self.tokenizer.bos_token or "",
+                          eos_token=self.tokenizer.eos_token or "", **({"tools": offered} if native and offered else {}))
+        except LlamalabError as e:
+            raise APIError(400, str(e), param="messages") from None
+
+    def _image_prompt(self, req: ChatRequest, offered: list[dict]):
         """A chat with images: read and checked (size, pixels), the conversation rendered with a mark no text
-        can contain where each image goes, the marks made image tokens, and their rows filled with the
-        images' features (the vision tower runs here, off the decode thread)."""
+        can contain where each image goes, the marks made image tokens; returns (prompt, rows), `rows(prompt)`
+        the prompt's input rows with the images' features (the vision tower runs here, off the decode thread),
+        called once the job is known to fit."""
         found = [(f"messages[{i}] image {j + 1}", url) for i, m in enumerate(req.messages)
                  for j, url in enumerate(m.images())]
         if self.vision is None:
@@ -137,16 +147,13 @@ class Service:
         mark = f"<image-{secrets.token_hex(8)}>"
         try:
             images = [open_image(data_url_bytes(url, where), name=where) for where, url in found]
-            text = render_for(self.tokenizer, conversation(self.preset, req.conversation(mark)), self.settings.template)
         except LlamalabError as e:
             raise APIError(400, str(e), param="messages") from None
+        text = self._chat_text(req, offered, mark)
         if text.count(mark) != len(images):
             raise APIError(400, "the chat template left out a message that holds an image", param="messages")
-        prompt = self.vision.ids(self.tokenizer, text, mark=mark)
-        top = (req.top_logprobs or 0) if req.logprobs else None
-        job = self._job(req, [prompt], req.max_completion_tokens or req.max_tokens, top)
-        job.embeddings = [self.vision.rows(prompt, self.vision.features(images))]
-        return job
+        return self.vision.ids(self.tokenizer, text, mark=mark), \
+            lambda prompt: self.vision.rows(prompt, self.vision.features(images))
 
     def completion_job(self, req: CompletionRequest) -> Job:
         self._check_common(req)
