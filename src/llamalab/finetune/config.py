@@ -29,7 +29,7 @@ class FinetuneConfig(TrainConfig):
     seq_len: int | None = None  # longer examples are cut (and counted); None: min(1024, the model's context)
     micro_batch_size: int = 4
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float | None = None  # None: 2e-4 with LoRA, 2e-5 for full fine-tuning
+    lr: float | None = None  # None: 2e-4 with LoRA, 2e-5 for full fine-tuning, 1e-3 for LLaVA stage 1 (LLaVA: 2e-3)
     min_lr_ratio: float = 0.0
     warmup_steps: int = 0
     warmup_fraction: float | None = 0.03
@@ -41,10 +41,14 @@ class FinetuneConfig(TrainConfig):
     lora_targets: str = "q,k,v,o"  # q,k,v,o,w1,w2,w3 (or gate,down,up) or all
     quantize_base: str | None = None  # nf4 (QLoRA) | int8: the frozen base in low precision (needs LoRA)
     samples: int = 2  # held-out instructions answered before and after training, in the report
+    stage: int | None = None  # LLaVA: 1 trains the projector (tower and LM frozen), 2 projector + LM (full or LoRA)
+    image_dir: str | None = None  # LLaVA: where the records' image paths start (default: the data file's folder)
+    train_vision_tower: bool = False  # LLaVA: the vision tower trains too (a tower trained from scratch)
     out_dir: str = "runs/finetune"
 
     FLOAT_KEYS: ClassVar[tuple] = TrainConfig.FLOAT_KEYS + ("val_split", "epochs", "lora_alpha", "lora_dropout")
-    STR_KEYS: ClassVar[set] = TrainConfig.STR_KEYS | {"format", "template", "lora_targets", "quantize_base"}
+    STR_KEYS: ClassVar[set] = TrainConfig.STR_KEYS | {"format", "template", "lora_targets", "quantize_base",
+                                                      "image_dir"}
 
     POSITIVE: ClassVar[tuple] = TrainConfig.POSITIVE + ("epochs", "lora_alpha")
     NONNEGATIVE: ClassVar[tuple] = TrainConfig.NONNEGATIVE + ("val_split", "lora_dropout")
@@ -58,7 +62,7 @@ class FinetuneConfig(TrainConfig):
         if not self.data:
             raise LlamalabError("config: no instruction data given (--data FILE.json or .jsonl)")
         if self.lr is None:
-            self.lr = 2e-4 if self.lora_rank is not None else 2e-5
+            self.lr = 1e-3 if self.stage == 1 else 2e-4 if self.lora_rank is not None else 2e-5
         if self.batch_tokens is not None:
             raise LlamalabError("config: fine-tuning batches are counted in examples: use micro_batch_size and "
                                 "grad_accum, not batch_tokens")
@@ -80,10 +84,25 @@ class FinetuneConfig(TrainConfig):
         if self.max_steps == 0 and not self.epochs > 0:
             raise LlamalabError(f"config: epochs must be positive, got {self.epochs}")
         self.lora_spec()
+        self._check_stage()
         if self.max_steps == 0 or self.seq_len is None:  # resolved once model and data are read; check the rest
             dataclasses.replace(self, max_steps=self.max_steps or 10**9, seq_len=self.seq_len or 1024)
             return
         super().__post_init__()
+
+    def _check_stage(self) -> None:
+        if self.stage not in (None, 1, 2):
+            raise LlamalabError(f"config: stage must be 1 (LLaVA's projector alignment) or 2 (projector + language "
+                                f"model), got {self.stage!r}")
+        if self.train_vision_tower not in (True, False):
+            raise LlamalabError(f"config: train_vision_tower must be true or false, got {self.train_vision_tower!r}")
+        if self.stage is None and (self.image_dir or self.train_vision_tower):
+            raise LlamalabError("config: image_dir and train_vision_tower are for LLaVA's stages: add --stage 1 or 2")
+        if self.stage == 1 and self.lora_rank is not None:
+            raise LlamalabError("config: stage 1 trains the projector alone (the language model frozen); LoRA on "
+                                "the language model is stage 2: drop --lora-rank or use --stage 2")
+        if self.stage is not None and self.quantize_base:
+            raise LlamalabError("config: quantize_base is not supported with LLaVA's stages")
 
     def lora_spec(self):
         """The LoRA settings (a LoraSpec), or None for full fine-tuning."""
