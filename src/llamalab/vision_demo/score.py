@@ -7,6 +7,7 @@ margin with a paired bootstrap interval, and a PNG of some test pictures with th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -64,8 +65,11 @@ def predictions(model, tokenizer, items: list[Item], pre, *, blank: bool, batch:
     return out
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a proportion k/n."""
+Z95 = NormalDist().inv_cdf(0.975)
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval (95%) of a proportion k/n."""
     if n == 0:
         return 0.0, 1.0
     p = k / n
@@ -109,8 +113,14 @@ def lines(s: dict) -> list[str]:
 
 
 def answers_png(path, items: list[Item], predicted: list[str], n: int = 8, scale: int = 4) -> None:
-    """A strip of the first `n` test pictures, each with a question, the model's answer and the truth."""
-    shown = list(zip(items, predicted))[:n]
+    """A strip of the first `n` test pictures, each with one question (the kinds in turn), the model's answer and
+    the truth."""
+    by_picture: dict[int, list] = {}
+    for it, pred in zip(items, predicted):
+        by_picture.setdefault(id(it.picture), []).append((it, pred))
+    kinds = list(QUESTIONS)
+    shown = [next((x for x in pairs if x[0].kind == kinds[k % len(kinds)]), pairs[0])
+             for k, pairs in enumerate(list(by_picture.values())[:n])]
     side = items[0].picture.image.size[0] * scale
     width, text_h = max(side, 150), 42
     sheet = Image.new("RGB", (width * len(shown), side + text_h), "white")

@@ -74,10 +74,10 @@ def picture(rng: np.random.Generator, size: int = 32) -> Picture:
     cells = rng.choice(9, size=count, replace=False)
     if count == 1 and cells[0] % 3 == 1:  # one shape: never in the middle column, so left/right is defined
         cells[0] += 1 if rng.random() < 0.5 else -1
-    r = cell * 0.42
+    r = cell * 0.35  # with the jitter, neighbours stay at least a pixel apart
     for c in cells:
-        cx = (c % 3 + 0.5) * cell + rng.uniform(-1, 1)
-        cy = (c // 3 + 0.5) * cell + rng.uniform(-1, 1)
+        cx = (c % 3 + 0.5) * cell + rng.uniform(-0.5, 0.5)
+        cy = (c // 3 + 0.5) * cell + rng.uniform(-0.5, 0.5)
         _draw(d, shape, (round(cx - r), round(cy - r), round(cx + r), round(cy + r)), COLOURS[colour])
     side = None if count > 1 else ("left" if cells[0] % 3 == 0 else "right")
     return Picture(image, colour, shape, count, side)
