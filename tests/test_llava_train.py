@@ -93,8 +93,8 @@ def test_loss_is_on_the_answers_only_as_transformers_computes_it(material):
     model = ckpt.vision
     records = load_records(material / "data.json", material / "img")[:2]
     examples, _ = encode(records, ckpt.tokenizer, "chatml", 65, image_token=IMAGE_TOKEN,
-                         n_tokens=model.args.image_tokens, pre=llava.preprocess_for(material / "base", model.args))
-    x, y, more = collate_images(examples, pad_id=2, seq_len=64)
+                         n_tokens=model.args.image_tokens)
+    x, y, more = collate_images(examples, 2, 64, llava.preprocess_for(material / "base", model.args))
     ours = next_token_loss(model(x, pixels=more["pixels"]), y)
 
     # by hand: the ChatML text, the image tokens in place of <image>, labels on the answer and what closes it

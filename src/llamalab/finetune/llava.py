@@ -116,7 +116,7 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
         check_rank(args.text, spec)
     pre = llava_format.preprocess_for(Path(cfg.init_from), args)
     train_rec, val_rec = split(records, cfg.val_split, cfg.seed)
-    enc = dict(image_token=args.image_token_id, n_tokens=args.image_tokens, pre=pre)
+    enc = dict(image_token=args.image_token_id, n_tokens=args.image_tokens, seen=set())
     train_ex, train_counts = encode(train_rec, tokenizer, cfg.template, cfg.seq_len + 1, **enc)
     val_ex, val_counts = encode(val_rec, tokenizer, cfg.template, cfg.seq_len + 1, **enc)
     cfg = cfg.with_steps(len(train_ex), 1)
@@ -124,15 +124,16 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     if resume_from is not None:
         _check_same_recipe(cfg, resume_from)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id or 0
-    loader = ImageLoader(train_ex, batch_size=cfg.micro_batch_size, seq_len=cfg.seq_len, seed=cfg.seed, pad_id=pad)
-    val = held_out_image_batches(val_ex, batch_size=cfg.micro_batch_size, seq_len=cfg.seq_len,
-                                 pad_id=pad) if val_ex else None
+    loader = ImageLoader(train_ex, batch_size=cfg.micro_batch_size, seq_len=cfg.seq_len, seed=cfg.seed, pad_id=pad,
+                         pre=pre)
+    val = held_out_image_batches(val_ex, batch_size=cfg.micro_batch_size, seq_len=cfg.seq_len, pad_id=pad,
+                                 pre=pre) if val_ex else None
 
     torch.manual_seed(cfg.seed)
     set_trainable(model, cfg.stage, spec, cfg.train_vision_tower, cfg.seed)
     model.to(world.device).train()
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
-    run = loop.Run(cfg, world, args.text, model, model, optimizer, loader, (lambda: val) if val else None,
+    run = loop.Run(cfg, world, args.text, model, model, optimizer, loader, val,
                    export=_exporter(Path(cfg.init_from), tokenizer), bf16=loop.use_bf16(cfg, world.device),
                    accum=cfg.grad_accum, resume_from=resume_from, trainable_only=True, eval_at_start=True,
                    title=f"LLaVA stage {cfg.stage} from {Path(cfg.init_from).name}")

@@ -8,12 +8,14 @@ or a list of paths) is resolved against `--image-dir`; each image goes where the
 without the mark gets it in front of its first human turn, as LLaVA does). The conversation goes through
 `finetune.records` and `finetune.data` like any ShareGPT record — the same chat template, the same loss only on
 the answers — with each `<image>` becoming as many image tokens as one image fills. Every image is opened,
-bounded and preprocessed before the run starts (a bad file is one error, before anything is written).
+bounded and decoded once before the run starts (a bad file is one error, before anything is written); batches
+read their pixels again as they need them, the most recent ones cached.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,12 @@ MARK = "<image>"
 
 @dataclass
 class ImageExample(Example):
-    pixels: np.ndarray | None = None  # (images, C, H, W) float32
+    images: tuple[Path, ...] = ()  # in the order of the image tokens
+
+
+@lru_cache(maxsize=4096)
+def _pixels(path: Path, pre: Preprocess) -> np.ndarray:
+    return preprocess(open_image(path), pre).astype(np.float32)
 
 
 def load_records(path, image_dir) -> list[tuple[str, dict, list[Path]]]:
@@ -70,19 +77,24 @@ def _ids(tokenizer, text: str, image_token: int, n_tokens: int, where: str) -> l
     return ids
 
 
-def read_pixels(paths: list[Path], pre: Preprocess, where: str) -> np.ndarray:
-    try:
-        return np.stack([preprocess(open_image(p), pre) for p in paths]).astype(np.float32)
-    except LlamalabError as e:
-        raise LlamalabError(f"{where}: {e}") from None
+def check_images(paths: list[Path], where: str, seen: set) -> None:
+    """Each image opens and decodes within the bounds (`images.open_image`), or one error naming the record."""
+    for p in paths:
+        if p not in seen:
+            try:
+                open_image(p).close()
+            except LlamalabError as e:
+                raise LlamalabError(f"{where}: {e}") from None
+            seen.add(p)
 
 
 def encode(records, tokenizer, template: str | None, max_len: int, *, image_token: int, n_tokens: int,
-           pre: Preprocess) -> tuple[list[ImageExample], dict]:
-    """Token ids, answer masks and pixels of every record, cut to max_len tokens. A record whose image tokens
+           seen: set | None = None) -> tuple[list[ImageExample], dict]:
+    """Token ids, answer masks and image paths of every record, cut to max_len tokens. A record whose image tokens
     do not fit in max_len is an error (an image cut in half has no meaning); one whose answers start beyond
     it is skipped and counted."""
     template = resolve_template(template, tokenizer)
+    seen = set() if seen is None else seen
     out, counts = [], {"examples": len(records), "used": 0, "truncated": 0, "skipped": 0}
     for where, example, paths in records:
         texts, _ = _texts(example, tokenizer, template, where)
@@ -97,29 +109,34 @@ def encode(records, tokenizer, template: str | None, max_len: int, *, image_toke
         if not targets[1:].any():
             counts["skipped"] += 1
             continue
-        pixels = read_pixels(paths, pre, where) if paths else None
+        check_images(paths, where, seen)
         counts["used"] += 1
         counts["truncated"] += cut
-        out.append(ImageExample(ids, targets, pixels))
+        out.append(ImageExample(ids, targets, tuple(paths)))
     return out, counts
 
 
-def collate_images(rows: list[ImageExample | None], pad_id: int, seq_len: int):
+def collate_images(rows: list[ImageExample | None], pad_id: int, seq_len: int, pre: Preprocess):
     """(inputs, targets, {"pixels": (images, C, H, W)}): the images of the rows in row order."""
     x, y = collate(rows, pad_id, seq_len)
-    pixels = [r.pixels for r in rows if r is not None and r.pixels is not None]
-    return x, y, {"pixels": torch.from_numpy(np.concatenate(pixels)) if pixels else None}
+    pixels = [_pixels(p, pre) for r in rows if r is not None for p in r.images]
+    return x, y, {"pixels": torch.from_numpy(np.stack(pixels)) if pixels else None}
 
 
 class ImageLoader(InstructionLoader):
     """`InstructionLoader`'s batches (the same order, resume state) with each row's images."""
 
+    def __init__(self, examples, *, pre: Preprocess, **kwargs):
+        super().__init__(examples, **kwargs)
+        self.pre = pre
+
     def __next__(self):
-        return collate_images(self.next_rows(), self.pad_id, self.seq_len)
+        return collate_images(self.next_rows(), self.pad_id, self.seq_len, self.pre)
 
 
-def held_out_image_batches(examples: list[ImageExample], *, batch_size: int, seq_len: int, pad_id: int):
-    """Every held-out example once, longest first."""
+def held_out_image_batches(examples: list[ImageExample], *, batch_size: int, seq_len: int, pad_id: int,
+                           pre: Preprocess):
+    """Every held-out example once, longest first (pixels read when the batches are evaluated)."""
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]))
-    return [collate_images([examples[i] for i in order[lo:lo + batch_size]], pad_id, seq_len)
-            for lo in range(0, len(order), batch_size)]
+    chunks = [[examples[i] for i in order[lo:lo + batch_size]] for lo in range(0, len(order), batch_size)]
+    return lambda: (collate_images(rows, pad_id, seq_len, pre) for rows in chunks)

@@ -30,7 +30,8 @@ from .score import answers_png, items_of, lines, predictions, summary
 from .shapes import pictures
 
 IMAGE_TOKEN = 49151  # SmolLM2's last id (a rarely used piece): its rows are replaced by the image's features
-TOWER = VisionArgs(kind="clip", dim=192, n_layers=4, n_heads=4, ffn_dim=384, image_size=32, patch_size=8,
+# 30px pictures in 10px patches: one patch per cell of the pictures' 3×3 grid, 9 image tokens
+TOWER = VisionArgs(kind="clip", dim=192, n_layers=4, n_heads=4, ffn_dim=384, image_size=30, patch_size=10,
                    act="gelu")
 
 
@@ -43,7 +44,7 @@ class Plan:
     batch: int = 8
 
 
-FULL = Plan(train_pictures=1200, test_pictures=150, stage1_steps=110, stage2_steps=140)
+FULL = Plan(train_pictures=1200, test_pictures=150, stage1_steps=100, stage2_steps=120)
 QUICK = Plan(train_pictures=48, test_pictures=12, stage1_steps=2, stage2_steps=2, batch=4)
 
 

@@ -62,7 +62,7 @@ def _draw(d: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fi
         d.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
 
 
-def picture(rng: np.random.Generator, size: int = 32) -> Picture:
+def picture(rng: np.random.Generator, size: int = 30) -> Picture:
     """One picture: shapes placed in distinct cells of a 3×3 grid (a little jitter), none overlapping."""
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     shape = SHAPES[rng.integers(len(SHAPES))]
@@ -83,6 +83,6 @@ def picture(rng: np.random.Generator, size: int = 32) -> Picture:
     return Picture(image, colour, shape, count, side)
 
 
-def pictures(n: int, seed: int, size: int = 32) -> list[Picture]:
+def pictures(n: int, seed: int, size: int = 30) -> list[Picture]:
     rng = np.random.default_rng(seed)
     return [picture(rng, size) for _ in range(n)]
