@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, LlavaForConditionalGeneration
 from llamalab.cli import main
 from llamalab.finetune.llava_data import collate_images, encode, load_records
 from llamalab.formats import llava
-from llamalab.formats import load as load_checkpoint
+from llamalab.runtime import load_runnable
 from llamalab.train.loop import next_token_loss
 from tiny_llava import IMAGE_TOKEN, write_picture, write_tiny_llava
 
@@ -89,12 +89,12 @@ def test_stage2_lora_folds_into_a_checkpoint_transformers_loads(material, tmp_pa
 
 @torch.no_grad()
 def test_loss_is_on_the_answers_only_as_transformers_computes_it(material):
-    ckpt = load_checkpoint(material / "base")
+    ckpt = load_runnable(material / "base", device="cpu", dtype="float32")
     model = ckpt.vision
     records = load_records(material / "data.json", material / "img")[:2]
     examples, _ = encode(records, ckpt.tokenizer, "chatml", 65, image_token=IMAGE_TOKEN,
                          n_tokens=model.args.image_tokens)
-    x, y, more = collate_images(examples, 2, 64, llava.preprocess_for(material / "base", model.args))
+    x, y, more = collate_images(examples, 2, 64, ckpt.preprocess)
     ours = next_token_loss(model(x, pixels=more["pixels"]), y)
 
     # by hand: the ChatML text, the image tokens in place of <image>, labels on the answer and what closes it

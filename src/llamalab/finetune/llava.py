@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import LlamalabError
 from ..formats import llava as llava_format
-from ..formats import load
+from ..formats import load_tokenizer_for
 from ..formats.lora import LoRALinear, apply_lora, check_rank
 from ..runtime.distributed import init_distributed
 from ..train import loop
@@ -102,8 +102,8 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
     check_config(cfg)
     world = init_distributed(cfg.device)
     records = load_records(cfg.data, cfg.image_dir)
-    ckpt = load(cfg.init_from)
-    model, tokenizer = ckpt.vision, ckpt.tokenizer
+    model = llava_format.load_model(cfg.init_from)  # float32, to train: not the runtime's inference kernels
+    tokenizer = load_tokenizer_for("hf", Path(cfg.init_from), model.args.text.vocab_size)
     if tokenizer is None:
         raise LlamalabError(f"{cfg.init_from} ships no tokenizer; put tokenizer.json beside the weights")
     args = model.args

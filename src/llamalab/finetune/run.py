@@ -107,7 +107,7 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
 
 
 RECIPE = ("init_from", "data", "format", "template", "val_split", "seq_len", "seed", "lora_rank", "lora_alpha",
-          "lora_targets", "quantize_base", "stage", "image_dir", "train_vision_tower")  # what a resumed run must share with the run it continues
+          "lora_targets", "quantize_base", "stage", "image_dir", "train_vision_tower")  # a resumed run shares these
 
 
 def _check_same_recipe(cfg: FinetuneConfig, checkpoint_dir) -> None:

@@ -24,7 +24,8 @@ from .. import assets
 from ..atomic import write_text
 from ..finetune import FinetuneConfig, finetune
 from ..formats import llava as llava_format
-from ..formats import load, load_state
+from ..formats import load_state
+from ..runtime import load_runnable
 from ..vision import LlavaArgs, Projector, VisionArgs, VisionTower
 from .score import answers_png, items_of, lines, predictions, summary
 from .shapes import pictures
@@ -88,9 +89,11 @@ def stage(out: Path, model: Path, data: Path, images: Path, n: int, steps: int, 
     return finetune(cfg)
 
 
-def run_vision_demo(out="runs/vision-demo", *, quick: bool = False, progress: bool = True, seed: int = 0) -> dict:
-    """The whole demo (the output folder is started afresh); returns its report (also DIR/report.json)."""
-    out, plan, t0 = Path(out), QUICK if quick else FULL, time.perf_counter()
+def run_vision_demo(out="runs/vision-demo", *, quick: bool = False, progress: bool = True, seed: int = 0,
+                    plan: Plan | None = None) -> dict:
+    """The whole demo (the output folder is started afresh); returns its report (also DIR/report.json).
+    `plan`: other sizes than FULL (or QUICK with `quick`)."""
+    out, plan, t0 = Path(out), plan or (QUICK if quick else FULL), time.perf_counter()
     for part in ("images", "base", "stage1", "stage2", "captions.json", "questions.json", "report.json", "answers.png"):
         (shutil.rmtree if (out / part).is_dir() else lambda p: Path(p).unlink(missing_ok=True))(out / part)
     test = write_data(out, plan, seed)
@@ -104,11 +107,10 @@ def run_vision_demo(out="runs/vision-demo", *, quick: bool = False, progress: bo
     print(f"[4/5] stage 2: tower + projector + LoRA on the questions ({plan.stage2_steps} steps)")
     s2 = stage(out / "stage2", Path(s1["model_dir"]), out / "questions.json", out / "images", 2, plan.stage2_steps,
                plan, progress, lora_rank=16, lr=5e-4)
-    ckpt = load(s2["model_dir"])
-    pre = llava_format.preprocess_for(Path(s2["model_dir"]), ckpt.vision.args)
+    rt = load_runnable(s2["model_dir"], device="cpu", dtype="float32")
     items = items_of(test)
-    seen = predictions(ckpt.vision, ckpt.tokenizer, items, pre, blank=False)
-    blind = predictions(ckpt.vision, ckpt.tokenizer, items, pre, blank=True)
+    seen = predictions(rt.vision, rt.tokenizer, items, rt.preprocess, blank=False)
+    blind = predictions(rt.vision, rt.tokenizer, items, rt.preprocess, blank=True)
     result = summary(items, seen, blind)
     answers_png(out / "answers.png", items, seen)
     print(f"[5/5] held-out accuracy of {s2['model_dir']}:")
