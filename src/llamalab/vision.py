@@ -181,6 +181,10 @@ class Llava(nn.Module):
                                                args.projector_act, args.projector_bias)
         self.language_model = Transformer(args.text)
 
+    def num_params(self) -> int:
+        """Parameters counted once each (a tied embedding is one matrix)."""
+        return sum(p.numel() for p in self.parameters())
+
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (N, C, H, W) → (N, image_tokens, text dim): what each image contributes to the prompt."""
         layers = self.args.feature_layer if isinstance(self.args.feature_layer, tuple) else (self.args.feature_layer,)

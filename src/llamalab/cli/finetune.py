@@ -9,6 +9,9 @@ EPILOG = """examples:
   llamalab finetune --model llama-7b/ --data sharegpt.json --out runs/qlora --lora-rank 64 --quantize-base nf4
   llamalab finetune --model llama-7b/ --data alpaca.json --out runs/adapter --method llama-adapter --adapter-len 10
   torchrun --nproc_per_node 2 -m llamalab finetune --model M --data D --out O --lora-rank 8 --parallel ddp
+  llamalab finetune --stage 1 --model llava-hf/ --data captions.json --image-dir images/ --out runs/s1
+  llamalab finetune --stage 2 --model runs/s1/model --data llava_instruct.json --image-dir images/ --out runs/s2 \
+      --lora-rank 16          (LLaVA: stage 1 the projector alone, stage 2 projector + language model)
 The run resumes with --resume; every config key is a --flag (see `llamalab train --help` for the loop's)."""
 
 

@@ -9,6 +9,10 @@ from .config import FinetuneConfig
 def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict:
     from .run import finetune as _finetune
 
+    if cfg.stage is not None:  # LLaVA's stage 1 or 2
+        from .llava import setup
+
+        return _finetune(cfg, resume=resume, build=setup)
     return _finetune(cfg, resume=resume)
 
 

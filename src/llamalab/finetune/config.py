@@ -32,7 +32,7 @@ class FinetuneConfig(TrainConfig):
     seq_len: int | None = None  # longer examples are cut (and counted); None: min(1024, the model's context)
     micro_batch_size: int = 4
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float | None = None  # None: 2e-4 with LoRA, 2e-5 for full fine-tuning
+    lr: float | None = None  # None: 2e-4 with LoRA, 2e-5 for full fine-tuning, 1e-3 for LLaVA stage 1 (LLaVA: 2e-3)
     min_lr_ratio: float = 0.0
     warmup_steps: int = 0
     warmup_fraction: float | None = 0.03
@@ -47,11 +47,14 @@ class FinetuneConfig(TrainConfig):
     adapter_len: int | None = None  # llama-adapter: prompt length L (None: the paper's 10)
     adapter_layers: int | None = None  # llama-adapter: top K layers adapted (None: the paper's 30/32 of them)
     samples: int = 2  # held-out instructions answered before and after training, in the report
+    stage: int | None = None  # LLaVA: 1 trains the projector (tower and LM frozen), 2 projector + LM (full or LoRA)
+    image_dir: str | None = None  # LLaVA: where the records' image paths start (default: the data file's folder)
+    train_vision_tower: bool = False  # LLaVA: the vision tower trains too (a tower trained from scratch)
     out_dir: str = "runs/finetune"
 
     FLOAT_KEYS: ClassVar[tuple] = TrainConfig.FLOAT_KEYS + ("val_split", "epochs", "lora_alpha", "lora_dropout")
     STR_KEYS: ClassVar[set] = TrainConfig.STR_KEYS | {"format", "template", "lora_targets", "quantize_base",
-                                               "method"}
+                                               "method", "image_dir"}
 
     POSITIVE: ClassVar[tuple] = TrainConfig.POSITIVE + ("epochs", "lora_alpha")
     NONNEGATIVE: ClassVar[tuple] = TrainConfig.NONNEGATIVE + ("val_split", "lora_dropout")
@@ -66,7 +69,8 @@ class FinetuneConfig(TrainConfig):
             raise LlamalabError("config: no instruction data given (--data FILE.json or .jsonl)")
         self._check_method()
         if self.lr is None:
-            self.lr = ADAPTER_LR if self.method == "llama-adapter" else 2e-4 if self.lora_rank is not None else 2e-5
+            self.lr = (ADAPTER_LR if self.method == "llama-adapter" else 1e-3 if self.stage == 1
+                       else 2e-4 if self.lora_rank is not None else 2e-5)
         if self.batch_tokens is not None:
             raise LlamalabError("config: fine-tuning batches are counted in examples: use micro_batch_size and "
                                 "grad_accum, not batch_tokens")
@@ -88,6 +92,7 @@ class FinetuneConfig(TrainConfig):
         if self.max_steps == 0 and not self.epochs > 0:
             raise LlamalabError(f"config: epochs must be positive, got {self.epochs}")
         self.lora_spec()
+        self._check_stage()
         if self.max_steps == 0 or self.seq_len is None:  # resolved once model and data are read; check the rest
             dataclasses.replace(self, max_steps=self.max_steps or 10**9, seq_len=self.seq_len or 1024)
             return
@@ -130,6 +135,22 @@ class FinetuneConfig(TrainConfig):
             raise LlamalabError(f"config: adapter_layers={layers} but {self.init_from} has {n_layers} layers: adapt "
                                 f"at most {n_layers}")
         return dataclasses.replace(self, adapter_len=self.adapter_len or PAPER_LENGTH, adapter_layers=layers)
+    def _check_stage(self) -> None:
+        if self.stage not in (None, 1, 2):
+            raise LlamalabError(f"config: stage must be 1 (LLaVA's projector alignment) or 2 (projector + language "
+                                f"model), got {self.stage!r}")
+        if self.train_vision_tower not in (True, False):
+            raise LlamalabError(f"config: train_vision_tower must be true or false, got {self.train_vision_tower!r}")
+        if self.stage is None and (self.image_dir or self.train_vision_tower):
+            raise LlamalabError("config: image_dir and train_vision_tower are for LLaVA's stages: add --stage 1 or 2")
+        if self.stage == 1 and self.lora_rank is not None:
+            raise LlamalabError("config: stage 1 trains the projector alone (the language model frozen); LoRA on "
+                                "the language model is stage 2: drop --lora-rank or use --stage 2")
+        if self.stage is not None and self.quantize_base:
+            raise LlamalabError("config: quantize_base is not supported with LLaVA's stages")
+        if self.stage is not None and self.method == "llama-adapter":
+            raise LlamalabError("config: LLaVA's stages train the projector (stage 1) or projector + language model "
+                                "(stage 2), not a LLaMA-Adapter: drop --method llama-adapter or --stage")
 
     def lora_spec(self):
         """The LoRA settings (a LoraSpec), or None for full fine-tuning."""

@@ -162,13 +162,17 @@ class InstructionLoader:
     def __iter__(self):
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_rows(self) -> list[Example]:
+        """This rank's examples of the next batch."""
         c, k = divmod(self.step, self.GROUP)
         if self._chunk is None or self._chunk[0] != c:
             self._chunk = (c, self._batches_of_chunk(c))
         rows = self._chunk[1][k][self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         self.step += 1
-        return collate([self.examples[i] for i in rows], self.pad_id, self.seq_len)
+        return [self.examples[i] for i in rows]
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return collate(self.next_rows(), self.pad_id, self.seq_len)
 
     def epochs(self) -> float:
         return self.step * self.global_batch / len(self.examples)

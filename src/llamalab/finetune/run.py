@@ -46,6 +46,7 @@ class Prepared:
     tokenizer: object
     template: str | None
     memory: dict = field(default_factory=dict)
+    method: str | None = None  # the report's name of the method, when not full / lora / qlora (LLaVA's stages)
 
 
 def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepared]:
@@ -110,7 +111,8 @@ def setup(cfg: FinetuneConfig, *, resume: bool = False) -> tuple[loop.Run, Prepa
 
 
 RECIPE = ("init_from", "data", "format", "template", "val_split", "seq_len", "seed", "lora_rank", "lora_alpha",
-          "lora_targets", "quantize_base", "method", "adapter_len", "adapter_layers")  # what a resumed run must share with the run it continues
+          "lora_targets", "quantize_base", "method", "adapter_len", "adapter_layers", "stage", "image_dir",
+          "train_vision_tower")  # what a resumed run must share with the run it continues
 
 
 def _check_same_recipe(cfg: FinetuneConfig, checkpoint_dir) -> None:
@@ -170,9 +172,10 @@ def _exporter(cfg: FinetuneConfig, spec, source):
     return export
 
 
-def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict:
-    """Fine-tune (or resume fine-tuning) and write DIR/report.json; returns the report."""
-    run, info = setup(cfg, resume=resume)
+def finetune(cfg: FinetuneConfig, *, resume: bool = False, build=None) -> dict:
+    """Fine-tune (or resume fine-tuning) and write DIR/report.json; returns the report. `build`: what makes the
+    run instead of `setup` (LLaVA's stages: `finetune.llava.setup`)."""
+    run, info = (build or setup)(cfg, resume=resume)
     world, samples_file = run.world, run.out / "samples-before.json"
     # FSDP2 shards cannot generate on one rank; compiled blocks would recompile for every decoding shape
     single = (world.world_size == 1 or run.cfg.parallel != "fsdp") and not run.cfg.compile
@@ -188,7 +191,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict:
         report = {
             "model": str(run.cfg.init_from), "data": str(run.cfg.data), "format": info.format,
             "template": info.template or "the checkpoint's own",
-            "method": {"nf4": "qlora-nf4", "int8": "lora-int8"}.get(run.cfg.quantize_base, run.cfg.method),
+            "method": info.method or {"nf4": "qlora-nf4", "int8": "lora-int8"}.get(run.cfg.quantize_base, run.cfg.method),
             **({"adapter_len": run.cfg.adapter_len, "adapter_layers": run.cfg.adapter_layers}
                if run.cfg.method == "llama-adapter" else {}),
             "examples": info.counts, "train_examples": info.train_examples, "val_examples": info.val_examples,

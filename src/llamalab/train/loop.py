@@ -85,7 +85,7 @@ class Run:
     model: nn.Module  # the Transformer: checkpoints and exports read it
     train_model: nn.Module  # what the forward pass calls (the DDP wrapper, or the model itself)
     optimizer: torch.optim.Optimizer
-    loader: Any  # next() → (inputs, targets); state_dict() / load_state_dict() for resume
+    loader: Any  # next() → (inputs, targets[, {more model inputs}]); state_dict() / load_state_dict() for resume
     val_batches: Callable[[], Any] | None  # → the same held-out (inputs, targets) batches every time
     export: Callable[["Run"], dict]  # writes the final artifacts; returns summary entries
     bf16: bool = False
@@ -236,6 +236,11 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device) -> tuple[torch.Tensor, t
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)[keep], keep
 
 
+def model_inputs(more: list, device) -> dict:
+    """A batch's third part, if it has one: more keyword inputs of the model (LLaVA's `pixels`), on `device`."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in (more[0] if more else {}).items()}
+
+
 def train_step(run: Run, step: int) -> dict:
     """One optimizer update (`step` counts the updates done before it): the scheduled lr, gradients
     accumulated over `accum` micro-batches — every target token of the step weighs the same, whichever
@@ -246,16 +251,16 @@ def train_step(run: Run, step: int) -> dict:
                min_ratio=cfg.min_lr_ratio, refits=run.refits)
     set_lr(run.optimizer, lr)
     batches = [next(run.loader) for _ in range(run.accum)]
-    counts = parallel.all_reduce_sum(torch.tensor([float(sum((y != IGNORE_INDEX).sum() for _, y in batches)),
-                                                   float(sum(x.numel() for x, _ in batches))])) / world.tp
+    counts = parallel.all_reduce_sum(torch.tensor([float(sum((b[1] != IGNORE_INDEX).sum() for b in batches)),
+                                                   float(sum(b[0].numel() for b in batches))])) / world.tp
     n_targets, n_tokens = max(1.0, counts[0].item()), int(counts[1].item())
     loss_sum = torch.zeros((), device=world.device)
-    for micro, (x, y) in enumerate(batches):
+    for micro, (x, y, *more) in enumerate(batches):
         x, y, select = to_device(x, y, world.device)
         with parallel.no_sync(run.train_model, sync=micro == run.accum - 1):
             try:
                 with run.autocast():
-                    logits = run.train_model(x, select=select)
+                    logits = run.train_model(x, select=select, **model_inputs(more, world.device))
                 # DDP/FSDP average gradients over the data-parallel ranks: × dp_size makes the update the
                 # global token mean (the ranks of a tensor-parallel group share one batch and one loss)
                 with run.loss_context():
@@ -286,10 +291,10 @@ def evaluate(run: Run, batches=None) -> float:
     """Mean cross-entropy per target token over the held-out batches (all ranks together)."""
     run.model.eval()
     total = torch.zeros(2, device=run.world.device)
-    for x, y in (batches or run.val_batches)():
+    for x, y, *more in (batches or run.val_batches)():
         x, y, select = to_device(x, y, run.world.device)
         with run.autocast():
-            logits = run.train_model(x, select=select)
+            logits = run.train_model(x, select=select, **model_inputs(more, run.world.device))
         with run.loss_context():
             total += torch.stack([run.loss_fn(logits, y), (y != IGNORE_INDEX).sum().float()])
     run.model.train()
