@@ -21,16 +21,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from gguf import GGUFWriter
 from torch import nn
 
+from ..atomic import staged_file
 from ..config import ModelArgs
 from ..errors import LlamalabError
 from ..images import Preprocess
 from ..model import Transformer
 from ..tokenizer import open_gguf
-from ..vision import Llava, LlavaArgs, VisionArgs
+from ..vision import Llava, LlavaArgs, Projector, VisionArgs, VisionTower
 from .gguf import _to_torch, read_metadata
+from .output import check_output
 
 BLOCK = {"ln1": "layer_norm1", "ln2": "layer_norm2", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
          "attn_v": "self_attn.v_proj", "attn_out": "self_attn.out_proj"}
@@ -124,28 +128,39 @@ def load(path) -> tuple[dict[str, torch.Tensor], VisionArgs, int | tuple[int, ..
     return state, args, layers[0] if len(layers) == 1 else tuple(layers), preprocess
 
 
+def fit(state: dict[str, torch.Tensor], vision: VisionArgs, layer, path) -> int:
+    """Check that the tower's and projector's tensors are exactly those its metadata implies, shapes included
+    (one clear error naming the file, else); returns the width of the projector's output."""
+    layers = layer if isinstance(layer, tuple) else (layer,)
+    out = state.get("multi_modal_projector.linear_2.weight")
+    with torch.device("meta"):
+        model = nn.ModuleDict({"vision_tower": VisionTower(vision), "multi_modal_projector": Projector(
+            vision.dim * len(layers), out.shape[0] if out is not None and out.ndim == 2 else 1)})
+    wanted = {k for k in model.state_dict() if ".post_layernorm." not in k}  # the pooled output's norm,
+    missing, extra = wanted - set(state), set(state) - wanted                # which LLaVA never reads
+    if missing or extra:
+        what = f"lacks {sorted(missing)[:3]}" if missing else f"has unexpected {sorted(extra)[:3]}"
+        raise LlamalabError(f"{path}: the mmproj tensors do not fit its metadata: it {what}")
+    for key, w in model.state_dict().items():
+        if key in state and tuple(state[key].shape) != tuple(w.shape):
+            raise LlamalabError(f"{path}: the mmproj tensors do not fit its metadata: {key} is "
+                                f"{tuple(state[key].shape)}, want {tuple(w.shape)}")
+    return out.shape[0]
+
+
 def attach(language_model: Transformer, text: ModelArgs, path, device="cpu") -> tuple[Llava, Preprocess]:
     """A `Llava` of the mmproj file's tower and projector around an already loaded language model, and its
     image preprocessing. A pair has no image token: the prompt's image positions hold the vocabulary's last id
     (`runtime.vision` refuses a text that encodes to it)."""
     state, vision, layer, preprocess = load(path)
+    width = fit(state, vision, layer, path)
+    if width != text.dim:
+        raise LlamalabError(f"{path}: the projector gives {width}-wide features but the language model's width "
+                            f"is {text.dim}; a projector for another model?")
     args = LlavaArgs(vision=vision, text=text, image_token_id=text.vocab_size - 1, feature_layer=layer)
     with torch.device("meta"):
         model = Llava(args)
-    wanted = {k for k in model.state_dict() if k.startswith(("vision_tower.", "multi_modal_projector."))
-              and ".post_layernorm." not in k}  # the pooled output's norm, which LLaVA never reads
-    missing, extra = wanted - set(state), set(state) - wanted
-    if missing or extra:
-        what = f"lacks {sorted(missing)[:3]}" if missing else f"has unexpected {sorted(extra)[:3]}"
-        raise LlamalabError(f"{path}: the mmproj tensors do not fit its metadata: it {what}")
-    try:
-        model.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as e:
-        raise LlamalabError(f"{path}: the mmproj tensors do not fit its metadata "
-                            f"({str(e).splitlines()[-1].strip()})") from None
-    if model.multi_modal_projector.linear_2.out_features != text.dim:
-        raise LlamalabError(f"{path}: the projector gives {model.multi_modal_projector.linear_2.out_features}-wide "
-                            f"features but the language model's width is {text.dim}; a projector for another model?")
+    model.load_state_dict(state, strict=False, assign=True)
     model.vision_tower.post_layernorm = nn.LayerNorm(vision.dim, eps=vision.norm_eps)
     model.language_model = language_model
     model.vision_tower.to(device)
@@ -169,6 +184,7 @@ def is_mmproj(path: Path) -> bool:
 def describe(path) -> list[str]:
     """`llamalab info`'s lines for an mmproj file."""
     state, v, layer, pre = load(path)
+    fit(state, v, layer, path)
     count = {part: sum(w.numel() for k, w in state.items() if k.startswith(part))
              for part in ("vision_tower", "multi_modal_projector")}
     projector = state["multi_modal_projector.linear_2.weight"].shape[0]
@@ -179,3 +195,98 @@ def describe(path) -> list[str]:
             f"image_size={v.image_size} patch_size={v.patch_size} act={v.act}",
             f"images      feature_layer={layer} image_tokens={v.n_patches} mean={pre.mean} std={pre.std}",
             f"projector   mlp (LLaVA-1.5) into a language model of width {projector}"]
+
+
+# ---------------------------------------------------------------------------------------------- write
+
+def feature_layers(args: LlavaArgs) -> list[int]:
+    """The feature layer(s) as the converter writes them: non-negative hidden-state indices."""
+    n = args.vision.n_layers
+    layers = args.feature_layer if isinstance(args.feature_layer, tuple) else (args.feature_layer,)
+    return [i if i >= 0 else n + i + 1 for i in layers]
+
+
+def check_writable(args: LlavaArgs, where) -> None:
+    """Refuse (one clear error) a LLaVA that llama.cpp's LLaVA-1.5 projector file cannot hold."""
+    v, keep = args.vision, "; keep it as a llava-hf directory"
+    if v.kind != "clip":
+        raise LlamalabError(f"{where}: a {v.kind} vision tower: llama.cpp's LLaVA projector file holds a CLIP "
+                            f"tower (class token, pre-LN){keep}")
+    if v.act not in ("gelu", "quick_gelu"):
+        raise LlamalabError(f"{where}: vision activation {v.act!r}: an mmproj file has gelu or quick_gelu{keep}")
+    if args.feature_select != "default":
+        raise LlamalabError(f"{where}: vision_feature_select_strategy {args.feature_select!r}: llama.cpp drops the "
+                            f"class token ('default'){keep}")
+    if args.projector_act != "gelu" or not args.projector_bias:
+        raise LlamalabError(f"{where}: the projector ({args.projector_act}, bias={args.projector_bias}) is not "
+                            f"LLaVA-1.5's MLP (gelu, biases){keep}")
+    if any(not 0 <= i <= v.n_layers for i in feature_layers(args)):
+        raise LlamalabError(f"{where}: vision_feature_layer {args.feature_layer} lies outside the tower's "
+                            f"{v.n_layers} blocks")
+
+
+def _gguf_name(key: str) -> str:
+    """`_name`'s inverse; a block's fc1 / fc2 as the converter names them (`ffn_down` / `ffn_up`)."""
+    top = {f"vision_tower.{ours}": theirs for theirs, ours in TOP.items()}
+    if key in top:
+        return top[key]
+    if key.startswith("multi_modal_projector.linear_"):
+        which, leaf = key.removeprefix("multi_modal_projector.linear_").split(".")
+        return f"mm.{0 if which == '1' else 2}.{leaf}"
+    block, rest = key.removeprefix("vision_tower.encoder.layers.").split(".", 1)
+    kind, leaf = rest.rsplit(".", 1)
+    ours = {v: k for k, v in BLOCK.items()} | {"mlp.fc1": "ffn_down", "mlp.fc2": "ffn_up"}
+    return f"v.blk.{block}.{ours[kind]}.{leaf}"
+
+
+def _tensors(state: dict[str, torch.Tensor], keep: int, gguf_type: str) -> dict[str, np.ndarray]:
+    """The converter's tensors: the projector, then the tower up to block `keep` (the rest, and the pooled
+    output's norm, are never read); at f16 every matrix and the patch convolution in float16, the rest f32."""
+    out = {}
+    chosen = [k for k in state if k.startswith("multi_modal_projector.")] + [
+        k for k in state if k.startswith("vision_tower.") and ".post_layernorm." not in k
+        and not (k.startswith("vision_tower.encoder.layers.") and int(k.split(".")[3]) >= keep)]
+    for key in chosen:
+        w = state[key].detach().to(torch.float32).cpu().numpy()
+        half = gguf_type == "f16" and (w.ndim == 4 or (w.ndim == 2 and key.endswith(".weight")))
+        out[_gguf_name(key)] = w.astype(np.float16) if half else w
+    return out
+
+
+def save(state: dict[str, torch.Tensor], args: LlavaArgs, out, *, preprocess: Preprocess, gguf_type: str = "f16",
+         name: str | None = None, force: bool = False) -> Path:
+    """Write the tower and projector of a LLaVA state dict (`vision_tower.*`, `multi_modal_projector.*`) as
+    llama.cpp's projector file, the layout `convert_image_encoder_to_gguf.py --llava-projector` gives it:
+    `clip.*` metadata, the blocks after the deepest feature layer dropped, f16 (its default) or f32 (every
+    tensor: lossless; the converter keeps the patch convolution and projector at f16 even then). Atomic."""
+    if gguf_type not in ("f16", "f32"):
+        raise LlamalabError(f"an mmproj file is written f16 or f32, not {gguf_type!r}")
+    check_writable(args, out)
+    check_output(out, "gguf", force=force)
+    v, layers = args.vision, feature_layers(args)
+    tensors = _tensors(state, max(layers), gguf_type)
+    out = Path(out)
+    with staged_file(out) as tmp:
+        w = GGUFWriter(tmp, "clip")
+        for key, value in (("has_text_encoder", False), ("has_vision_encoder", True), ("has_llava_projector", True),
+                           ("use_gelu", v.act == "gelu")):
+            w.add_bool(f"clip.{key}", value)
+        w.add_file_type(1 if gguf_type == "f16" else 0)
+        w.add_name(name or out.stem)
+        w.add_description("image encoder for LLaVA")
+        w.add_string("clip.projector_type", "mlp")
+        for key, value in (("image_size", v.image_size), ("patch_size", v.patch_size), ("embedding_length", v.dim),
+                           ("feed_forward_length", v.ffn_dim), ("projection_dim", args.text.dim),
+                           ("attention.head_count", v.n_heads), ("block_count", max(layers))):
+            w.add_uint32(f"clip.vision.{key}", value)
+        w.add_float32("clip.vision.attention.layer_norm_epsilon", v.norm_eps)
+        w.add_array("clip.vision.feature_layer", layers)
+        w.add_array("clip.vision.image_mean", [float(x) for x in preprocess.mean])
+        w.add_array("clip.vision.image_std", [float(x) for x in preprocess.std])
+        for key, data in tensors.items():
+            w.add_tensor(key, data)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return out
