@@ -19,6 +19,7 @@ final block: LLaVA's -2); the class token is dropped (LLaVA's "default" strategy
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,21 @@ def attach(language_model: Transformer, text: ModelArgs, path, device="cpu") -> 
     return model.eval(), preprocess
 
 
+def _first_key(f) -> tuple[str, str] | None:
+    """The first metadata pair of an open little-endian GGUF v2/v3 file when its value is a string (writers put
+    `general.architecture` first), read without parsing the rest (a vocabulary of 10⁵ strings takes seconds)."""
+    version, _, n_kv = struct.unpack("<IQQ", f.read(20))
+    if version not in (2, 3) or n_kv == 0:
+        return None
+    (size,) = struct.unpack("<Q", f.read(8))
+    key = f.read(min(size, 256)).decode("utf-8", "replace")
+    (kind,) = struct.unpack("<I", f.read(4))
+    if kind != 8:  # GGUF's string
+        return None
+    (size,) = struct.unpack("<Q", f.read(8))
+    return key, f.read(min(size, 256)).decode("utf-8", "replace")
+
+
 def is_mmproj(path: Path) -> bool:
     """Whether `path` is a GGUF file of architecture "clip" (a projector file, not a language model)."""
     try:
@@ -176,25 +192,35 @@ def is_mmproj(path: Path) -> bool:
         with path.open("rb") as f:
             if f.read(4) != b"GGUF":
                 return False
+            first = _first_key(f)
+        if first is not None and first[0] == "general.architecture":
+            return first[1] == "clip"
         return read_metadata(path).get("general.architecture") == "clip"
-    except (OSError, LlamalabError):
+    except (OSError, LlamalabError, struct.error):
         return False  # not ours to explain: the GGUF reader says what is wrong with it
 
 
-def describe(path) -> list[str]:
-    """`llamalab info`'s lines for an mmproj file."""
+def describe(path, text_dim: int | None = None) -> list[str]:
+    """`llamalab info`'s lines for an mmproj file; `text_dim`: the width of the language model it is paired
+    with (`info MODEL.gguf --mmproj FILE`), which its projector must give."""
     state, v, layer, pre = load(path)
-    fit(state, v, layer, path)
+    width = fit(state, v, layer, path)
+    if text_dim is not None and width != text_dim:
+        raise LlamalabError(f"{path}: the projector gives {width}-wide features but the language model's width "
+                            f"is {text_dim}; a projector for another model?")
     count = {part: sum(w.numel() for k, w in state.items() if k.startswith(part))
              for part in ("vision_tower", "multi_modal_projector")}
-    projector = state["multi_modal_projector.linear_2.weight"].shape[0]
-    return ["format      mmproj (llama.cpp's LLaVA projector file: CLIP tower + MLP projector)", f"path        {path}",
-            f"params      {sum(count.values()):,} (vision tower {count['vision_tower']:,}, projector "
-            f"{count['multi_modal_projector']:,})",
-            f"vision      clip: dim={v.dim} n_layers={v.n_layers} (kept) n_heads={v.n_heads} ffn_dim={v.ffn_dim} "
-            f"image_size={v.image_size} patch_size={v.patch_size} act={v.act}",
-            f"images      feature_layer={layer} image_tokens={v.n_patches} mean={pre.mean} std={pre.std}",
-            f"projector   mlp (LLaVA-1.5) into a language model of width {projector}"]
+    lines = ["format      mmproj (llama.cpp's LLaVA projector file: CLIP tower + MLP projector)", f"path        {path}",
+             f"params      {sum(count.values()):,} (vision tower {count['vision_tower']:,}, projector "
+             f"{count['multi_modal_projector']:,})",
+             f"vision      clip: dim={v.dim} n_layers={v.n_layers} (kept) n_heads={v.n_heads} ffn_dim={v.ffn_dim} "
+             f"image_size={v.image_size} patch_size={v.patch_size} act={v.act}",
+             f"images      feature_layer={layer} image_tokens={v.n_patches} mean={pre.mean} std={pre.std}",
+             f"projector   mlp (LLaVA-1.5) into a language model of width {width}"]
+    if text_dim is not None:
+        lines[:2] = [f"mmproj      {path} (llama.cpp's LLaVA projector file: CLIP tower + MLP projector)"]
+        lines.append(f"pair        fits: the projector gives the language model's width ({text_dim})")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- write
