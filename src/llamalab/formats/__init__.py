@@ -145,8 +145,8 @@ def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False) -> Lo
     quantized: quantized matrices stay quantized (`llamalab.quant.GroupCodes`) where the format has them."""
     fmt, path = detect_format(resolve(path_or_id))
     if fmt == "hf" and llava.is_llava(path):
-        raise LlamalabError(f"{path}: a LLaVA (vision) checkpoint: `llamalab generate --image` and `info` read it; "
-                            "this command does not handle one yet")
+        raise LlamalabError(f"{path}: a LLaVA (vision) checkpoint: `llamalab generate --image`, `info` and "
+                            "`convert` read it; this command does not handle one yet")
     options = {"quantized": True} if quantized and fmt in ("gguf", "hf") else {}
     state, args, extra = MODULES[fmt].load_state(path, lazy=lazy, **options)
     check_layers(state, args, path)
@@ -229,12 +229,13 @@ def convert(src, out, to: str, *, dtype: torch.dtype | None = None, shards: int 
     """
     if to not in FORMATS:
         raise LlamalabError(f"unknown format {to!r}; choose one of {', '.join(FORMATS)}")
-    if mmproj or llava.is_llava(resolve(src)):
-        return llava_pair.convert(resolve(src), out, to, mmproj_file=mmproj, dtype=dtype, gguf_type=gguf_type,
+    src = resolve(src)
+    if mmproj or llava.is_llava(src):
+        return llava_pair.convert(src, out, to, mmproj_file=mmproj, dtype=dtype, gguf_type=gguf_type,
                                   max_shard_size=max_shard_size, force=force, log=log)
     if shards < 1 or (shards > 1 and to != "meta"):
         raise LlamalabError("shards (--shards N, N >= 1) applies to the meta format only")
-    fmt, path = detect_format(resolve(src))
+    fmt, path = detect_format(src)
     check_output(out, to, force=force, inputs=[path])
     src = load_state(path)
     state, args = src.state, src.args
