@@ -5,8 +5,9 @@ ours (`load_runnable(..., mmproj=...)`, what `llamalab generate --mmproj --image
 
     python bench/mmproj_llama_cpp.py [--tokens 16]
 
-Two checkpoints: the vision tests' tiny one (image 28, patch 14, width 24) and a CLIP-shaped one (image 224,
-patch 14, width 64, 16×16 patches); each written f32 and f16; two pictures: one exactly the tower's size
+Three checkpoints: the vision tests' tiny one (image 28, patch 14, width 24), a CLIP-shaped one (image 224,
+patch 14, width 64, 16×16 patches) and a SigLIP-shaped one (the same sizes, no class token, every patch
+kept: vision_feature_select_strategy "full"); each written f32 and f16; two pictures: one exactly the tower's size
 (no resize on either side) and a 64×48 one (llama.cpp pads to a square and resizes; CLIPImageProcessor
 resizes the shortest edge and crops the centre: other pixels). llama.cpp runs in a process of its own.
 
@@ -14,7 +15,7 @@ The llama.cpp build here puts CLIP's class token after the patches (its issue #2
 its neighbour's position embedding and the class token's output replaces patch 0's, so its image
 embeddings, and then its tokens, are not transformers' (nor ours). The bench therefore also compares its
 embeddings with our tower's weights run in that order (`cls_last_features`: a correctly read file gives
-them up to GELU's tanh approximation), and its greedy tokens with ours on its own image rows (the text
+them up to GELU's tanh approximation; for SigLIP, which has no class token, our own order), and its greedy tokens with ours on its own image rows (the text
 GGUF and the image positions). Exits 1 if a same-size picture's embeddings or tokens fail those checks.
 """
 
@@ -34,7 +35,8 @@ PROMPT = "What is in the picture?"
 def write_checkpoints(root: Path) -> dict[str, Path]:
     """{name: llava-hf directory}: the tests' tiny LLaVA and a CLIP-shaped one, SmolLM2's tokenizer."""
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                              SiglipVisionConfig)
 
     from llamalab import assets
     from llamalab.tokenizer import save_tokenizer
@@ -52,7 +54,14 @@ def write_checkpoints(root: Path) -> dict[str, Path]:
     LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
                                               vision_feature_layer=-2)).eval().save_pretrained(root / "clip224")
     save_tokenizer(assets.path("smollm2"), root / "clip224")
-    return {"tiny": root / "tiny", "clip224": root / "clip224"}
+    torch.manual_seed(2)
+    vision = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                                image_size=224, patch_size=14, initializer_range=0.1)
+    LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
+                                              vision_feature_layer=-2, vision_feature_select_strategy="full")
+                                  ).eval().save_pretrained(root / "siglip224")
+    save_tokenizer(assets.path("smollm2"), root / "siglip224")
+    return {"tiny": root / "tiny", "clip224": root / "clip224", "siglip224": root / "siglip224"}
 
 
 def pictures(root: Path, size: int) -> dict[str, Path]:
@@ -77,11 +86,13 @@ def cls_last_features(llava, pixels):
     layers = llava.args.feature_layer if isinstance(llava.args.feature_layer, tuple) else (llava.args.feature_layer,)
     with torch.inference_mode():
         x = e.patch_embedding(pixels).flatten(2).transpose(1, 2)
-        x = torch.cat([x, e.class_embedding.expand(x.shape[0], 1, -1)], dim=1) + e.position_embedding.weight
-        states = [tower.pre_layrnorm(x)]
+        cls = hasattr(e, "class_embedding")  # a SigLIP tower has none: every patch is kept, in order
+        if cls:
+            x = torch.cat([x, e.class_embedding.expand(x.shape[0], 1, -1)], dim=1)
+        states = [tower.pre_layrnorm(x + e.position_embedding.weight) if cls else x + e.position_embedding.weight]
         for block in tower.encoder.layers[:max(layers)]:
             states.append(block(states[-1]))
-        h = torch.cat([states[i][:, 1:] for i in layers], dim=-1)
+        h = torch.cat([states[i][:, 1:] if cls else states[i] for i in layers], dim=-1)
         p = llava.multi_modal_projector
         return p.linear_2(torch.nn.functional.gelu(p.linear_1(h), approximate="tanh"))
 

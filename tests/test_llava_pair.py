@@ -1,7 +1,7 @@
 """`llamalab convert` between a llava-hf directory and llama.cpp's pair (text GGUF + mmproj): on the tiny random
 LLaVA transformers writes, llava-hf → pair → llava-hf gives transformers' logits again; the projector file we
 write is what llama.cpp's converter writes (`test_mmproj.write_mmproj`, its layout followed line by line), and
-reads back equal; `info` describes the pair; a damaged projector file is one error line. (llama.cpp's own
+reads back equal; a SigLIP tower goes there and back too; `info` describes the pair; a damaged projector file is one error line. (llama.cpp's own
 reading of the pair: bench/mmproj_llama_cpp.py.)"""
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from llamalab.cli import main
 from llamalab.errors import LlamalabError
 from llamalab.formats import llava
 from llamalab.formats import mmproj as mmproj_file
-from llamalab.vision import VisionArgs
 from test_mmproj import write_mmproj
+from test_vision import IMAGE_TOKEN as VISION_IMAGE_TOKEN
+from test_vision import write_llava
 from tiny_llava import IMAGE_TOKEN, write_picture, write_tiny_llava
 
 
@@ -143,9 +144,23 @@ def test_wrong_pairings_are_one_line(pair, smollm2_gguf, tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_siglip_tower_is_refused(pair):
-    args = llava.load_state(pair[1], lazy=True)[1]
-    siglip = replace(args, vision=VisionArgs(kind="siglip", dim=24, n_layers=2, n_heads=2, ffn_dim=48, image_size=28,
-                                             patch_size=14))
-    with pytest.raises(LlamalabError, match="siglip vision tower.*keep it as a llava-hf directory"):
-        mmproj_file.check_writable(siglip, "tiny")
+def test_siglip_round_trip(tmp_path):
+    """A SigLIP tower (no class token: every patch kept, vision_feature_select_strategy "full") goes to the
+    pair and back with transformers' logits; with "default" (transformers drops the first patch, which
+    llama.cpp cannot) it is refused."""
+    ref = write_llava(tmp_path / "siglip", "siglip")
+    assert main(["convert", str(tmp_path / "siglip"), "--to", "gguf", "--out", str(tmp_path / "s.gguf")]) == 0
+    assert main(["convert", str(tmp_path / "s.gguf"), "--mmproj", str(tmp_path / "mmproj-s.gguf"), "--to", "hf",
+                 "--out", str(tmp_path / "back")]) == 0
+    again = LlavaForConditionalGeneration.from_pretrained(tmp_path / "back").eval()
+    ids = torch.tensor([[1, 5, 2] + [VISION_IMAGE_TOKEN] * 9 + [7, 8]])
+    pixels = torch.randn(1, 3, 42, 42, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (again(input_ids=ids, pixel_values=pixels).logits - ref(input_ids=ids, pixel_values=pixels).logits
+                ).abs().max() < 1e-5
+    assert again.config.vision_feature_select_strategy == "full"
+    args = llava.load_state(tmp_path / "siglip", lazy=True)[1]
+    with pytest.raises(LlamalabError, match="'default'.*llama.cpp keeps every patch.*'full' for a siglip tower"):
+        mmproj_file.check_writable(replace(args, feature_select="default"), "siglip")
+    with pytest.raises(LlamalabError, match="vision activation 'relu'"):
+        mmproj_file.check_writable(replace(args, vision=replace(args.vision, act="relu")), "siglip")

@@ -8,7 +8,9 @@ the projector file as `mmproj.save` writes it (llama.cpp's converter's layout). 
 keeps only the blocks the projector file holds (the converter dropped those after the deepest feature layer,
 so the feature layer becomes -1 for the last one kept), the pooled output's norm (which LLaVA never reads) is
 the identity, and the image token is the vocabulary's `<image>` if it has one, else its last id (what
-`generate --mmproj` uses). A pair's image preprocessing is its size, mean and std: CLIP's processor is written.
+`generate --mmproj` uses). A pair's image preprocessing is its size, mean and std: CLIP's or SigLIP's processor
+is written with them. A SigLIP tower (no class token) goes with vision_feature_select_strategy "full": llama.cpp
+keeps every patch of it.
 """
 
 from __future__ import annotations
@@ -50,12 +52,15 @@ def to_pair(src: Path, out, mmproj_out=None, *, gguf_type: str = "f32", force: b
     return Path(out), mmproj_out
 
 
-def processor_config(p: Preprocess, size: int) -> dict:
-    """A CLIPImageProcessor's `preprocessor_config.json` for a pair's image size, mean and std."""
-    return {"image_processor_type": "CLIPImageProcessor", "do_convert_rgb": True, "do_resize": True,
-            "size": {"shortest_edge": size}, "resample": 3, "do_center_crop": True,
-            "crop_size": {"height": size, "width": size}, "do_rescale": True, "rescale_factor": 1 / 255,
-            "do_normalize": True, "image_mean": list(p.mean), "image_std": list(p.std)}
+def processor_config(p: Preprocess, size: int, kind: str) -> dict:
+    """The `preprocessor_config.json` of a pair's tower (CLIPImageProcessor's or SiglipImageProcessor's) for
+    its image size, mean and std."""
+    common = {"do_convert_rgb": True, "do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
+              "do_normalize": True, "image_mean": list(p.mean), "image_std": list(p.std)}
+    if kind == "siglip":
+        return {"image_processor_type": "SiglipImageProcessor", **common, "size": {"height": size, "width": size}}
+    return {"image_processor_type": "CLIPImageProcessor", **common, "size": {"shortest_edge": size},
+            "do_center_crop": True, "crop_size": {"height": size, "width": size}}
 
 
 def from_pair(model: Path, mmproj_file, out, *, dtype: torch.dtype | None = None, max_shard_size=5 * 10**9,
@@ -77,12 +82,14 @@ def from_pair(model: Path, mmproj_file, out, *, dtype: torch.dtype | None = None
     n = vision.n_layers
     layers = tuple(i - n - 1 if i == n else i for i in (layer if isinstance(layer, tuple) else (layer,)))
     args = LlavaArgs(vision=vision, text=text_args, image_token_id=text_args.vocab_size - 1 if token is None else token,
-                     feature_layer=layers if len(layers) > 1 else layers[0])
+                     feature_layer=layers if len(layers) > 1 else layers[0],
+                     feature_select=mmproj.feature_select(vision))
     state = {**vision_state, **{f"language_model.{k}": w for k, w in text_state.items()},
-             "vision_tower.post_layernorm.weight": torch.ones(vision.dim),
+             "vision_tower.post_layernorm.weight": torch.ones(vision.dim),  # the pooled output's, never read
              "vision_tower.post_layernorm.bias": torch.zeros(vision.dim)}
     dtype = dtype or text_state["tok_embeddings.weight"].dtype
-    return llava.save(state, args, out, tokenizer_src=tokenizer, preprocess=processor_config(preprocess, vision.image_size),
+    processor = processor_config(preprocess, vision.image_size, vision.kind)
+    return llava.save(state, args, out, tokenizer_src=tokenizer, preprocess=processor,
                       dtype=dtype if dtype.is_floating_point else torch.float32, max_shard_size=max_shard_size,
                       force=force)
 

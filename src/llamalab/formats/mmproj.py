@@ -41,20 +41,21 @@ BLOCK = {"ln1": "layer_norm1", "ln2": "layer_norm2", "attn_q": "self_attn.q_proj
          "attn_v": "self_attn.v_proj", "attn_out": "self_attn.out_proj"}
 TOP = {"v.class_embd": "embeddings.class_embedding", "v.patch_embd.weight": "embeddings.patch_embedding.weight",
        "v.position_embd.weight": "embeddings.position_embedding.weight", "v.pre_ln.weight": "pre_layrnorm.weight",
-       "v.pre_ln.bias": "pre_layrnorm.bias"}
+       "v.pre_ln.bias": "pre_layrnorm.bias", "v.patch_embd.bias": "embeddings.patch_embedding.bias"}
 
 
-def _vision_args(meta: dict, path) -> VisionArgs:
+def _vision_args(meta: dict, path, kind: str) -> VisionArgs:
     def need(key):
         if f"clip.vision.{key}" not in meta:
             raise LlamalabError(f"{path}: mmproj metadata lacks 'clip.vision.{key}'")
         return meta[f"clip.vision.{key}"]
 
-    return VisionArgs(kind="clip", dim=int(need("embedding_length")), n_layers=int(need("block_count")),
+    gelu = "gelu" if kind == "clip" else "gelu_pytorch_tanh"  # ggml's GELU is the tanh form: SigLIP's
+    return VisionArgs(kind=kind, dim=int(need("embedding_length")), n_layers=int(need("block_count")),
                       n_heads=int(need("attention.head_count")), ffn_dim=int(need("feed_forward_length")),
                       image_size=int(need("image_size")), patch_size=int(need("patch_size")),
                       norm_eps=float(need("attention.layer_norm_epsilon")),
-                      act="gelu" if meta.get("clip.use_gelu") else "quick_gelu")
+                      act=gelu if meta.get("clip.use_gelu") else "quick_gelu")
 
 
 def _check(meta: dict, path) -> None:
@@ -104,7 +105,7 @@ def load(path) -> tuple[dict[str, torch.Tensor], VisionArgs, int | tuple[int, ..
     reader = open_gguf(path)
     meta = read_metadata(path, reader)
     _check(meta, path)
-    args = _vision_args(meta, path)
+    args = _vision_args(meta, path, "clip" if any(t.name == "v.class_embd" for t in reader.tensors) else "siglip")
     state, unknown = {}, []
     for t in reader.tensors:
         try:
@@ -118,15 +119,22 @@ def load(path) -> tuple[dict[str, torch.Tensor], VisionArgs, int | tuple[int, ..
             state[name] = w.reshape(args.dim) if t.name == "v.class_embd" else w
     state = _mlp(state, args.dim)
     if unknown:
-        raise LlamalabError(f"{path}: mmproj tensors {unknown[:4]} are not LLaVA-1.5's (a CLIP tower and an MLP "
-                            "projector); this projector is not supported")
+        raise LlamalabError(f"{path}: mmproj tensors {unknown[:4]} are not LLaVA-1.5's (a CLIP or SigLIP tower and "
+                            "an MLP projector); this projector is not supported")
     layers = [int(i) for i in meta.get("clip.vision.feature_layer", [])] or [args.n_layers]
     if any(not 0 <= i <= args.n_layers for i in layers):
         raise LlamalabError(f"{path}: clip.vision.feature_layer {layers} lies outside the {args.n_layers} blocks")
     mean = tuple(float(x) for x in meta.get("clip.vision.image_mean", Preprocess().mean))
     std = tuple(float(x) for x in meta.get("clip.vision.image_std", Preprocess().std))
-    preprocess = Preprocess(shortest_edge=args.image_size, crop=(args.image_size, args.image_size), mean=mean, std=std)
+    size = args.image_size
+    preprocess = (Preprocess(shortest_edge=size, crop=(size, size), mean=mean, std=std) if args.class_token
+                  else Preprocess(height=size, width=size, mean=mean, std=std))
     return state, args, layers[0] if len(layers) == 1 else tuple(layers), preprocess
+
+
+def feature_select(vision: VisionArgs) -> str:
+    """What llama.cpp keeps of the tower's output: every patch, without the class token when there is one."""
+    return "default" if vision.class_token else "full"
 
 
 def fit(state: dict[str, torch.Tensor], vision: VisionArgs, layer, path) -> int:
@@ -158,7 +166,8 @@ def attach(language_model: Transformer, text: ModelArgs, path, device="cpu") -> 
     if width != text.dim:
         raise LlamalabError(f"{path}: the projector gives {width}-wide features but the language model's width "
                             f"is {text.dim}; a projector for another model?")
-    args = LlavaArgs(vision=vision, text=text, image_token_id=text.vocab_size - 1, feature_layer=layer)
+    args = LlavaArgs(vision=vision, text=text, image_token_id=text.vocab_size - 1, feature_layer=layer,
+                     feature_select=feature_select(vision))
     with torch.device("meta"):
         model = Llava(args)
     model.load_state_dict(state, strict=False, assign=True)
@@ -210,15 +219,15 @@ def describe(path, text_dim: int | None = None) -> list[str]:
                             f"is {text_dim}; a projector for another model?")
     count = {part: sum(w.numel() for k, w in state.items() if k.startswith(part))
              for part in ("vision_tower", "multi_modal_projector")}
-    lines = ["format      mmproj (llama.cpp's LLaVA projector file: CLIP tower + MLP projector)", f"path        {path}",
+    lines = ["format      mmproj (llama.cpp's LLaVA projector file: vision tower + MLP projector)", f"path        {path}",
              f"params      {sum(count.values()):,} (vision tower {count['vision_tower']:,}, projector "
              f"{count['multi_modal_projector']:,})",
-             f"vision      clip: dim={v.dim} n_layers={v.n_layers} (kept) n_heads={v.n_heads} ffn_dim={v.ffn_dim} "
+             f"vision      {v.kind}: dim={v.dim} n_layers={v.n_layers} (kept) n_heads={v.n_heads} ffn_dim={v.ffn_dim} "
              f"image_size={v.image_size} patch_size={v.patch_size} act={v.act}",
              f"images      feature_layer={layer} image_tokens={v.n_patches} mean={pre.mean} std={pre.std}",
              f"projector   mlp (LLaVA-1.5) into a language model of width {width}"]
     if text_dim is not None:
-        lines[:2] = [f"mmproj      {path} (llama.cpp's LLaVA projector file: CLIP tower + MLP projector)"]
+        lines[:2] = [f"mmproj      {path} (llama.cpp's LLaVA projector file: vision tower + MLP projector)"]
         lines.append(f"pair        fits: the projector gives the language model's width ({text_dim})")
     return lines
 
@@ -235,14 +244,13 @@ def feature_layers(args: LlavaArgs) -> list[int]:
 def check_writable(args: LlavaArgs, where) -> None:
     """Refuse (one clear error) a LLaVA that llama.cpp's LLaVA-1.5 projector file cannot hold."""
     v, keep = args.vision, "; keep it as a llava-hf directory"
-    if v.kind != "clip":
-        raise LlamalabError(f"{where}: a {v.kind} vision tower: llama.cpp's LLaVA projector file holds a CLIP "
-                            f"tower (class token, pre-LN){keep}")
-    if v.act not in ("gelu", "quick_gelu"):
-        raise LlamalabError(f"{where}: vision activation {v.act!r}: an mmproj file has gelu or quick_gelu{keep}")
-    if args.feature_select != "default":
-        raise LlamalabError(f"{where}: vision_feature_select_strategy {args.feature_select!r}: llama.cpp drops the "
-                            f"class token ('default'){keep}")
+    acts = ("gelu", "quick_gelu") if v.kind == "clip" else ("gelu_pytorch_tanh", "quick_gelu")
+    if v.act not in acts:
+        raise LlamalabError(f"{where}: vision activation {v.act!r}: an mmproj file's {v.kind} tower has "
+                            f"{' or '.join(acts)}{keep}")
+    if args.feature_select != feature_select(v):
+        raise LlamalabError(f"{where}: vision_feature_select_strategy {args.feature_select!r}: llama.cpp keeps every "
+                            f"patch ({feature_select(v)!r} for a {v.kind} tower){keep}")
     if args.projector_act != "gelu" or not args.projector_bias:
         raise LlamalabError(f"{where}: the projector ({args.projector_act}, bias={args.projector_bias}) is not "
                             f"LLaVA-1.5's MLP (gelu, biases){keep}")
@@ -295,7 +303,7 @@ def save(state: dict[str, torch.Tensor], args: LlavaArgs, out, *, preprocess: Pr
     with staged_file(out) as tmp:
         w = GGUFWriter(tmp, "clip")
         for key, value in (("has_text_encoder", False), ("has_vision_encoder", True), ("has_llava_projector", True),
-                           ("use_gelu", v.act == "gelu")):
+                           ("use_gelu", v.act in ("gelu", "gelu_pytorch_tanh"))):
             w.add_bool(f"clip.{key}", value)
         w.add_file_type(1 if gguf_type == "f16" else 0)
         w.add_name(name or out.stem)
