@@ -15,8 +15,10 @@ The llama.cpp build here puts CLIP's class token after the patches (its issue #2
 its neighbour's position embedding and the class token's output replaces patch 0's, so its image
 embeddings, and then its tokens, are not transformers' (nor ours). The bench therefore also compares its
 embeddings with our tower's weights run in that order (`cls_last_features`: a correctly read file gives
-them up to GELU's tanh approximation; for SigLIP, which has no class token, our own order), and its greedy tokens with ours on its own image rows (the text
-GGUF and the image positions). Exits 1 if a same-size picture's embeddings or tokens fail those checks.
+them up to GELU's tanh approximation; for SigLIP, which has no class token, our own order), and runs our
+language model on its image rows, its tokens fed back: each of its greedy tokens should be our argmax, or
+within 0.01 of our best logit (a near tie of these random models, decided by float rounding). Exits 1 if a
+same-size picture fails those checks.
 """
 
 from __future__ import annotations
@@ -97,9 +99,10 @@ def cls_last_features(llava, pixels):
         return p.linear_2(torch.nn.functional.gelu(p.linear_1(h), approximate="tanh"))
 
 
-def ours(model: Path, mmproj: Path, picture: Path, n: int, their_embd) -> dict:
-    """Our features and greedy tokens on the pair, and our greedy tokens with llama.cpp's image rows put
-    in place of ours (the language model alone compared)."""
+def ours(model: Path, mmproj: Path, picture: Path, n: int, theirs: dict) -> dict:
+    """Our features and greedy tokens on the pair, and the language model alone compared: with llama.cpp's
+    image rows in place of ours and its tokens fed back (teacher forcing), how far below our best logit
+    each of its tokens lies (0: it is our argmax too)."""
     import torch
     from PIL import Image
 
@@ -115,9 +118,12 @@ def ours(model: Path, mmproj: Path, picture: Path, n: int, their_embd) -> dict:
     pixels = torch.from_numpy(preprocess(Image.open(picture), eyes.preprocess))[None]
     with torch.inference_mode():
         new = list(stream(rt.model, ids, embeddings=rows, max_new_tokens=n))
-        theirs_rows = eyes.rows(ids, torch.tensor([their_embd], dtype=features.dtype)) if their_embd else None
-        with_theirs = list(stream(rt.model, ids, embeddings=theirs_rows, max_new_tokens=n)) if their_embd else []
-    return {"prompt": ids, "embd": features[0].float().tolist(), "tokens": new, "with their rows": with_theirs,
+        prompt, rows, gaps = ids, eyes.rows(ids, torch.tensor([theirs["embd"]], dtype=features.dtype)), []
+        for t in theirs["tokens"]:
+            logits = rt.model(torch.tensor([ids]), embeddings=rows)[0, -1].float()
+            gaps.append(round(float(logits.max() - logits[t]), 5))
+            ids, rows = ids + [t], torch.cat([rows, rt.model.tok_embeddings(torch.tensor([[t]]))], dim=1)
+    return {"prompt": prompt, "embd": features[0].float().tolist(), "tokens": new, "gaps": gaps,
             "cls last": cls_last_features(eyes.llava, pixels)[0].float().tolist(),
             "image_token": rt.vision.args.image_token_id}
 
@@ -198,7 +204,8 @@ def compare(mine: dict, other: dict) -> dict:
     return {"prompt same": prompt == other["prompt"], "embd scale": round(float(np.abs(theirs).max()), 3),
             "embd diff vs ours": diff("embd"), "embd diff vs ours cls-last": diff("cls last"),
             "tokens same": mine["tokens"] == other["tokens"],
-            "tokens same on their rows": mine["with their rows"] == other["tokens"],
+            "their tokens our argmax on their rows": sum(g == 0 for g in mine["gaps"]),
+            "largest logit gap": max(mine["gaps"]),
             "ours": mine["tokens"], "llama.cpp": other["tokens"]}
 
 
@@ -224,8 +231,8 @@ def main():
                 for what, picture in pictures(root, size).items():
                     other = theirs(model, mmproj, picture, args.tokens, args.timeout)
                     row = other if isinstance(other, str) else compare(
-                        ours(model, mmproj, picture, args.tokens, other["embd"]), other)
-                    failed |= what == "same size" and (isinstance(other, str) or not row["tokens same on their rows"]
+                        ours(model, mmproj, picture, args.tokens, other), other)
+                    failed |= what == "same size" and (isinstance(other, str) or row["largest logit gap"] > 0.01
                                                        or row["embd diff vs ours cls-last"] > 0.05 * row["embd scale"])
                     print(json.dumps({"checkpoint": name, "type": gguf_type, "picture": what, **(
                         {"error": row} if isinstance(row, str) else row)}), flush=True)
