@@ -1,20 +1,24 @@
-"""llama.cpp's LLaVA projector file (`mmproj-*.gguf`, architecture "clip"): the CLIP vision tower and the
-LLaVA-1.5 MLP projector that go with a text GGUF (the pair `llama-mtmd-cli -m LLM.gguf --mmproj mmproj.gguf`).
+"""llama.cpp's LLaVA projector file (`mmproj-*.gguf`, architecture "clip"): the vision tower and the LLaVA-1.5
+MLP projector that go with a text GGUF (the pair `llama-mtmd-cli -m LLM.gguf --mmproj mmproj.gguf`); read
+(`load`, `attach`) and written (`save`, what `convert --to gguf` writes beside a llava-hf's text GGUF).
 
 Its layout, as llama.cpp's `convert_image_encoder_to_gguf.py` writes it and `tools/mtmd/clip.cpp` reads it:
 
 - metadata `clip.has_vision_encoder`, `clip.projector_type` ("mlp": LLaVA-1.5's), `clip.use_gelu` (else
-  quick-GELU), and `clip.vision.*`: image_size, patch_size, embedding_length, feed_forward_length,
-  attention.head_count, attention.layer_norm_epsilon, block_count (the blocks kept: the converter drops those
-  after the deepest feature layer), feature_layer (indices into the hidden states, 0 = the blocks' input,
-  non-negative), image_mean, image_std;
+  quick-GELU; ggml's GELU is the tanh form, SigLIP's), and `clip.vision.*`: image_size, patch_size,
+  embedding_length, feed_forward_length, attention.head_count, attention.layer_norm_epsilon, block_count (the
+  blocks kept: the converter drops those after the deepest feature layer), feature_layer (indices into the
+  hidden states, 0 = the blocks' input, non-negative), image_mean, image_std;
 - tensors `v.class_embd`, `v.patch_embd.weight`, `v.position_embd.weight`, `v.pre_ln.*`, per block
   `v.blk.N.{ln1,ln2,attn_q,attn_k,attn_v,attn_out,ffn_up,ffn_down}.*`, and the projector `mm.0.*`, `mm.2.*`.
   The legacy converter names a block's fc1 `ffn_down` and fc2 `ffn_up`; clip.cpp tells them apart by shape, and
-  so do we (fc1 is the one that reads the tower's width).
+  so do we (fc1 is the one that reads the tower's width). We write those names too.
+- A SigLIP tower has no `v.class_embd` nor `v.pre_ln`, and a `v.patch_embd.bias`; llama.cpp keeps every patch
+  of it (transformers' vision_feature_select_strategy "full").
 
 Without `clip.vision.feature_layer` the last kept block's output is the feature (the converter dropped the
-final block: LLaVA's -2); the class token is dropped (LLaVA's "default" strategy), as clip.cpp does.
+final block: LLaVA's -2); the class token is dropped (LLaVA's "default" strategy), as clip.cpp does. We always
+write feature_layer: without it clip.cpp runs one block fewer than the file holds.
 """
 
 from __future__ import annotations
