@@ -3,7 +3,8 @@ import re
 from ..errors import LlamalabError
 from .types import positive_int
 
-HELP = "Convert a checkpoint between formats: GGUF, HF safetensors, Meta .pth (any to any)."
+HELP = ("Convert a checkpoint between formats: GGUF, HF safetensors, Meta .pth (any to any); a LLaVA between "
+        "llava-hf and llama.cpp's pair (text GGUF + mmproj).")
 
 DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
@@ -19,6 +20,8 @@ def add_arguments(p):
                    "or f16 with --dtype f16)")
     p.add_argument("--max-shard-size", default="5GB", help="--to hf: split safetensors files larger than "
                    "this (e.g. 5GB, 500MB; default 5GB)")
+    p.add_argument("--mmproj", help="LLaVA: with a llava-hf source and --to gguf, where the projector file goes "
+                   "(default mmproj-<--out's name> beside it); with a text GGUF source and --to hf, its projector file")
     p.add_argument("--force", action="store_true", help="replace --out if it holds an earlier output (a GGUF "
                    "file, or a directory of checkpoint files only); never the input or the current directory")
 
@@ -40,4 +43,4 @@ def run(args):
 
     convert(args.src, args.out, args.to, dtype=getattr(torch, DTYPES[args.dtype]) if args.dtype else None,
             shards=args.shards, gguf_type=args.gguf_type, max_shard_size=parse_size(args.max_shard_size),
-            force=args.force)
+            force=args.force, mmproj=args.mmproj)

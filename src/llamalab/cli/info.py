@@ -8,6 +8,8 @@ def add_arguments(p):
     p.add_argument("path", help="a .gguf file, an HF directory (config.json + *.safetensors) or a Meta "
                                 "directory (params.json + consolidated.*.pth)")
     p.add_argument("--tensors", action="store_true", help="list every tensor (default: the first layer only)")
+    p.add_argument("--mmproj", help="llama.cpp's pair: the text GGUF's projector file, described after it and "
+                                    "checked against it")
 
 
 def run(args):
@@ -16,11 +18,12 @@ def run(args):
     from ..formats import expected_shapes, llava, load_state, mmproj
     from ..formats.gguf_mix import type_summary
 
-    if mmproj.is_mmproj(Path(args.path)):
+    if mmproj.is_mmproj(Path(args.path)) and not args.mmproj:
         return print("\n".join(mmproj.describe(Path(args.path))))
-    if llava.is_llava(Path(args.path)):
+    if llava.is_llava(Path(args.path)) and not args.mmproj:
         return print("\n".join(llava.describe(Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent)))
     src = load_state(args.path, lazy=True)
+    pair = mmproj.describe(Path(args.mmproj), text_dim=src.args.dim) if args.mmproj else []  # checked first
     state, cfg, extra, fmt, path = src.state, src.args, src.extra, src.format, src.path  # shapes only: instant for any size
     meta = extra.get("metadata", {})
     # how each tensor is stored: the file's own types where it has them (GGUF's Q4_1, a quantized directory's
@@ -58,3 +61,5 @@ def run(args):
     width = max(len(n) for n in names)
     for name in names:
         print(f"  {name:<{width}}  {str(tuple(state[name].shape)):<16} {types[name]}")
+    if pair:
+        print("\n".join(pair))

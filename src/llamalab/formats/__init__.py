@@ -25,7 +25,7 @@ from ..model import Transformer
 from ..quant import GGMLBlocks, GroupCodes, build_quantized
 from ..quant import float_linear
 from ..tokenizer import Tokenizer, check_vocab, find_tokenizer, tokenizer_from_gguf_fields
-from . import adaption_prompt, gguf, hf, llava, meta
+from . import adaption_prompt, gguf, hf, llava, llava_pair, meta
 from . import mmproj as mmproj_file
 from .output import check_output
 from .peft import attach_adapter
@@ -145,8 +145,8 @@ def load_state(path_or_id, *, lazy: bool = False, quantized: bool = False) -> Lo
     quantized: quantized matrices stay quantized (`llamalab.quant.GroupCodes`) where the format has them."""
     fmt, path = detect_format(resolve(path_or_id))
     if fmt == "hf" and llava.is_llava(path):
-        raise LlamalabError(f"{path}: a LLaVA (vision) checkpoint: `llamalab generate --image` and `info` read it; "
-                            "this command does not handle one yet")
+        raise LlamalabError(f"{path}: a LLaVA (vision) checkpoint: `llamalab generate --image`, `info` and "
+                            "`convert` read it; this command does not handle one yet")
     options = {"quantized": True} if quantized and fmt in ("gguf", "hf") else {}
     state, args, extra = MODULES[fmt].load_state(path, lazy=lazy, **options)
     check_layers(state, args, path)
@@ -212,7 +212,7 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, fmt: str, tokeniz
 
 
 def convert(src, out, to: str, *, dtype: torch.dtype | None = None, shards: int = 1, gguf_type: str | None = None,
-            max_shard_size: int | str = 5 * 10**9, force: bool = False, log=print) -> Path:
+            max_shard_size: int | str = 5 * 10**9, force: bool = False, mmproj=None, log=print) -> Path:
     """Convert the checkpoint `src` (a .gguf file, an HF or Meta directory, a hub id) to format `to` at `out`.
 
         formats.convert("SmolLM2-135M-Instruct.Q4_1.gguf", "smol-hf", "hf")
@@ -223,12 +223,19 @@ def convert(src, out, to: str, *, dtype: torch.dtype | None = None, shards: int 
     copied, a GGUF vocabulary copied into GGUF verbatim. The output is written beside `out` and takes its
     place only when complete; `force` lets it replace an earlier output (never a directory holding other
     files, the input or the current directory). Returns the path written; `log` gets one summary line.
+    A LLaVA (`llava_pair`): a llava-hf directory to gguf writes llama.cpp's pair, `out` and the projector
+    file (`mmproj`, default `mmproj-<out's name>` beside it); a text GGUF with `mmproj` (its projector file) to
+    hf writes a llava-hf directory.
     """
     if to not in FORMATS:
         raise LlamalabError(f"unknown format {to!r}; choose one of {', '.join(FORMATS)}")
+    src = resolve(src)
+    if mmproj or llava.is_llava(src):
+        return llava_pair.convert(src, out, to, mmproj_file=mmproj, dtype=dtype, gguf_type=gguf_type,
+                                  max_shard_size=max_shard_size, force=force, log=log)
     if shards < 1 or (shards > 1 and to != "meta"):
         raise LlamalabError("shards (--shards N, N >= 1) applies to the meta format only")
-    fmt, path = detect_format(resolve(src))
+    fmt, path = detect_format(src)
     check_output(out, to, force=force, inputs=[path])
     src = load_state(path)
     state, args = src.state, src.args
