@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from llamalab.demo import TimeBudget
+from llamalab.quant import cpu_kernel
 from llamalab.train.optim import lr_at
 
 
@@ -30,6 +31,12 @@ def test_time_budget_refit_rule(capsys):
 
 def test_demo_quick(tmp_path):
     """The quick demo, repeating a run that was re-fit at step 20 to end at 25 (as `--steps --refits`)."""
+    # a fresh cache for the demo's corpus; the CPU kernels (built once per machine) from the suite's own cache,
+    # not compiled again for this run
+    kernels = cpu_kernel._cache_dir()
+    kernels.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "kernels").symlink_to(kernels, target_is_directory=True)
     p = subprocess.run([sys.executable, "-m", "llamalab", "demo", "--quick", "--no-progress", "--out", str(tmp_path),
                         "--steps", "30", "--refits", "20:25"],
                        env={**os.environ, "OMP_NUM_THREADS": "1", "LLAMALAB_CACHE": str(tmp_path / "cache")},

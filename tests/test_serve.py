@@ -3,10 +3,12 @@
 Expected answers come from `llamalab generate` (the CLI, in this process) on the same checkpoint, whose
 greedy tokens are checked against transformers in test_generate_smollm2.py.
 
-The main server runs the weights dequantized to float32, as does its reference, with its decode step compiled
-(`--compile`; the reference decodes eagerly): float32 matmuls give a sequence the same logits to ~1e-6 whatever
-the batch and whichever kernel, so concurrent answers can be compared with lone ones token for token. The quantized default (activations rounded for the int4 and int8 kernels) is checked
-against `llamalab generate` on a lone request, where the batch is the same on both sides.
+The main server runs the weights dequantized to float32, as does its reference: float32 matmuls give a sequence
+the same logits to ~1e-6 whatever the batch and whichever kernel, so concurrent answers can be compared with lone
+ones token for token. It decodes eagerly: `--compile` (minutes of inductor for SmolLM2's 30 layers on 2 cores) is
+test_serve_compile.py's, on a 2-layer checkpoint, and SmolLM2's compiled decode step test_generate_smollm2.py's.
+The quantized default (activations rounded for the int4 and int8 kernels) is checked against `llamalab generate`
+on a lone request, where the batch is the same on both sides.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ SLOTS, QUEUE = 8, 64
 @pytest.fixture(scope="module")
 def server(smollm2_gguf, tmp_path_factory):
     s = ServerProcess(smollm2_gguf, "--max-batch", str(SLOTS), "--max-queue", str(QUEUE), "--context", "512",
-                      "--served-model-name", "smol", "--dtype", "float32", "--compile",
+                      "--served-model-name", "smol", "--dtype", "float32",
                       log=tmp_path_factory.mktemp("serve") / "server.log")
     yield s
     assert s.stop() == 0, s.log()

@@ -38,7 +38,7 @@ import threading
 from collections import OrderedDict
 
 import llguidance
-import llguidance.torch
+import llguidance.numpy
 import torch
 from jsonschema import validators
 from jsonschema.exceptions import SchemaError
@@ -200,8 +200,10 @@ class Matcher:
         self.m = matcher
 
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
-        """Write the allowed next tokens into row `row` of an int32 bitmask (bit set = allowed)."""
-        llguidance.torch.fill_next_token_bitmask(self.m, bitmask, row)
+        """Write the allowed next tokens into row `row` of an int32 bitmask (bit set = allowed). Through the
+        bitmask's numpy view (the same memory): `llguidance.torch` would import torch.compile's whole stack
+        (~2.5 s of CPU in every process) for one module-level decorator we never call."""
+        llguidance.numpy.fill_next_token_bitmask(self.m, bitmask.numpy(), row)
 
     def accept(self, token: int) -> None:
         if not self.m.consume_token(token) or self.m.is_error():
