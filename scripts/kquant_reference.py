@@ -8,6 +8,9 @@
    keep). The sha256 of every source tensor is there too, so a test knows it starts from the same floats.
 2. smollm2_q4_k_m_types.json: the type llama.cpp gives each tensor of SmolLM2-135M quantized to Q4_K_M
    (from an F32 GGUF of the test checkpoint's weights): its 576-wide rows take the fallbacks.
+3. imatrix_reference.npz: small float matrices and importance matrices (seeded, stored as they are) and the
+   blocks llama.cpp's `ggml_quantize_chunk(type, ..., imatrix)` writes for them, per type (Q2_K..Q6_K, Q4_0,
+   Q4_1, Q5_0, Q5_1, Q8_0), called through ctypes on llama-cpp-python's libggml-base.
 --check-smollm2 (not stored, not in CI): our `quantize --type q4_k_m` of the same F32 SmolLM2 byte-compared
 with llama.cpp's, and both files' logits from llama.cpp on one prompt (llama.cpp loads ours).
 Needs llama-cpp-python; each llama.cpp call runs in a process of its own.
@@ -100,11 +103,62 @@ print("logits sha256", hashlib.sha256(x.tobytes()).hexdigest()[:16], "argmax", x
 """
 
 
+IMATRIX_TYPES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+
+
+def ggml_quantize_chunk():
+    import ctypes
+    import os
+
+    import llama_cpp
+
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+    f = lib.ggml_quantize_chunk
+    f.restype = ctypes.c_size_t
+    f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                  ctypes.c_void_p]
+    return f
+
+
+def imatrix_cases() -> dict:
+    """Rows of 768 (three super-blocks, 24 blocks of 32): normal values, one row of zeros, one with outliers,
+    one all positive; importance values log-normal, one run of 16 zeros and a few single zeros."""
+    rng = np.random.default_rng(33)
+    x = rng.standard_normal((6, 768)).astype(np.float32) * np.float32(0.02)
+    x[1] = 0
+    x[2, rng.integers(0, 768, 12)] *= 40
+    x[3] = np.abs(x[3]) + np.float32(0.01)
+    im = np.exp(rng.standard_normal(768) * 1.5).astype(np.float32)
+    im[32:48] = 0
+    im[rng.integers(0, 768, 8)] = 0
+    return {"x": x, "imatrix": im}
+
+
+def imatrix_reference() -> None:
+    from gguf import GGML_QUANT_SIZES
+    from gguf import GGMLQuantizationType as Q
+
+    quantize = ggml_quantize_chunk()
+    data = imatrix_cases()
+    x, im = data["x"], data["imatrix"]
+    for kind in IMATRIX_TYPES:
+        block, size = GGML_QUANT_SIZES[Q[kind]]
+        out = np.zeros((x.shape[0], x.shape[1] // block * size), np.uint8)
+        quantize(int(Q[kind]), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], im.ctypes.data)
+        data[kind] = out
+    np.savez_compressed(OUT / "imatrix_reference.npz", **data)
+    print(f"imatrix_reference.npz: {', '.join(IMATRIX_TYPES)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check-smollm2", action="store_true", help="also compare our Q4_K_M SmolLM2 with llama.cpp's")
+    p.add_argument("--imatrix-only", action="store_true", help="regenerate imatrix_reference.npz only")
     args = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    imatrix_reference()
+    if args.imatrix_only:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tiny(Path(tmp))
         smollm2(Path(tmp), args.check_smollm2)
