@@ -1,7 +1,8 @@
 """`llamalab quantize`: a float checkpoint → 8- or 4-bit weights, in a GGUF file or a safetensors directory.
 
 `--type` (q4_k_m, q5_k_m, q6_k, q3_k_m, q2_k, q8_0, q4_0, q4_1, f16, bf16, ...): a GGUF file as llama.cpp's
-`quantize` writes it — its per-tensor type mix (`formats.gguf_mix`) and its reference quantizers' bytes.
+`quantize` writes it — its per-tensor type mix (`formats.gguf_mix`) and its reference quantizers' bytes;
+with `--imatrix FILE` (`imatrix`: llama.cpp's importance matrix) its weighted quantizers' bytes.
 
 GGUF (a `.gguf` path): the block types llama.cpp runs — Q8_0 for 8 bits, Q4_1 (or Q4_0 with
 `symmetric`) for 4 bits; blocks are always 32 wide; norms stay F32; with 4 bits the embedding (and a
