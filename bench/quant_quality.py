@@ -45,8 +45,9 @@ from llamalab.quantize import quantize_checkpoint
 
 
 def q4_k_m_imatrix(src, out, o):
-    imx = compute_imatrix(src, out.with_suffix(".imatrix.gguf"), calibration=o["calibration"], chunks=o["samples"],
-                          ctx=o["seq_len"], force=True, progress=False)
+    imx = out.with_suffix(".imatrix.gguf")  # kept beside the file, as the quantized files are
+    if not imx.exists():
+        compute_imatrix(src, imx, calibration=o["calibration"], chunks=o["samples"], ctx=o["seq_len"], progress=False)
     return quantize_checkpoint(src, out, file_type="q4_k_m", imatrix=imx)
 
 # name: (description, how to write it from the fp32 GGUF)
