@@ -155,6 +155,33 @@ def imatrix_reference() -> None:
     print(f"imatrix_reference.npz: {', '.join(IMATRIX_TYPES)}")
 
 
+def check_read_by_ggml(path: Path) -> None:
+    """ggml's own GGUF parser (gguf_init_from_file, as llama-quantize loads an imatrix) reads the file's keys."""
+    import ctypes
+    import os
+
+    import llama_cpp
+
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+
+    class Params(ctypes.Structure):
+        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+    lib.gguf_init_from_file.restype, lib.gguf_init_from_file.argtypes = ctypes.c_void_p, [ctypes.c_char_p, Params]
+    lib.gguf_find_key.restype, lib.gguf_find_key.argtypes = ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p]
+    lib.gguf_get_val_u32.restype, lib.gguf_get_val_u32.argtypes = ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_n_tensors.restype, lib.gguf_get_n_tensors.argtypes = ctypes.c_int64, [ctypes.c_void_p]
+    ctx = lib.gguf_init_from_file(str(path).encode(), Params(True, None))
+    assert ctx, f"ggml cannot read {path}"
+    keys = {k: lib.gguf_find_key(ctx, k.encode()) for k in ("imatrix.datasets", "imatrix.chunk_count",
+                                                             "imatrix.chunk_size", "general.type")}
+    assert min(keys.values()) >= 0, keys
+    print(f"{path.name}: ggml reads {lib.gguf_get_n_tensors(ctx)} tensors, chunk_count "
+          f"{lib.gguf_get_val_u32(ctx, keys['imatrix.chunk_count'])}")
+    lib.gguf_free.argtypes = [ctypes.c_void_p]
+    lib.gguf_free(ctx)
+
+
 IMATRIX_FILE_TYPES = ["q2_k", "q3_k_m", "q4_k_m"]
 
 
@@ -171,6 +198,7 @@ def tiny_imatrix(tmp: Path) -> None:
     sums = {name: (np.exp(rng.standard_normal((1, w.shape[1]))).astype(np.float32) * np.float32(1000), [1000 + i])
             for i, (name, w) in enumerate(sorted(floats.items())) if name.startswith("blk.") and w.ndim == 2}
     write_imatrix(OUT / "tiny_imatrix.gguf", sums, datasets=["seeded"], chunk_count=2, chunk_size=512)
+    check_read_by_ggml(OUT / "tiny_imatrix.gguf")
     reader = GGUFReader(OUT / "tiny_imatrix.gguf")
     tensors = {t.name: np.array(t.data, np.float32).reshape(-1) for t in reader.tensors}
     values = {n[:-8]: tensors[n] / tensors[n[:-8] + ".counts"][0] for n in tensors if n.endswith(".in_sum2")}
