@@ -15,8 +15,12 @@ zero point), so they differ only in the rounding. SmolLM2's width 576 is 4.5 gro
 is 64 wide (as AutoGPTQ groups it). Bits per weight: the file's bytes × 8 / parameters (embedding included:
 28 M of SmolLM2's 135 M parameters are the tied embedding, float16 in the GPTQ rows).
 
-Not measured yet (issue 33): Q4_K_M with/without an importance matrix, arc_easy accuracy, llama.cpp's own
-perplexity on the GGUF rows.
+Q4_K_M with and without an importance matrix (`quantize --type q4_k_m [--imatrix]`, llama.cpp's quantizers
+byte for byte): the importance matrix is `llamalab imatrix` on `--samples` chunks of `--seq-len` tokens of the
+calibration text (the same held-out split). `--llama-cpp`: llama.cpp's own perplexity on the same Q4_K_M files
+and windows (llama-cpp-python, bench/kquant_ppl.py's runner) beside the row's name.
+
+Not measured yet (issue 33): arc_easy accuracy.
 """
 
 from __future__ import annotations
@@ -36,7 +40,15 @@ from llamalab import assets
 from llamalab.formats import convert
 from llamalab.perplexity import perplexity
 from llamalab.calibrate import gptq_checkpoint
+from llamalab.imatrix import compute_imatrix
 from llamalab.quantize import quantize_checkpoint
+
+
+def q4_k_m_imatrix(src, out, o):
+    imx = out.with_suffix(".imatrix.gguf")  # kept beside the file, as the quantized files are
+    if not imx.exists():
+        compute_imatrix(src, imx, calibration=o["calibration"], chunks=o["samples"], ctx=o["seq_len"], progress=False)
+    return quantize_checkpoint(src, out, file_type="q4_k_m", imatrix=imx)
 
 # name: (description, how to write it from the fp32 GGUF)
 ROWS = {
@@ -52,7 +64,23 @@ ROWS = {
              lambda src, out, o: gptq_checkpoint(src, out, bits=3, group_size=128, method="rtn", progress=False)),
     "gptq3": ("GPTQ 3-bit g128 act-order",
               lambda src, out, o: gptq_checkpoint(src, out, bits=3, group_size=128, act_order=True, **o)),
+    "q4_k_m": ("Q4_K_M GGUF (llama.cpp's mix, no imatrix)",
+               lambda src, out, o: quantize_checkpoint(src, out, file_type="q4_k_m")),
+    "q4_k_m_imatrix": ("Q4_K_M GGUF with imatrix", q4_k_m_imatrix),
 }
+LLAMA_CPP_ROWS = ("q4_k_m", "q4_k_m_imatrix")
+
+
+def llama_cpp_ppl(path: Path, ids: list[int]) -> float:
+    """llama.cpp's perplexity on the file over the same windows (bench/kquant_ppl.py's subprocess runner)."""
+    import math
+
+    from kquant_ppl import run_llama_cpp  # sibling script
+    from llamalab.perplexity import windows
+
+    nll = run_llama_cpp(path, {"tokens": ids, "windows": windows(len(ids), 256, 128), "context": 256, "threads": 2,
+                               "f32": None, "quantize": None})
+    return math.exp(nll["nll"] / nll["tokens"])
 
 
 def held_out(chars: int) -> str:
@@ -70,6 +98,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window")
     ap.add_argument("--chars", type=int, default=20000, help="held-out characters")
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--llama-cpp", action="store_true", help="llama.cpp's perplexity on the Q4_K_M rows' files too")
     ap.add_argument("--work", type=Path, help="where the quantized files go (default: a temporary directory)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="quant_quality-"))
@@ -98,6 +127,8 @@ def main():
         ids = ckpt.tokenizer.encode(text, bos=ckpt.tokenizer.add_bos)
         ppl = perplexity(ckpt.model, ids, context=256, stride=128, batch_size=4, progress=False).perplexity
         base = base or ppl
+        if args.llama_cpp and row in LLAMA_CPP_ROWS:
+            name += f" (llama.cpp: {llama_cpp_ppl(path, ids):.3f})"
         print(f"| {name} | {ppl:.3f} | {ppl / base - 1:+.2%} | {size(path) / 1e6:.1f} | "
               f"{size(path) * 8 / params:.2f} | {seconds:.0f} |", flush=True)
 

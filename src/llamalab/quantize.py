@@ -1,7 +1,8 @@
 """`llamalab quantize`: a float checkpoint → 8- or 4-bit weights, in a GGUF file or a safetensors directory.
 
 `--type` (q4_k_m, q5_k_m, q6_k, q3_k_m, q2_k, q8_0, q4_0, q4_1, f16, bf16, ...): a GGUF file as llama.cpp's
-`quantize` writes it — its per-tensor type mix (`formats.gguf_mix`) and its reference quantizers' bytes.
+`quantize` writes it — its per-tensor type mix (`formats.gguf_mix`) and its reference quantizers' bytes;
+with `--imatrix FILE` (`imatrix`: llama.cpp's importance matrix) its weighted quantizers' bytes.
 
 GGUF (a `.gguf` path): the block types llama.cpp runs — Q8_0 for 8 bits, Q4_1 (or Q4_0 with
 `symmetric`) for 4 bits; blocks are always 32 wide; norms stay F32; with 4 bits the embedding (and a
@@ -25,6 +26,8 @@ from .calibrate import float_source, gptq_checkpoint
 from .errors import LlamalabError
 from .formats import save
 from .formats.gguf_mix import check_file_type
+from .formats.names import name_maps
+from .imatrix import imatrix_for
 from .quant.codes import BLOCK, quantize
 
 DIRECTORY_GROUPS = (32, 64, 128)
@@ -60,28 +63,38 @@ def _check_type(kind: str, out: Path, bits, group_size, symmetric: bool, method:
     return kind
 
 
-def quantize_file_type(src, out: Path, kind: str, *, force: bool = False) -> Path:
+def quantize_file_type(src, out: Path, kind: str, *, force: bool = False, imatrix=None) -> Path:
     """`quantize --type`: a GGUF in one of llama.cpp's file types (`formats.gguf_mix`), each tensor at the
-    type llama.cpp's `quantize` gives it, the blocks byte for byte its reference quantizers' (no imatrix)."""
-    check_apart(out, [src])
+    type llama.cpp's `quantize` gives it, the blocks byte for byte its quantizers': the reference ones, or
+    with `imatrix` (an importance-matrix file, `llamalab imatrix` or llama-imatrix) the weighted ones."""
+    check_apart(out, [src] + ([imatrix] if imatrix is not None else []))
     if out.exists() and not force:
         raise LlamalabError(f"{out} already exists; pass --force to replace it")
     state, args, fmt, path = float_source(src)
+    values = None
+    if imatrix is not None:
+        _, to_gguf = name_maps("gguf")
+        values = imatrix_for(imatrix, {to_gguf(k): tuple(w.shape) for k, w in state.items() if to_gguf(k)})
     out.parent.mkdir(parents=True, exist_ok=True)
     threads.adapt()
-    return save(state, args, out, "gguf", tokenizer_src=path, ftype=kind, force=force)  # atomic
+    return save(state, args, out, "gguf", tokenizer_src=path, ftype=kind, force=force, imatrix=values)  # atomic
 
 
 def quantize_checkpoint(src, out, *, bits: int | None = None, group_size: int | None = None, symmetric: bool = False,
-                        force: bool = False, method: str = "rtn", file_type: str | None = None, **gptq) -> Path:
+                        force: bool = False, method: str = "rtn", file_type: str | None = None, imatrix=None,
+                        **gptq) -> Path:
     """Write the quantized checkpoint to `out` (atomically) and return its path: a `.gguf` file, else an
     HF-style directory of group codes. method "gptq": calibrated, a GPTQ-layout directory
     (`calibrate.gptq_checkpoint`, which takes the `gptq` options: act_order, calibration, samples, seq_len).
-    file_type: one of llama.cpp's file types (q4_k_m, q6_k, q8_0, f16, ...; `quantize_file_type`), not with bits."""
+    file_type: one of llama.cpp's file types (q4_k_m, q6_k, q8_0, f16, ...; `quantize_file_type`), not with bits;
+    imatrix: with file_type, an importance-matrix file the rounding is weighted by."""
     out = Path(out)
     if file_type is not None:
         kind = _check_type(file_type, out, bits, group_size, symmetric, method or "rtn", gptq)
-        return quantize_file_type(src, out, kind, force=force)
+        return quantize_file_type(src, out, kind, force=force, imatrix=imatrix)
+    if imatrix is not None:
+        raise LlamalabError("--imatrix applies to --type (llama.cpp's file types: q4_k_m, q6_k, ...); add --type or "
+                            "drop --imatrix")
     if bits is None:
         raise LlamalabError("choose the weights' type: --type (q4_k_m, q6_k, q8_0, ...) or --bits (8 or 4)")
     if method == "gptq":

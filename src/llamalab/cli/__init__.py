@@ -41,6 +41,7 @@ COMMANDS = {
     "eval": "eval",
     "perplexity": "perplexity",
     "quantize": "quantize",
+    "imatrix": "imatrix",
     "demo": "demo",
     "plan": "plan",
     "experiment": "experiment",

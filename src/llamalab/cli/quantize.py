@@ -13,6 +13,9 @@ def add_arguments(p):
     p.add_argument("--type", metavar="TYPE", help="a llama.cpp file type, GGUF output: q4_k_m, q5_k_m, q6_k, q8_0, "
                    "q4_0, q4_1, f16, bf16 (also q2_k, q3_k_s/m/l, q4_k_s, q5_k_s, q5_0, q5_1, f32), each tensor "
                    "at the type llama.cpp's quantize gives it")
+    p.add_argument("--imatrix", metavar="FILE",
+                   help="with --type: an importance matrix (`llamalab imatrix`, or llama.cpp's imatrix .gguf / .dat) "
+                        "that weighs the rounding, as llama.cpp's quantize --imatrix does")
     p.add_argument("--bits", type=positive_int,
                    help="rtn: 8 (Q8_0) or 4 (Q4_1; Q4_0 with --symmetric; the embedding at Q8_0); gptq: 4, 3 or 8")
     p.add_argument("--group-size", type=positive_int, metavar="G",
@@ -40,6 +43,6 @@ def run(args):
     if args.method == "gptq":
         gptq.setdefault("calibration", "corpus")
     out = quantize_checkpoint(args.model, args.out, bits=args.bits, group_size=args.group_size, file_type=args.type,
-                              symmetric=args.symmetric, force=args.force, method=args.method, **gptq)
+                              imatrix=args.imatrix, symmetric=args.symmetric, force=args.force, method=args.method, **gptq)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
     print(f"wrote {out} ({size / 1e6:.1f} MB)")

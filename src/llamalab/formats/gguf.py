@@ -185,9 +185,10 @@ def _add_tokenizer(writer, tokenizer_src):
             writer.add_key_value(key, value, vtype)
 
 
-def _add_tensors(writer, state, args: ModelArgs, gguf_type: str, ftype: str | None) -> None:
+def _add_tensors(writer, state, args: ModelArgs, gguf_type: str, ftype: str | None, imatrix: dict) -> None:
     """Every tensor, in GGUF's names: with `ftype`, each at the type llama.cpp gives it in such a file
-    (`gguf_mix`), a progress bar over the tensors; else every matrix at `gguf_type`."""
+    (`gguf_mix`; quantized with its importance values where `imatrix` has them), a progress bar over the
+    tensors; else every matrix at `gguf_type`."""
     state = {k: w for k, w in state.items() if not (k == "output.weight" and args.tie_embeddings)}  # llama.cpp
     names = {}  # reuses token_embd.weight when output.weight is absent
     for key in state:
@@ -201,7 +202,8 @@ def _add_tensors(writer, state, args: ModelArgs, gguf_type: str, ftype: str | No
     show = ftype is not None and sum(w.numel() for w in state.values()) > 50_000_000  # seconds: show progress
     for key, w in tqdm(state.items(), desc=f"quantizing to {ftype}", unit="tensor", disable=not show):
         if types is not None and not isinstance(w, GroupCodes):
-            data, qtype = encode(w.detach().to(torch.float32).cpu().numpy(), types[names[key]]), types[names[key]]
+            qtype = types[names[key]]
+            data = encode(w.detach().to(torch.float32).cpu().numpy(), qtype, imatrix.get(names[key]))
         else:  # 4-bit files keep the embedding (the output head too, when tied) at Q8_0
             embedding = key in ("tok_embeddings.weight", "output.weight")
             data, qtype = _encode(w, "q8_0" if gguf_type in ("q4_0", "q4_1") and embedding else gguf_type)
@@ -210,13 +212,15 @@ def _add_tensors(writer, state, args: ModelArgs, gguf_type: str, ftype: str | No
 
 
 def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str = "f32",
-         tokenizer_src=None, name: str | None = None, force: bool = False, ftype: str | None = None) -> Path:
+         tokenizer_src=None, name: str | None = None, force: bool = False, ftype: str | None = None,
+         imatrix: dict | None = None) -> Path:
     """Write a llama GGUF that llama.cpp and `gguf.GGUFReader` read, atomically (`force` replaces an
     existing GGUF file, see `output`).
 
     gguf_type: every matrix at f32 | f16 | q8_0 | q4_0 | q4_1 (4-bit files keep the embedding at Q8_0).
     ftype: instead, one of llama.cpp's file types (`gguf_mix.FILE_TYPES`: q4_k_m, q6_k, q8_0, bf16, ...), each
     tensor at the type llama.cpp's `quantize` gives it, and general.file_type as llama.cpp writes it.
+    imatrix: with ftype, {GGUF tensor name: importance values} (`imatrix.imatrix_for`) for the rounding.
     tokenizer_src: a GGUF file whose tokenizer.* metadata is copied, or a Tokenizer / tokenizer directory
     (None: the file carries no vocabulary).
     """
@@ -256,7 +260,7 @@ def save(state: dict[str, torch.Tensor], args: ModelArgs, out, *, gguf_type: str
         writer.add_quantization_version(GGML_QUANT_VERSION)
         if tokenizer_src is not None:
             _add_tokenizer(writer, tokenizer_src)
-        _add_tensors(writer, state, args, gguf_type, ftype)
+        _add_tensors(writer, state, args, gguf_type, ftype, imatrix or {})
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -22,6 +22,8 @@ from gguf.quants import quantize
 from ..errors import LlamalabError
 from ..quant.kquant_encode import ENCODERS
 from ..quant.kquant_encode import encode as encode_kquant
+from ..quant.kquant_imatrix import LEGACY, WEIGHTED
+from ..quant.kquant_imatrix import encode as encode_weighted
 from ..tokenizer import open_gguf
 
 F = LlamaFileType
@@ -129,13 +131,17 @@ def tensor_types(shapes: dict[str, tuple], ftype: str, *, n_layers: int, n_heads
     return types
 
 
-def encode(array: np.ndarray, qtype: Q) -> np.ndarray:
-    """One tensor's data as GGUFWriter takes it: float arrays for F32/F16, uint8 blocks otherwise."""
+def encode(array: np.ndarray, qtype: Q, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """One tensor's data as GGUFWriter takes it: float arrays for F32/F16, uint8 blocks otherwise. imatrix: the
+    tensor's importance values (one per column), used by the types whose llama.cpp quantizer takes them."""
     array = np.asarray(array, dtype=np.float32)
     if qtype == Q.F32:
         return array
     if qtype == Q.F16:
         return array.astype(np.float16)
+    if imatrix is not None and (qtype.name in WEIGHTED or qtype.name in LEGACY):
+        rows = array.reshape(-1, array.shape[-1])
+        return encode_weighted(rows, qtype.name, imatrix).reshape(*array.shape[:-1], -1)
     if qtype.name in ENCODERS:
         return encode_kquant(array.reshape(-1, array.shape[-1]), qtype.name).reshape(*array.shape[:-1], -1)
     return quantize(array, qtype)

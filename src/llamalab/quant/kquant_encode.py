@@ -48,12 +48,12 @@ def _abs_argmax(x: np.ndarray, axis: int = 0):
 # The helpers below take sub-blocks as columns: x is (values per sub-block, sub-blocks), so a per-sub-block
 # quantity is a row vector that broadcasts, and a sum over a sub-block adds contiguous rows.
 
-def make_qx_quants(x: np.ndarray, nmax: int):
-    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL) per column of x: (scale, L)."""
+def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None):
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw) per column of x: (scale, L); weights x² when qw is None."""
     mx, amax = _abs_argmax(x)
     zero = amax < F32(1e-15)
     mx = np.where(zero, F32(1), mx)
-    w = x * x
+    w = x * x if qw is None else qw
     wx = w * x
 
     def trial(iscale):
@@ -103,8 +103,9 @@ def make_q3_quants(x: np.ndarray, nmax: int):
 
 
 def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
-                     use_mad: bool):
-    """make_qkx2_quants per column of x with weights w: (scale, the_min, L)."""
+                     use_mad: bool, capped: bool = False):
+    """make_qkx2_quants per column of x with weights w: (scale, the_min, L). capped: make_qkx3_quants (the
+    importance-matrix paths), whose search levels are `v > 0 ? nearest_int(min(v, nmax)) : 0`."""
     lo = np.minimum(x.min(axis=0), F32(0))
     hi = x.max(axis=0)
     sum_w, sum_x = _sum(w), _sum(w * x)
@@ -122,7 +123,12 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
     L = levels(iscale, lo)
     best = error(scale, lo, L)
     for step in range(nstep + 1):
-        Laux = levels((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / np.where(flat, F32(1), hi - lo), lo)
+        iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / np.where(flat, F32(1), hi - lo)
+        if capped:
+            v = iscale * (x - lo)
+            Laux = np.where(v > 0, nearest_int(np.minimum(v, F32(nmax))), 0)
+        else:
+            Laux = levels(iscale, lo)
         lf = Laux.astype(F32)
         wl = w * lf
         sum_l, sum_l2, sum_xl = _sum(wl), _sum(wl * lf), _sum(wl * x)
@@ -186,6 +192,12 @@ def _q2_k(x: np.ndarray) -> np.ndarray:
     lm = nearest_int((F32(15) / np.where(mm > 0, mm, F32(1)))[:, None] * mins) << 4
     sc = _u8(np.where(mm[:, None] > 0, sc | lm, sc)).astype(np.int32)
     dmin = np.where(mm > 0, mm / F32(15), F32(0)).astype(np.float16)
+    return q2_pack(x, sc, d, dmin, L)
+
+
+def q2_pack(x, sc, d, dmin, L):
+    """Q2_K's block from its scale bytes (scale | min << 4), d, dmin (float16) and the levels (n, 16, 16)."""
+    n = x.shape[0]
     dd = d.astype(F32)[:, None] * (sc & 0xF).astype(F32)
     dm = dmin.astype(F32)[:, None] * (sc >> 4).astype(F32)
     L = _requantize(x.reshape(n, 16, 16), dd, dm, L, 0, 3).reshape(n, 256)
@@ -203,13 +215,19 @@ def _q3_k(x: np.ndarray) -> np.ndarray:
     l = nearest_int(iscale[:, None] * scales)
     l = np.clip(((l + 128) & 0xFF) - 128, -32, 31) + 32  # int8_t l = nearest_int(...)
     l = np.where(live[:, None], l, 0)
+    d = np.where(live, F32(1) / iscale, F32(0)).astype(np.float16)
+    return q3_pack(x, l, d, L)
+
+
+def q3_pack(x, l, d, L):
+    """Q3_K's block from its 6-bit scale codes l (n, 16; scale l - 32), d (float16) and levels (n, 16, 16)."""
+    n = x.shape[0]
     packed = np.zeros((n, 12), np.int32)
     packed[:, :8] = (l[:, :8] & 0xF) | (l[:, 8:] & 0xF) << 4
     hi = l >> 4
     for j in range(16):
         packed[:, 8 + j % 4] |= hi[:, j] << (2 * (j // 4))
-    d = np.where(live, F32(1) / iscale, F32(0)).astype(np.float16)
-    dd = d.astype(F32)[:, None] * np.where(live[:, None], l - 32, -32).astype(F32)
+    dd = d.astype(F32)[:, None] * (l - 32).astype(F32)
     L = _requantize(x.reshape(n, 16, 16), dd, np.zeros_like(dd), L - 4, -4, 3) + 4
     L = L.reshape(n, 256)
     high = L > 3
@@ -231,26 +249,39 @@ def _k_scales(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     inv_m = np.where(mm > 0, F32(63) / np.where(mm > 0, mm, F32(1)), F32(0))
     ls = np.minimum(63, _u8(nearest_int(inv_s[:, None] * scales)).astype(np.int32))
     lm = np.minimum(63, _u8(nearest_int(inv_m[:, None] * mins)).astype(np.int32))
+    d, dmin = (ms / F32(63)).astype(np.float16), (mm / F32(63)).astype(np.float16)
+    return k_head(x, ls, lm, d, dmin, _rows(L, n), nmax)
+
+
+def k_head(x, ls, lm, d, dmin, L, nmax):
+    """Q4_K / Q5_K: the 12 scale bytes, d and dmin of 6-bit codes ls, lm (n, 8) and float16 d, dmin, and the
+    levels requantized on them (n, 256) from the sub-blocks' own levels L (n, 8, 32)."""
+    n = x.shape[0]
     packed = np.zeros((n, 12), np.int32)
     packed[:, :4] = ls[:, :4] | (ls[:, 4:] >> 4) << 6
     packed[:, 4:8] = lm[:, :4] | (lm[:, 4:] >> 4) << 6
     packed[:, 8:] = (ls[:, 4:] & 0xF) | (lm[:, 4:] & 0xF) << 4
-    d, dmin = (ms / F32(63)).astype(np.float16), (mm / F32(63)).astype(np.float16)
     dd = d.astype(F32)[:, None] * ls.astype(F32)
     dm = dmin.astype(F32)[:, None] * lm.astype(F32)
-    L = _requantize(x.reshape(n, 8, 32), dd, dm, _rows(L, n), 0, nmax).reshape(n, 256)
+    L = _requantize(x.reshape(n, 8, 32), dd, dm, L, 0, nmax).reshape(n, 256)
     head = np.concatenate([d.reshape(n, 1).view(np.uint8), dmin.reshape(n, 1).view(np.uint8), _u8(packed)], 1)
     return head, L
 
 
 def _q4_k(x: np.ndarray) -> np.ndarray:
-    head, L = _k_scales(x, 15, -1.0, 20)
+    return q4_pack(*_k_scales(x, 15, -1.0, 20))
+
+
+def q4_pack(head, L):
     q = L.reshape(-1, 4, 2, 32).astype(np.uint8)
     return np.concatenate([head, (q[:, :, 0] | q[:, :, 1] << 4).reshape(-1, 128)], axis=1)
 
 
 def _q5_k(x: np.ndarray) -> np.ndarray:
-    head, L = _k_scales(x, 31, -0.5, 15)
+    return q5_pack(*_k_scales(x, 31, -0.5, 15))
+
+
+def q5_pack(head, L):
     q = L.reshape(-1, 4, 2, 32).astype(np.uint8)  # [n, pair k, half, 32]
     shift = 2 * np.arange(4, dtype=np.uint8)[None, :, None, None] + np.arange(2, dtype=np.uint8)[None, None, :, None]
     bits = (q >> 4) << shift  # the fifth bit of pair k, half h at bit 2k + h
@@ -259,9 +290,10 @@ def _q5_k(x: np.ndarray) -> np.ndarray:
     return np.concatenate([head, qh, ql], axis=1)
 
 
-def _q6_k(x: np.ndarray) -> np.ndarray:
+def _q6_k(x: np.ndarray, qw: np.ndarray | None = None) -> np.ndarray:
+    """Q6_K; qw: the importance matrix's values for x's columns (quantize_row_q6_K_impl weighs by them as they are)."""
     n = x.shape[0]
-    scales, L = make_qx_quants(_columns(x, 16), 32)
+    scales, L = make_qx_quants(_columns(x, 16), 32, None if qw is None else _columns(qw, 16))
     scales, L = scales.reshape(n, 16), _rows(L, n)
     max_scale, max_abs = _abs_argmax(scales, axis=1)
     live = max_abs >= F32(1e-15)
@@ -288,14 +320,18 @@ def encode(rows: np.ndarray, kind: str) -> np.ndarray:
     rows = np.ascontiguousarray(rows, dtype=F32)
     if rows.ndim != 2 or rows.shape[1] % QK_K:
         raise ValueError(f"{kind} needs rows of a multiple of {QK_K} values, got shape {rows.shape}")
-    blocks = rows.reshape(-1, QK_K)
-    out = np.empty((blocks.shape[0], SIZES[kind]), np.uint8)
+    return in_chunks(ENCODERS[kind], SIZES[kind], rows.reshape(-1, QK_K)).reshape(rows.shape[0], -1)
+
+
+def in_chunks(fn, size: int, *arrays: np.ndarray) -> np.ndarray:
+    """fn over CHUNK rows of the arrays at a time (in threads): (rows, size) uint8."""
+    out = np.empty((arrays[0].shape[0], size), np.uint8)
 
     def chunk(start):
         with np.errstate(all="ignore"):  # masked lanes divide by zero or overflow, as the C code never does
-            out[start:start + CHUNK] = ENCODERS[kind](blocks[start:start + CHUNK])
+            out[start:start + CHUNK] = fn(*(a[start:start + CHUNK] for a in arrays))
 
-    starts = range(0, blocks.shape[0], CHUNK)
+    starts = range(0, out.shape[0], CHUNK)
     workers = min(worker_count(), len(starts))
     if workers > 1:  # numpy lets go of the GIL inside its loops
         with ThreadPoolExecutor(workers) as pool:
@@ -303,4 +339,4 @@ def encode(rows: np.ndarray, kind: str) -> np.ndarray:
     else:
         for start in starts:
             chunk(start)
-    return out.reshape(rows.shape[0], -1)
+    return out
