@@ -18,30 +18,12 @@ from safetensors.torch import load_file
 import llamalab
 from cli_output import without_notices
 from llamalab.cli import main
-from llamalab.config import get_preset
-from llamalab.data.instructions import PAIRS
-from llamalab.formats import save
 from llamalab.tokenizer import load_tokenizer
-from tiny import random_state
+from tiny_chat import ARGS, base, data  # noqa: F401  (module fixtures)
 
-ARGS = get_preset("tiny").replace(vocab_size=49152, tie_embeddings=True, max_seq_len=256)  # 2 layers
 RUN = ["--seq-len", "96", "--micro-batch-size", "4", "--lr", "5e-2", "--progress", "false", "--val-split", "0.2",
        "--method", "llama-adapter", "--adapter-len", "6", "--adapter-layers", "1", "--samples", "0"]
 PROMPT = "What is a kludge?"
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, smollm2_gguf):
-    out = tmp_path_factory.mktemp("base") / "tiny-chat"
-    save(random_state(ARGS), ARGS, out, "hf", tokenizer_src=load_tokenizer(smollm2_gguf))
-    return out
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    out.write_text("".join(PAIRS.read_text().splitlines(keepends=True)[:40]))
-    return out
 
 
 def finetune_args(base, data, out):

@@ -19,29 +19,13 @@ import torch
 import llamalab
 from llamalab.cli import main
 from llamalab.config import get_preset
-from llamalab.data.instructions import PAIRS
 from llamalab.formats.peft import load_adapter, save_adapter
 from llamalab.formats.lora import LoraSpec, attach, expected_trainable
-from llamalab.formats import save
 from llamalab.tokenizer import load_tokenizer
 from tiny import random_state
+from tiny_chat import ARGS, base, data  # noqa: F401  (module fixtures)
 
-ARGS = get_preset("tiny").replace(vocab_size=49152, tie_embeddings=True, max_seq_len=256)
 RUN = ["--seq-len", "96", "--micro-batch-size", "4", "--lr", "1e-2", "--progress", "false", "--val-split", "0.2"]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, smollm2_gguf):
-    out = tmp_path_factory.mktemp("base") / "tiny-chat"
-    save(random_state(ARGS), ARGS, out, "hf", tokenizer_src=load_tokenizer(smollm2_gguf))
-    return out
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    out.write_text("".join(PAIRS.read_text().splitlines(keepends=True)[:40]))
-    return out
 
 
 def records(out):
