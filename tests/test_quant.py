@@ -18,6 +18,7 @@ from llamalab.config import ModelArgs
 from llamalab.formats import save
 from llamalab.generate import generate
 from llamalab.quant import GroupCodes, QuantLinear, cpu_kernel, from_gguf, quantize
+from llamalab.quant.ggml import GEMM_ROWS
 from tiny import random_state
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=64,
@@ -77,6 +78,19 @@ def test_int8_kernel_against_its_definition(shape, group):
     assert torch.equal(lin(xb.view(7, 1, -1)), lin(xb.float()).bfloat16().view(7, 1, -1))
     x[2, 40], x[4, 3] = float("nan"), float("inf")  # non-finite activations spread as in a float product
     assert lin(x)[[2, 4]].isnan().all() and not lin(x)[[0, 1, 3, 5, 6]].isnan().any()
+
+
+@NEEDS_KERNEL
+def test_int8_prefill_is_a_bfloat16_gemm_of_the_codes():
+    """From GEMM_ROWS rows on (prefill): tiles of q · scale rounded to bfloat16 (exactly, against the identity)
+    and a bfloat16 GEMM, within bfloat16's rounding of the float64 product."""
+    codes = quantize(torch.randn(200, 576), 8, 32)
+    lin = QuantLinear(codes)
+    w = codes.dequantize()
+    assert torch.equal(lin(torch.eye(576)), w.bfloat16().float().T)
+    x = torch.randn(GEMM_ROWS, 576)
+    exact = x.double() @ w.double().T
+    assert (lin(x).double() - exact).abs().max() <= 1e-2 * exact.abs().max()
 
 
 @NEEDS_KERNEL
