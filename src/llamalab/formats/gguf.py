@@ -3,10 +3,18 @@
 llama.cpp keeps Meta's interleaved q/k rotary layout, so tensors map 1:1 onto ours by name only;
 quantized blocks (Q8_0, Q4_0, Q4_1, ...) are dequantized with the `gguf` package.
 GGUF stores shapes innermost-first; the reader hands us numpy arrays already in (out, in) order.
+
+The file is memory-mapped copy-on-write, as llama.cpp maps it: F32, F16 and BF16 tensors and the blocks of
+the K-quants / Q5_0 / Q5_1 (`quant.GGMLBlocks`) are tensors over the map's pages themselves (no copy; the
+pages are read from the file as the first forward pass touches them, and a write, say by training, lands in
+a private page of this process, never in the file). A tensor whose layout differs from the file's (Q8_0 /
+Q4_0 / Q4_1 codes, anything dequantized) is converted one tensor at a time and its pages of the map are
+handed back at once (`_release`), so a load never holds the file and the converted model both.
 """
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -89,15 +97,20 @@ def args_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelArgs:
 
 
 def _to_torch(t) -> torch.Tensor:
+    """The tensor `t`: F32 / F16 / BF16 a view of the file's map (writable only in a copy-on-write map),
+    anything else dequantized to float32."""
+    shape = tuple(int(s) for s in reversed(t.shape))  # GGUF shapes are innermost-first
+    if t.tensor_type in (Q.F32, Q.F16, Q.BF16) and t.data.flags.writeable:
+        w = torch.from_numpy(t.data.view(np.ndarray))  # BF16: the raw bytes, reinterpreted
+        return (w.view(torch.bfloat16) if t.tensor_type == Q.BF16 else w).reshape(shape)
     if t.tensor_type in (Q.F32, Q.F16):
-        array = np.array(t.data)  # copy out of the memory map
+        array = np.array(t.data)  # copy out of a read-only map
     else:
         try:
             array = dequantize(t.data, t.tensor_type)  # float32; exact for BF16
         except NotImplementedError:
             raise LlamalabError(f"tensor {t.name}: GGUF type {t.tensor_type.name} cannot be dequantized "
                                 "by the installed gguf package") from None
-    shape = tuple(int(s) for s in reversed(t.shape))  # GGUF shapes are innermost-first
     w = torch.from_numpy(np.ascontiguousarray(array)).reshape(shape)
     return w.to(torch.bfloat16) if t.tensor_type == Q.BF16 else w
 
@@ -108,13 +121,42 @@ def _meta_tensor(t) -> torch.Tensor:
     return torch.empty(tuple(int(s) for s in reversed(t.shape)), dtype=dtype, device="meta")
 
 
+def _release(reader, t) -> None:
+    """Hand the map's pages of tensor `t` (converted: its copy is what runs) back, so that they leave this
+    process's resident memory now rather than when the map closes. Only pages wholly inside the tensor."""
+    mm = getattr(getattr(reader, "mapped", reader.data), "_mmap", None)
+    if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = -(-int(t.data_offset) // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = (int(t.data_offset) + int(t.n_bytes)) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > start:
+        mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
+def _read_tensor(t, quantized: bool):
+    """Tensor `t` as it runs: a view of the map where the layout is the file's, else converted."""
+    shape = tuple(int(s) for s in reversed(t.shape))
+    if quantized and t.tensor_type.name in GGUF_TYPES and len(t.shape) == 2:
+        return from_gguf(t.data, t.tensor_type.name, shape)
+    if quantized and t.tensor_type.name in BLOCK_TYPES and len(t.shape) == 2:
+        return ggml_blocks.from_gguf(t.data, t.tensor_type.name, shape, t.name)
+    return _to_torch(t)
+
+
+def _is_view(value, reader) -> bool:
+    """Does `value` (a tensor or GGMLBlocks) hold the map's own bytes?"""
+    data = getattr(value, "data", value)
+    lo = reader.data.ctypes.data
+    return isinstance(data, torch.Tensor) and lo <= data.data_ptr() < lo + reader.data.size
+
+
 def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[dict[str, torch.Tensor], ModelArgs, dict]:
-    """Read a llama GGUF into our state dict (dequantized; F32/F16/BF16 keep their dtype).
-    lazy: tensors on the meta device (shapes and dtypes only, nothing read or dequantized).
+    """Read a llama GGUF into our state dict (dequantized; F32/F16/BF16 keep their dtype, as views of the
+    file's copy-on-write map). lazy: tensors on the meta device (shapes and dtypes only, nothing read).
     quantized: Q8_0/Q4_0/Q4_1 matrices stay quantized, as `llamalab.quant.GroupCodes`; K-quants (Q2_K..Q6_K)
-    and Q5_0/Q5_1 ones as their raw blocks, `llamalab.quant.GGMLBlocks`."""
+    and Q5_0/Q5_1 ones as their raw blocks, `llamalab.quant.GGMLBlocks` (views of the map)."""
     path = Path(path)
-    reader = open_gguf(path)
+    reader = open_gguf(path, "r" if lazy else "c")
     meta = read_metadata(path, reader)
     state, unknown, qtypes = {}, [], {}
     for t in reader.tensors:
@@ -123,13 +165,9 @@ def load_state(path, *, lazy: bool = False, quantized: bool = False) -> tuple[di
             unknown.append(t.name)
             continue
         try:
-            shape = tuple(int(s) for s in reversed(t.shape))
-            if quantized and not lazy and t.tensor_type.name in GGUF_TYPES and len(t.shape) == 2:
-                state[name] = from_gguf(t.data, t.tensor_type.name, shape)
-            elif quantized and not lazy and t.tensor_type.name in BLOCK_TYPES and len(t.shape) == 2:
-                state[name] = ggml_blocks.from_gguf(t.data, t.tensor_type.name, shape, t.name)
-            else:
-                state[name] = _meta_tensor(t) if lazy else _to_torch(t)
+            state[name] = _meta_tensor(t) if lazy else _read_tensor(t, quantized)
+            if not lazy and not _is_view(state[name], reader):
+                _release(reader, t)
         except (ValueError, IndexError) as e:
             raise LlamalabError(f"{path}: tensor {t.name} is damaged ({e}); is the file truncated?") from None
         qtypes[name] = t.tensor_type.name

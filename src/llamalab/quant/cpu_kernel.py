@@ -37,6 +37,8 @@ FAKES = {
     "float_linear": lambda x, w: x.new_empty(x.shape[0], w.shape[0]),
     "ggml_linear": lambda x, w, *_: x.new_empty(x.shape[0], w.shape[0]),
     "ggml_dequantize": lambda w, type, K: w.new_empty(w.shape[0], K, dtype=torch.float32),
+    "ggml_gemm": lambda x, w, *_: x.new_empty(x.shape[0], w.shape[0]),
+    "int8_gemm": lambda x, q, *_: x.new_empty(x.shape[0], q.shape[0]),
 }
 
 

@@ -6,7 +6,10 @@ exactly as the file stores them, and the type's name. A permutation of the rows 
 reordering) is a permutation of those byte rows. `GGMLLinear` runs y = x Wᵀ on it:
 - CPU with the kernels built (`cpu_kernel.available()`): `torch.ops.llamalab.ggml_linear`, the activations
   rounded per block as llama.cpp does (q8_K for the K-quants, q8_0 / q8_1 for Q5_0 / Q5_1), integer dot
-  products, float32 out; prompt batches (M > 1) quantize the activations once and stream each weight row once.
+  products, float32 out; a few rows (decoding a batch) quantize the activations once and stream each weight
+  row once. From GEMM_ROWS rows on (a prompt's prefill) `torch.ops.llamalab.ggml_gemm`: tiles of weight rows
+  dequantized once to bfloat16 and multiplied by torch's bfloat16 GEMM, the activations rounded to bfloat16
+  rather than q8 (about the same rounding error; not llama.cpp's arithmetic to the last bit).
 - CPU without a compiler (or LLAMALAB_CPU_KERNEL=0): the blocks stay, dequantized per call by the `gguf` package.
 - CUDA / other devices: `build_quantized` dequantizes these matrices once, on load, to float weights.
 `rows(index)` dequantizes only the looked-up rows: an embedding table stored as K-quant blocks.
@@ -26,6 +29,7 @@ from . import cpu_kernel
 # type name → (ggml type id, values per block, bytes per block)
 BLOCK_TYPES = {"Q5_0": (6, 32, 22), "Q5_1": (7, 32, 24), "Q2_K": (10, 256, 84), "Q3_K": (11, 256, 110),
                "Q4_K": (12, 256, 144), "Q5_K": (13, 256, 176), "Q6_K": (14, 256, 210)}
+GEMM_ROWS = 32  # from this many activation rows on, a bfloat16 GEMM over dequantized tiles (prefill)
 
 
 @dataclass
@@ -61,7 +65,8 @@ def dequantize_rows(data: torch.Tensor, qtype: str, in_features: int) -> torch.T
 
 
 def from_gguf(data: np.ndarray, qtype: str, shape: tuple[int, int], name: str) -> GGMLBlocks:
-    """The blocks of GGUF tensor `name` of type `qtype` and shape (out, in), copied out of the file's map once."""
+    """The blocks of GGUF tensor `name` of type `qtype` and shape (out, in): a view of `data` (the file's
+    copy-on-write map: no copy), or a copy where `data` is read-only."""
     out, inp = shape
     _, width, nbytes = BLOCK_TYPES[qtype]
     if inp % width:
@@ -71,7 +76,8 @@ def from_gguf(data: np.ndarray, qtype: str, shape: tuple[int, int], name: str) -
     if data.size != out * row:
         raise LlamalabError(f"tensor {name}: {qtype} {out}x{inp} needs {out * row:,} bytes but the file holds "
                             f"{data.size:,}; is the file truncated?")
-    raw = torch.from_numpy(np.array(data, dtype=np.uint8, copy=True).reshape(out, row))
+    array = np.asarray(data, dtype=np.uint8).view(np.ndarray).reshape(out, row)
+    raw = torch.from_numpy(array if array.flags.writeable else array.copy())
     return GGMLBlocks(raw, qtype, inp)
 
 
@@ -88,7 +94,8 @@ class GGMLLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if self.path == "ggml":
-            y = torch.ops.llamalab.ggml_linear(flat.float().contiguous(), self.blocks, self.type_id)
+            op = torch.ops.llamalab.ggml_gemm if flat.shape[0] >= GEMM_ROWS else torch.ops.llamalab.ggml_linear
+            y = op(flat.float().contiguous(), self.blocks, self.type_id)
         else:
             y = flat.float() @ dequantize_rows(self.blocks, self.qtype, self.in_features).t()
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)

@@ -23,6 +23,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
@@ -30,6 +31,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -465,33 +467,142 @@ at::Tensor ggml_linear(const at::Tensor& x, const at::Tensor& w, int64_t type, b
   return y;
 }
 
+#if defined(__AVX2__)
+// float32 → bfloat16, round to nearest even (c10::BFloat16's rounding for finite values), 16 values
+inline __m256i to_bf16(__m256 f0, __m256 f1) {
+  auto rne = [](__m256 f) {
+    const __m256i b = _mm256_castps_si256(f);
+    const __m256i r = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1)),
+                                       _mm256_set1_epi32(0x7FFF));
+    return _mm256_srli_epi32(_mm256_add_epi32(b, r), 16);
+  };
+  return _mm256_permute4x64_epi64(_mm256_packus_epi32(rne(f0), rne(f1)), 0xD8);
+}
+
+// 32 unsigned codes q → bfloat16 a · q + b, (a0, b0) for the first 16 and (a1, b1) for the next 16
+inline void store32_bf16(__m256i q, float a0, float b0, float a1, float b1, c10::BFloat16* out) {
+  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+  const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+  __m256 f[4];
+  for (int i = 0; i < 4; ++i) {
+    const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[i]));
+    f[i] = _mm256_fmadd_ps(v, _mm256_set1_ps(i < 2 ? a0 : a1), _mm256_set1_ps(i < 2 ? b0 : b1));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), to_bf16(f[0], f[1]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16), to_bf16(f[2], f[3]));
+}
+
+// one row of Q4_K / Q6_K blocks → bfloat16 (the two types of a Q4_K_M file); false: another type
+bool dequantize_row_bf16(int64_t type, const uint8_t* row, int64_t nb, c10::BFloat16* out) {
+  if (type == Q4_K) {
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    for (int64_t i = 0; i < nb; ++i, out += QK) {
+      const uint8_t* b = row + i * 144;
+      const float d = half(b), dmin = half(b + 2);
+      for (int j = 0; j < 4; ++j) {
+        int sc0, mn0, sc1, mn1;
+        scale_min_k4(2 * j, b + 4, sc0, mn0);
+        scale_min_k4(2 * j + 1, b + 4, sc1, mn1);
+        const __m256i bits = load(b + 16 + 32 * j);
+        const float a0 = d * sc0, b0 = -dmin * mn0, a1 = d * sc1, b1 = -dmin * mn1;
+        store32_bf16(_mm256_and_si256(bits, m4), a0, b0, a0, b0, out + 64 * j);
+        store32_bf16(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), a1, b1, a1, b1, out + 64 * j + 32);
+      }
+    }
+    return true;
+  }
+  if (type == Q6_K) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
+    for (int64_t i = 0; i < nb; ++i, out += QK) {
+      const uint8_t *b = row + i * 210, *ql = b, *qh = b + 128;
+      const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+      const float d = half(b + 208);
+      for (int j = 0; j < 2; ++j, ql += 64, qh += 32, sc += 8) {
+        const __m256i h = load(qh), l1 = load(ql), l2 = load(ql + 32);
+        __m256i q[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
+        q[1] = _mm256_or_si256(_mm256_and_si256(l2, m4),
+                               _mm256_slli_epi16(_mm256_and_si256(h, _mm256_slli_epi16(m2, 2)), 2));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                               _mm256_and_si256(h, _mm256_slli_epi16(m2, 4)));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), m4),
+                               _mm256_srli_epi16(_mm256_and_si256(h, _mm256_slli_epi16(m2, 6)), 2));
+        for (int k = 0; k < 4; ++k) {  // w = d · sc · (q − 32)
+          const float a0 = d * sc[2 * k], a1 = d * sc[2 * k + 1];
+          store32_bf16(q[k], a0, -32.f * a0, a1, -32.f * a1, out + 128 * j + 32 * k);
+        }
+      }
+    }
+    return true;
+  }
+  return false;
+}
+#endif
+
+// R weight rows of `rb` bytes from W dequantized into Y (R, K): float32 (the gguf package's values) or
+// bfloat16 (those values rounded to nearest even), the rows spread over the threads
+template <typename T>
+void dequantize_into(const uint8_t* W, int64_t type, int64_t R, int64_t K, int64_t rb, T* Y) {
+  const int64_t nb = K / block_width(type), bytes = block_bytes(type);
+  at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
+    Unpacked u;
+    int8_t v[Q32];
+    float f[QK];
+    for (int64_t r = r0; r < r1; ++r) {
+#if defined(__AVX2__)
+      if constexpr (std::is_same_v<T, c10::BFloat16>)
+        if (dequantize_row_bf16(type, W + r * rb, nb, Y + r * K)) continue;
+#endif
+      for (int64_t i = 0; i < nb; ++i) {
+        const uint8_t* b = W + r * rb + i * bytes;
+        T* out = Y + r * K + i * block_width(type);
+        if (type == Q5_0 || type == Q5_1) {
+          const bool one = type == Q5_1;
+          unpack_q5(b + (one ? 4 : 2), b + (one ? 8 : 6), v);
+          const float d = half(b), m = one ? half(b + 2) : -16.f * d;
+          for (int j = 0; j < Q32; ++j) f[j] = v[j] * d + m;
+          for (int j = 0; j < Q32; ++j) out[j] = static_cast<T>(f[j]);
+          continue;
+        }
+        unpack(type, b, u);
+        for (int e = 0; e < QK; ++e) f[e] = u.d * u.sc[e / 16] * u.v[e] - u.dmin * u.mn[e / 16];
+        for (int e = 0; e < QK; ++e) out[e] = static_cast<T>(f[e]);
+      }
+    }
+  });
+}
+
 // rows of the weight dequantized (an embedding lookup): blocks (R, bytes) → (R, K) float32
 at::Tensor ggml_dequantize(const at::Tensor& w, int64_t type, int64_t K) {
   TORCH_CHECK(block_bytes(type) > 0, "ggml_dequantize: unsupported ggml type ", type);
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous() && K % block_width(type) == 0 &&
               w.size(1) == K / block_width(type) * block_bytes(type), "blocks: contiguous uint8 (R, row bytes)");
-  const int64_t R = w.size(0), nb = K / block_width(type), bytes = block_bytes(type);
-  auto y = at::empty({R, K}, w.options().dtype(at::kFloat));
-  float* Y = y.data_ptr<float>();
-  const uint8_t* W = w.data_ptr<uint8_t>();
-  at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
-    Unpacked u;
-    int8_t v[Q32];
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t i = 0; i < nb; ++i) {
-        const uint8_t* b = W + r * w.size(1) + i * bytes;
-        float* out = Y + r * K + i * block_width(type);
-        if (type == Q5_0 || type == Q5_1) {
-          const bool one = type == Q5_1;
-          unpack_q5(b + (one ? 4 : 2), b + (one ? 8 : 6), v);
-          const float d = half(b), m = one ? half(b + 2) : -16.f * d;
-          for (int j = 0; j < Q32; ++j) out[j] = v[j] * d + m;
-          continue;
-        }
-        unpack(type, b, u);
-        for (int e = 0; e < QK; ++e) out[e] = u.d * u.sc[e / 16] * u.v[e] - u.dmin * u.mn[e / 16];
-      }
-  });
+  auto y = at::empty({w.size(0), K}, w.options().dtype(at::kFloat));
+  dequantize_into(w.data_ptr<uint8_t>(), type, w.size(0), K, w.size(1), y.data_ptr<float>());
+  return y;
+}
+
+// Prefill (many activation rows): a matrix product, where the integer dot products above would unpack every
+// weight block once per activation row. Here a tile of weight rows is dequantized once into bfloat16 and
+// multiplied by torch's bfloat16 GEMM (oneDNN: AVX512-BF16 / AMX where the CPU has them) against the
+// activations rounded once to bfloat16; a tile at a time (GEMM_TILE bytes), never the whole matrix. The
+// activations are rounded to bfloat16 instead of q8_K / q8_0 (a relative error of 2^-9 per value, about
+// what q8's rounding costs; the outputs are bfloat16 products widened to float32).
+constexpr int64_t GEMM_TILE = 8 << 20;
+
+at::Tensor ggml_gemm(const at::Tensor& x, const at::Tensor& w, int64_t type) {
+  check(x, w, type);
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0), rb = w.size(1);
+  const int64_t rows = std::min(N, std::max<int64_t>(16, GEMM_TILE / (2 * K) / 16 * 16));
+  const auto xb = x.to(at::kBFloat16);
+  auto y = at::empty({M, N}, x.options());
+  auto tile = at::empty({rows, K}, x.options().dtype(at::kBFloat16));
+  for (int64_t n = 0; n < N; n += rows) {
+    const int64_t t = std::min(rows, N - n);
+    auto part = tile.narrow(0, 0, t);
+    dequantize_into(w.data_ptr<uint8_t>() + n * rb, type, t, K, rb, part.data_ptr<at::BFloat16>());
+    y.narrow(1, n, t).copy_(at::mm(xb, part.t()));
+  }
   return y;
 }
 
@@ -500,9 +611,11 @@ at::Tensor ggml_dequantize(const at::Tensor& w, int64_t type, int64_t K) {
 TORCH_LIBRARY_FRAGMENT(llamalab, m) {
   m.def("ggml_linear(Tensor x, Tensor w, int type, bool reference=False) -> Tensor");
   m.def("ggml_dequantize(Tensor w, int type, int K) -> Tensor");
+  m.def("ggml_gemm(Tensor x, Tensor w, int type) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llamalab, CPU, m) {
   m.impl("ggml_linear", &ggml_linear);
   m.impl("ggml_dequantize", &ggml_dequantize);
+  m.impl("ggml_gemm", &ggml_gemm);
 }

@@ -3,7 +3,8 @@
 `QuantLinear` runs y = x Wᵀ one of three ways (`path`):
 - "int8" (CPU, 8-bit symmetric codes in groups of a multiple of 32: Q8_0, `quantize --bits 8`): our kernel
   (`int8_linear.cpp`, built once per machine by `cpu_kernel`), llama.cpp's Q8_0 arithmetic: the activations
-  rounded to 8 bits per block of 32, integer dot products, float32 scales and sums.
+  rounded to 8 bits per block of 32, integer dot products, float32 scales and sums; from `ggml.GEMM_ROWS`
+  activation rows on (prefill) tiles of rows dequantized to bfloat16 and torch's bfloat16 GEMM (`int8_gemm`).
 - "int4pack" (CPU, 4-bit codes; 8-bit ones the int8 kernel cannot take — asymmetric, a code of -128 — or
   where it cannot be built): PyTorch's int4 weight-only
   matmul (`_weight_int4pack_mm_for_cpu`), whose weights are w = (p - 8) · s + z, p in 0..15, with s, z per
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_kernel
+from . import cpu_kernel, ggml
 from .codes import GroupCodes
 
 INT8_BLOCK = 32  # the int8 kernel's group sizes are multiples of its activation block
@@ -88,7 +89,8 @@ class QuantLinear(nn.Module):
             x = x[..., self.perm]
         if self.path == "int8":
             flat = x.reshape(-1, self.in_features).float().contiguous()
-            y = torch.ops.llamalab.int8_linear(flat, self.q, self.scale, self.group_size)
+            op = torch.ops.llamalab.int8_gemm if flat.shape[0] >= ggml.GEMM_ROWS else torch.ops.llamalab.int8_linear
+            y = op(flat, self.q, self.scale, self.group_size)
             return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         if self.path == "dequantize":
             return F.linear(x, self._codes().dequantize(x.dtype))
