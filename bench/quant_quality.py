@@ -15,8 +15,11 @@ zero point), so they differ only in the rounding. SmolLM2's width 576 is 4.5 gro
 is 64 wide (as AutoGPTQ groups it). Bits per weight: the file's bytes × 8 / parameters (embedding included:
 28 M of SmolLM2's 135 M parameters are the tied embedding, float16 in the GPTQ rows).
 
-Not measured yet (issue 33): Q4_K_M with/without an importance matrix, arc_easy accuracy, llama.cpp's own
-perplexity on the GGUF rows.
+`--arc-easy 500`: arc_easy acc_norm (zero-shot, lm-evaluation-harness' prompt and scoring, `llamalab.eval`) on
+its first 500 items, each model run as for perplexity.
+
+Not measured yet (issue 33): Q4_K_M with/without an importance matrix, llama.cpp's own perplexity on the GGUF
+rows.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from llamalab import assets
 from llamalab.formats import convert
 from llamalab.perplexity import perplexity
 from llamalab.calibrate import gptq_checkpoint
+from llamalab.eval import LLM, evaluate_task, get_task
 from llamalab.quantize import quantize_checkpoint
 
 # name: (description, how to write it from the fp32 GGUF)
@@ -70,6 +74,8 @@ def main():
     ap.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window")
     ap.add_argument("--chars", type=int, default=20000, help="held-out characters")
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--arc-easy", type=int, default=0, metavar="N",
+                    help="also arc_easy acc_norm on its first N items (0: not run; the issue's table: 500)")
     ap.add_argument("--work", type=Path, help="where the quantized files go (default: a temporary directory)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="quant_quality-"))
@@ -81,8 +87,8 @@ def main():
     options = dict(calibration="corpus", samples=args.samples, seq_len=args.seq_len)
     print(f"held-out: {args.chars} characters of the demo corpus' first prose document; calibration: "
           f"{args.samples} x {args.seq_len} tokens of its other prose documents; context 256, stride 128")
-    print("| model | perplexity | vs fp32 | file MB | bits/weight | quantize s |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | perplexity | vs fp32 | file MB | bits/weight | quantize s | arc_easy acc_norm |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     base = None
     params = sum(p.numel() for p in llamalab.load(f32, tokenizer=False).model.parameters())
     for row in args.rows:
@@ -98,8 +104,13 @@ def main():
         ids = ckpt.tokenizer.encode(text, bos=ckpt.tokenizer.add_bos)
         ppl = perplexity(ckpt.model, ids, context=256, stride=128, batch_size=4, progress=False).perplexity
         base = base or ppl
+        arc = "not run"
+        if args.arc_easy:
+            llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=16, progress=False)
+            result = evaluate_task(llm, get_task("arc_easy"), assets.path("benchmarks"), limit=args.arc_easy)
+            arc = f"{result.metrics['acc_norm']:.3f}"
         print(f"| {name} | {ppl:.3f} | {ppl / base - 1:+.2%} | {size(path) / 1e6:.1f} | "
-              f"{size(path) * 8 / params:.2f} | {seconds:.0f} |", flush=True)
+              f"{size(path) * 8 / params:.2f} | {seconds:.0f} | {arc} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,22 @@ def test_gptq_layer_error_below_round_to_nearest(bits, group, sym, act_order):
     assert ((r.dequantize() - w).abs() <= 0.5 * step + 1e-6).float().mean() > 0.98  # RTN: half a step (but clipping)
 
 
+@pytest.mark.parametrize("sym", [False, True])
+def test_mse_grid_rounds_closer_than_min_max(sym):
+    """GPTQ's `mse` grid: the range shrunk where that rounds a row with less Σ|error|^2.4 — never more
+    than min/max (p = 1 is among the candidates), less on most rows."""
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(3))
+    w[::2, 5] *= 8  # an outlier in every other row stretches min/max's range
+
+    def error(scale, zero):
+        q = (torch.round(w / scale[:, None]) + zero[:, None]).clamp(0, 15)
+        return ((q - zero[:, None]) * scale[:, None] - w).abs().pow(2.4).sum(1)
+
+    plain, mse = error(*grid(w, 4, sym)), error(*grid(w, 4, sym, mse=True))
+    assert (mse <= plain * (1 + 1e-5)).all()
+    assert (mse < 0.99 * plain).float().mean() > 0.5 and mse.sum() < 0.95 * plain.sum(), mse / plain
+
+
 def column_by_column(w, H, bits, group, damp=0.01):
     """The paper's update (eq. 2-3 with the Cholesky reformulation), one column at a time over the whole
     matrix: no lazy batches. Each group's grid is chosen when its first column comes up."""
@@ -225,6 +241,7 @@ def test_quantize_gptq_writes_the_layout(tiny_hf, tmp_path, capsys, extra):
     out = tmp_path / "q"
     assert main(["quantize", "--model", str(tiny_hf), "--method", "gptq", "--bits", "4", "--group-size", "32",
                  "--calibration", str(text), "--samples", "4", "--seq-len", "64", "--out", str(out), *extra]) == 0
+    assert "s, peak memory" in capsys.readouterr().out  # the time and memory quantizing took, reported
     qcfg = json.loads((out / "quantize_config.json").read_text())
     assert qcfg["bits"] == 4 and qcfg["group_size"] == 32 and qcfg["desc_act"] == bool(extra)
     assert qcfg["sym"] == bool(extra) and json.loads((out / "config.json").read_text())["quantization_config"] == qcfg

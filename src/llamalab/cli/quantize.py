@@ -1,3 +1,6 @@
+import resource
+import time
+
 from .common import add_threads_argument
 from .types import positive_int
 
@@ -35,6 +38,7 @@ def add_arguments(p):
 def run(args):
     from llamalab.quantize import quantize_checkpoint
 
+    start = time.perf_counter()
     gptq = {k: v for k, v in dict(act_order=args.act_order, calibration=args.calibration, samples=args.samples,
                                   seq_len=args.seq_len).items() if v not in (None, False)}
     if args.method == "gptq":
@@ -42,4 +46,5 @@ def run(args):
     out = quantize_checkpoint(args.model, args.out, bits=args.bits, group_size=args.group_size, file_type=args.type,
                               symmetric=args.symmetric, force=args.force, method=args.method, **gptq)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
-    print(f"wrote {out} ({size / 1e6:.1f} MB)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    print(f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - start:.0f} s, peak memory {peak:.0f} MB")
