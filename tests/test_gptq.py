@@ -234,7 +234,7 @@ def autogptq_unpack_weight(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     return q.reshape(-1, qweight.shape[1])
 
 
-@pytest.mark.parametrize("extra", [[], ["--act-order", "--sym"]])
+@pytest.mark.parametrize("extra", [[], ["--act-order", "--sym", "--damp", "0.05"]])
 def test_quantize_gptq_writes_the_layout(tiny_hf, tmp_path, capsys, extra):
     text = tmp_path / "calib.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 60)
@@ -244,6 +244,7 @@ def test_quantize_gptq_writes_the_layout(tiny_hf, tmp_path, capsys, extra):
     assert "s, peak memory" in capsys.readouterr().out  # the time and memory quantizing took, reported
     qcfg = json.loads((out / "quantize_config.json").read_text())
     assert qcfg["bits"] == 4 and qcfg["group_size"] == 32 and qcfg["desc_act"] == bool(extra)
+    assert qcfg["damp_percent"] == (0.05 if extra else 0.01)
     assert qcfg["sym"] == bool(extra) and json.loads((out / "config.json").read_text())["quantization_config"] == qcfg
     tensors = load_file(out / "model.safetensors")
     name = "model.layers.1.mlp.down_proj"

@@ -2,7 +2,7 @@ import resource
 import time
 
 from .common import add_threads_argument
-from .types import positive_int
+from .types import positive_float, positive_int
 
 HELP = ("Quantize a float checkpoint's weights: a llama.cpp file type (--type q4_k_m, q6_k, q8_0, ...: GGUF as "
         "llama.cpp writes it), round to nearest (8 or 4 bits: GGUF Q8_0 / Q4_1 / Q4_0, or a safetensors directory "
@@ -29,6 +29,8 @@ def add_arguments(p):
                         "document held out)")
     p.add_argument("--samples", type=positive_int, help="gptq: calibration windows (default 128)")
     p.add_argument("--seq-len", type=positive_int, help="gptq: tokens per window (default 512)")
+    p.add_argument("--damp", type=positive_float,
+                   help="gptq: dampening, a fraction of the Hessian's mean diagonal (default 0.01, the paper's)")
     p.add_argument("--out", required=True,
                    help="output: a .gguf file, or a directory (HF-style safetensors with scales; GPTQ's layout)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -40,7 +42,7 @@ def run(args):
 
     start = time.perf_counter()
     gptq = {k: v for k, v in dict(act_order=args.act_order, calibration=args.calibration, samples=args.samples,
-                                  seq_len=args.seq_len).items() if v not in (None, False)}
+                                  seq_len=args.seq_len, damp=args.damp).items() if v not in (None, False)}
     if args.method == "gptq":
         gptq.setdefault("calibration", "corpus")
     out = quantize_checkpoint(args.model, args.out, bits=args.bits, group_size=args.group_size, file_type=args.type,
