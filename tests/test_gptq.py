@@ -60,6 +60,17 @@ def test_gptq_layer_error_below_round_to_nearest(bits, group, sym, act_order):
     assert ((r.dequantize() - w).abs() <= 0.5 * step + 1e-6).float().mean() > 0.98  # RTN: half a step (but clipping)
 
 
+def test_static_groups_keep_round_to_nearest_grids():
+    """AutoGPTQ's static_groups: every group's grid from the weights before any update, so the scales and
+    zeros are round to nearest's, while the error feedback still lowers the layer's output error."""
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(2))
+    X = correlated_inputs(512, 256)
+    g = gptq(w, 2 * X.t() @ X / len(X), group_size=64, static_groups=True)
+    r = round_to_nearest(w, group_size=64)
+    assert torch.equal(g.scale, r.scale) and torch.equal(g.zero, r.zero)
+    assert (X @ (g.dequantize() - w).t()).norm() < 0.9 * (X @ (r.dequantize() - w).t()).norm()
+
+
 @pytest.mark.parametrize("sym", [False, True])
 def test_mse_grid_rounds_closer_than_min_max(sym):
     """GPTQ's `mse` grid: the range shrunk where that rounds a row with less Σ|error|^2.4 — never more
