@@ -1,6 +1,6 @@
 """Quantization quality on SmolLM2-135M-Instruct: perplexity on held-out text, file size and bits per weight,
-for fp32, Q8_0, Q4_1, round to nearest (RTN) and GPTQ at 4 bits group 128 (with and without act-order) and
-3 bits.
+for fp32, Q8_0, Q4_1, round to nearest (RTN) and GPTQ at 4 bits group 128 (with and without act-order; act-order
+with GPTQ's mse grid, `--mse`) and 3 bits.
 
     python bench/quant_quality.py [--samples 128 --seq-len 512] [--chars 20000] [--rows fp32 rtn4 gptq4 ...]
 
@@ -52,6 +52,9 @@ ROWS = {
     "gptq4": ("GPTQ 4-bit g128", lambda src, out, o: gptq_checkpoint(src, out, bits=4, group_size=128, **o)),
     "gptq4_act": ("GPTQ 4-bit g128 act-order",
                   lambda src, out, o: gptq_checkpoint(src, out, bits=4, group_size=128, act_order=True, **o)),
+    "gptq4_act_mse": ("GPTQ 4-bit g128 act-order, mse grid",
+                      lambda src, out, o: gptq_checkpoint(src, out, bits=4, group_size=128, act_order=True, mse=True,
+                                                          **o)),
     "rtn3": ("RTN 3-bit g128 (GPTQ grid and layout)",
              lambda src, out, o: gptq_checkpoint(src, out, bits=3, group_size=128, method="rtn", progress=False)),
     "gptq3": ("GPTQ 3-bit g128 act-order",

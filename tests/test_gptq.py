@@ -245,7 +245,7 @@ def autogptq_unpack_weight(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     return q.reshape(-1, qweight.shape[1])
 
 
-@pytest.mark.parametrize("extra", [[], ["--act-order", "--sym", "--damp", "0.05"]])
+@pytest.mark.parametrize("extra", [[], ["--act-order", "--sym", "--damp", "0.05", "--mse"]])
 def test_quantize_gptq_writes_the_layout(tiny_hf, tmp_path, capsys, extra):
     text = tmp_path / "calib.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 60)

@@ -24,6 +24,8 @@ def add_arguments(p):
                    help="no per-group minimum/zero point (rtn: Q4_0; gptq: zero 2^(bits-1))")
     p.add_argument("--act-order", action="store_true",
                    help="gptq: columns in descending Hessian diagonal (desc_act, g_idx)")
+    p.add_argument("--mse", action="store_true",
+                   help="gptq: each group's range shrunk to the least rounding error (GPTQ's mse grid), not min/max")
     p.add_argument("--calibration", metavar="FILE|corpus",
                    help="gptq: calibration text, a UTF-8 file or 'corpus' (the embedded demo prose, its first "
                         "document held out)")
@@ -41,8 +43,8 @@ def run(args):
     from llamalab.quantize import quantize_checkpoint
 
     start = time.perf_counter()
-    gptq = {k: v for k, v in dict(act_order=args.act_order, calibration=args.calibration, samples=args.samples,
-                                  seq_len=args.seq_len, damp=args.damp).items() if v not in (None, False)}
+    gptq = {k: v for k, v in dict(act_order=args.act_order, mse=args.mse, calibration=args.calibration,
+                                  samples=args.samples, seq_len=args.seq_len, damp=args.damp).items() if v not in (None, False)}
     if args.method == "gptq":
         gptq.setdefault("calibration", "corpus")
     out = quantize_checkpoint(args.model, args.out, bits=args.bits, group_size=args.group_size, file_type=args.type,
