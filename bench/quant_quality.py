@@ -1,6 +1,6 @@
 """Quantization quality on SmolLM2-135M-Instruct: perplexity on held-out text, file size and bits per weight,
-for fp32, Q8_0, Q4_1, round to nearest (RTN) and GPTQ at 4 bits group 128 (with and without act-order) and
-3 bits.
+for fp32, Q8_0, Q4_1, round to nearest (RTN) and GPTQ at 4 bits group 128 (with and without act-order; act-order
+with GPTQ's mse grid, `--mse`) and 3 bits.
 
     python bench/quant_quality.py [--samples 128 --seq-len 512] [--chars 20000] [--rows fp32 rtn4 gptq4 ...]
 
@@ -20,7 +20,8 @@ byte for byte): the importance matrix is `llamalab imatrix` on `--samples` chunk
 calibration text (the same held-out split). `--llama-cpp`: llama.cpp's own perplexity on the same Q4_K_M files
 and windows (llama-cpp-python, bench/kquant_ppl.py's runner) beside the row's name.
 
-Not measured yet (issue 33): arc_easy accuracy.
+`--arc-easy 500`: arc_easy acc_norm (zero-shot, lm-evaluation-harness' prompt and scoring, `llamalab.eval`) on
+its first 500 items, each model run as for perplexity.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from llamalab.formats import convert
 from llamalab.perplexity import perplexity
 from llamalab.calibrate import gptq_checkpoint
 from llamalab.imatrix import compute_imatrix
+from llamalab.eval import LLM, evaluate_task, get_task
 from llamalab.quantize import quantize_checkpoint
 
 
@@ -60,6 +62,9 @@ ROWS = {
     "gptq4": ("GPTQ 4-bit g128", lambda src, out, o: gptq_checkpoint(src, out, bits=4, group_size=128, **o)),
     "gptq4_act": ("GPTQ 4-bit g128 act-order",
                   lambda src, out, o: gptq_checkpoint(src, out, bits=4, group_size=128, act_order=True, **o)),
+    "gptq4_act_mse": ("GPTQ 4-bit g128 act-order, mse grid",
+                      lambda src, out, o: gptq_checkpoint(src, out, bits=4, group_size=128, act_order=True, mse=True,
+                                                          **o)),
     "rtn3": ("RTN 3-bit g128 (GPTQ grid and layout)",
              lambda src, out, o: gptq_checkpoint(src, out, bits=3, group_size=128, method="rtn", progress=False)),
     "gptq3": ("GPTQ 3-bit g128 act-order",
@@ -99,6 +104,8 @@ def main():
     ap.add_argument("--chars", type=int, default=20000, help="held-out characters")
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--llama-cpp", action="store_true", help="llama.cpp's perplexity on the Q4_K_M rows' files too")
+    ap.add_argument("--arc-easy", type=int, default=0, metavar="N",
+                    help="also arc_easy acc_norm on its first N items (0: not run; the issue's table: 500)")
     ap.add_argument("--work", type=Path, help="where the quantized files go (default: a temporary directory)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="quant_quality-"))
@@ -110,8 +117,8 @@ def main():
     options = dict(calibration="corpus", samples=args.samples, seq_len=args.seq_len)
     print(f"held-out: {args.chars} characters of the demo corpus' first prose document; calibration: "
           f"{args.samples} x {args.seq_len} tokens of its other prose documents; context 256, stride 128")
-    print("| model | perplexity | vs fp32 | file MB | bits/weight | quantize s |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | perplexity | vs fp32 | file MB | bits/weight | quantize s | arc_easy acc_norm |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     base = None
     params = sum(p.numel() for p in llamalab.load(f32, tokenizer=False).model.parameters())
     for row in args.rows:
@@ -129,8 +136,13 @@ def main():
         base = base or ppl
         if args.llama_cpp and row in LLAMA_CPP_ROWS:
             name += f" (llama.cpp: {llama_cpp_ppl(path, ids):.3f})"
+        arc = "not run"
+        if args.arc_easy:
+            llm = LLM(ckpt.model, ckpt.tokenizer, batch_size=16, progress=False)
+            result = evaluate_task(llm, get_task("arc_easy"), assets.path("benchmarks"), limit=args.arc_easy)
+            arc = f"{result.metrics['acc_norm']:.3f}"
         print(f"| {name} | {ppl:.3f} | {ppl / base - 1:+.2%} | {size(path) / 1e6:.1f} | "
-              f"{size(path) * 8 / params:.2f} | {seconds:.0f} |", flush=True)
+              f"{size(path) * 8 / params:.2f} | {seconds:.0f} | {arc} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,33 @@ def test_gptq_layer_error_below_round_to_nearest(bits, group, sym, act_order):
     assert ((r.dequantize() - w).abs() <= 0.5 * step + 1e-6).float().mean() > 0.98  # RTN: half a step (but clipping)
 
 
+def test_static_groups_keep_round_to_nearest_grids():
+    """AutoGPTQ's static_groups: every group's grid from the weights before any update, so the scales and
+    zeros are round to nearest's, while the error feedback still lowers the layer's output error."""
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(2))
+    X = correlated_inputs(512, 256)
+    g = gptq(w, 2 * X.t() @ X / len(X), group_size=64, static_groups=True)
+    r = round_to_nearest(w, group_size=64)
+    assert torch.equal(g.scale, r.scale) and torch.equal(g.zero, r.zero)
+    assert (X @ (g.dequantize() - w).t()).norm() < 0.9 * (X @ (r.dequantize() - w).t()).norm()
+
+
+@pytest.mark.parametrize("sym", [False, True])
+def test_mse_grid_rounds_closer_than_min_max(sym):
+    """GPTQ's `mse` grid: the range shrunk where that rounds a row with less Σ|error|^2.4 — never more
+    than min/max (p = 1 is among the candidates), less on most rows."""
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(3))
+    w[::2, 5] *= 8  # an outlier in every other row stretches min/max's range
+
+    def error(scale, zero):
+        q = (torch.round(w / scale[:, None]) + zero[:, None]).clamp(0, 15)
+        return ((q - zero[:, None]) * scale[:, None] - w).abs().pow(2.4).sum(1)
+
+    plain, mse = error(*grid(w, 4, sym)), error(*grid(w, 4, sym, mse=True))
+    assert (mse <= plain * (1 + 1e-5)).all()
+    assert (mse < 0.99 * plain).float().mean() > 0.5 and mse.sum() < 0.95 * plain.sum(), mse / plain
+
+
 def column_by_column(w, H, bits, group, damp=0.01):
     """The paper's update (eq. 2-3 with the Cholesky reformulation), one column at a time over the whole
     matrix: no lazy batches. Each group's grid is chosen when its first column comes up."""
@@ -218,15 +245,17 @@ def autogptq_unpack_weight(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     return q.reshape(-1, qweight.shape[1])
 
 
-@pytest.mark.parametrize("extra", [[], ["--act-order", "--sym"]])
+@pytest.mark.parametrize("extra", [[], ["--act-order", "--sym", "--damp", "0.05", "--mse"]])
 def test_quantize_gptq_writes_the_layout(tiny_hf, tmp_path, capsys, extra):
     text = tmp_path / "calib.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 60)
     out = tmp_path / "q"
     assert main(["quantize", "--model", str(tiny_hf), "--method", "gptq", "--bits", "4", "--group-size", "32",
                  "--calibration", str(text), "--samples", "4", "--seq-len", "64", "--out", str(out), *extra]) == 0
+    assert "s, peak memory" in capsys.readouterr().out  # the time and memory quantizing took, reported
     qcfg = json.loads((out / "quantize_config.json").read_text())
     assert qcfg["bits"] == 4 and qcfg["group_size"] == 32 and qcfg["desc_act"] == bool(extra)
+    assert qcfg["damp_percent"] == (0.05 if extra else 0.01)
     assert qcfg["sym"] == bool(extra) and json.loads((out / "config.json").read_text())["quantization_config"] == qcfg
     tensors = load_file(out / "model.safetensors")
     name = "model.layers.1.mlp.down_proj"

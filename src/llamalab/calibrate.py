@@ -83,9 +83,11 @@ def _check(bits: int, group_size: int, state: dict) -> None:
 
 def gptq_checkpoint(src, out, *, bits: int = 4, group_size: int = 128, sym: bool = False, act_order: bool = False,
                     calibration=CORPUS, samples: int = 128, seq_len: int = 512, method: str = "gptq",
-                    force: bool = False, progress: bool = True) -> Path:
+                    damp: float = DAMP, mse: bool = False, force: bool = False, progress: bool = True) -> Path:
     """Quantize the float checkpoint `src` with GPTQ and write the GPTQ-layout directory `out` (atomically).
-    method "rtn": the same grid and layout, rounded to nearest (the baseline; no calibration)."""
+    method "rtn": the same grid and layout, rounded to nearest (the baseline; no calibration). damp: the
+    dampening λ as a fraction of H's mean diagonal (the paper's 1%); mse: each group's range shrunk to the
+    least rounding error (GPTQ's `Quantizer(mse=True)`) instead of min/max."""
     out = Path(out)
     gguf = out.suffix == ".gguf"
     if gguf and (group_size != 32 or act_order or bits == 3 or (bits == 8 and not sym)):
@@ -105,10 +107,10 @@ def gptq_checkpoint(src, out, *, bits: int = 4, group_size: int = 128, sym: bool
         tokens = calibration_samples(tokenizer.encode(text), samples, seq_len, where=f"--calibration {calibration}")
     model = model_from_state(state, args)
     codes = gptq_codes(model, tokens, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
-                       method=method, progress=progress)
+                       method=method, progress=progress, damp=damp, mse=mse)
     if gguf:  # GPTQ's values as GGUF blocks (llama.cpp runs them); the embedding Q8_0 as llama.cpp keeps it
         kind = "q8_0" if bits == 8 else "q4_0" if sym else "q4_1"
         return save({**state, **codes}, args, out, "gguf", tokenizer_src=path, gguf_type=kind, force=force)
-    config = quantize_config(bits, group_size, sym, act_order, DAMP)
+    config = quantize_config(bits, group_size, sym, act_order, damp)
     return save({**state, **codes}, args, out, "hf", tokenizer_src=path, dtype=torch.float16, force=force,
                 quantization_config=config)

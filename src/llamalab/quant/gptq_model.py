@@ -57,7 +57,8 @@ class _Quantizer:
             if self.method == "gptq":
                 codes = gptq(w, hessian.H, **self.options)
             else:
-                codes = round_to_nearest(w, **{k: v for k, v in self.options.items() if k != "act_order"})
+                codes = round_to_nearest(w, **{k: v for k, v in self.options.items() if k in ("bits", "group_size",
+                                                                                              "sym", "mse")})
             linear.weight.data = codes.dequantize().to(w.dtype)
             out[f"{prefix}.{name}.weight"] = codes
 
@@ -67,30 +68,30 @@ def _batches(n: int, size: int):
 
 
 def _layer(layer: TransformerBlock, x: torch.Tensor, rotation, quantize: _Quantizer, prefix: str,
-           out: dict, batch: int) -> torch.Tensor:
+           out: dict, batch: int, skip: int = 0) -> torch.Tensor:
     """Quantize one decoder layer's projections in order; returns its output for the next layer."""
     parts = _batches(len(x), batch)
     attention, ffn = layer.attention, layer.feed_forward
     h = Hessian(x.shape[-1])
     for s in parts:
-        h.add(layer.attention_norm(x[s]))
+        h.add((layer.attention_norm(x[s]))[:, skip:])
     quantize(layer, SEQUENCE[0], h, prefix, out)
     core = torch.cat([_input_of(attention.wo, lambda s=s: attention(layer.attention_norm(x[s]), rotation))
                       for s in parts])
     h = Hessian(core.shape[-1])
     for s in parts:
-        h.add(core[s])
+        h.add((core[s])[:, skip:])
     quantize(layer, SEQUENCE[1], h, prefix, out)
     x = torch.cat([x[s] + attention.wo(core[s]) for s in parts])  # the residual stream after attention
     del core
     h = Hessian(x.shape[-1])
     for s in parts:
-        h.add(layer.ffn_norm(x[s]))
+        h.add((layer.ffn_norm(x[s]))[:, skip:])
     quantize(layer, SEQUENCE[2], h, prefix, out)
     hidden = torch.cat([_input_of(ffn.w2, lambda s=s: ffn(layer.ffn_norm(x[s]))) for s in parts])
     h = Hessian(hidden.shape[-1])
     for s in parts:
-        h.add(hidden[s])
+        h.add((hidden[s])[:, skip:])
     quantize(layer, SEQUENCE[3], h, prefix, out)
     return torch.cat([x[s] + ffn.w2(hidden[s]) for s in parts])
 
@@ -98,11 +99,11 @@ def _layer(layer: TransformerBlock, x: torch.Tensor, rotation, quantize: _Quanti
 @torch.no_grad()
 def gptq_codes(model: Transformer, samples: torch.Tensor, *, bits: int = 4, group_size: int = 128,
                sym: bool = False, act_order: bool = False, method: str = "gptq", batch: int = 8,
-               progress: bool = True) -> dict[str, GroupCodes]:
+               progress: bool = True, skip: int = 0, **options) -> dict[str, GroupCodes]:
     """{`layers.i.<projection>.weight`: codes} for every decoder-layer projection of the float model, from
     the calibration token windows `samples` (N, L). The model's projections are left dequantized (its
     weights change). method "rtn": the same grid, rounded to nearest (no calibration needed)."""
-    quantize = _Quantizer(method, bits=bits, group_size=group_size, sym=sym, act_order=act_order)
+    quantize = _Quantizer(method, bits=bits, group_size=group_size, sym=sym, act_order=act_order, **options)
     out: dict[str, GroupCodes] = {}
     if method == "rtn":
         for i, layer in enumerate(model.layers):
@@ -114,5 +115,5 @@ def gptq_codes(model: Transformer, samples: torch.Tensor, *, bits: int = 4, grou
     x = torch.cat([model.tok_embeddings(samples[s]) for s in _batches(len(samples), batch)]).float()
     for i, layer in enumerate(tqdm(model.layers, desc=f"{method.upper()} layers", unit="layer",
                                    disable=not progress, dynamic_ncols=True)):
-        x = _layer(layer, x, rotation, quantize, f"layers.{i}", out, batch)
+        x = _layer(layer, x, rotation, quantize, f"layers.{i}", out, batch, skip)
     return out
