@@ -85,11 +85,13 @@ def worker(spec: str, seconds: float) -> dict:
 
 def model_files() -> dict[str, Path]:
     sys.path.insert(0, str(Path(__file__).parent))
-    from decode import files  # the F32 and Q8_0 GGUFs of the SmolLM2 asset, cached
+    from decode import quantized  # llama.cpp's own quantizer, in a process of its own
+    from llama_cpp_ref import smollm2_f32  # the SmolLM2 asset as an F32 GGUF, cached
 
     from llamalab import assets
 
-    return files(assets.path("smollm2"))
+    f32 = smollm2_f32()
+    return {"F32": f32, "Q8_0": quantized(f32, "Q8_0"), "Q4_1": assets.path("smollm2")}
 
 
 def decode_ours(kind: str, n: int = 16):
