@@ -300,6 +300,18 @@ inline float hsum(__m256 v) {
 }
 inline __m256i load(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
+// 128 Q6_K values (64 bytes of low nibbles `ql`, 32 bytes of high bit pairs `qh`) as four vectors of 32 unsigned
+// 6-bit codes, in llama.cpp's order: the decode dot product and the prefill dequantization share it.
+inline void q6k_unpack(const uint8_t* ql, const uint8_t* qh, __m256i q[4]) {
+  const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
+  const __m256i h = load(qh), l1 = load(ql), l2 = load(ql + 32);
+  q[0] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
+  q[1] = _mm256_or_si256(_mm256_and_si256(l2, m4), _mm256_slli_epi16(_mm256_and_si256(h, _mm256_slli_epi16(m2, 2)), 2));
+  q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(h, _mm256_slli_epi16(m2, 4)));
+  q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), m4),
+                         _mm256_srli_epi16(_mm256_and_si256(h, _mm256_slli_epi16(m2, 6)), 2));
+}
+
 // ggml_vec_dot_q4_K_q8_K, AVX2: 64 values per step (low nibbles × the first 32 activations, high × the next)
 float dot_q4_K(const uint8_t* row, const Q8K* x, int64_t nb) {
   const __m256i m4 = _mm256_set1_epi8(0xF);
@@ -330,7 +342,7 @@ float dot_q4_K(const uint8_t* row, const Q8K* x, int64_t nb) {
 
 // ggml_vec_dot_q6_K_q8_K, AVX2: 128 values per step; v + 32 (0..63) against q8, minus 32 · q8
 float dot_q6_K(const uint8_t* row, const Q8K* x, int64_t nb) {
-  const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
+  const __m256i k32 = _mm256_set1_epi8(32);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
     const uint8_t *b = row + i * 210, *ql = b, *qh = b + 128;
@@ -338,15 +350,8 @@ float dot_q6_K(const uint8_t* row, const Q8K* x, int64_t nb) {
     const int8_t* q8 = x[i].qs;
     __m256i sumi = _mm256_setzero_si256();
     for (int j = 0; j < 2; ++j, ql += 64, qh += 32, sc += 8, q8 += 128) {
-      const __m256i h = load(qh), l1 = load(ql), l2 = load(ql + 32);
       __m256i q[4];
-      q[0] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
-      q[1] = _mm256_or_si256(_mm256_and_si256(l2, m4),
-                             _mm256_slli_epi16(_mm256_and_si256(h, _mm256_slli_epi16(m2, 2)), 2));
-      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                             _mm256_and_si256(h, _mm256_slli_epi16(m2, 4)));
-      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), m4),
-                             _mm256_srli_epi16(_mm256_and_si256(h, _mm256_slli_epi16(m2, 6)), 2));
+      q6k_unpack(ql, qh, q);
       for (int k = 0; k < 4; ++k) {
         const __m256i a = load(q8 + 32 * k);
         const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], a), _mm256_maddubs_epi16(k32, a));
@@ -512,21 +517,13 @@ bool dequantize_row_bf16(int64_t type, const uint8_t* row, int64_t nb, c10::BFlo
     return true;
   }
   if (type == Q6_K) {
-    const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
     for (int64_t i = 0; i < nb; ++i, out += QK) {
       const uint8_t *b = row + i * 210, *ql = b, *qh = b + 128;
       const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
       const float d = half(b + 208);
       for (int j = 0; j < 2; ++j, ql += 64, qh += 32, sc += 8) {
-        const __m256i h = load(qh), l1 = load(ql), l2 = load(ql + 32);
         __m256i q[4];
-        q[0] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
-        q[1] = _mm256_or_si256(_mm256_and_si256(l2, m4),
-                               _mm256_slli_epi16(_mm256_and_si256(h, _mm256_slli_epi16(m2, 2)), 2));
-        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                               _mm256_and_si256(h, _mm256_slli_epi16(m2, 4)));
-        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), m4),
-                               _mm256_srli_epi16(_mm256_and_si256(h, _mm256_slli_epi16(m2, 6)), 2));
+        q6k_unpack(ql, qh, q);
         for (int k = 0; k < 4; ++k) {  // w = d · sc · (q − 32)
           const float a0 = d * sc[2 * k], a1 = d * sc[2 * k + 1];
           store32_bf16(q[k], a0, -32.f * a0, a1, -32.f * a1, out + 128 * j + 32 * k);
