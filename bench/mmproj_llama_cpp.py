@@ -36,33 +36,23 @@ PROMPT = "What is in the picture?"
 
 def write_checkpoints(root: Path) -> dict[str, Path]:
     """{name: llava-hf directory}: the tests' tiny LLaVA and a CLIP-shaped one, SmolLM2's tokenizer."""
-    import torch
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
-                              SiglipVisionConfig)
+    from transformers import CLIPVisionConfig, LlamaConfig, SiglipVisionConfig
 
     from llamalab import assets
-    from llamalab.tokenizer import save_tokenizer
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_llava import IMAGE_TOKEN, write_tiny_llava
+    from tiny_llava import write_llava, write_tiny_llava
 
-    write_tiny_llava(root / "tiny", assets.path("smollm2"))
-    torch.manual_seed(1)
+    tok = assets.path("smollm2")
+    write_tiny_llava(root / "tiny", tok)
     text = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                        tie_word_embeddings=True, initializer_range=0.3)
-    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                              image_size=224, patch_size=14, initializer_range=0.1)
-    LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
-                                              vision_feature_layer=-2)).eval().save_pretrained(root / "clip224")
-    save_tokenizer(assets.path("smollm2"), root / "clip224")
-    torch.manual_seed(2)
-    vision = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                                image_size=224, patch_size=14, initializer_range=0.1)
-    LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
-                                              vision_feature_layer=-2, vision_feature_select_strategy="full")
-                                  ).eval().save_pretrained(root / "siglip224")
-    save_tokenizer(assets.path("smollm2"), root / "siglip224")
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, image_size=224,
+                 patch_size=14, initializer_range=0.1)
+    write_llava(root / "clip224", tok, text, CLIPVisionConfig(**shape), seed=1)
+    write_llava(root / "siglip224", tok, text, SiglipVisionConfig(**shape), seed=2,
+                vision_feature_select_strategy="full")
     return {"tiny": root / "tiny", "clip224": root / "clip224", "siglip224": root / "siglip224"}
 
 

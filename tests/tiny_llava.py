@@ -14,20 +14,27 @@ from llamalab.tokenizer import save_tokenizer
 IMAGE_TOKEN = 49151
 
 
+def write_llava(out: Path, tokenizer_src, text: LlamaConfig, vision, *, seed: int,
+                **options) -> LlavaForConditionalGeneration:
+    """A random llava-hf checkpoint written by transformers (`vision`: a CLIP or SigLIP config; `options`: more
+    LlavaConfig fields), with `tokenizer_src`'s tokenizer beside it."""
+    torch.manual_seed(seed)
+    ref = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
+                                                    vision_feature_layer=-2, **options)).eval()
+    ref.save_pretrained(out)
+    save_tokenizer(tokenizer_src, out)
+    return ref
+
+
 def write_tiny_llava(out: Path, tokenizer_src) -> LlavaForConditionalGeneration:
     """Weights drawn wider than transformers' default (0.3, not 0.02), so that greedy answers are varied and
     differ from picture to picture (at 0.02 every answer is one token repeated, whatever the image)."""
-    torch.manual_seed(0)
     text = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                        tie_word_embeddings=True, initializer_range=0.3)
     vision = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
                               image_size=28, patch_size=14, initializer_range=0.3)
-    ref = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
-                                                    vision_feature_layer=-2)).eval()
-    ref.save_pretrained(out)
-    save_tokenizer(tokenizer_src, out)
-    return ref
+    return write_llava(out, tokenizer_src, text, vision, seed=0)
 
 
 def write_picture(path: Path, seed: int = 0) -> Path:
