@@ -96,10 +96,14 @@ def args_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelArgs:
     return args
 
 
+def _shape(t) -> tuple[int, ...]:
+    return tuple(int(s) for s in reversed(t.shape))  # GGUF shapes are innermost-first
+
+
 def _to_torch(t) -> torch.Tensor:
     """The tensor `t`: F32 / F16 / BF16 a view of the file's map (writable only in a copy-on-write map),
     anything else dequantized to float32."""
-    shape = tuple(int(s) for s in reversed(t.shape))  # GGUF shapes are innermost-first
+    shape = _shape(t)
     if t.tensor_type in (Q.F32, Q.F16, Q.BF16) and t.data.flags.writeable:
         w = torch.from_numpy(t.data.view(np.ndarray))  # BF16: the raw bytes, reinterpreted
         return (w.view(torch.bfloat16) if t.tensor_type == Q.BF16 else w).reshape(shape)
@@ -118,13 +122,13 @@ def _to_torch(t) -> torch.Tensor:
 def _meta_tensor(t) -> torch.Tensor:
     """Shape and (dequantized) dtype only, on the meta device."""
     dtype = {Q.F16: torch.float16, Q.BF16: torch.bfloat16}.get(t.tensor_type, torch.float32)
-    return torch.empty(tuple(int(s) for s in reversed(t.shape)), dtype=dtype, device="meta")
+    return torch.empty(_shape(t), dtype=dtype, device="meta")
 
 
 def _release(reader, t) -> None:
     """Hand the map's pages of tensor `t` (converted: its copy is what runs) back, so that they leave this
     process's resident memory now rather than when the map closes. Only pages wholly inside the tensor."""
-    mm = getattr(getattr(reader, "mapped", reader.data), "_mmap", None)
+    mm = getattr(reader.mapped, "_mmap", None)  # open_gguf's reader keeps the np.memmap
     if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
         return
     start = -(-int(t.data_offset) // mmap.PAGESIZE) * mmap.PAGESIZE
@@ -135,7 +139,7 @@ def _release(reader, t) -> None:
 
 def _read_tensor(t, quantized: bool):
     """Tensor `t` as it runs: a view of the map where the layout is the file's, else converted."""
-    shape = tuple(int(s) for s in reversed(t.shape))
+    shape = _shape(t)
     if quantized and t.tensor_type.name in GGUF_TYPES and len(t.shape) == 2:
         return from_gguf(t.data, t.tensor_type.name, shape)
     if quantized and t.tensor_type.name in BLOCK_TYPES and len(t.shape) == 2:
