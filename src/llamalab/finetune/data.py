@@ -38,8 +38,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return int(diff[0]) if diff.size else n
 
 
-def _texts(example: dict, tokenizer, template: str, where: str) -> tuple[list[str], bool]:
-    """(texts to tokenize, bos): [whole, prompt_1, through_1, prompt_2, through_2, ...]."""
+def turn_texts(example: dict, tokenizer, template: str, where: str) -> tuple[list[str], bool]:
+    """(texts to tokenize, bos): [whole, prompt_1, through_1, prompt_2, through_2, ...], rendered with the chat
+    template (LLaVA's data renders its conversations through it too)."""
     if "prompt" in example:
         whole = example["prompt"] + example["completion"]
         return [whole, example["prompt"], whole], tokenizer.add_bos
@@ -55,7 +56,8 @@ def _texts(example: dict, tokenizer, template: str, where: str) -> tuple[list[st
     return texts, False  # a chat template places BOS itself
 
 
-def _example(ids_list: list[list[int]], eos: int | None, completion: bool) -> Example:
+def masked_example(ids_list: list[list[int]], eos: int | None, completion: bool) -> Example:
+    """The ids of `turn_texts` → the whole sequence, its targets the answer tokens (each prompt_k..through_k)."""
     whole = ids_list[0] + ([eos] if completion and eos is not None else [])
     targets = np.zeros(len(whole), dtype=bool)
     for k in range(1, len(ids_list), 2):
@@ -70,7 +72,7 @@ def encode_examples(examples: list[tuple[str, dict]], tokenizer, template: str |
     """Token ids and target masks of every example, cut to max_len tokens; returns (examples, counts) with
     counts of examples used, truncated (cut, still with targets) and skipped (no target token left)."""
     template = resolve_template(template, tokenizer) if any("messages" in e for _, e in examples) else None
-    rendered = [_texts(e, tokenizer, template, where) for where, e in examples]
+    rendered = [turn_texts(e, tokenizer, template, where) for where, e in examples]
     flat = [(t, bos) for texts, bos in rendered for t in texts]
     ids: list[list[int]] = [[] for _ in flat]
     groups = {bos: [k for k, (_, b) in enumerate(flat) if b == bos] for bos in (False, True)}
@@ -84,7 +86,7 @@ def encode_examples(examples: list[tuple[str, dict]], tokenizer, template: str |
             ids[k] = e
     out, counts, pos = [], {"examples": len(examples), "used": 0, "truncated": 0, "skipped": 0}, 0
     for (texts, _), (_, example) in zip(rendered, examples):
-        ex = _example(ids[pos:pos + len(texts)], tokenizer.eos_id, "prompt" in example)
+        ex = masked_example(ids[pos:pos + len(texts)], tokenizer.eos_id, "prompt" in example)
         pos += len(texts)
         cut = len(ex) > max_len
         if cut:

@@ -25,7 +25,7 @@ from ..chat_templates import resolve_template
 from ..errors import LlamalabError
 from ..images import Preprocess, open_image, preprocess
 from ..textio import read_records
-from .data import Example, InstructionLoader, _example, _texts, collate
+from .data import Example, InstructionLoader, collate, masked_example, turn_texts
 from .records import to_example
 
 MARK = "<image>"
@@ -97,8 +97,8 @@ def encode(records, tokenizer, template: str | None, max_len: int, *, image_toke
     seen = set() if seen is None else seen
     out, counts = [], {"examples": len(records), "used": 0, "truncated": 0, "skipped": 0}
     for where, example, paths in records:
-        texts, _ = _texts(example, tokenizer, template, where)
-        ex = _example([_ids(tokenizer, t, image_token, n_tokens, where) for t in texts], tokenizer.eos_id, False)
+        texts, _ = turn_texts(example, tokenizer, template, where)
+        ex = masked_example([_ids(tokenizer, t, image_token, n_tokens, where) for t in texts], tokenizer.eos_id, False)
         slots = np.nonzero(ex.ids == image_token)[0]
         if len(slots) and slots[-1] >= max_len - 1:
             raise LlamalabError(f"{where}: {len(paths)} image(s) fill {len(slots)} image tokens, which with the "
